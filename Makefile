@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-core test-tvm bench clean
+
+# A virtual env with sparsec (editable) and the pinned test dependencies.
+$(STAMP): pyproject.toml requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/sparsec demo
+
+# Every test tier: core (no TVM), tvm (host builds), torch exports.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-core: $(STAMP)
+	$(PY) -m pytest -q tests/core
+
+bench: $(STAMP)
+	$(PY) benchmarks/write_results.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,209 @@
+"""The `sparsec` command line: one thin function per job over the library.
+
+Every user error prints one message (`sparsec: error: ...`) and exits with status 2, with no
+traceback and no output file left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sparsec.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args) or 0
+    except UserError as err:
+        print(f"sparsec: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
+    jobs = parser.add_subparsers(required=True, metavar="COMMAND")
+    for register in (_import_parser, _opt_parser, _run_parser, _prune_parser, _inspect_parser, _demo_parser):
+        register(jobs)
+    return parser
+
+
+# --- sparsec import ------------------------------------------------------------------------------
+
+
+def _import_parser(jobs) -> None:
+    p = jobs.add_parser("import", help="ONNX model (+ masks) -> IR text with its weights .npz")
+    p.add_argument("model", type=Path)
+    p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="bind an input's shape (symbolic batch defaults to 1)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="IR text to write (weights beside it)")
+    p.add_argument("--weights", type=Path, help="where to write the weights (default OUTPUT.npz)")
+    p.set_defaults(command=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from sparsec.ir.files import write_module
+
+    module, _zeroed = load_model(args.model, args.masks, args.input_shape)
+    write_module(module, args.output, args.weights)
+    return 0
+
+
+def load_model(model_path: Path, masks_path: Path | None, input_shape_args: list[str]):
+    """ONNX + optional masks -> verified IR module (and per-weight counts of zeroed values)."""
+    from sparsec.frontend import import_onnx, load_onnx
+    from sparsec.prune import load_masks
+
+    onnx_model = load_onnx(model_path)
+    masks = load_masks(masks_path, onnx_model) if masks_path else None
+    result = import_onnx(onnx_model, masks, parse_input_shapes(input_shape_args))
+    return result.module, result.zeroed
+
+
+def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """`NAME=1x3x224x224` items -> {NAME: (1, 3, 224, 224)}."""
+    shapes = {}
+    for item in items:
+        name, _, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or min(shape) < 1:
+            raise UserError(f"--input-shape {item!r}: expected NAME=DIMS like input=1x3x224x224")
+        shapes[name] = shape
+    return shapes
+
+
+# --- sparsec opt ---------------------------------------------------------------------------------
+
+
+def _opt_parser(jobs) -> None:
+    p = jobs.add_parser("opt", help="run passes over IR text")
+    p.add_argument("module", type=Path, help="IR text (.sir)")
+    p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-activation "
+                   "(or 'default'); see `sparsec opt --list-passes`")
+    p.add_argument("--list-passes", action="store_true", help="print the registered passes and exit")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR to stderr after each pass")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("-o", "--output", type=Path, help="IR text to write (default: print to stdout)")
+    p.set_defaults(command=cmd_opt)
+
+
+def cmd_opt(args) -> int:
+    from sparsec.ir.files import read_module, write_module
+    from sparsec.ir.printer import print_module
+    from sparsec.passes import PASSES, PassInstrument, parse_pipeline, run_pipeline
+
+    if args.list_passes:
+        for name, cls in sorted(PASSES.items()):
+            print(f"{name:28} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    module = read_module(args.module)
+    pipeline = parse_pipeline(args.passes)
+    instrument = PassInstrument(print_after_all=args.print_after_all, verify_each=args.verify_each)
+    module = run_pipeline(module, pipeline, instrument)
+    if args.output:
+        write_module(module, args.output)
+    else:
+        sys.stdout.write(print_module(module, None))
+    return 0
+
+
+# --- sparsec run ---------------------------------------------------------------------------------
+
+
+def _run_parser(jobs) -> None:
+    p = jobs.add_parser("run", help="run IR text with the reference interpreter")
+    p.add_argument("module", type=Path, help="IR text (.sir)")
+    p.add_argument("--input", type=Path, required=True, help=".npy (one input) or .npz keyed by input name")
+    p.add_argument("-o", "--output", type=Path, required=True, help=".npy (one output) or .npz keyed by name")
+    p.set_defaults(command=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from sparsec.io import read_inputs, write_outputs
+    from sparsec.ir.files import read_module
+    from sparsec.reference import run_reference
+
+    module = read_module(args.module)
+    inputs = read_inputs(args.input, [p.name for p in module.inputs])
+    outputs = run_reference(module, inputs)
+    write_outputs(args.output, outputs)
+    return 0
+
+
+# --- sparsec prune / inspect ---------------------------------------------------------------------
+
+
+def _prune_parser(jobs) -> None:
+    p = jobs.add_parser("prune", help="PCONV masks for an ONNX model: patterns + connectivity pruning")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="masks .npz to write")
+    p.add_argument("--patterns", type=int, default=8, help="number of 4-tap patterns (default 8)")
+    p.add_argument("--keep-kernels", type=float, default=1.0, metavar="F",
+                   help="fraction of 3x3 kernels kept per layer (0.278 = PCONV's 3.6x)")
+    p.add_argument("--unstructured", type=float, default=0.0, metavar="F",
+                   help="fraction of smallest weights removed from 1x1 convs and FC layers")
+    p.add_argument("--prune-first-conv", action="store_true", help="also prune the first conv")
+    p.set_defaults(command=cmd_prune)
+
+
+def cmd_prune(args) -> int:
+    from sparsec.frontend import load_onnx
+    from sparsec.prune import prune_model, save_masks
+
+    model = load_onnx(args.model)
+    masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
+                        unstructured=args.unstructured, prune_first_conv=args.prune_first_conv)
+    save_masks(masks, args.output)
+    return 0
+
+
+def _inspect_parser(jobs) -> None:
+    p = jobs.add_parser("inspect", help="per-layer sparsity report of a model and its masks")
+    p.add_argument("model", type=Path)
+    p.add_argument("--masks", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(command=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from sparsec.frontend import load_onnx
+    from sparsec.prune import load_masks
+    from sparsec.report import format_report, inspect_model, report_json
+
+    model = load_onnx(args.model)
+    masks = load_masks(args.masks, model) if args.masks else {}
+    stats = inspect_model(model, masks)
+    print(json.dumps(report_json(stats), indent=2) if args.json else format_report(stats))
+    return 0
+
+
+# --- sparsec demo --------------------------------------------------------------------------------
+
+
+def _demo_parser(jobs) -> None:
+    p = jobs.add_parser("demo", help="the main job on an embedded default model (VGG-16)")
+    p.add_argument("--resolution", type=int, default=224)
+    p.set_defaults(command=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from sparsec.demo import run_demo
+
+    return run_demo(args.resolution)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Reading and writing IR text with its weights `.npz` beside it; writes are all-or-nothing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.errors import UserError
+from sparsec.ir.module import Module
+from sparsec.ir.parser import parse_module
+from sparsec.ir.printer import print_module
+
+
+def weight_arrays(module: Module) -> dict[str, np.ndarray]:
+    """The npz entries of a module: `name` for the dense data, `name#part` for each layout part."""
+    arrays = {}
+    for weight in module.weights:
+        arrays[weight.name] = weight.data
+        arrays.update({f"{weight.name}#{part}": value for part, value in weight.parts.items()})
+    return arrays
+
+
+def read_module(path: str | os.PathLike) -> Module:
+    """Parse IR text from a file; its weights come from the `.npz` the text names."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read IR text ({err})") from None
+    return parse_module(text, str(path))
+
+
+def write_module(module: Module, path: str | os.PathLike, weights_path: str | os.PathLike | None = None) -> None:
+    """Write IR text to `path` and its weights to `weights_path` (default `path + ".npz"`)."""
+    path = Path(path)
+    weights_path = Path(weights_path) if weights_path else Path(str(path) + ".npz")
+    relative = os.path.relpath(weights_path, path.parent)
+    text = print_module(module, relative)
+    with atomic_outputs([path, weights_path]) as (text_tmp, npz_tmp):
+        text_tmp.write_text(text)
+        with open(npz_tmp, "wb") as f:
+            np.savez(f, **weight_arrays(module))
+
+
+@contextmanager
+def atomic_outputs(paths: list[Path]):
+    """Temporary files beside each path, renamed into place only if the block succeeds."""
+    temps = []
+    try:
+        for path in paths:
+            _check_writable(path)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for temp, path in zip(temps, paths):
+            os.replace(temp, path)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _check_writable(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: cannot write here, the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UserError(f"{path}: cannot write here, it is a folder")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{path}: cannot write here, the folder {path.parent} is not writable")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Run `write(temp_path)` and move the result to `path` only if it succeeds."""
+    with atomic_outputs([Path(path)]) as (temp,):
+        write(temp)

@@ -1,0 +1,309 @@
+"""Parser of the IR text form (lark LALR, grammar/sparsec.lark) into a `Module`.
+
+Every error is a `CompileError` located at `file:line:col` with the source line and a caret.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+
+import lark
+import numpy as np
+
+from sparsec.errors import CompileError, SourceLoc
+from sparsec.grammar import GRAMMAR_PATH
+from sparsec.ir import ops as ops_module
+from sparsec.ir.activation import Activation
+from sparsec.ir.module import Module, Param, Weight
+from sparsec.ir.ops import OPS, Op
+from sparsec.ir.types import DTYPES, LAYOUTS, Layout, TensorType
+
+
+@cache
+def _parser() -> lark.Lark:
+    return lark.Lark(GRAMMAR_PATH.read_text(), parser="lalr", propagate_positions=True)
+
+
+@dataclass(frozen=True)
+class Name:
+    """A bare identifier literal, e.g. `relu` or `dense`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """`name(args, key = value)` literal: an activation or a layout."""
+
+    name: str
+    args: tuple
+    kwargs: dict
+
+
+def parse_module(text: str, filename: str = "<string>", arrays: dict | None = None) -> Module:
+    """Parse IR text. Weight data comes from `arrays` (npz keys) or, when None, from the
+    `weights "file"` the text names (relative to `filename`; default `filename + ".npz"`)."""
+    lines = text.splitlines()
+    try:
+        tree = _parser().parse(text)
+    except lark.UnexpectedInput as err:
+        raise CompileError(_loc(filename, lines, err.line, err.column), _syntax_message(err)) from None
+    return _Builder(filename, lines, arrays).module(tree)
+
+
+def _loc(filename: str, lines: list[str], line: int, column: int) -> SourceLoc:
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    return SourceLoc(filename, line, column, source)
+
+
+def _syntax_message(err: lark.UnexpectedInput) -> str:
+    if isinstance(err, lark.UnexpectedToken):
+        expected = sorted(_terminal_text(t) for t in (err.accepts or err.expected))
+        shown = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
+        found = "end of input" if err.token.type == "$END" else repr(str(err.token))
+        return f"syntax error: unexpected {found}; expected one of: {shown}"
+    if isinstance(err, lark.UnexpectedCharacters):
+        return f"syntax error: unexpected character {err.char!r}"
+    return "syntax error: unexpected end of input"
+
+
+def _terminal_text(name: str) -> str:
+    """How a terminal looks in source: `'('` for punctuation and keywords, its name otherwise."""
+    try:
+        pattern = _parser().get_terminal(name).pattern
+    except KeyError:
+        return name
+    return repr(pattern.value) if pattern.type == "str" else name
+
+
+def _name(token: lark.Token) -> str:
+    body = str(token)[1:]
+    return json.loads(body) if body.startswith('"') else body
+
+
+class _Builder:
+    """Turns the parse tree into IR objects, keeping a location on each."""
+
+    def __init__(self, filename: str, lines: list[str], arrays: dict | None):
+        self.filename, self.lines, self.arrays = filename, lines, arrays
+
+    def loc(self, node) -> SourceLoc:
+        meta = node.meta if isinstance(node, lark.Tree) else node
+        return _loc(self.filename, self.lines, meta.line, meta.column)
+
+    def module(self, tree: lark.Tree) -> Module:
+        name, *rest = tree.children
+        weights_file = rest.pop(0) if rest and rest[0] is not None and rest[0].data == "weights_file" else None
+        if rest and rest[0] is None:
+            rest.pop(0)
+        func = rest.pop()
+        self.weights_file = weights_file
+        weights = tuple(self.weight(decl) for decl in rest)
+        inputs, op_list, outputs = self.func(func)
+        return Module(_name(name), inputs, op_list, outputs, weights)
+
+    def _load_arrays(self, weights_file: lark.Tree | None) -> dict:
+        if weights_file is None:
+            path = Path(self.filename + ".npz")
+        else:
+            path = Path(self.filename).parent / json.loads(str(weights_file.children[0]))
+        where = self.loc(weights_file) if weights_file is not None else None
+        if not path.exists():
+            raise CompileError(where, f"weights file {path} does not exist; write it with `sparsec import`")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {key: npz[key] for key in npz.files}
+        except (ValueError, OSError) as err:
+            raise CompileError(where, f"weights file {path} is not a readable .npz without pickles ({err})") from None
+
+    def weight(self, decl: lark.Tree) -> Weight:
+        symbol, type_tree, layout_tree, inline = decl.children
+        name, loc = _name(symbol), self.loc(decl)
+        type_ = self.tensor_type(type_tree)
+        layout = self.layout(layout_tree)
+        if inline is not None:
+            arrays = self._inline_arrays(name, inline)
+        else:
+            arrays = self._file_arrays()
+        data = self._array(arrays, name, loc)
+        if data.size == type_.size and data.shape != type_.shape:
+            data = data.reshape(type_.shape)  # inline data may be written flat
+        parts = {p: self._array(arrays, f"{name}#{p}", loc) for p in layout.parts}
+        return Weight(name, type_, data, layout, parts, loc=loc)
+
+    def _file_arrays(self) -> dict:
+        if self.arrays is None:
+            self.arrays = self._load_arrays(self.weights_file)
+        return self.arrays
+
+    def _inline_arrays(self, name: str, tree: lark.Tree) -> dict:
+        """`{data = f32[...], mask = bool[...]}` -> npz-style keys (`name`, `name#mask`)."""
+        arrays = {}
+        for attr in (a for a in tree.children if a is not None):
+            key, value_tree = attr.children
+            value = self.literal(value_tree)
+            if not isinstance(value, np.ndarray):
+                raise CompileError(self.loc(value_tree), "inline weight arrays are typed lists, e.g. f32[1.0, 2.0]")
+            arrays[name if str(key) == "data" else f"{name}#{key}"] = value
+        return arrays
+
+    def _array(self, arrays: dict, key: str, loc: SourceLoc) -> np.ndarray:
+        if key not in arrays:
+            raise CompileError(loc, f"weight data has no array {key!r}")
+        return arrays[key]
+
+    def tensor_type(self, tree: lark.Tree) -> TensorType:
+        dtype, *dims = tree.children
+        if str(dtype) not in DTYPES:
+            raise CompileError(self.loc(dtype), f"unknown dtype {str(dtype)!r}; known: {', '.join(DTYPES)}")
+        return TensorType(str(dtype), tuple(int(d) for d in dims if d is not None))
+
+    def layout(self, tree: lark.Tree) -> Layout:
+        value = self.literal(tree)
+        kind, kwargs = (value.text, {}) if isinstance(value, Name) else (getattr(value, "name", None), getattr(value, "kwargs", {}))
+        if kind not in LAYOUTS or (isinstance(value, Call) and value.args):
+            raise CompileError(self.loc(tree), f"expected a layout ({', '.join(LAYOUTS)}) with keyword options")
+        try:
+            return LAYOUTS[kind](**kwargs)
+        except (TypeError, ValueError) as err:
+            raise CompileError(self.loc(tree), f"bad {kind} layout: {err}") from None
+
+    def func(self, tree: lark.Tree):
+        _symbol, *items = tree.children
+        ret = items.pop()
+        inputs = tuple(self.param(p) for p in items if p is not None and p.data == "param")
+        op_list = tuple(self.op(s) for s in items if s is not None and s.data == "op_stmt")
+        outputs = tuple(_name(v) for v in ret.children if v is not None)
+        return inputs, op_list, outputs
+
+    def param(self, tree: lark.Tree) -> Param:
+        value, type_tree = tree.children
+        return Param(_name(value), self.tensor_type(type_tree), loc=self.loc(tree))
+
+    def op(self, tree: lark.Tree) -> Op:
+        result, type_tree, op_name, *rest = tree.children
+        attr_tree = rest.pop() if rest and isinstance(rest[-1], lark.Tree) and rest[-1].data == "attr_dict" else None
+        loc = self.loc(tree)
+        cls = OPS.get(str(op_name))
+        if cls is None:
+            raise CompileError(self.loc(op_name), f"unknown op {str(op_name)!r}; known: {', '.join(sorted(OPS))}")
+        operand_values = [self.operand(o) for o in rest if o is not None]
+        kwargs = self._bind_operands(cls, operand_values, loc)
+        kwargs.update(self._attrs(cls, attr_tree))
+        try:
+            return cls(_name(result), self.tensor_type(type_tree), **kwargs, loc=loc)
+        except (TypeError, ValueError) as err:
+            raise CompileError(loc, f"{cls.name}: {err}") from None
+
+    def _bind_operands(self, cls: type[Op], values: list, loc: SourceLoc) -> dict:
+        names = cls.operand_fields()
+        if len(values) > len(names):
+            raise CompileError(loc, f"{cls.name} takes at most {len(names)} operands ({', '.join(names)}), got {len(values)}")
+        return dict(zip(names, values))
+
+    def operand(self, tree: lark.Tree):
+        if tree.data == "no_ref":
+            return None
+        if tree.data == "ref_list":
+            return tuple(self.operand(c) for c in tree.children if c is not None)
+        token = tree.children[0]
+        return token[0] + _name(token)
+
+    def _attrs(self, cls: type[Op], tree: lark.Tree | None) -> dict:
+        if tree is None:
+            return {}
+        hints = typing.get_type_hints(cls, vars(ops_module))
+        allowed = set(cls.attr_fields())
+        out = {}
+        for attr in (a for a in tree.children if a is not None):
+            key, value_tree = attr.children
+            if str(key) not in allowed:
+                raise CompileError(self.loc(key), f"{cls.name} has no attribute {str(key)!r}; it has: {', '.join(sorted(allowed))}")
+            out[str(key)] = self._convert(hints[str(key)], self.literal(value_tree), self.loc(value_tree), str(key))
+        return out
+
+    def _typed_array(self, tree: lark.Tree, kids: list) -> np.ndarray:
+        dtype, *items = kids
+        if str(dtype) not in DTYPES:
+            raise CompileError(self.loc(dtype), f"unknown dtype {str(dtype)!r}; known: {', '.join(DTYPES)}")
+        try:
+            return np.array([self.literal(i) for i in items], dtype=DTYPES[str(dtype)])
+        except (ValueError, TypeError) as err:
+            raise CompileError(self.loc(tree), f"bad {dtype} array: {err}") from None
+
+    def _convert(self, hint, value, loc: SourceLoc, key: str):
+        """Check a literal against the field's annotation and build the field's value."""
+        allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType" else (hint,)
+        for option in allowed:
+            converted = _convert_to(option, value)
+            if converted is not _NO:
+                return converted
+        raise CompileError(loc, f"attribute {key} must be {_describe(hint)}")
+
+    def literal(self, tree: lark.Tree):
+        kind, kids = tree.data, [c for c in tree.children if c is not None]
+        if kind in ("int", "float"):
+            return int(kids[0]) if kind == "int" else float(kids[0])
+        if kind == "string":
+            return json.loads(str(kids[0]))
+        if kind in ("true", "false", "none"):
+            return {"true": True, "false": False, "none": None}[kind]
+        if kind == "list":
+            return [self.literal(c) for c in kids]
+        if kind == "name":
+            return Name(str(kids[0]))
+        if kind == "typed_list":
+            return self._typed_array(tree, kids)
+        name, *args = kids
+        positional = tuple(self.literal(a.children[0]) for a in args if a.data == "positional")
+        keywords = {str(a.children[0]): _tuples(self.literal(a.children[1])) for a in args if a.data == "keyword"}
+        return Call(str(name), positional, keywords)
+
+
+_NO = object()
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _convert_to(option, value):
+    """`value` as an instance of the annotation `option`, or `_NO` if it is not one."""
+    origin = typing.get_origin(option)
+    if option is type(None):
+        return None if value is None else _NO
+    if option is bool:
+        return value if isinstance(value, bool) else _NO
+    if option is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if option is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+    if option is str:
+        return value if isinstance(value, str) else _NO
+    if origin is tuple and isinstance(value, list):
+        item = typing.get_args(option)[0]
+        items = [_convert_to(item, v) for v in value]
+        return _NO if any(i is _NO for i in items) else tuple(items)
+    if option is Activation:
+        return _activation(value)
+    return _NO
+
+
+def _activation(value):
+    if isinstance(value, Name):
+        value = Call(value.text, (), {})
+    if not isinstance(value, Call) or value.kwargs:
+        return _NO
+    try:
+        return Activation(value.name, tuple(value.args))
+    except (ValueError, TypeError):
+        return _NO
+
+
+def _describe(hint) -> str:
+    text = str(hint).replace("typing.", "").replace("sparsec.ir.activation.", "")
+    return text.replace("NoneType", "none")

@@ -1,0 +1,114 @@
+"""The verifier: module-level rules here, each op's type rule in its class (`Op.infer`),
+each layout's rule in `LAYOUT_RULES`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sparsec.errors import SourceLoc, VerifyError
+from sparsec.ir.module import Module, Weight
+from sparsec.ir.ops import Op, OpError
+from sparsec.ir.types import FKW, Pattern
+
+
+def verify(module: Module) -> Module:
+    """Check every rule; raise `VerifyError` at the first broken one. Returns the module."""
+    for weight in module.weights:
+        _verify_weight(weight)
+    types = {f"@{w.name}": w.type for w in module.weights}
+    _declare(types, [(f"%{p.name}", p.type, p.loc) for p in module.inputs])
+    for op in module.ops:
+        _verify_op(op, types)
+        _declare(types, [(f"%{op.result}", op.type, op.loc)])
+    for name in module.outputs:
+        if f"%{name}" not in types:
+            raise VerifyError(None, f"output %{name} is not defined in module @{module.name}")
+    return module
+
+
+def _declare(types: dict, entries: list[tuple[str, object, SourceLoc | None]]) -> None:
+    for ref, type_, loc in entries:
+        if ref in types:
+            raise VerifyError(loc, f"{ref} is defined twice")
+        types[ref] = type_
+
+
+def _verify_op(op: Op, types: dict) -> None:
+    for field_name in op.operand_fields():
+        refs = getattr(op, field_name)
+        for ref in refs if isinstance(refs, tuple) else (refs,):
+            _check_operand(op, field_name, ref, types)
+    try:
+        inferred = op.infer(types)
+    except OpError as err:
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: {err}") from None
+    if inferred != op.type:
+        raise VerifyError(op.loc, f"{op.name} %{op.result} is declared {op.type} but computes {inferred}")
+
+
+def _check_operand(op: Op, field_name: str, ref: str | None, types: dict) -> None:
+    if ref is None:
+        return
+    if field_name in op.weight_operands and not ref.startswith("@"):
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: operand {field_name} must be a weight (@name), got {ref}")
+    if ref not in types:
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: {ref} is not defined before its use")
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+
+def _verify_weight(weight: Weight) -> None:
+    where = f"weight @{weight.name}"
+    if weight.data.shape != weight.type.shape or weight.data.dtype != weight.type.np_dtype:
+        raise VerifyError(weight.loc, f"{where} is declared {weight.type} but its data is "
+                          f"{weight.data.dtype}{list(weight.data.shape)}")
+    if weight.data.dtype.kind == "f" and not np.isfinite(weight.data).all():
+        raise VerifyError(weight.loc, f"{where} holds NaN or Inf values")
+    missing = [p for p in weight.layout.parts if p not in weight.parts]
+    extra = [p for p in weight.parts if p not in weight.layout.parts]
+    if missing or extra:
+        raise VerifyError(weight.loc, f"{where} with layout {weight.layout.kind} needs parts "
+                          f"{list(weight.layout.parts)}, has {sorted(weight.parts)}")
+    if "mask" in weight.parts:
+        _check_mask(weight, where)
+    rule = LAYOUT_RULES.get(type(weight.layout))
+    if rule is not None:
+        problem = rule(weight)
+        if problem:
+            raise VerifyError(weight.loc, f"{where}: {problem}")
+
+
+def _check_mask(weight: Weight, where: str) -> None:
+    mask = weight.parts["mask"]
+    if mask.shape != weight.data.shape or mask.dtype != np.bool_:
+        raise VerifyError(weight.loc, f"{where}: its mask must be bool{list(weight.data.shape)}, "
+                          f"got {mask.dtype}{list(mask.shape)}")
+    if np.any(weight.data[~mask] != 0):
+        raise VerifyError(weight.loc, f"{where} is nonzero outside its mask")
+
+
+def _tap_sets(mask: np.ndarray) -> np.ndarray:
+    """(O, I) bitmask of the kept taps of each 3x3 kernel (bit t = tap t, row-major)."""
+    bits = 1 << np.arange(9)
+    return (mask.reshape(*mask.shape[:2], 9).astype(np.int64) * bits).sum(axis=2)
+
+
+def _pattern_rule(weight: Weight) -> str | None:
+    if weight.type.rank != 4 or weight.type.shape[2:] != (3, 3):
+        return f"pattern layout needs a 3x3 conv weight, got {weight.type}"
+    allowed = {sum(1 << t for t in p) for p in weight.layout.patterns} | {0}
+    tap_sets = _tap_sets(weight.parts["mask"])
+    bad = ~np.isin(tap_sets, list(allowed))
+    if bad.any():
+        o, i = (int(v) for v in np.argwhere(bad)[0])
+        return f"kernel [{o}, {i}] keeps taps that are not one of its {len(allowed) - 1} patterns"
+    return None
+
+
+LAYOUT_RULES: dict[type, Callable[[Weight], str | None]] = {
+    Pattern: _pattern_rule,
+    FKW: _pattern_rule,
+}

@@ -1,0 +1,1 @@
+"""The TVM adapter layer: the only package of sparsec that imports tvm."""

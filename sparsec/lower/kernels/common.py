@@ -1,0 +1,61 @@
+"""What every kernel generator returns, and a helper that compiles and runs one (for tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import tirx
+
+from sparsec.ir.activation import Activation
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A generated TIR kernel in destination-passing style.
+
+    `func` takes (data, *constants, out), out last, so a Relax `call_tir(gv, [data, *constants],
+    out_ty)` can call it; `constants` are the arrays it reads at run time, in parameter order.
+    """
+
+    func: tirx.PrimFunc
+    constants: tuple[np.ndarray, ...]
+    out_shape: tuple[int, ...]
+    out_dtype: str
+
+
+def run_kernel(kernel: Kernel, target: tvm.target.Target, *inputs: np.ndarray) -> np.ndarray:
+    """Compile `kernel` for `target`, run it on the CPU with `inputs` + its constants, return out."""
+    name = str(kernel.func.attrs["global_symbol"])
+    lib = tvm.compile(kernel.func, target=target)
+    dev = tvm.cpu(0)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (*inputs, *kernel.constants)]
+    out = tvm.runtime.tensor(np.zeros(kernel.out_shape, dtype=kernel.out_dtype), dev)
+    lib[name](*args, out)
+    return out.numpy()
+
+
+def _f32(value: float, lanes: int) -> tirx.Expr:
+    return tirx.Broadcast(tirx.const(value, "float32"), lanes) if lanes > 1 else tirx.const(value)
+
+
+def apply_activation(x: tirx.Expr, act: Activation | None, lanes: int) -> tirx.Expr:
+    """`act(x)` on a float32 (vector) expression; `None` is the identity."""
+    if act is None:
+        return x
+    c = lambda v: _f32(v, lanes)  # noqa: E731 - a constant of x's width
+    if act.kind == "relu":
+        return tirx.max(x, c(0.0))
+    if act.kind == "clip":
+        return tirx.min(tirx.max(x, c(act.params[0])), c(act.params[1]))
+    if act.kind == "leaky_relu":
+        return tirx.Select(x > c(0.0), x, x * c(act.params[0]))
+    if act.kind == "sigmoid":
+        return c(1.0) / (c(1.0) + tirx.exp(c(0.0) - x))
+    if act.kind == "hard_sigmoid":
+        alpha, beta = act.params
+        return tirx.min(tirx.max(x * c(alpha) + c(beta), c(0.0)), c(1.0))
+    if act.kind == "hard_swish":  # ONNX HardSwish: x * hard_sigmoid(x; 1/6, 1/2)
+        return x * tirx.min(tirx.max(x * c(1.0 / 6.0) + c(0.5), c(0.0)), c(1.0))
+    raise AssertionError(f"activation {act.kind} has no lowering")
