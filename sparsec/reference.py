@@ -23,7 +23,7 @@ from sparsec.ir.activation import Activation
 from sparsec.ir.module import Module
 from sparsec.ir.types import dtype_name
 
-Env = dict[str | None, np.ndarray]
+Env = dict[str, np.ndarray]
 
 
 def run_reference(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -165,8 +165,11 @@ def _batch_norm(op: ops.BatchNorm, env: Env) -> np.ndarray:
 
 
 def _max_pool(op: ops.MaxPool, env: Env) -> np.ndarray:
-    """Max over each window; pads (and taps past them in ceil mode) are -inf, so they never win."""
-    win = _windows(env[op.input], op.kernel, op.strides, op.pads, op.dilations, op.type.shape[2:], -np.inf)
+    """Max over each window; pads (and taps past them in ceil mode) never win. They hold the lowest
+    finite float32, as in onnxruntime and TVM, rather than -inf: the same for every window that
+    reads an input element, and -3.4e38 (not -inf) for one that reads only padding."""
+    lowest = np.finfo(np.float32).min
+    win = _windows(env[op.input], op.kernel, op.strides, op.pads, op.dilations, op.type.shape[2:], lowest)
     return win.max(axis=(4, 5))
 
 
@@ -175,12 +178,45 @@ def _avg_pool(op: ops.AvgPool, env: Env) -> np.ndarray:
     the pads when `count_include_pad`; taps past the bottom/right pad (ceil mode) never count,
     as in onnxruntime. A window with nothing to count (pads >= kernel) averages to 0."""
     x = env[op.input]
-    windowed = lambda a, fill: _windows(a, op.kernel, op.strides, op.pads, (1, 1), op.type.shape[2:], fill)  # noqa: E731
-    sums = windowed(x, 0.0).sum(axis=(4, 5), dtype=np.float32)
-    counted = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
-    if op.count_include_pad:  # the pads count: widen the ones to the padded extent
-        counted = np.pad(counted, [(0, 0), (0, 0), (op.pads[0], op.pads[2]), (op.pads[1], op.pads[3])],
-                         constant_values=1.0)
-        counted = counted[:, :, op.pads[0]:, op.pads[1]:]  # _windows pads the begin again, with 0
-    counts = windowed(counted, 0.0).sum(axis=(4, 5), dtype=np.float32)
-    return sums / np.maximum(counts, np.float32(1))
+    out_hw = op.type.shape[2:]
+    sums = _windows(x, op.kernel, op.strides, op.pads, (1, 1), out_hw, 0.0).sum(axis=(4, 5), dtype=np.float32)
+    h_counts, w_counts = (_tap_counts(op, axis, x.shape[2 + axis], out_hw[axis]) for axis in range(2))
+    return sums / np.maximum(np.outer(h_counts, w_counts), 1).astype(np.float32)
+
+
+def _tap_counts(op: ops.AvgPool, axis: int, size: int, out: int) -> np.ndarray:
+    """For each output position along H (axis 0) or W (axis 1): how many window taps count."""
+    begin, end = op.pads[axis], op.pads[axis + 2]
+    low, high = (-begin, size + end) if op.count_include_pad else (0, size)
+    taps = np.arange(out)[:, None] * op.strides[axis] - begin + np.arange(op.kernel[axis])[None, :]
+    return ((taps >= low) & (taps < high)).sum(axis=1)
+
+
+def _global_avg_pool(op: ops.GlobalAvgPool, env: Env) -> np.ndarray:
+    return env[op.input].mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+
+
+def _softmax(op: ops.Softmax, env: Env) -> np.ndarray:
+    """`exp(x - max) / sum(exp(x - max))` along `axis` (shifting by the max cannot overflow)."""
+    x = env[op.input]
+    e = np.exp(x - x.max(axis=op.axis, keepdims=True))
+    return e / e.sum(axis=op.axis, keepdims=True)
+
+
+KERNELS: dict[type[ops.Op], Callable[[ops.Op, Env], np.ndarray]] = {
+    ops.Conv2d: _conv2d,
+    ops.Linear: _linear,
+    ops.MatMul: lambda op, env: np.matmul(env[op.a], env[op.b]),
+    ops.BatchNorm: _batch_norm,
+    ops.Activate: lambda op, env: apply_activation(env[op.input], op.fn),
+    ops.Add: lambda op, env: np.add(env[op.a], env[op.b]),
+    ops.Mul: lambda op, env: np.multiply(env[op.a], env[op.b]),
+    ops.MaxPool: _max_pool,
+    ops.AvgPool: _avg_pool,
+    ops.GlobalAvgPool: _global_avg_pool,
+    ops.Flatten: lambda op, env: env[op.input].reshape(op.type.shape),
+    ops.Reshape: lambda op, env: env[op.input].reshape(op.shape),
+    ops.Concat: lambda op, env: np.concatenate([env[r] for r in op.inputs], axis=op.axis),
+    ops.Softmax: _softmax,
+}
+"""What each op computes: `fn(op, env)` reads its operands from `env` by reference."""

@@ -136,25 +136,33 @@ class _Refs:
     out: object
 
 
+def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Kernel-level LRE: (padded input row offset, tap column) -> the (output row, tap slot)
+    pairs that read it. One loaded vector then feeds every tap of the pattern on that row."""
+    uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for t, tap in enumerate(taps):
+        ky, kx = divmod(int(tap), 3)
+        for r in range(g.rows):
+            uses.setdefault((r * g.strides[0] + ky * g.dilations[0], kx), []).append((r, t))
+    return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
+
+
 def _emit_pattern_loop(b: _Refs, acc, taps, p: int, grp, n, oy0, ox0, g: _Geometry, nf: int):
     """acc[f, r, v] += w[k, f, t] * input(tap t) for the kernels k of pattern p in group grp."""
     base = _i32(b.offset[grp])
     lo, hi = base + _i32(b.stride[grp, p]), base + _i32(b.stride[grp, p + 1])
-    lanes = g.lanes
+    lanes, y0 = g.lanes, oy0 * g.strides[0]
     with T.serial(lo, hi) as k:
         c = _i32(b.index[k])
-        rows: dict[tuple[int, int, int, int], tirx.Expr] = {}
-        for t, tap in enumerate(taps):
-            dy, ph, dq = g.tap(tap)
-            for f in range(nf):
-                wv = tirx.Broadcast(b.weight[k, f, t], lanes)
-                for r in range(g.rows):
-                    yp = (oy0 + r) * g.strides[0] + dy
-                    for v in range(g.vecs):
-                        src = b.xp[n, c, yp, ph, _ramp(ox0 + v * lanes + dq, lanes)]
+        for (dy, kx), users in _row_consumers(taps, g).items():
+            _, ph, dq = g.tap(kx)
+            for v in range(g.vecs):
+                src = b.xp[n, c, y0 + dy, ph, _ramp(ox0 + v * lanes + dq, lanes)]
+                for f in range(nf):
+                    for r, t in users:
+                        wv = tirx.Broadcast(b.weight[k, f, t], lanes)
                         idx = [f, r, _ramp(v * lanes, lanes)]
                         T.buffer_store(acc, acc[f, r, _ramp(v * lanes, lanes)] + wv * src, idx)
-        del rows
 
 
 def _emit_epilogue(b: _Refs, acc, grp, n, oy0, ox0, g: _Geometry, nf, num_filters, act):

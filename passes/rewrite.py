@@ -1,0 +1,71 @@
+"""Local rewrites as data: (producer class, consumer class, fn) rules over producer -> consumer pairs.
+
+`fn(producer, consumer, module)` returns a `Fused` (the op replacing the consumer plus weights to add
+or replace) or None when the rule does not apply. The producer must have the consumer as its only
+user and not be a graph output, so removing it loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sparsec.ir.module import Module, Weight
+from sparsec.ir.ops import Op
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The result of a pair rule: one op replacing both, and weights it adds or replaces."""
+
+    op: Op
+    weights: tuple[Weight, ...] = field(default=())
+
+
+Rule = tuple[type[Op], type[Op], Callable[[Op, Op, Module], Fused | None]]
+
+
+def fuse_pairs(module: Module, rules: list[Rule]) -> Module:
+    """Apply pair rules until none fires; each fire removes one op."""
+    while True:
+        fired = _fuse_once(module, rules)
+        if fired is None:
+            return module
+        module = fired
+
+
+def _fuse_once(module: Module, rules: list[Rule]) -> Module | None:
+    producers, users = module.producers(), module.users()
+    for consumer in module.ops:
+        for ref in consumer.operands()[:1]:  # rules fuse along the first (data) operand
+            producer = producers.get(ref[1:]) if ref.startswith("%") else None
+            if producer is None or len(users.get(ref, [])) != 1 or producer.result in module.outputs:
+                continue
+            for producer_cls, consumer_cls, fn in rules:
+                if type(producer) is producer_cls and type(consumer) is consumer_cls:
+                    fused = fn(producer, consumer, module)
+                    if fused is not None:
+                        return _replace_pair(module, producer, consumer, fused)
+    return None
+
+
+def _replace_pair(module: Module, producer: Op, consumer: Op, fused: Fused) -> Module:
+    ops = tuple(fused.op if op is consumer else op for op in module.ops if op is not producer)
+    return with_weights(module.replace(ops=ops), fused.weights).drop_unused_weights()
+
+
+def with_weights(module: Module, weights: tuple[Weight, ...]) -> Module:
+    """The module with `weights` added, or replacing same-named ones in place."""
+    new = {w.name: w for w in weights}
+    kept = tuple(new.pop(w.name, w) for w in module.weights)
+    return module.replace(weights=kept + tuple(new.values()))
+
+
+def fresh_weight_name(module: Module, base: str) -> str:
+    """`base`, or `base.1`, `base.2`, ... whichever names no weight yet."""
+    taken = module.weight_map
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}.{n}"
+    return name
