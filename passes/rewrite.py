@@ -69,3 +69,20 @@ def fresh_weight_name(module: Module, base: str) -> str:
         n += 1
         name = f"{base}.{n}"
     return name
+
+
+def replace_op(module: Module, old: Op, new: Op, weights: tuple[Weight, ...] = ()) -> Module:
+    """The module with `old` replaced by `new` (same result) and `weights` added or replaced."""
+    ops = tuple(new if op is old else op for op in module.ops)
+    return with_weights(module.replace(ops=ops), weights).drop_unused_weights()
+
+
+def sole_user_weight(module: Module, op: Op, ref: str) -> Weight:
+    """The weight `ref` for `op` to rewrite: itself when `op` is its only reader, else a copy
+    under a fresh name (so rewriting it changes no other op)."""
+    weight = module.weight(ref)
+    if len(module.users().get(ref, [])) == 1:
+        return weight
+    import dataclasses
+
+    return dataclasses.replace(weight, name=fresh_weight_name(module, weight.name))

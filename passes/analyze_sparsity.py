@@ -1,0 +1,78 @@
+"""analyze-sparsity: give every masked conv2d / linear weight the layout its kernel should use.
+
+The choice is a cost model you can read: estimated time = useful MACs / relative throughput of
+the format's kernel, where the throughputs were measured on the host against the dense kernel
+(see benchmarks/RESULTS.md). A format that does not apply to the op is not considered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsec.ir.module import Module, Weight
+from sparsec.ir.ops import Conv2d, Linear, Op
+from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
+from sparsec.passes.base import Pass, register
+from sparsec.passes.rewrite import replace_op, sole_user_weight
+
+# Fraction of the dense kernel's MAC throughput each format's kernel reaches (host CPU).
+RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.8, "csr": 0.4}
+
+
+def _is_pattern_conv(op: Op, weight: Weight) -> bool:
+    return isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (3, 3)
+
+
+def _is_csr_candidate(op: Op, weight: Weight) -> bool:
+    pointwise = isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (1, 1)
+    return pointwise or isinstance(op, Linear)
+
+
+def tap_sets(mask: np.ndarray) -> list[tuple[int, ...]]:
+    """Distinct kept-tap sets of the non-empty 3x3 kernels, most frequent first."""
+    flat = mask.reshape(-1, 9)
+    flat = flat[flat.any(axis=1)]
+    sets, counts = np.unique(flat, axis=0, return_counts=True)
+    ranked = sorted(zip(counts.tolist(), sets.tolist()), key=lambda cs: (-cs[0], cs[1][::-1]))
+    return [tuple(int(t) for t in np.nonzero(s)[0]) for _, s in ranked]
+
+
+def choose_layout(op: Op, weight: Weight, max_patterns: int) -> Layout:
+    """The cheapest applicable format for this weight under the cost model."""
+    mask = weight.mask
+    kept, total = int(mask.sum()), mask.size
+    costs: dict[str, float] = {"dense": total / RELATIVE_THROUGHPUT["dense"]}
+    patterns = sorted(tap_sets(mask)) if _is_pattern_conv(op, weight) else []
+    if patterns and len(patterns) <= max_patterns:
+        costs["pattern"] = kept / RELATIVE_THROUGHPUT["pattern"]
+    if _is_csr_candidate(op, weight):
+        costs["csr"] = kept / RELATIVE_THROUGHPUT["csr"]
+    best = min(costs, key=lambda k: (costs[k], k != "dense"))  # a tie goes to dense
+    if best == "pattern":
+        return Pattern(tuple(patterns))
+    return CSR() if best == "csr" else Dense()
+
+
+@register
+@dataclass(frozen=True)
+class AnalyzeSparsity(Pass):
+    """Pick pattern / CSR / dense for each masked conv2d and linear weight by the cost model."""
+
+    name = "analyze-sparsity"
+    max_patterns: int = 16  # more patterns = more loop nests; past this, code size wins
+
+    def apply(self, module: Module) -> Module:
+        for op in module.ops:
+            if isinstance(op, (Conv2d, Linear)) and isinstance(module.weight(op.weight).layout, Masked):
+                module = self._assign(module, op)
+        return module
+
+    def _assign(self, module: Module, op: Conv2d | Linear) -> Module:
+        weight = sole_user_weight(module, op, op.weight)
+        layout = choose_layout(op, weight, self.max_patterns)
+        parts = {"mask": weight.mask} if "mask" in layout.parts else {}
+        new_weight = dataclasses.replace(weight, layout=layout, parts=parts)
+        return replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))
