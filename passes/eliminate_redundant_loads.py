@@ -15,21 +15,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.fkw import build_fkw, group_fkw
 from sparsec.ir.module import Module
-from sparsec.ir.ops import Conv2d
 from sparsec.passes.base import Pass, register
 from sparsec.passes.reorder_filters import pattern_convs
 from sparsec.passes.rewrite import replace_op
 
 
-def group_waste(op: Conv2d, data: np.ndarray, patterns: tuple, width: int) -> float:
-    """MACs the grouped kernel runs / MACs the filters really need (1.0 = no waste)."""
-    stored = np.arange(data.shape[0])  # the data rows are already in stored order
-    fkw = build_fkw(data, np.array(patterns, np.uint8), stored)
-    needed = max(fkw.num_kernels, 1)
-    grouped = group_fkw(fkw, width)
-    return grouped.index.shape[0] * width / needed
+def group_waste(mask: np.ndarray, width: int) -> float:
+    """MACs the grouped kernel runs / MACs the filters really need (1.0 = no waste).
+
+    A group runs each distinct (input channel, tap set) kernel of its filters once for every
+    filter of the group; `mask` rows are the stored filters in order.
+    """
+    bits = 1 << np.arange(9)
+    tap_sets = (mask.reshape(mask.shape[0], mask.shape[1], 9).astype(np.int64) * bits).sum(axis=2)
+    needed = max(int((tap_sets != 0).sum()), 1)
+    run = 0
+    for start in range(0, tap_sets.shape[0], width):
+        group = np.sort(tap_sets[start:start + width], axis=0)
+        distinct = (group != 0) & np.vstack([np.ones((1, group.shape[1]), bool), group[1:] != group[:-1]])
+        run += int(distinct.sum()) * width
+    return run / needed
 
 
 def uniform_groups(filters: int, width: int) -> tuple[int, ...]:
@@ -49,15 +55,15 @@ class EliminateRedundantLoads(Pass):
     def apply(self, module: Module) -> Module:
         for op in pattern_convs(module):
             weight = module.weight(op.weight)
-            width = self.best_width(op, weight.data, weight.layout.patterns)
+            width = self.best_width(weight.mask)
             groups = uniform_groups(weight.type.shape[0], width)
             module = replace_op(module, op, dataclasses.replace(op, filter_groups=groups))
         return module
 
-    def best_width(self, op: Conv2d, data: np.ndarray, patterns: tuple) -> int:
+    def best_width(self, mask: np.ndarray) -> int:
         width, best = 2, 1
         while width <= self.max_filters:
-            if group_waste(op, data, patterns, width) <= self.max_waste:
+            if group_waste(mask, width) <= self.max_waste:
                 best = width
             width *= 2
         return best

@@ -255,20 +255,25 @@ def fkw_nbytes(fkw: FKW) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class GroupedFKW:
-    """FKW with filters taken `filters_per_group` at a time (filter-level load sharing).
+class KernelTable:
+    """FKW re-cut for a kernel schedule: filters taken `filters_per_group` at a time, input
+    channels in blocks of `channel_block` (so a block's input tile stays in the L1 cache while
+    every filter uses it).
 
-    A group's kernel list is the union of its filters' (pattern, channel) kernels, sorted by
-    pattern; `weight` (Kg, F, T) holds zeros where a filter of the group lacks the kernel.
-    With one filter per group the arrays are the FKW's own.
+    Group g's kernels are sorted by (channel block, pattern, channel); the run of block b and
+    pattern p is `offset[g] + stride[g, b * P + p] : offset[g] + stride[g, b * P + p + 1]`.
+    A group's kernel is the union over its filters (filter-level load sharing): `weight`
+    (Kg, F, T) holds zeros where a filter of the group lacks it. With one filter per group and
+    one block the arrays are the FKW's own.
     """
 
     patterns: np.ndarray
     filter_order: np.ndarray
     offset: np.ndarray  # (G+1,)
-    stride: np.ndarray  # (G, P+1), relative to offset
+    stride: np.ndarray  # (G, B*P+1), relative to offset
     index: np.ndarray  # (Kg,)
     weight: np.ndarray  # (Kg, F, T)
+    channel_block: int
 
     @property
     def filters_per_group(self) -> int:
@@ -279,6 +284,10 @@ class GroupedFKW:
         return int(self.stride.shape[0])
 
     @property
+    def num_blocks(self) -> int:
+        return (self.stride.shape[1] - 1) // max(len(self.patterns), 1)
+
+    @property
     def num_filters(self) -> int:
         return int(self.filter_order.shape[0])
 
@@ -287,48 +296,42 @@ class GroupedFKW:
         return (self.offset, self.stride, self.index, self.weight, self.filter_order)
 
 
-def _filter_runs(fkw: FKW, slot: int) -> list[tuple[int, int, int]]:
-    """(pattern, channel, kernel position) of each kernel of stored filter `slot`."""
-    base, stride = int(fkw.offset[slot]), fkw.stride[slot].astype(np.int64)
-    return [
-        (p, int(fkw.index[base + k]), base + k)
-        for p in range(fkw.num_patterns)
-        for k in range(stride[p], stride[p + 1])
-    ]
+def _kernel_coords(fkw: FKW) -> tuple[np.ndarray, np.ndarray]:
+    """(stored filter, pattern) of every kernel, in storage order."""
+    num_filters, num_patterns = fkw.num_filters, fkw.num_patterns
+    counts = fkw.pattern_counts()
+    slot = np.repeat(np.arange(num_filters), counts.sum(axis=1))
+    pattern = np.repeat(np.tile(np.arange(num_patterns), num_filters), counts.ravel())
+    return slot, pattern
 
 
-def _group_kernels(fkw: FKW, slots: range, width: int):
-    """One group's sorted (pattern, channel) union and its (Kg, F, T) weights."""
-    runs = [_filter_runs(fkw, s) for s in slots]
-    keys = sorted({(p, c) for run in runs for p, c, _ in run})
-    pos = {key: i for i, key in enumerate(keys)}
+def kernel_table(
+    fkw: FKW, in_channels: int, filters_per_group: int = 1, channel_block: int = 0
+) -> KernelTable:
+    """Re-cut `fkw` into groups of filters and blocks of channels (see `KernelTable`).
+
+    `channel_block` 0 means one block of all channels; the last group may be short.
+    """
+    width, num_patterns = filters_per_group, fkw.num_patterns
+    block = channel_block if 0 < channel_block < in_channels else in_channels
+    num_blocks = -(-in_channels // block)
+    num_groups = -(-fkw.num_filters // width)
+    slot, pattern = _kernel_coords(fkw)
+    chan = fkw.index.astype(np.int64)
+    run = (slot // width * num_blocks + chan // block) * num_patterns + pattern
+    keys, pos = np.unique(run * in_channels + chan, return_inverse=True)
     weight = np.zeros((len(keys), width, fkw.taps_per_pattern), np.float32)
-    for f, run in enumerate(runs):
-        for p, c, k in run:
-            weight[pos[(p, c)], f] = fkw.weight[k]
-    return keys, weight
-
-
-def group_fkw(fkw: FKW, filters_per_group: int) -> GroupedFKW:
-    """Group consecutive stored filters (see `GroupedFKW`); the last group may be short."""
-    width = filters_per_group
-    if width == 1:
-        return GroupedFKW(fkw.patterns, fkw.filter_order, fkw.offset, fkw.stride, fkw.index,
-                          fkw.weight[:, None, :])
-    groups = [range(s, min(s + width, fkw.num_filters)) for s in range(0, fkw.num_filters, width)]
-    keys, weights, stride = [], [], np.zeros((len(groups), fkw.num_patterns + 1), np.int64)
-    for g, slots in enumerate(groups):
-        k, w = _group_kernels(fkw, slots, width)
-        keys += k
-        weights.append(w)
-        stride[g, 1:] = np.cumsum(np.bincount([p for p, _ in k], minlength=fkw.num_patterns))
+    weight[pos, slot % width] = fkw.weight
+    runs = np.bincount(keys // in_channels, minlength=num_groups * num_blocks * num_patterns)
+    runs = runs.reshape(num_groups, num_blocks * num_patterns)
+    stride = np.concatenate([np.zeros((num_groups, 1), np.int64), np.cumsum(runs, 1)], axis=1)
     offset = np.concatenate([[0], np.cumsum(stride[:, -1])])
-    index = np.array([c for _, c in keys], np.int64)
-    return GroupedFKW(
+    return KernelTable(
         patterns=fkw.patterns,
         filter_order=fkw.filter_order,
         offset=offset.astype(smallest_uint(int(offset[-1]))),
         stride=stride.astype(smallest_uint(int(stride.max(initial=0)))),
-        index=index.astype(fkw.index.dtype),
-        weight=np.concatenate(weights).reshape(-1, width, fkw.taps_per_pattern),
+        index=(keys % in_channels).astype(fkw.index.dtype),
+        weight=weight,
+        channel_block=block,
     )

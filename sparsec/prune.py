@@ -114,7 +114,9 @@ def prune_model(
 def _check_options(patterns: int, keep_kernels: float, unstructured: float) -> None:
     n = len(CANDIDATE_PATTERNS)
     if isinstance(patterns, bool) or not isinstance(patterns, int | np.integer) or not 1 <= patterns <= n:
-        raise UserError(f"patterns={patterns!r}: use an integer from 1 to {n} (the 4-tap patterns with the centre)")
+        raise UserError(
+            f"patterns={patterns!r}: use an integer from 1 to {n} (the 4-tap patterns with the centre)"
+        )
     for name, value in (("keep_kernels", keep_kernels), ("unstructured", unstructured)):
         if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not 0 <= value <= 1:
             raise UserError(f"{name}={value!r}: use a fraction from 0 to 1")
@@ -244,7 +246,9 @@ def _checked_mask(path, key: str, npz, shapes: dict[str, tuple[int, ...]]) -> np
         mask = npz[key]
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise UserError(f"{where} is an object (pickled) array, which sparsec does not load; save masks as bool arrays") from e
+            raise UserError(
+                f"{where} is an object (pickled) array, which sparsec does not load; save masks as bool arrays"
+            ) from e
         raise UserError(f"{where} is not a NumPy array ({_one_line(e)}); save masks with numpy.savez") from e
     if not isinstance(mask, np.ndarray):  # NpzFile hands back a non-.npy zip member as raw bytes
         raise UserError(f"{where} is not a NumPy array (a plain zip member); save masks with numpy.savez")

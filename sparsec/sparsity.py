@@ -79,12 +79,15 @@ def conv_macs(
     weights x positions and kept MACs are nonzeros x positions (dense when `nonzeros` is None).
     """
     if weight_shape[0] != out_shape[1] or weight_shape[0] % groups:
-        raise ValueError(f"weight {tuple(weight_shape)} with groups={groups} does not give output {tuple(out_shape)}")
+        shapes = f"weight {tuple(weight_shape)} with groups={groups}"
+        raise ValueError(f"{shapes} does not give output {tuple(out_shape)}")
     positions = int(np.prod(out_shape, dtype=np.int64)) // out_shape[1]
     return _macs(weight_shape, positions, nonzeros)
 
 
-def fc_macs(weight_shape: tuple[int, int], out_shape: tuple[int, ...], nonzeros: int | None = None) -> tuple[int, int]:
+def fc_macs(
+    weight_shape: tuple[int, int], out_shape: tuple[int, ...], nonzeros: int | None = None
+) -> tuple[int, int]:
     """(dense MACs, kept MACs) of a fully connected layer with output [..., out_features]."""
     positions = int(np.prod(out_shape[:-1], dtype=np.int64))
     return _macs(weight_shape, positions, nonzeros)

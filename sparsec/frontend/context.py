@@ -21,6 +21,15 @@ from sparsec.ir.types import DTYPES, Dense, Masked, TensorType, dtype_name
 _PLACEHOLDER = TensorType("f32", ())
 
 
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """A node's attributes as Python values (strings decoded, lists as lists)."""
+    out = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        out[attr.name] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
 def describe(node: onnx.NodeProto) -> str:
     """How an error names a node: by its name, or by its first output when it has none."""
     if node.name:
@@ -36,6 +45,7 @@ class Context:
         self.consts: dict[str, np.ndarray] = {}   # ONNX name -> value known at import
         self.masks: dict[str, np.ndarray] = {}    # ONNX name -> bool mask of that constant
         self.refs: dict[str, str] = {}            # ONNX name -> `%value` it became
+        self.used: set[str] = set()               # ONNX names some imported node or output reads
         self.types: dict[str, TensorType] = {}    # IR reference -> type
         self.ops: list[Op] = []
         self.weights: dict[str, Weight] = {}
@@ -73,6 +83,14 @@ class Context:
         if onnx_name in self.refs:
             return self.refs[onnx_name]
         return self.weight(onnx_name)
+
+    def param(self, node: onnx.NodeProto, index: int, what: str) -> str | None:
+        """Input `index` as a weight operand (None when absent); it must be a constant."""
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        if not self.is_const(node.input[index]):
+            self.fail(node, f"its {what} ({node.input[index]!r}) must be a constant (an initializer)")
+        return self.weight(node.input[index])
 
     def value(self, node: onnx.NodeProto, index: int) -> str:
         """Input `index` of `node`, which must not be a constant (an op's data input)."""
@@ -128,7 +146,7 @@ class Context:
 
     def _fresh_weight(self, base: str) -> str:
         name, n = base, 1
-        while name in self.weights or name in self._derived.values():
+        while name in self.weights or name in self._taken:
             name, n = f"{base}.{n}", n + 1
         return name
 

@@ -100,6 +100,7 @@ class Conv2d(Op):
 
     `filter_order` (set by reorder-filters): weight row i holds original filter filter_order[i];
     the op still writes channel filter_order[i], so outputs keep their original order.
+    The bias is indexed by output channel (it is not permuted).
     `filter_groups`: sizes of consecutive stored-filter groups that share input loads.
     """
 
@@ -172,11 +173,20 @@ class MatMul(Op):
     def infer(self, types):
         a, b = types[self.a], types[self.b]
         require(a.rank >= 1 and b.rank >= 1, "matmul operands need rank >= 1")
-        try:
-            shape = np.matmul(np.empty(a.shape, np.float32), np.empty(b.shape, np.float32)).shape
-        except ValueError:
-            raise OpError(f"matmul shapes {list(a.shape)} and {list(b.shape)} do not match") from None
+        shape = _matmul_shape(a.shape, b.shape)
         return TensorType(a.dtype, shape)
+
+
+def _matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy's matmul result shape: 1-D operands gain (then lose) an axis, batches broadcast."""
+    left = (1,) + a if len(a) == 1 else a
+    right = b + (1,) if len(b) == 1 else b
+    require(left[-1] == right[-2], f"matmul shapes {list(a)} and {list(b)} do not match")
+    try:
+        batch = np.broadcast_shapes(left[:-2], right[:-2])
+    except ValueError:
+        raise OpError(f"matmul batch shapes {list(a[:-2])} and {list(b[:-2])} do not broadcast") from None
+    return batch + (left[-2],) * (len(a) > 1) + (right[-1],) * (len(b) > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +261,7 @@ class Mul(Op):
 
 @dataclass(frozen=True, slots=True)
 class MaxPool(Op):
-    """Max pooling over H, W; padding never wins (it is -inf)."""
+    """Max pooling over H, W; padding never wins (it is the lowest float32, like onnxruntime)."""
 
     name: ClassVar[str] = "max_pool"
     input: str = operand()

@@ -147,9 +147,6 @@ class GraphBuilder:
     def softmax(self, node: str, x: str) -> str:
         return self._node("Softmax", node, [x], axis=-1)
 
-    def identity(self, node: str, x: str) -> str:
-        return self._node("Identity", node, [x])
-
     # ---- the model -----------------------------------------------------------------------
 
     def finish(

@@ -1,0 +1,1 @@
+"""Running compiled models: load, run, time (imports tvm's runtime)."""

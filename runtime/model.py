@@ -1,0 +1,131 @@
+"""A compiled model: a stock TVM library (Relax VM executable) plus a small JSON manifest.
+
+On disk: `model.so` (loadable by any TVM 0.27 runtime: `relax.VirtualMachine(
+tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`) and `model.so.json` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from sparsec.errors import UserError
+from sparsec.ir.files import atomic_outputs
+from sparsec.ir.types import dtype_name
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a user of the library needs to know: inputs, outputs, target, per-layer formats."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    target: str
+    target_json: str
+    layers: tuple[dict, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"version": MANIFEST_VERSION, "entry": "main", **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        specs = lambda key: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in data[key])  # noqa: E731
+        return cls(specs("inputs"), specs("outputs"), data["target"], data["target_json"], tuple(data["layers"]))
+
+
+def manifest_path(library: Path) -> Path:
+    return Path(str(library) + ".json")
+
+
+class CompiledModel:
+    """Runs on the host CPU; `export` writes the library and its manifest atomically."""
+
+    def __init__(self, executable, manifest: Manifest):
+        self.executable, self.manifest = executable, manifest
+        self._vm = None
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu(0))
+        return self._vm
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The inputs in order, or a UserError naming the first one that does not fit."""
+        names = [s.name for s in self.manifest.inputs]
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise UserError(f"input {unknown[0]!r} is not an input of the model; its inputs are: {', '.join(names)}")
+        ordered = []
+        for spec in self.manifest.inputs:
+            if spec.name not in inputs:
+                raise UserError(f"input {spec.name!r} is missing; the model's inputs are: {', '.join(names)}")
+            array = np.asarray(inputs[spec.name])
+            if array.shape != spec.shape or array.dtype != np.dtype(_NP[spec.dtype]):
+                raise UserError(f"input {spec.name!r} is {_describe(array)} but the model expects "
+                                f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
+            ordered.append(np.ascontiguousarray(array))
+        return ordered
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs keyed by name for inputs keyed by name."""
+        args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in self.check_inputs(inputs)]
+        result = self.vm["main"](*args)
+        values = [result] if len(self.manifest.outputs) == 1 else list(result)
+        return {spec.name: v.numpy() for spec, v in zip(self.manifest.outputs, values)}
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write `path` (the TVM library) and `path.json` (the manifest), both or neither."""
+        path = Path(path)
+        if path.suffix != ".so":
+            raise UserError(f"{path}: a compiled model is written as a .so library; name it model.so")
+        with atomic_outputs([path, manifest_path(path)]) as (lib_tmp, manifest_tmp):
+            lib_path = lib_tmp.with_suffix(".so")  # export_library picks the format from the suffix
+            try:
+                self.executable.export_library(str(lib_path))
+                os.replace(lib_path, lib_tmp)
+            finally:
+                lib_path.unlink(missing_ok=True)
+            manifest_tmp.write_text(self.manifest.to_json())
+
+
+_NP = {"f32": "float32", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool"}
+
+
+def _describe(array: np.ndarray) -> str:
+    try:
+        name = dtype_name(array.dtype)
+    except ValueError:
+        name = str(array.dtype)
+    return f"{name}[{', '.join(map(str, array.shape))}]"
+
+
+def load(path: str | os.PathLike) -> CompiledModel:
+    """Load a library written by `CompiledModel.export` (or `sparsec compile`)."""
+    path = Path(path)
+    manifest_file = manifest_path(path)
+    if not path.exists() or not manifest_file.exists():
+        raise UserError(f"{path}: no compiled model here (need {path.name} and {manifest_file.name}); "
+                        "write one with `sparsec compile`")
+    try:
+        manifest = Manifest.from_json(manifest_file.read_text())
+        executable = tvm.runtime.load_module(str(path))
+    except (ValueError, KeyError, tvm.error.TVMError) as err:
+        raise UserError(f"{path}: cannot load the compiled model ({str(err).splitlines()[0]})") from None
+    return CompiledModel(executable, manifest)

@@ -1,0 +1,47 @@
+"""The whole compiler as one straight line: import -> passes -> lower. No tvm import here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from sparsec.frontend import import_onnx, load_onnx
+from sparsec.ir.module import Module
+from sparsec.passes import PassInstrument, default_pipeline, run_pipeline
+
+
+def optimize(module: Module, *, verify_each: bool = False,
+             dump: Callable[[str, Module], None] | None = None) -> Module:
+    """The default pass pipeline over an imported module."""
+    return run_pipeline(module, default_pipeline(), PassInstrument(verify_each=verify_each, dump=dump))
+
+
+def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Module:
+    """ONNX (path or proto) + masks (dict or .npz path) -> verified IR."""
+    from sparsec.prune import load_masks
+
+    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(Path(model))
+    if masks is not None and not isinstance(masks, dict):
+        masks = load_masks(Path(masks), proto)
+    return import_onnx(proto, masks, input_shapes).module
+
+
+def compile(model, masks=None, *, target: str = "host", input_shapes=None, verify_each: bool = False,
+            dump: Callable[[str, Module], None] | None = None):
+    """Compile an ONNX model (+ masks) or an IR `Module`; returns a runnable `CompiledModel`."""
+    from sparsec.lower.compile import compile_module
+
+    module = model if isinstance(model, Module) else import_model(model, masks, input_shapes)
+    return compile_module(optimize(module, verify_each=verify_each, dump=dump), target)
+
+
+def load(path: str | os.PathLike):
+    """Load a compiled model (`model.so` + `model.so.json`)."""
+    from sparsec.runtime.model import load as load_library
+
+    return load_library(path)

@@ -1,0 +1,331 @@
+"""Dense convolution (any stride, padding, dilation, groups) as a register-tiled implicit GEMM.
+
+Data flow, three TE stages scheduled with `tvm.s_tir.Schedule`:
+1. `xp`: the input copied once into zero-padded, stride-phase-split planes, each flattened with a
+   row pitch `wq`. A tap (kh, kw) is then one plane plus a constant offset, and output pixel j
+   (flattened with the same pitch) reads `xp[..., j + offset]`: the conv is a GEMM whose "B"
+   rows are shifted windows of `xp` (no im2col), and every stride becomes stride 1.
+2. `wide`: the conv over the pitch-`wq` pixel grid (columns past OW are junk), padded to whole
+   tiles so no loop has a tail. Register tile: `out_block` filters (weights broadcast from a
+   compile-time packing [O/ob, I/g, KH, KW, ob]) x `vectors` SIMD vectors of pixels; input
+   channels are split in L1-sized blocks and partial sums stay in `wide` between blocks.
+3. `out`: drop the junk columns, add the bias, apply the activation.
+Depthwise convs (one input channel per filter) have no channel reduction to tile: they are
+parallel over channels with one channel's padded plane, sums and outputs kept in L1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import s_tir, te, tirx
+
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import Kernel, apply_activation
+
+
+@dataclass(frozen=True)
+class DenseConvKnobs:
+    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2 / 16 vector regs."""
+
+    out_block: int = 6  # filters per register tile (weights broadcast from memory)
+    vectors: int = 2  # SIMD vectors of output pixels per register tile
+    lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
+    tiles_per_block: int = 4  # register tiles along the pixels per parallel work item
+    channel_block: int = 64  # input channels per L1 block of the reduction
+    out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
+    dw_vectors: int = 4  # depthwise: SIMD vectors of output pixels per step
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) < 1:
+                raise ValueError(f"knob {name} must be >= 1")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Shapes of one convolution; all compile-time integers."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
+    dilations: tuple[int, int]
+    groups: int
+
+    @property
+    def oh(self) -> int:
+        span = (self.kh - 1) * self.dilations[0] + 1
+        return (self.h + self.pads[0] + self.pads[2] - span) // self.strides[0] + 1
+
+    @property
+    def ow(self) -> int:
+        span = (self.kw - 1) * self.dilations[1] + 1
+        return (self.w + self.pads[1] + self.pads[3] - span) // self.strides[1] + 1
+
+    @property
+    def cg(self) -> int:
+        """Input channels per group."""
+        return self.c // self.groups
+
+    @property
+    def og(self) -> int:
+        """Filters per group."""
+        return self.o // self.groups
+
+    @property
+    def depthwise(self) -> bool:
+        return self.cg == 1
+
+    def phases(self, axis: int) -> int:
+        """Stride phases a kernel axis reads: 1 when every tap lands on phase 0 (e.g. 1x1)."""
+        k, s, d = (self.kh, self.kw)[axis], self.strides[axis], self.dilations[axis]
+        return 1 if all(t * d % s == 0 for t in range(k)) else s
+
+    @property
+    def planes(self) -> int:
+        return self.phases(0) * self.phases(1)
+
+    @property
+    def wq(self) -> int:
+        """Row pitch of a phase plane: the padded width per phase, and enough that an output
+        row plus the widest tap shift never wraps into the next row."""
+        padded = _ceil_div(self.w + self.pads[1] + self.pads[3], self.strides[1])
+        return max(padded, self.ow + (self.kw - 1) * self.dilations[1] // self.strides[1])
+
+    @property
+    def max_offset(self) -> int:
+        return self.tap_offset(self.kh - 1, self.kw - 1)
+
+    def tap_plane(self, kh, kw):
+        """The phase plane tap (kh, kw) reads (works on ints and TE index expressions)."""
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        return (kh * dh % sh) * self.phases(1) + kw * dw % sw
+
+    def tap_offset(self, kh, kw):
+        """Flat offset of tap (kh, kw) inside its plane, relative to the output pixel."""
+        (sh, sw), (dh, dw) = self.strides, self.dilations
+        return kh * dh // sh * self.wq + kw * dw // sw
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """How one convolution is tiled: register tile, blocks, padded extents."""
+
+    ob: int  # filters per register tile
+    vectors: int
+    lanes: int
+    tiles: int  # register tiles per parallel pixel block
+    rb: int  # input channels per reduction block
+    og: int  # filter groups in the parallel loop
+    op: int  # filters padded to whole tiles
+    jp: int  # flattened output pixels padded to whole blocks
+
+    @property
+    def block(self) -> int:
+        return self.lanes * self.vectors * self.tiles
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def _register_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
+    """(filters, vectors) of the register tile, keeping about out_block * vectors accumulators.
+
+    Grouped convs need a tile inside one group; a filter count the default tile would pad
+    (64 = 10 x 6 + 4) takes the 4-filter tile with one more vector when that one fits exactly."""
+    budget = k.out_block * k.vectors
+    if g.groups > 1:
+        ob = _largest_divisor(g.og, k.out_block)
+        return ob, max(1, min(4, budget // ob))
+    if g.o % k.out_block and g.o % 4 == 0 and budget // 4 <= 4:
+        return 4, budget // 4
+    return min(k.out_block, g.o), k.vectors
+
+
+def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
+    pixels = g.oh * g.wq
+    if g.depthwise:
+        tile = k.lanes * k.dw_vectors
+        return _Tiling(1, k.dw_vectors, k.lanes, 1, 1, 1, g.o, _ceil_div(pixels, tile) * tile)
+    ob, vectors = _register_tile(g, k)
+    tile = k.lanes * vectors
+    tiles = min(k.tiles_per_block, _ceil_div(pixels, tile))
+    og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
+    og = min(og, _ceil_div(g.o, ob))
+    op = _ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
+    jp = _ceil_div(pixels, tile * tiles) * tile * tiles
+    return _Tiling(ob, vectors, k.lanes, tiles, _largest_divisor(g.cg, k.channel_block), og, op, jp)
+
+
+# --- compute (TE) -------------------------------------------------------------------------
+
+
+def _padded_planes(x: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
+    """xp[n, c, plane, f]: phase plane (rh, rw) of the zero-padded input, flattened with pitch wq:
+    xp[n, c, rh * phases_w + rw, hq * wq + wq'] = x[n, c, hq * sh + rh - top, wq' * sw + rw - left]."""
+    rows = _ceil_div(t.jp + g.max_offset, g.wq)
+    (sh, sw), (top, left), pw = g.strides, g.pads[:2], g.phases(1)
+
+    def value(n, c, plane, f):
+        h = f // g.wq * sh + plane // pw - top
+        w = f % g.wq * sw + plane % pw - left
+        inside = tirx.all(h >= 0, h < g.h, w >= 0, w < g.w)
+        return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(0.0, "float32"))
+
+    return te.compute((g.n, g.c, g.planes, rows * g.wq), value, name="xp")
+
+
+def _gemm_sums(xp: te.Tensor, wpk: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
+    """wide[n, o, j] = sum over (r, kh, kw) of w[o, r, kh, kw] * xp[n, channel, plane, j + offset]."""
+    r = te.reduce_axis((0, g.cg), "r")
+    kh, kw = te.reduce_axis((0, g.kh), "kh"), te.reduce_axis((0, g.kw), "kw")
+
+    def value(n, o, j):
+        chan = r if g.groups == 1 else o // g.og * g.cg + r
+        src = xp[n, chan, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
+        return te.sum(wpk[o // t.ob, r, kh, kw, o % t.ob] * src, axis=[r, kh, kw])
+
+    return te.compute((g.n, t.op, t.jp), value, name="wide")
+
+
+def _depthwise_sums(xp: te.Tensor, wdw: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
+    """wide[n, o, j] = sum over (kh, kw) of w[o, kh, kw] * xp[n, o // multiplier, plane, j + offset]."""
+    kh, kw = te.reduce_axis((0, g.kh), "kh"), te.reduce_axis((0, g.kw), "kw")
+
+    def value(n, o, j):
+        src = xp[n, o // g.og, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
+        return te.sum(wdw[o, kh, kw] * src, axis=[kh, kw])
+
+    return te.compute((g.n, g.o, t.jp), value, name="wide")
+
+
+def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activation | None):
+    """out[n, o, i, k] = act(wide[n, o, i * wq + k] + bias[o]): junk columns dropped."""
+
+    def value(n, o, i, k):
+        v = wide[n, o, i * g.wq + k]
+        return apply_activation(v + bias[o] if bias is not None else v, act, 1)
+
+    return te.compute((g.n, g.o, g.oh, g.ow), value, name="out")
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def _schedule_planes(sch: s_tir.Schedule, g: _Geometry) -> None:
+    """Padding copy: parallel over images x channels; the flat loop split into rows x pitch so
+    the div/mod of the plane index fold away."""
+    n, c, _, f = sch.get_loops(sch.get_sblock("xp"))
+    sch.split(f, [None, g.wq])
+    sch.parallel(sch.fuse(n, c))
+
+
+def _schedule_epilogue(sch: s_tir.Schedule) -> None:
+    n, o, _, _ = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(sch.fuse(n, o))
+
+
+def _schedule_gemm(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
+    """Loops: parallel(n, filter group, pixel block) > channel block > filter tile > pixel tile >
+    (channels, kh, kw) > unrolled ob x vectors register tile. The sums live in `wide` across
+    channel blocks; inside one block LLVM keeps the tile in registers (buffers are noalias)."""
+    _schedule_planes(sch, g)
+    blk = sch.get_sblock("wide")
+    n, o, j, r, kh, kw = sch.get_loops(blk)
+    go, oo, oi = sch.split(o, [t.og, None, t.ob])
+    jo, ji, jt, jl = sch.split(j, [None, t.tiles, t.vectors, t.lanes])
+    ro, ri = sch.split(r, [None, t.rb])
+    sch.reorder(n, go, jo, ro, oo, ji, ri, kh, kw, oi, jt, jl)
+    sch.parallel(sch.fuse(n, go, jo))
+    for loop in (kw, oi, jt):
+        sch.unroll(loop)
+    sch.vectorize(jl)
+    sch.decompose_reduction(blk, ro)
+    sch.vectorize(sch.get_loops(sch.get_sblock("wide_init"))[-1])
+    _schedule_epilogue(sch)
+
+
+def _schedule_depthwise(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
+    """Parallel over (image, channel); that channel's padded plane, sums and outputs are
+    computed under the same iteration, so they stay in L1."""
+    blk = sch.get_sblock("wide")
+    n, o, j, kh, kw = sch.get_loops(blk)
+    no = sch.fuse(n, o)
+    jo, jt, jl = sch.split(j, [None, t.vectors, t.lanes])
+    sch.reorder(no, jo, kh, kw, jt, jl)
+    sch.parallel(no)
+    for loop in (kh, kw, jt):
+        sch.unroll(loop)
+    sch.vectorize(jl)
+    sch.decompose_reduction(blk, kh)
+    sch.compute_at(sch.get_sblock("xp"), no)
+    sch.reverse_compute_at(sch.get_sblock("out"), no)
+    sch.split(sch.get_loops(sch.get_sblock("xp"))[-1], [None, g.wq])
+
+
+# --- weights ------------------------------------------------------------------------------
+
+
+def _pack_weight(weight: np.ndarray, g: _Geometry, t: _Tiling) -> np.ndarray:
+    """OIHW -> [O/ob, I/g, KH, KW, ob] (zero filters pad O): a tile's weights for one tap are
+    contiguous. Depthwise: [O, KH, KW]."""
+    w = np.asarray(weight, np.float32)
+    if g.depthwise:
+        return np.ascontiguousarray(w.reshape(g.o, g.kh, g.kw))
+    padded = np.zeros((t.op, *w.shape[1:]), np.float32)
+    padded[: g.o] = w
+    packed = padded.reshape(t.op // t.ob, t.ob, g.cg, g.kh, g.kw).transpose(0, 2, 3, 4, 1)
+    return np.ascontiguousarray(packed)
+
+
+def _geometry(weight, in_shape, strides, pads, dilations, groups) -> _Geometry:
+    n, c, h, w = (int(d) for d in in_shape)
+    o, cg, kh, kw = (int(d) for d in weight.shape)
+    if c % groups or o % groups or cg != c // groups:
+        raise ValueError(f"weight {weight.shape} does not fit input {in_shape} with {groups} groups")
+    g = _Geometry(n, c, h, w, o, kh, kw, tuple(strides), tuple(pads), tuple(dilations), groups)
+    if g.oh < 1 or g.ow < 1:
+        raise ValueError(f"conv of {in_shape} with kernel {kh}x{kw} has an empty output")
+    return g
+
+
+def dense_conv_kernel(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int, int],
+    *,
+    strides: tuple[int, int] = (1, 1),
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+    dilations: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    bias: np.ndarray | None = None,
+    activation: Activation | None = None,
+    knobs: DenseConvKnobs = DenseConvKnobs(),
+    name: str = "dense_conv",
+) -> Kernel:
+    """The TIR kernel of `act(conv(x, weight) + bias)`, NCHW float32; params (x, w, [bias], out)."""
+    g = _geometry(weight, in_shape, strides, pads, dilations, groups)
+    t = _plan(g, knobs)
+    x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
+    packed = _pack_weight(weight, g, t)
+    w = te.placeholder(packed.shape, "float32", name="w")
+    b = te.placeholder((g.o,), "float32", name="bias") if bias is not None else None
+    xp = _padded_planes(x, g, t)
+    wide = (_depthwise_sums if g.depthwise else _gemm_sums)(xp, w, g, t)
+    out = _epilogue(wide, g, b, activation)
+    func = te.create_prim_func([x, w, *([b] if b is not None else []), out])
+    sch = s_tir.Schedule(func.with_attr("global_symbol", name))
+    (_schedule_depthwise if g.depthwise else _schedule_gemm)(sch, g, t)
+    constants = (packed,) + ((np.asarray(bias, np.float32).reshape(g.o),) if bias is not None else ())
+    return Kernel(sch.mod["main"], constants, (g.n, g.o, g.oh, g.ow), "float32")

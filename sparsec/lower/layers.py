@@ -1,0 +1,80 @@
+"""Which kernel generator each layer gets, from its op and its weight's layout.
+
+The layout says what the weight is; this table picks the generator that exploits it:
+pattern / fkw -> pattern-sparse conv, csr -> sparse 1x1 conv or sparse FC, dense -> dense kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.ir.module import Module, Weight
+from sparsec.ir.ops import AvgPool, Conv2d, GlobalAvgPool, Linear, MaxPool
+from sparsec.ir.types import CSR, FKW, Pattern
+from sparsec.lower.kernels.common import Kernel
+from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
+from sparsec.passes.compress_fkw import fkw_from_parts, fkw_of
+
+
+def _bias(op, module: Module) -> np.ndarray | None:
+    return module.weight(op.bias).data if op.bias else None
+
+
+def _original_order(op: Conv2d, weight: Weight) -> np.ndarray:
+    """Weight rows in output-channel order (undoing a recorded filter permutation)."""
+    if not op.filter_order:
+        return weight.data
+    data = np.empty_like(weight.data)
+    data[list(op.filter_order)] = weight.data
+    return data
+
+
+def _pattern_knobs(op: Conv2d) -> PatternConvKnobs:
+    """Knobs from the IR's decisions: filter groups set by eliminate-redundant-loads."""
+    width = max(op.filter_groups) if op.filter_groups else 1
+    return PatternConvKnobs(filters_per_group=width)
+
+
+def conv2d_kernel(op: Conv2d, module: Module) -> tuple[Kernel, str]:
+    """The kernel for a conv2d and the name of the format it reads."""
+    weight = module.weight(op.weight)
+    in_shape = module.types[op.input].shape
+    common = dict(bias=_bias(op, module), activation=op.activation)
+    geometry = dict(strides=op.strides, pads=op.pads, dilations=op.dilations)
+    if isinstance(weight.layout, (Pattern, FKW)):
+        fkw = fkw_from_parts(weight) if isinstance(weight.layout, FKW) else fkw_of(op, weight)
+        return pattern_conv_kernel(fkw, in_shape, **geometry, **common, knobs=_pattern_knobs(op)), "pattern"
+    data = _original_order(op, weight)
+    if isinstance(weight.layout, CSR):
+        from sparsec.lower.kernels.csr import csr_conv1x1_kernel
+
+        return csr_conv1x1_kernel(data, in_shape, strides=op.strides, **common), "csr"
+    from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+
+    return dense_conv_kernel(data, in_shape, **geometry, groups=op.groups, **common), "dense"
+
+
+def linear_kernel(op: Linear, module: Module) -> tuple[Kernel, str]:
+    weight = module.weight(op.weight)
+    in_shape = module.types[op.input].shape
+    common = dict(bias=_bias(op, module), activation=op.activation)
+    if isinstance(weight.layout, CSR):
+        from sparsec.lower.kernels.csr import csr_dense_kernel
+
+        return csr_dense_kernel(weight.data, in_shape, **common), "csr"
+    from sparsec.lower.kernels.dense_matmul import dense_kernel
+
+    return dense_kernel(weight.data, in_shape, **common), "dense"
+
+
+def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module) -> Kernel:
+    from sparsec.lower.kernels import pool
+
+    in_shape = module.types[op.input].shape
+    if isinstance(op, GlobalAvgPool):
+        return pool.global_avg_pool_kernel(in_shape)
+    if isinstance(op, MaxPool):
+        return pool.max_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
+                                    dilations=op.dilations, ceil_mode=op.ceil_mode)
+    return pool.avg_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
+                                ceil_mode=op.ceil_mode, count_include_pad=op.count_include_pad)

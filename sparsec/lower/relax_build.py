@@ -1,0 +1,137 @@
+"""IR module -> TVM Relax module: each op becomes a call to a kernel generated for it.
+
+Kernels come from `sparsec.lower.kernels` (scheduled by their generators); the few ops left to
+Relax (reshape, concat, softmax, broadcast arithmetic) are legalised and then given the generic
+CPU schedule of `schedule_generic`, so no op runs on TVM's unscheduled default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from sparsec.ir.module import Module
+from sparsec.ir.ops import (Activate, Add, AvgPool, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear,
+                            MatMul, MaxPool, Mul, Op, Reshape, Softmax)
+from sparsec.lower.kernels.activation import activation_kernel
+from sparsec.lower.kernels.common import Kernel
+from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
+from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one IR op became: its kernel and the weight format it reads (for the manifest)."""
+
+    result: str
+    op: str
+    format: str
+    kernel: str
+
+
+@dataclass
+class _Ctx:
+    module: Module
+    bb: relax.BlockBuilder
+    env: dict[str, relax.Expr] = field(default_factory=dict)
+    plans: list[LayerPlan] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+
+    def ref(self, ref: str) -> relax.Expr:
+        """A `%value` as its Relax var, a `@weight` as a Relax constant."""
+        if ref.startswith("@"):
+            return relax.const(self.module.weight(ref).data)
+        return self.env[ref[1:]]
+
+    def kernel_name(self, op: Op) -> str:
+        base = "".join(c if c.isalnum() else "_" for c in f"{op.name}_{op.result}")
+        name, n = base, 0
+        while name in self.names:
+            n += 1
+            name = f"{base}_{n}"
+        self.names.add(name)
+        return name
+
+
+def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
+    """The Relax module of `module` (function `main`, inputs in order) and its per-layer plan."""
+    bb = relax.BlockBuilder()
+    ctx = _Ctx(module, bb)
+    params = [relax.Var(p.name, relax.TensorType(p.type.shape, "float32")) for p in module.inputs]
+    with bb.function("main", params):
+        with bb.dataflow():
+            ctx.env.update({p.name: v for p, v in zip(module.inputs, params)})
+            for op in module.ops:
+                ctx.env[op.result] = bb.emit(LOWERINGS[type(op)](op, ctx), name_hint=_hint(op.result))
+            outs = [ctx.env[name] for name in module.outputs]
+            result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        bb.emit_func_output(result)
+    mod = relax.transform.LegalizeOps()(bb.get())
+    return schedule_unscheduled(mod), ctx.plans
+
+
+def _hint(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name) or "v"
+
+
+def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str) -> relax.Expr:
+    name = ctx.kernel_name(op)
+    func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
+    gv = ctx.bb.add_func(func, name)
+    args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
+    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name))
+    return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
+
+
+# --- one lowering per op -------------------------------------------------------------------------
+
+
+def _conv2d(op: Conv2d, ctx: _Ctx) -> relax.Expr:
+    kernel, fmt = conv2d_kernel(op, ctx.module)
+    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
+
+
+def _linear(op: Linear, ctx: _Ctx) -> relax.Expr:
+    kernel, fmt = linear_kernel(op, ctx.module)
+    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
+
+
+def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:
+    kernel = pool_kernel(op, ctx.module)
+    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
+
+
+def _activate(op: Activate, ctx: _Ctx) -> relax.Expr:
+    return _call_kernel(ctx, op, activation_kernel(op.type.shape, op.fn), [ctx.ref(op.input)], "dense")
+
+
+def _batch_norm(op: BatchNorm, ctx: _Ctx) -> relax.Expr:
+    # y = x * s + t with s = scale / sqrt(var + eps), t = bias - mean * s, per channel (axis 1)
+    get = lambda ref: ctx.module.weight(ref).data.astype(np.float64)  # noqa: E731
+    scale = get(op.scale) / np.sqrt(get(op.var) + op.epsilon)
+    shift = get(op.bias) - get(op.mean) * scale
+    shape = (1, -1) + (1,) * (op.type.rank - 2)
+    s, t = (relax.const(v.reshape(shape).astype(np.float32)) for v in (scale, shift))
+    return relax.op.add(relax.op.multiply(ctx.ref(op.input), s), t)
+
+
+LOWERINGS: dict[type[Op], Callable[[Op, _Ctx], relax.Expr]] = {
+    Conv2d: _conv2d,
+    Linear: _linear,
+    MaxPool: _pool,
+    AvgPool: _pool,
+    GlobalAvgPool: _pool,
+    Activate: _activate,
+    BatchNorm: _batch_norm,
+    MatMul: lambda op, ctx: relax.op.matmul(ctx.ref(op.a), ctx.ref(op.b)),
+    Add: lambda op, ctx: relax.op.add(ctx.ref(op.a), ctx.ref(op.b)),
+    Mul: lambda op, ctx: relax.op.multiply(ctx.ref(op.a), ctx.ref(op.b)),
+    Flatten: lambda op, ctx: relax.op.reshape(ctx.ref(op.input), op.type.shape),
+    Reshape: lambda op, ctx: relax.op.reshape(ctx.ref(op.input), op.type.shape),
+    Concat: lambda op, ctx: relax.op.concat([ctx.ref(r) for r in op.inputs], axis=op.axis),
+    Softmax: lambda op, ctx: relax.op.nn.softmax(ctx.ref(op.input), axis=op.axis),
+}
