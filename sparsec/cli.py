@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
-    for register in (_import_parser, _opt_parser, _run_parser, _prune_parser, _inspect_parser, _demo_parser):
+    for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
+                     _demo_parser):
         register(jobs)
     return parser
 
@@ -118,12 +119,81 @@ def cmd_opt(args) -> int:
     return 0
 
 
+# --- sparsec compile -----------------------------------------------------------------------------
+
+
+def _compile_parser(jobs) -> None:
+    p = jobs.add_parser("compile", help="ONNX model (+ masks) -> TVM library model.so (+ model.so.json)")
+    p.add_argument("model", type=Path, help="ONNX model, or IR text (.sir)")
+    p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
+    p.add_argument("--target", default="host", help="target to compile for (default: host)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
+    p.add_argument("-o", "--output", type=Path, required=True, help="library to write (model.so)")
+    p.add_argument("--dump-ir-after", metavar="PASS|all",
+                   help="write the IR text after that pass (or every pass) beside the output")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("--check", action="store_true",
+                   help="run the compiled model against the reference interpreter and onnxruntime")
+    p.set_defaults(command=cmd_compile)
+
+
+def cmd_compile(args) -> int:
+    from sparsec.lower.target import resolve_target
+
+    resolve_target(args.target)  # an unsupported target fails before any work
+    _check_output(args.output, ".so")
+    module = _load_source(args)
+    from sparsec.driver import compile as compile_model
+
+    dump = _ir_dumper(args.output, args.dump_ir_after) if args.dump_ir_after else None
+    compiled = compile_model(module, target=args.target, verify_each=args.verify_each, dump=dump)
+    if args.check:
+        from sparsec.check import check_compiled
+
+        print(check_compiled(compiled, module, args.model if args.model.suffix == ".onnx" else None, args.masks))
+    compiled.export(args.output)
+    return 0
+
+
+def _load_source(args):
+    if args.model.suffix == ".sir":
+        from sparsec.ir.files import read_module
+        from sparsec.ir.verify import verify
+
+        return verify(read_module(args.model))
+    module, _zeroed = load_model(args.model, args.masks, args.input_shape)
+    return module
+
+
+def _check_output(path: Path, suffix: str) -> None:
+    if path.suffix != suffix:
+        raise UserError(f"{path}: the output must be a {suffix} file")
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: cannot write here, the folder {path.parent} does not exist")
+
+
+def _ir_dumper(output: Path, which: str):
+    """A pass-instrument hook writing `OUTPUT.after-PASS.sir` (+ .npz) for the chosen passes."""
+    from sparsec.ir.files import write_module
+    from sparsec.passes import PASSES
+
+    if which != "all" and which not in PASSES:
+        raise UserError(f"--dump-ir-after {which}: no such pass; known passes: {', '.join(sorted(PASSES))}, all")
+    counter = iter(range(1, 1000))
+
+    def dump(pass_name, module) -> None:
+        if which in ("all", pass_name):
+            write_module(module, output.with_name(f"{output.stem}.{next(counter):02d}-{pass_name}.sir"))
+
+    return dump
+
+
 # --- sparsec run ---------------------------------------------------------------------------------
 
 
 def _run_parser(jobs) -> None:
-    p = jobs.add_parser("run", help="run IR text with the reference interpreter")
-    p.add_argument("module", type=Path, help="IR text (.sir)")
+    p = jobs.add_parser("run", help="run a compiled model (.so) or IR text (.sir, reference interpreter)")
+    p.add_argument("module", type=Path, help="model.so from `sparsec compile`, or IR text (.sir)")
     p.add_argument("--input", type=Path, required=True, help=".npy (one input) or .npz keyed by input name")
     p.add_argument("-o", "--output", type=Path, required=True, help=".npy (one output) or .npz keyed by name")
     p.set_defaults(command=cmd_run)
@@ -131,12 +201,20 @@ def _run_parser(jobs) -> None:
 
 def cmd_run(args) -> int:
     from sparsec.io import read_inputs, write_outputs
-    from sparsec.ir.files import read_module
-    from sparsec.reference import run_reference
 
-    module = read_module(args.module)
-    inputs = read_inputs(args.input, [p.name for p in module.inputs])
-    outputs = run_reference(module, inputs)
+    if args.module.suffix == ".so":
+        from sparsec.driver import load
+
+        compiled = load(args.module)
+        inputs = read_inputs(args.input, [s.name for s in compiled.manifest.inputs])
+        outputs = compiled.run(inputs)
+    else:
+        from sparsec.ir.files import read_module
+        from sparsec.reference import run_reference
+
+        module = read_module(args.module)
+        inputs = read_inputs(args.input, [p.name for p in module.inputs])
+        outputs = run_reference(module, inputs)
     write_outputs(args.output, outputs)
     return 0
 

@@ -207,9 +207,15 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 
 def save_masks(masks: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Writes the masks as bool arrays to an .npz file at exactly `path` (no suffix is added)."""
-    with open(path, "wb") as f:
-        np.savez(f, **{name: np.asarray(mask, dtype=bool) for name, mask in masks.items()})
+    """Writes the masks as bool arrays to an .npz file at exactly `path` (no suffix is added),
+    all or nothing."""
+    from sparsec.ir.files import write_atomically
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{name: np.asarray(mask, dtype=bool) for name, mask in masks.items()})
+
+    write_atomically(path, write)
 
 
 def load_masks(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -279,3 +285,15 @@ def _did_you_mean(key: str, names: dict[str, tuple[int, ...]]) -> str:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def apply_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose masked initializers are zeroed outside their masks (what a dense
+    engine runs to compute the pruned model)."""
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    for init in pruned.graph.initializer:
+        if init.name in masks:
+            data = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(np.where(masks[init.name], data, 0).astype(data.dtype), init.name))
+    return pruned

@@ -95,7 +95,8 @@ def apply_masks(arrays: dict[str, np.ndarray], masks: Mapping[str, np.ndarray],
         if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
             raise UserError(f"{where}: mask {name!r} holds values other than 0 and 1; give a bool mask")
         keep = mask.astype(bool)
-        zeroed[name] = int(np.count_nonzero(data[~keep]))
         arrays[name] = np.where(keep, data, np.zeros((), data.dtype))
+        # Counting both sides avoids gathering data[~keep], a copy as big as the weight.
+        zeroed[name] = int(np.count_nonzero(data)) - int(np.count_nonzero(arrays[name]))
         bool_masks[name] = keep
     return bool_masks, zeroed

@@ -55,6 +55,7 @@ def atomic_outputs(paths: list[Path]):
         for path in paths:
             _check_writable(path)
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
             os.close(fd)
             temps.append(Path(name))
         yield temps
@@ -63,6 +64,12 @@ def atomic_outputs(paths: list[Path]):
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_writable(path: Path) -> None:

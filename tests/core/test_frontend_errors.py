@@ -75,10 +75,11 @@ def save_external(model: onnx.ModelProto, folder, location: str = "weights.bin")
 
 def test_external_data_loads(tmp_path):
     model = conv_model()
-    path = save_external(model, tmp_path)
+    w = numpy_helper.to_array(model.graph.initializer[0])
+    path = save_external(model, tmp_path)  # (this moves the model's own tensors out too)
     assert (tmp_path / "weights.bin").stat().st_size > 0
     result = import_onnx(path)
-    assert np.array_equal(result.module.weight("w").data, numpy_helper.to_array(model.graph.initializer[0]))
+    assert np.array_equal(result.module.weight("w").data, w)
     check(onnx.load(path))  # the same numbers as onnxruntime (onnx.load reads the external data itself)
 
 

@@ -35,7 +35,7 @@ class DenseConvKnobs:
     tiles_per_block: int = 4  # register tiles along the pixels per parallel work item
     channel_block: int = 64  # input channels per L1 block of the reduction
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
-    dw_vectors: int = 4  # depthwise: SIMD vectors of output pixels per step
+    dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -129,7 +129,8 @@ class _Tiling:
     rb: int  # input channels per reduction block
     og: int  # filter groups in the parallel loop
     op: int  # filters padded to whole tiles
-    jp: int  # flattened output pixels padded to whole blocks
+    jp: int  # flattened output pixels padded to whole blocks (depthwise: last pixel read + 1)
+    row: int = 0  # depthwise: output columns computed per row (OW padded to whole steps)
 
     @property
     def block(self) -> int:
@@ -157,8 +158,10 @@ def _register_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
 def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
     pixels = g.oh * g.wq
     if g.depthwise:
-        tile = k.lanes * k.dw_vectors
-        return _Tiling(1, k.dw_vectors, k.lanes, 1, 1, 1, g.o, _ceil_div(pixels, tile) * tile)
+        row_vectors = _ceil_div(g.ow, k.lanes)
+        vectors = _ceil_div(row_vectors, _ceil_div(row_vectors, k.dw_vectors))
+        row = _ceil_div(row_vectors, vectors) * vectors * k.lanes
+        return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, (g.oh - 1) * g.wq + row, row)
     ob, vectors = _register_tile(g, k)
     tile = k.lanes * vectors
     tiles = min(k.tiles_per_block, _ceil_div(pixels, tile))
@@ -201,21 +204,22 @@ def _gemm_sums(xp: te.Tensor, wpk: te.Tensor, g: _Geometry, t: _Tiling) -> te.Te
 
 
 def _depthwise_sums(xp: te.Tensor, wdw: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
-    """wide[n, o, j] = sum over (kh, kw) of w[o, kh, kw] * xp[n, o // multiplier, plane, j + offset]."""
+    """wide[n, o, i, k] = sum over (kh, kw) of w[o, kh, kw] * xp[n, o // multiplier, plane, i * wq + k
+    + offset]: rows kept apart (a rectangular region per channel), columns padded to whole steps."""
     kh, kw = te.reduce_axis((0, g.kh), "kh"), te.reduce_axis((0, g.kw), "kw")
 
-    def value(n, o, j):
-        src = xp[n, o // g.og, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
+    def value(n, o, i, k):
+        src = xp[n, o // g.og, g.tap_plane(kh, kw), i * g.wq + k + g.tap_offset(kh, kw)]
         return te.sum(wdw[o, kh, kw] * src, axis=[kh, kw])
 
-    return te.compute((g.n, g.o, t.jp), value, name="wide")
+    return te.compute((g.n, g.o, g.oh, t.row), value, name="wide")
 
 
 def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activation | None):
     """out[n, o, i, k] = act(wide[n, o, i * wq + k] + bias[o]): junk columns dropped."""
 
     def value(n, o, i, k):
-        v = wide[n, o, i * g.wq + k]
+        v = wide[n, o, i, k] if g.depthwise else wide[n, o, i * g.wq + k]
         return apply_activation(v + bias[o] if bias is not None else v, act, 1)
 
     return te.compute((g.n, g.o, g.oh, g.ow), value, name="out")
@@ -261,14 +265,14 @@ def _schedule_depthwise(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     """Parallel over (image, channel); that channel's padded plane, sums and outputs are
     computed under the same iteration, so they stay in L1."""
     blk = sch.get_sblock("wide")
-    n, o, j, kh, kw = sch.get_loops(blk)
+    n, o, i, k, kh, kw = sch.get_loops(blk)
     no = sch.fuse(n, o)
-    jo, jt, jl = sch.split(j, [None, t.vectors, t.lanes])
-    sch.reorder(no, jo, kh, kw, jt, jl)
+    ko, kt, kl = sch.split(k, [None, t.vectors, t.lanes])
+    sch.reorder(no, i, ko, kh, kw, kt, kl)
     sch.parallel(no)
-    for loop in (kh, kw, jt):
+    for loop in (kh, kw, kt):
         sch.unroll(loop)
-    sch.vectorize(jl)
+    sch.vectorize(kl)
     sch.decompose_reduction(blk, kh)
     sch.compute_at(sch.get_sblock("xp"), no)
     sch.reverse_compute_at(sch.get_sblock("out"), no)

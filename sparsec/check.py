@@ -1,0 +1,59 @@
+"""`--check`: a compiled model against the reference interpreter and onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.errors import UserError
+from sparsec.ir.module import Module
+from sparsec.reference import run_reference
+
+TOLERANCE = 1e-4  # max |got - want| / max |want|
+
+
+class CheckFailed(UserError):
+    """The compiled model computes something else than the model it came from."""
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6)) if want.size else 0.0
+
+
+def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {p.name: rng.standard_normal(p.type.shape).astype(np.float32) for p in module.inputs}
+
+
+def onnxruntime_outputs(model_path: Path, masks_path: Path | None, inputs: dict[str, np.ndarray]) -> dict:
+    """What onnxruntime computes for the masked model (masks applied to the initializers)."""
+    import onnxruntime as ort
+
+    from sparsec.frontend import load_onnx
+    from sparsec.prune import apply_masks, load_masks
+
+    model = load_onnx(model_path)
+    if masks_path is not None:
+        model = apply_masks(model, load_masks(masks_path, model))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def check_compiled(compiled, module: Module, model_path: Path | None = None, masks_path: Path | None = None) -> str:
+    """Compare on one seeded random input; raise `CheckFailed` over the tolerance, else a summary."""
+    inputs = random_inputs(module)
+    got = compiled.run(inputs)
+    references = {"reference": run_reference(module, inputs)}
+    if model_path is not None:
+        references["onnxruntime"] = onnxruntime_outputs(model_path, masks_path, inputs)
+    lines = []
+    for engine, outputs in references.items():
+        for name, want in outputs.items():
+            error = relative_error(got[name], want)
+            if not error <= TOLERANCE:
+                raise CheckFailed(f"check failed: output {name!r} differs from {engine} by {error:.2e} "
+                                  f"(relative; tolerance {TOLERANCE:g})")
+            lines.append(f"check: {name} matches {engine} (max relative error {error:.1e})")
+    return "\n".join(lines)
