@@ -14,6 +14,7 @@ from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.ir.parser import parse_module
 from sparsec.ir.printer import print_module
+from sparsec.ir.verify import verify
 
 
 def weight_arrays(module: Module) -> dict[str, np.ndarray]:
@@ -26,13 +27,13 @@ def weight_arrays(module: Module) -> dict[str, np.ndarray]:
 
 
 def read_module(path: str | os.PathLike) -> Module:
-    """Parse IR text from a file; its weights come from the `.npz` the text names."""
+    """Parse and verify IR text from a file; its weights come from the `.npz` the text names."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read IR text ({err})") from None
-    return parse_module(text, str(path))
+    return verify(parse_module(text, str(path)))
 
 
 def write_module(module: Module, path: str | os.PathLike, weights_path: str | os.PathLike | None = None) -> None:
