@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser):
+                     _demo_parser, _bench_parser):
         register(jobs)
     return parser
 
@@ -65,7 +65,7 @@ def load_model(model_path: Path, masks_path: Path | None, input_shape_args: list
 
     onnx_model = load_onnx(model_path)
     masks = load_masks(masks_path, onnx_model) if masks_path else None
-    result = import_onnx(onnx_model, masks, parse_input_shapes(input_shape_args))
+    result = import_onnx(onnx_model, masks, parse_input_shapes(input_shape_args), source=model_path)
     return result.module, result.zeroed
 
 
@@ -281,6 +281,41 @@ def cmd_demo(args) -> int:
     from sparsec.demo import run_demo
 
     return run_demo(args.resolution)
+
+
+# --- sparsec bench -------------------------------------------------------------------------------
+
+
+def _bench_parser(jobs) -> None:
+    p = jobs.add_parser("bench", help="time sparsec vs onnxruntime (and sparsec's dense path) on one model")
+    p.add_argument("model", type=Path)
+    p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
+    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians are reported (default 7)")
+    p.add_argument("--min-time", type=float, default=0.2, metavar="S", help="seconds per engine per round")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="bind an input's shape (symbolic batch defaults to 1)")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.set_defaults(command=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
+    from sparsec.bench import bench_model
+    from sparsec.frontend import load_onnx
+    from sparsec.ir.files import write_atomically
+    from sparsec.prune import load_masks
+
+    model = load_onnx(args.model)
+    masks = load_masks(args.masks, model) if args.masks else None
+    report = bench_model(model, masks, threads=args.threads, rounds=args.rounds, min_time_s=args.min_time,
+                         input_shapes=parse_input_shapes(args.input_shape), name=args.model.stem)
+    print(report.format_report())
+    if args.json:
+        write_atomically(args.json, lambda path: path.write_text(report.to_json()))
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np
     """ONNX (path or proto) + masks (dict or .npz path) -> verified IR."""
     from sparsec.prune import load_masks
 
-    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(Path(model))
+    source = None if isinstance(model, onnx.ModelProto) else Path(model)
+    proto = model if source is None else load_onnx(source)
     if masks is not None and not isinstance(masks, dict):
         masks = load_masks(Path(masks), proto)
-    return import_onnx(proto, masks, input_shapes).module
+    return import_onnx(proto, masks, input_shapes, source=source).module
 
 
 def compile(model, masks=None, *, target: str = "host", input_shapes=None, verify_each: bool = False,

@@ -44,7 +44,8 @@ def bind_inputs(graph: onnx.GraphProto, constants: set[str], input_shapes: Mappi
 def _input_type(info: onnx.ValueInfoProto, given: tuple[int, ...] | None, where: str) -> TensorType:
     tensor = info.type.tensor_type
     if not info.type.HasField("tensor_type") or tensor.elem_type not in ONNX_DTYPES:
-        kind = onnx.helper.tensor_dtype_to_string(tensor.elem_type) if info.type.HasField("tensor_type") else "no tensor"
+        is_tensor = info.type.HasField("tensor_type")
+        kind = onnx.helper.tensor_dtype_to_string(tensor.elem_type) if is_tensor else "no tensor"
         raise NotSupportedError(f"{where}: input {info.name!r} has type {kind}; sparsec takes float32 tensors")
     dtype = ONNX_DTYPES[tensor.elem_type]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
@@ -70,7 +71,7 @@ def _check_given(name: str, dims: list, given: tuple[int, ...], has_shape: bool,
     if has_shape and len(given) != len(dims):
         raise UserError(f"{where}: --input-shape {name}={_dims_text(given)} has rank {len(given)}, but input "
                         f"{name!r} has rank {len(dims)} {shown}")
-    for axis, (want, got) in enumerate(zip(dims, given)):
+    for axis, (want, got) in enumerate(zip(dims, given, strict=False)):
         if want is not None and want != got:
             raise UserError(f"{where}: --input-shape {name}={_dims_text(given)} gives {got} at axis {axis}, "
                             f"but input {name!r} is fixed at {want} there {shown}")

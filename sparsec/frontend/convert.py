@@ -33,10 +33,13 @@ def f32(value) -> float:
 
 def _clip(ctx: Context, node: onnx.NodeProto, attrs: dict) -> Activation:
     # Opset 11+ gives the bounds as optional inputs (absent or "" = unbounded on that side).
-    low, high = ctx.const(node, 1, "min"), ctx.const(node, 2, "max")
-    low = f32(low) if low is not None else f32(attrs.get("min", -math.inf))
-    high = f32(high) if high is not None else f32(attrs.get("max", math.inf))
-    return Activation("clip", (low, high))
+    bounds = []
+    for index, name, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        value = ctx.const(node, index, name)
+        if value is not None and value.size != 1:
+            ctx.fail(node, f"its {name} must be a scalar, got shape {list(value.shape)}")
+        bounds.append(f32(value.reshape(-1)[0]) if value is not None else f32(attrs.get(name, default)))
+    return Activation("clip", tuple(bounds))
 
 
 ACTIVATIONS: dict[str, Callable[[Context, onnx.NodeProto, dict], Activation]] = {
@@ -76,7 +79,7 @@ def _pads(ctx: Context, node: onnx.NodeProto, attrs: dict, kernel, strides, dila
     if mode not in ("SAME_UPPER", "SAME_LOWER"):
         ctx.fail(node, f"auto_pad {mode!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
     begins, ends = [], []
-    for size, k, s, d in zip(_spatial(ctx, node), kernel, strides, dilations):
+    for size, k, s, d in zip(_spatial(ctx, node), kernel, strides, dilations, strict=False):
         # SAME: output size ceil(size / stride); the odd pixel of padding goes after (UPPER) or before.
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
         small, big = total // 2, total - total // 2

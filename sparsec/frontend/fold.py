@@ -63,7 +63,7 @@ def _slice(args, attrs, opset):
     steps = args[4].reshape(-1) if len(args) > 4 and args[4] is not None else [1] * len(starts)
     index = [slice(None)] * x.ndim
     # Python slices clamp out-of-range bounds the way ONNX Slice does (INT64_MAX means "to the end").
-    for axis, start, end, step in zip(axes, starts, ends, steps):
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=False):
         index[int(axis) % x.ndim] = slice(int(start), int(end), int(step))
     return x[tuple(index)]
 

@@ -41,22 +41,21 @@ class ImportResult:
 
 
 def import_onnx(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
-                input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportResult:
-    """Import an ONNX model (a path, or a loaded `ModelProto` without external data) into the IR."""
-    proto, where, stem = _read(model)                         # parse; external data from the folder
+                input_shapes: dict[str, tuple[int, ...]] | None = None, *,
+                source: str | os.PathLike | None = None) -> ImportResult:
+    """Import an ONNX model (a path, or a `ModelProto` whose external data is loaded, e.g. by
+    `load_onnx`) into the IR. `source` names the file a `ModelProto` came from: errors start with
+    it and the module is named after its stem when the graph has no name."""
+    proto, where, stem = _read(model, source)                 # parse; external data from the folder
     opset = check_opset(proto, where)                         # 11..21 in the default domain
     graph = proto.graph
     arrays = _initializers(graph, where)                      # ONNX name -> array
     bool_masks, zeroed = apply_masks(arrays, masks or {}, where)   # the mask is the truth
     params = bind_inputs(graph, set(arrays), input_shapes or {}, where)
     plan = plan_nodes(graph, set(arrays), where)              # fold / convert; unsupported -> error
-    ctx = Context(where, opset, _all_names(graph))
-    ctx.used = {name for node, _ in plan for name in node.input} | {o.name for o in graph.output}
+    ctx = _context(graph, plan, params, where, opset)
     ctx.consts.update(arrays)
     ctx.masks.update(bool_masks)
-    for param in params:
-        ctx.define(param.name, "%" + param.name)
-        ctx.types["%" + param.name] = param.type
     for node, how in plan:                                    # topological order, as ONNX requires
         if how == "fold":
             fold_node(ctx, node)
@@ -67,13 +66,15 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.
     return ImportResult(verify(module), zeroed)
 
 
-def _read(model) -> tuple[onnx.ModelProto, str, str]:
-    if isinstance(model, onnx.ModelProto):
-        where = f"onnx model {model.graph.name!r}"
-        if external_tensors(model):
-            raise UserError(f"{where}: its weights are in external data files; pass the model's path instead")
-        return model, where, ""
-    return load_onnx(model), str(model), Path(model).stem
+def _read(model, source) -> tuple[onnx.ModelProto, str, str]:
+    """The model, what errors call it (its file, else its graph name) and the file's stem."""
+    if not isinstance(model, onnx.ModelProto):
+        return load_onnx(model), str(model), Path(model).stem
+    where = str(source) if source is not None else f"onnx model {model.graph.name!r}"
+    if external_tensors(model):
+        raise UserError(f"{where}: its weights are in external data files; load it with load_onnx(path) "
+                        "or pass the model's path instead")
+    return model, where, Path(source).stem if source is not None else ""
 
 
 def check_opset(proto: onnx.ModelProto, where: str) -> int:
@@ -97,9 +98,15 @@ def _initializers(graph: onnx.GraphProto, where: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _all_names(graph: onnx.GraphProto) -> set[str]:
+def _context(graph: onnx.GraphProto, plan: list, params, where: str, opset: int) -> Context:
+    """A fresh context that knows every ONNX name, which ones are read, and the graph inputs."""
     names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    return names | {name for node in graph.node for name in node.output}
+    ctx = Context(where, opset, names | {name for node in graph.node for name in node.output})
+    ctx.used = {name for node, _ in plan for name in node.input} | {o.name for o in graph.output}
+    for param in params:
+        ctx.define(param.name, "%" + param.name)
+        ctx.types["%" + param.name] = param.type
+    return ctx
 
 
 # ---- planning ------------------------------------------------------------------------------
@@ -111,8 +118,10 @@ def plan_nodes(graph: onnx.GraphProto, constants: set[str], where: str) -> list[
     A node folds when its op has a NumPy rule and its inputs are all constants (`Shape` needs only
     its input's static type); it converts when a converter exists. Anything else is unsupported:
     the error names every such op type at once, so one export round fixes them all."""
+    live = _live_nodes(graph)
+    _check_defined(graph, live, constants, where)
     known, plan, unsupported = set(constants), [], {}
-    for node in _live_nodes(graph):
+    for node in live:
         inputs = [name for name in node.input if name]
         default = node.domain in _DEFAULT_DOMAINS
         if default and node.op_type in FOLD and (node.op_type in TYPE_ONLY or all(i in known for i in inputs)):
@@ -136,6 +145,22 @@ def _list_unsupported(unsupported: dict[str, list[onnx.NodeProto]]) -> str:
         more = f" and {len(nodes) - 1} more" if len(nodes) > 1 else ""
         entries.append(f'{op} (node "{name}"{more})')
     return ", ".join(entries)
+
+
+def _check_defined(graph: onnx.GraphProto, live: list[onnx.NodeProto], constants: set[str], where: str) -> None:
+    """Every tensor is defined once, before its first use (ONNX requires topological order)."""
+    defined = constants | {i.name for i in graph.input}
+    for node in live:
+        for name in (n for n in node.input if n and n not in defined):
+            raise UserError(f"{where}: {describe(node)} reads {name!r}, which no earlier node, input or "
+                            "initializer defines; the graph is broken or not topologically sorted")
+        for name in (n for n in node.output if n in defined):
+            raise UserError(f"{where}: {describe(node)} defines {name!r} a second time; the graph is broken")
+        defined.update(n for n in node.output if n)
+    for output in graph.output:
+        if output.name not in defined:
+            raise UserError(f"{where}: graph output {output.name!r} is defined by no node or input; "
+                            "the graph is broken")
 
 
 def _live_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

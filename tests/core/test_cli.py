@@ -84,8 +84,8 @@ CATALOGUE = [
      "pass the .onnx file that torch.onnx.export wrote"),
     (["import", "trunc.onnx"], "trunc.onnx: the ONNX model is truncated or corrupt; export or copy it again"),
     (["import", "missing.onnx"], "missing.onnx: no such file; check the path to the .onnx model"),
-    (["import", "unsup.onnx"], 'unsupported ops: Erf (node "erf_1" and 1 more), Tanh (node "tanh_1")'),
-    (["import", "nan.onnx"], "weight 'features.0.weight' holds NaN or Inf values; fix the model's weights"),
+    (["import", "unsup.onnx"], 'unsup.onnx: unsupported ops: Erf (node "erf_1" and 1 more), Tanh (node "tanh_1")'),
+    (["import", "nan.onnx"], "nan.onnx: weight 'features.0.weight' holds NaN or Inf values; fix the model's weights"),
     (["import", "tiny.onnx", "--masks", "notnpz.npz"],
      "notnpz.npz: not a NumPy .npz file (no zip signature); save masks with numpy.savez"),
     (["import", "tiny.onnx", "--masks", "pickled.npz"], "pickled.npz: mask 'features.2.weight' is an object "

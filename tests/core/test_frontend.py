@@ -68,7 +68,7 @@ def check(model: onnx.ModelProto, masks=None, input_shapes=None, ort_model=None)
     ours = run_reference(result.module, feeds)
     session = ort.InferenceSession((ort_model or model).SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in model.graph.output]
-    for name, theirs in zip(names, session.run(names, feeds)):
+    for name, theirs in zip(names, session.run(names, feeds), strict=True):
         assert_close(ours[name], theirs)
     return result
 
@@ -341,9 +341,12 @@ def test_shape_subgraph_folds_with_symbolic_batch(opset, batch):
 
 def test_shape_slice_cast_fold():
     nodes = [node("Shape", ["x"], "shape"), node("Slice", ["shape", "start", "end"], "lead"),
-             node("Cast", ["lead"], "lead_f", to=TensorProto.FLOAT), node("Cast", ["lead_f"], "lead_i", to=TensorProto.INT64),
-             node("Concat", ["lead_i", "minus_one"], "target", axis=0), node("Reshape", ["x", "target"], "y")]  # fmt: skip
-    inits = {"start": np.array([0], np.int64), "end": np.array([2], np.int64), "minus_one": np.array([-1], np.int64)}
+             node("Cast", ["lead"], "lead_f", to=TensorProto.FLOAT),
+             node("Cast", ["lead_f"], "lead_i", to=TensorProto.INT64),
+             node("Concat", ["lead_i", "minus_one"], "target", axis=0),
+             node("Reshape", ["x", "target"], "y")]  # fmt: skip
+    inits = {"start": np.array([0], np.int64), "end": np.array([2], np.int64),
+             "minus_one": np.array([-1], np.int64)}  # fmt: skip
     result = check(make_model(nodes, {"x": ["batch", 4, 8, 8]}, inits))
     assert result.module.ops[0].shape == (1, 4, 64)
 
@@ -393,7 +396,7 @@ func @main(%input : f32[1, 1, 4, 4]) {
   %output : f32[1, 3] = softmax(%logits)
   return %output
 }
-"""
+"""  # noqa: E501
 
 
 def test_golden_text():
@@ -410,3 +413,9 @@ def test_golden_text():
     result = check(model, masks={"fc.weight": mask}, ort_model=make_model(
         nodes, {"input": [1, 1, 4, 4]}, inits | {"fc.weight": np.where(mask, inits["fc.weight"], 0)}))
     assert print_module(result.module) == GOLDEN
+
+
+def test_clip_bounds_of_shape_1():
+    inits = {"lo": np.array([-0.5], np.float32), "hi": np.array([0.5], np.float32)}
+    result = import_onnx(make_model([node("Clip", ["x", "lo", "hi"])], X4, inits))
+    assert result.module.ops[0].fn.params == (-0.5, 0.5)

@@ -134,8 +134,20 @@ def test_external_data_truncated(tmp_path):
 
 def test_model_proto_with_external_data_needs_a_path(tmp_path):
     path = save_external(conv_model(), tmp_path)
-    with raises(UserError, "onnx model 'test': its weights are in external data files; pass the model's path instead"):
+    with raises(UserError, "onnx model 'test': its weights are in external data files; load it with "
+                           "load_onnx(path) or pass the model's path instead"):
         import_onnx(onnx.load(path, load_external_data=False))
+    loaded = load_onnx(path)  # what the CLI does: load (external data included), then import
+    assert import_onnx(loaded, source=path).module.weight("w").type.shape == (6, 4, 3, 3)
+
+
+def test_source_names_a_loaded_model_in_errors(tmp_path):
+    path = tmp_path / "net.onnx"
+    onnx.save(make_model([node("Tanh", ["x"])], X4, name=""), path)
+    with pytest.raises(NotSupportedError, match=f"^{re.escape(str(path))}: unsupported ops: Tanh"):
+        import_onnx(load_onnx(path), source=path)
+    onnx.save(make_model([node("Relu", ["x"])], X4, name=""), path)
+    assert import_onnx(load_onnx(path), source=path).module.name == "net"
 
 
 # --- the graph -----------------------------------------------------------------------------------
@@ -248,3 +260,16 @@ def test_3d_convolution():
     with raises(NotSupportedError, f"{WHERE}: node \"y\" (Conv): only 2-D windows on NCHW inputs are supported, "
                                    "the input has shape [1, 2, 4, 4, 4]"):
         import_onnx(model)
+
+
+def test_broken_graphs():
+    unsorted = make_model([node("Relu", ["r"], "y"), node("Relu", ["x"], "r")], X4, outputs=["y"])
+    with raises(UserError, f"{WHERE}: node \"y\" (Relu) reads 'r', which no earlier node, input or initializer "
+                           "defines; the graph is broken or not topologically sorted"):
+        import_onnx(unsorted)
+    twice = make_model([node("Relu", ["x"], "y"), node("Sigmoid", ["y"], "y")], X4)
+    with raises(UserError, f"{WHERE}: node \"y\" (Sigmoid) defines 'y' a second time; the graph is broken"):
+        import_onnx(twice)
+    undefined = make_model([node("Relu", ["x"], "y")], X4, outputs=["y", "z"])
+    with raises(UserError, f"{WHERE}: graph output 'z' is defined by no node or input; the graph is broken"):
+        import_onnx(undefined)

@@ -29,7 +29,8 @@ def masked_model(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.M
     for tensor in pruned.graph.initializer:
         if tensor.name in masks:
             data = numpy_helper.to_array(tensor)
-            tensor.CopyFrom(numpy_helper.from_array(np.where(masks[tensor.name], data, 0).astype(data.dtype), tensor.name))
+            kept = np.where(masks[tensor.name], data, 0).astype(data.dtype)
+            tensor.CopyFrom(numpy_helper.from_array(kept, tensor.name))
     return pruned
 
 

@@ -33,7 +33,8 @@ class VGG(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(conv_bn(3, 8), conv_bn(8, 8), nn.MaxPool2d(2), conv_bn(8, 16),
+        # Batch norm on the input: no conv before it to fold into, so the exporters keep it.
+        self.features = nn.Sequential(nn.BatchNorm2d(3), conv_bn(3, 8), conv_bn(8, 8), nn.MaxPool2d(2), conv_bn(8, 16),
                                       nn.MaxPool2d(2, ceil_mode=True), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
         self.classifier = nn.Sequential(nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Dropout(), nn.Linear(32, 10))
 
@@ -55,7 +56,8 @@ class Basic(nn.Module):
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(cin, mid, 1), conv_bn(mid, mid, stride=stride), conv_bn(mid, mid * 4, 1, act=None))
+        self.body = nn.Sequential(conv_bn(cin, mid, 1), conv_bn(mid, mid, stride=stride),
+                                  conv_bn(mid, mid * 4, 1, act=None))
         self.down = conv_bn(cin, mid * 4, 1, stride, act=None) if stride != 1 or cin != mid * 4 else nn.Identity()
 
     def forward(self, x):

@@ -161,7 +161,9 @@ def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
         row_vectors = _ceil_div(g.ow, k.lanes)
         vectors = _ceil_div(row_vectors, _ceil_div(row_vectors, k.dw_vectors))
         row = _ceil_div(row_vectors, vectors) * vectors * k.lanes
-        return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, (g.oh - 1) * g.wq + row, row)
+        # jp: whole plane rows are read (so the padding loop splits into rows without a tail)
+        reads = _ceil_div((g.oh - 1) * g.wq + row + g.max_offset, g.wq) * g.wq
+        return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, reads - g.max_offset, row)
     ob, vectors = _register_tile(g, k)
     tile = k.lanes * vectors
     tiles = min(k.tiles_per_block, _ceil_div(pixels, tile))
@@ -228,12 +230,28 @@ def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activa
 # --- schedules ----------------------------------------------------------------------------
 
 
-def _schedule_planes(sch: s_tir.Schedule, g: _Geometry) -> None:
-    """Padding copy: parallel over images x channels; the flat loop split into rows x pitch so
-    the div/mod of the plane index fold away."""
-    n, c, _, f = sch.get_loops(sch.get_sblock("xp"))
-    sch.split(f, [None, g.wq])
-    sch.parallel(sch.fuse(n, c))
+def _interior_columns(g: _Geometry) -> tuple[int, int]:
+    """Plane columns [lo, hi) that read inside the input for every phase (no zero padding)."""
+    (sw, left), pw = (g.strides[1], g.pads[1]), g.phases(1)
+    lo = max(_ceil_div(left - rw, sw) for rw in range(pw))
+    hi = min(_ceil_div(g.w + left - rw, sw) for rw in range(pw))
+    return max(0, lo), min(g.wq, max(lo, hi))
+
+
+def _schedule_planes(sch: s_tir.Schedule, g: _Geometry, outer: int) -> None:
+    """Padding copy (its loops after the first `outer`), looping in input order (rows, row phase,
+    columns, column phase) so loads are contiguous; the column loop is cut at the padding so the
+    middle part has no bounds checks left once simplified, and LLVM vectorizes it (de-interleaving
+    the stride phases). A single plane's loop may be gone (compute_at drops unit loops)."""
+    *plane, f = sch.get_loops(sch.get_sblock("xp"))[outer:]
+    hq, wq = sch.split(f, [None, g.wq])
+    if g.planes > 1:
+        rh, rw = sch.split(plane[0], [None, g.phases(1)])
+        sch.reorder(hq, rh, wq, rw)
+    lo, hi = _interior_columns(g)
+    cuts = [c for c in (lo, hi - lo) if c > 0]
+    if sum(cuts) < g.wq and cuts:
+        sch.loop_partition(wq, [*cuts, None])
 
 
 def _schedule_epilogue(sch: s_tir.Schedule) -> None:
@@ -245,7 +263,9 @@ def _schedule_gemm(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     """Loops: parallel(n, filter group, pixel block) > channel block > filter tile > pixel tile >
     (channels, kh, kw) > unrolled ob x vectors register tile. The sums live in `wide` across
     channel blocks; inside one block LLVM keeps the tile in registers (buffers are noalias)."""
-    _schedule_planes(sch, g)
+    n, c = sch.get_loops(sch.get_sblock("xp"))[:2]
+    sch.parallel(sch.fuse(n, c))
+    _schedule_planes(sch, g, outer=1)
     blk = sch.get_sblock("wide")
     n, o, j, r, kh, kw = sch.get_loops(blk)
     go, oo, oi = sch.split(o, [t.og, None, t.ob])
@@ -276,7 +296,7 @@ def _schedule_depthwise(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     sch.decompose_reduction(blk, kh)
     sch.compute_at(sch.get_sblock("xp"), no)
     sch.reverse_compute_at(sch.get_sblock("out"), no)
-    sch.split(sch.get_loops(sch.get_sblock("xp"))[-1], [None, g.wq])
+    _schedule_planes(sch, g, outer=1)
 
 
 # --- weights ------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Run the benchmark cases through `sparsec.bench.bench_model` and write benchmarks/RESULTS.md.
+
+    python benchmarks/write_results.py [--cases L1,L2,...] [--rounds 7]      (`make bench`)
+
+Every case is measured in this one process with the engines interleaved (see sparsec.bench), so
+its ratios are from the same run. A case that fails (a kernel not ready yet) is reported as
+failed and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from cases import CASE_BY_KEY, CASES, THREADS, Case, engines_for  # noqa: E402
+
+os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before anything imports tvm: it sizes the pool once
+
+import numpy as np  # noqa: E402
+
+from sparsec.bench import BenchReport, bench_model, machine_info, versions  # noqa: E402
+from sparsec.ir.files import write_atomically  # noqa: E402
+
+COMPILE_LIMIT_S = 60.0  # M1 (VGG-16) must compile within this
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(c.key for c in CASES),
+                   help=f"comma-separated case keys (default all: {','.join(CASE_BY_KEY)})")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (default 7)")
+    p.add_argument("--min-time", type=float, default=0.2, metavar="S", help="seconds per engine per round")
+    p.add_argument("-o", "--output", type=Path, default=HERE / "RESULTS.md")
+    args = p.parse_args(argv)
+    unknown = [k for k in args.cases.split(",") if k not in CASE_BY_KEY]
+    if unknown:
+        p.error(f"unknown cases {unknown}; choose from {', '.join(CASE_BY_KEY)}")
+    return args
+
+
+def run_case(case: Case, rounds: int, min_time_s: float) -> BenchReport | str:
+    """The case's report, or the error that stopped it (one line, traceback on stderr)."""
+    print(f"== {case.key}: {case.title}", file=sys.stderr, flush=True)
+    try:
+        report = bench_model(case.model, case.masks, threads=THREADS, rounds=rounds, min_time_s=min_time_s,
+                             check=False, engines=engines_for(case), name=case.key)
+    except Exception as err:  # a case that cannot run yet is a result to report, not the end of the run
+        traceback.print_exc()
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    print(report.format_report(), file=sys.stderr, flush=True)
+    return report
+
+
+def fkw_storage(case: Case) -> dict:
+    """Bytes of the FKW arrays of the optimised module's pattern weight vs its kept fp32 weights."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.fkw import build_fkw, fkw_nbytes
+    from sparsec.ir.types import FKW, Pattern
+
+    module = optimize(import_model(case.model, case.masks))
+    weight = next(w for w in module.weights if isinstance(w.layout, (FKW, Pattern)))
+    kept = int(np.count_nonzero(weight.data))
+    return {"weight": weight.name, "layout": weight.layout.kind, "fkw_bytes": fkw_nbytes(build_fkw(weight.data)),
+            "kept_bytes": kept * 4, "dense_bytes": weight.data.size * 4}
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+
+def speedup(report: BenchReport) -> float:
+    return report.ratios()["onnxruntime/sparsec"]
+
+
+def summary_table(results: dict[str, BenchReport | str]) -> list[str]:
+    lines = ["| case | sparsec ms | onnxruntime ms | sparsec-dense ms | onnxruntime / sparsec | target | met |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for key, report in results.items():
+        case = CASE_BY_KEY[key]
+        if isinstance(report, str):
+            lines.append(f"| {key} | failed | | | | {case.target} | no |")
+            continue
+        ms = lambda e: f"{report.median_ms(e):.2f}" if e in report.runs_ms else "-"  # noqa: E731
+        met = "yes" if case.meets(speedup(report)) else "**no**"
+        lines.append(f"| {key} | {ms('sparsec')} | {ms('onnxruntime')} | {ms('sparsec-dense')} | "
+                     f"{speedup(report):.2f}x | {case.target} | {met} |")
+    return lines
+
+
+def case_section(case: Case, report: BenchReport | str) -> list[str]:
+    lines = [f"### {case.key}: {case.title}", ""]
+    if isinstance(report, str):
+        return lines + [f"Failed: `{report}`", ""]
+    lines += ["| engine | median ms | onnxruntime / engine | compile s | max abs err | max rel err |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name in report.runs_ms:
+        abs_err, rel_err = report.errors.get(name, (None, None))
+        err = lambda v: "reference" if v is None else f"{v:.2e}"  # noqa: E731
+        lines.append(f"| {name} | {report.median_ms(name):.3f} | "
+                     f"{report.median_ms('onnxruntime') / report.median_ms(name):.2f}x | "
+                     f"{report.compile_s[name]:.1f} | {err(abs_err)} | {err(rel_err)} |")
+    ratio = speedup(report)
+    verdict = "met" if case.meets(ratio) else "NOT met"
+    lines += ["", f"Target: onnxruntime / sparsec {case.target}; measured {ratio:.2f}x ({verdict}). "
+              f"sparsec-dense / sparsec: {_fmt(report.ratios().get('sparsec-dense/sparsec'))}.", ""]
+    return lines
+
+
+def layer_table(report: BenchReport) -> list[str]:
+    total = sum(row["median_ms"] for row in report.layers) or 1.0
+    lines = ["| layer | op | format | kernel | median ms | share |", "|---|---|---|---|---:|---:|"]
+    for row in report.layers:
+        lines.append(f"| {row['result']} | {row['op']} | {row['format']} | `{row['kernel']}` | "
+                     f"{row['median_ms']:.3f} | {row['median_ms'] / total:.1%} |")
+    lines.append(f"| **sum** | | | | {total:.3f} | |")
+    lines.append(f"| **whole model (median)** | | | | {report.median_ms('sparsec'):.3f} | |")
+    return lines
+
+
+def extras(results: dict[str, BenchReport | str], storage: dict | str | None) -> list[str]:
+    lines = []
+    m1 = results.get("M1")
+    if isinstance(m1, BenchReport):
+        seconds = m1.compile_s["sparsec"]
+        lines += ["## Compile time", "",
+                  f"M1 (VGG-16, import + passes + TVM build): {seconds:.1f} s "
+                  f"(limit {COMPILE_LIMIT_S:.0f} s: {'met' if seconds < COMPILE_LIMIT_S else 'NOT met'}).", ""]
+    if isinstance(storage, dict):
+        lines += ["## FKW storage (L1)", "",
+                  f"Weight `{storage['weight']}` ({storage['layout']} after the passes): "
+                  f"FKW arrays {storage['fkw_bytes']:,} bytes vs kept fp32 weights {storage['kept_bytes']:,} bytes "
+                  f"({storage['fkw_bytes'] / storage['kept_bytes']:.3f}x; dense {storage['dense_bytes']:,} bytes).", ""]
+    elif isinstance(storage, str):
+        lines += ["## FKW storage (L1)", "", f"Failed: `{storage}`", ""]
+    for key in ("M1", "M2"):
+        report = results.get(key)
+        if isinstance(report, BenchReport) and report.layers:
+            lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
+    machine, found = machine_info(), versions()
+    first = next((r for r in results.values() if isinstance(r, BenchReport)), None)
+    date = first.date if first else "-"
+    lines = ["# sparsec benchmark results", "",
+             f"Written by `{command}` on {date}. Batch 1, fp32, {THREADS} threads per engine; medians of "
+             "interleaved rounds in one process (see `sparsec/bench.py`).", "",
+             f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+             f"{machine['platform']}",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()), "",
+             "## Summary", "", *summary_table(results), "", "## Cases", ""]
+    for key, report in results.items():
+        lines += case_section(CASE_BY_KEY[key], report)
+    lines += extras(results, storage)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keys = args.cases.split(",")
+    results = {key: run_case(CASE_BY_KEY[key], args.rounds, args.min_time) for key in keys}
+    storage = None
+    if "L1" in keys:
+        try:
+            storage = fkw_storage(CASE_BY_KEY["L1"])
+        except Exception as err:  # reported in the file like a failed case
+            storage = f"{type(err).__name__}: {err}"
+    command = " ".join(["python benchmarks/write_results.py", *(argv if argv is not None else sys.argv[1:])])
+    text = render(results, storage, command)
+    write_atomically(args.output, lambda path: path.write_text(text))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Benchmark one model three ways in one process: sparsec, onnxruntime and sparsec's dense path.
+
+Measuring rules (../shared/notes/tvm-0.27.md, "Measuring in one process"): onnxruntime's and
+TVM's thread pools keep spinning after a run, so every engine is warmed up, rounds interleave the
+engines with a short pause before each, and only medians and ratios from the same run are reported.
+
+    report = bench_model(model, masks, threads=2)
+    print(report.format_report()); json_text = report.to_json()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+
+import numpy as np
+import onnx
+
+from sparsec.errors import UserError
+from sparsec.prune import apply_masks
+
+ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
+REFERENCE = "onnxruntime"
+PAUSE_S = 0.1  # lets the previous engine's spinning thread pool go idle (measured: it doubles times)
+RTOL = 1e-4  # max |error| / max |reference| that `check` accepts
+
+
+class MismatchError(UserError):
+    """sparsec's output differs from onnxruntime's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way to run the model on the prepared input: `call` is what gets timed."""
+
+    name: str
+    call: Callable[[], object]
+    outputs: Callable[[], list[np.ndarray]]
+    compile_s: float
+    compiled: object | None = None  # sparsec's CompiledModel, for the per-layer profile
+
+
+# --- inputs and engines --------------------------------------------------------------------------
+
+
+def input_shapes_of(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None):
+    """Each graph input's shape: the override, else its static dims (a symbolic dim becomes 1)."""
+    overrides = overrides or {}
+    initializers = {init.name for init in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = overrides.get(value.name) or tuple(d.dim_value or 1 for d in dims)
+    return shapes
+
+
+def random_inputs(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """The same seeded float32 inputs for every engine."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+
+
+def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], threads: int) -> Engine:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("benchmarking needs onnxruntime as the reference: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    start = time.perf_counter()
+    session = ort.InferenceSession((apply_masks(model, masks) if masks else model).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    compile_s = time.perf_counter() - start
+    run = lambda: session.run(None, inputs)  # noqa: E731
+    return Engine(REFERENCE, run, run, compile_s)
+
+
+def densified(module):
+    """The module with every weight in the dense layout: same (masked) values, sparsity ignored."""
+    from sparsec.ir.types import Dense
+
+    weights = tuple(dataclasses.replace(w, layout=Dense(), parts={}) for w in module.weights)
+    return module.replace(weights=weights)
+
+
+def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, dense: bool = False,
+                   input_shapes=None) -> Engine:
+    """sparsec's compiled model; `dense` compiles the masked weights with the dense kernels."""
+    import tvm  # only for the input tensors: timing `run` would time NumPy <-> TVM copies too
+
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.compile import compile_module
+
+    start = time.perf_counter()
+    module = import_model(model, masks, input_shapes)
+    compiled = compile_module(optimize(densified(module) if dense else module), "host")
+    compile_s = time.perf_counter() - start
+    main = compiled.vm["main"]
+    args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in compiled.check_inputs(inputs)]
+    outputs = lambda: list(compiled.run(inputs).values())  # noqa: E731
+    name = "sparsec-dense" if dense else "sparsec"
+    return Engine(name, lambda: main(*args), outputs, compile_s, compiled)
+
+
+def make_engine(name: str, model: onnx.ModelProto, masks, inputs, *, threads: int, input_shapes=None) -> Engine:
+    """The engine called `name` (one of ENGINES), ready to run `inputs`."""
+    if name == REFERENCE:
+        return onnxruntime_engine(model, masks, inputs, threads)
+    if name in ("sparsec", "sparsec-dense"):
+        return sparsec_engine(model, masks, inputs, dense=name == "sparsec-dense", input_shapes=input_shapes)
+    raise UserError(f"unknown engine {name!r}; choose from: {', '.join(ENGINES)}")
+
+
+def set_tvm_threads(threads: int) -> None:
+    """TVM sizes its pool from TVM_NUM_THREADS when the pool starts: set it before any TVM run."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def tvm_threads() -> int | None:
+    """The threads TVM's pool really uses (it ignores TVM_NUM_THREADS once started)."""
+    import tvm
+
+    func = tvm.get_global_func("runtime.NumThreads", allow_missing=True)
+    return int(func()) if func is not None else None
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+def timed_ms(call: Callable[[], object], repeats: int) -> float:
+    """Milliseconds per call over `repeats` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - start) * 1e3 / repeats
+
+
+def warm_up(engine: Engine, min_time_s: float) -> int:
+    """Run a few times (first-run allocations, thread-pool start); return repeats filling min_time_s."""
+    engine.call()
+    once_ms = timed_ms(engine.call, 2)
+    return max(1, math.ceil(min_time_s * 1e3 / max(once_ms, 1e-6)))
+
+
+def measure(engines: list[Engine], rounds: int, min_time_s: float) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """ms per run of each engine in each round (rounds interleave the engines), and the runs per round."""
+    repeats = {}
+    for engine in engines:
+        time.sleep(PAUSE_S)
+        repeats[engine.name] = warm_up(engine, min_time_s)
+    runs: dict[str, list[float]] = {e.name: [] for e in engines}
+    for _ in range(rounds):
+        for engine in engines:
+            time.sleep(PAUSE_S)
+            runs[engine.name].append(timed_ms(engine.call, repeats[engine.name]))
+    return runs, repeats
+
+
+def profile_layers(engine: Engine, runs: int) -> list[dict]:
+    """Median ms of each kernel the VM calls, via its instrument hook, per layer of the manifest."""
+    compiled = engine.compiled
+    per_run: list[dict[str, float]] = []
+    state = {"start": 0.0}
+
+    def instrument(func, symbol, before_run, ret_value, *args):  # TVM 0.27: called before and after each Call
+        if before_run:
+            state["start"] = time.perf_counter()
+        elif not symbol.startswith("vm.builtin."):
+            current = per_run[-1]
+            current[symbol] = current.get(symbol, 0.0) + (time.perf_counter() - state["start"]) * 1e3
+
+    compiled.vm.set_instrument(instrument)
+    try:
+        for _ in range(runs + 1):  # the first run is a warm-up, dropped below
+            per_run.append({})
+            engine.call()
+    finally:
+        compiled.vm.set_instrument(None)  # None removes the hook
+    return _layer_rows(compiled.manifest.layers, per_run[1:])
+
+
+def _layer_rows(layers, per_run: list[dict[str, float]]) -> list[dict]:
+    """One row per manifest layer (in order), then any other kernel the VM called (Relax ops)."""
+    median = lambda symbol: statistics.median(run.get(symbol, 0.0) for run in per_run)  # noqa: E731
+    rows = [{**layer, "median_ms": median(layer["kernel"])} for layer in layers]
+    known = {layer["kernel"] for layer in layers}
+    others = sorted({s for run in per_run for s in run} - known)
+    rows += [{"result": "-", "op": "relax", "format": "-", "kernel": s, "median_ms": median(s)} for s in others]
+    return rows
+
+
+# --- numerics and facts about the run ------------------------------------------------------------
+
+
+def errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float]:
+    """Max |output - reference| over all outputs, and that divided by max |reference|."""
+    abs_err = max(float(np.max(np.abs(o.astype(np.float64) - r), initial=0.0)) for r, o in zip(reference, outputs))
+    scale = max(float(np.max(np.abs(r), initial=0.0)) for r in reference)
+    return abs_err, abs_err / scale if scale else abs_err
+
+
+def machine_info() -> dict:
+    """CPU model and core counts: what a reader needs to compare these figures with theirs."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform()}
+
+
+def versions() -> dict:
+    """Installed versions of everything in the measurement."""
+    found = {}
+    for key, dist in (("sparsec", "sparsec"), ("tvm", "apache-tvm"), ("onnxruntime", "onnxruntime"),
+                      ("numpy", "numpy"), ("onnx", "onnx"), ("python", None)):
+        try:
+            found[key] = platform.python_version() if dist is None else metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[key] = None
+    return found
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchReport:
+    """Medians, ratios and errors of one interleaved run, plus sparsec's per-layer profile."""
+
+    model: str
+    threads: int
+    rounds: int
+    runs_ms: dict[str, list[float]]
+    compile_s: dict[str, float]
+    errors: dict[str, tuple[float, float]]  # engine -> (max abs, max relative) vs onnxruntime
+    layers: list[dict] = field(default_factory=list)
+    tvm_threads: int | None = None
+    machine: dict = field(default_factory=machine_info)
+    versions: dict = field(default_factory=versions)
+    date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def median_ms(self, engine: str) -> float:
+        return statistics.median(self.runs_ms[engine])
+
+    def ratios(self) -> dict[str, float]:
+        """Each other engine's median over sparsec's: > 1 means sparsec is faster."""
+        if "sparsec" not in self.runs_ms:
+            return {}
+        base = self.median_ms("sparsec")
+        return {f"{name}/sparsec": self.median_ms(name) / base for name in self.runs_ms if name != "sparsec"}
+
+    def to_dict(self) -> dict:
+        engines = {name: {"median_ms": self.median_ms(name), "runs_ms": runs, "compile_s": self.compile_s[name],
+                          "max_abs_err": self.errors.get(name, (None,))[0],
+                          "max_rel_err": self.errors.get(name, (None, None))[1]}
+                   for name, runs in self.runs_ms.items()}
+        return {"model": self.model, "threads": self.threads, "tvm_threads": self.tvm_threads,
+                "rounds": self.rounds, "engines": engines, "ratios": self.ratios(),
+                "max_abs_err": {name: err[0] for name, err in self.errors.items()},
+                "max_rel_err": {name: err[1] for name, err in self.errors.items()},
+                "machine": self.machine, "versions": self.versions, "date": self.date, "layers": self.layers}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def format_report(self) -> str:
+        m = self.machine
+        lines = [f"{self.model}: {self.threads} threads, median of {self.rounds} rounds on "
+                 f"{m['cpu']} ({m['usable_cores']} usable cores), {self.date}",
+                 f"{'engine':15} {'median ms':>10} {'x sparsec':>10} {'compile s':>10} {'max abs err':>12}"]
+        for name in self.runs_ms:
+            ratio = self.median_ms(name) / self.median_ms("sparsec") if "sparsec" in self.runs_ms else math.nan
+            err = self.errors.get(name, (None,))[0]
+            lines.append(f"{name:15} {self.median_ms(name):10.3f} {ratio:10.2f} {self.compile_s[name]:10.2f} "
+                         f"{'-' if err is None else f'{err:.2e}':>12}")
+        if self.tvm_threads not in (None, self.threads):
+            lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
+                         "TVM_NUM_THREADS was set)")
+        if self.layers:
+            lines += ["", format_layers(self.layers)]
+        return "\n".join(lines)
+
+
+def format_layers(layers: list[dict]) -> str:
+    """The per-layer table: value, op, format, median ms and share of the summed layer time."""
+    total = sum(row["median_ms"] for row in layers) or 1.0
+    lines = [f"{'layer':28} {'op':12} {'format':8} {'median ms':>10} {'share':>7}"]
+    for row in layers:
+        lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} "
+                     f"{row['median_ms']:10.3f} {row['median_ms'] / total:7.1%}")
+    lines.append(f"{'sum of layers':50} {total:10.3f}")
+    return "\n".join(lines)
+
+
+def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, threads: int = 2,
+                rounds: int = 7, min_time_s: float = 0.2, check: bool = True,
+                engines: tuple[str, ...] = ENGINES, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                name: str | None = None) -> BenchReport:
+    """Time `engines` on one seeded input; with `check`, raise MismatchError past RTOL."""
+    _check_options(threads, rounds, min_time_s, engines)
+    set_tvm_threads(threads)
+    inputs = random_inputs(input_shapes_of(model, input_shapes))
+    built = [make_engine(e, model, masks, inputs, threads=threads, input_shapes=input_shapes) for e in engines]
+    errs = _errors(built)
+    if check:
+        _check_errors(errs)
+    runs, repeats = measure(built, rounds, min_time_s)
+    sparsec = next((e for e in built if e.name == "sparsec"), None)
+    time.sleep(PAUSE_S)
+    # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
+    layers = profile_layers(sparsec, max(rounds, repeats["sparsec"])) if sparsec else []
+    return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
+                       {e.name: e.compile_s for e in built}, errs, layers,
+                       tvm_threads() if any(e.compiled for e in built) else None)
+
+
+def _check_options(threads: int, rounds: int, min_time_s: float, engines: tuple[str, ...]) -> None:
+    if threads < 1 or rounds < 1 or min_time_s < 0:
+        raise UserError(f"threads={threads}, rounds={rounds}, min_time_s={min_time_s}: "
+                        "use at least one thread and one round, and a time >= 0")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise UserError(f"engines {list(engines)}: choose from {', '.join(ENGINES)}")
+
+
+def _errors(engines: list[Engine]) -> dict[str, tuple[float, float]]:
+    reference = next((e for e in engines if e.name == REFERENCE), None)
+    if reference is None:
+        return {}
+    expected = reference.outputs()
+    return {e.name: errors(expected, e.outputs()) for e in engines if e is not reference}
+
+
+def _check_errors(errs: dict[str, tuple[float, float]]) -> None:
+    for name, (abs_err, rel_err) in errs.items():
+        if not rel_err <= RTOL:  # also catches NaN
+            raise MismatchError(f"{name} differs from onnxruntime: max abs error {abs_err:.3g} "
+                                f"({rel_err:.3g} of the output's range, tolerance {RTOL:g})")

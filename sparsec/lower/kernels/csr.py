@@ -1,0 +1,254 @@
+"""Unstructured-sparse kernels over a CSR weight, written with the tirx IRBuilder.
+
+- `csr_conv1x1_kernel`: a 1x1 conv as sparse weight x dense activations (XNNPACK-style SpMM):
+  per tile of output pixels (parallel), each output channel o sums w[o, c] * x[c, tile] over
+  its nonzeros; the tile is a few SIMD vectors, so each nonzero is one broadcast weight and
+  one FMA per vector, and the input tile stays in cache while every channel reuses it.
+- `csr_dense_kernel`: a fully connected layer with a sparse weight: per output (parallel),
+  a dot product over the row's nonzeros, `chunk` at a time (a gathered input vector times a
+  contiguous weight vector). Rows are padded with zeros to whole chunks at compile time.
+Loop bounds come from the row pointer at run time; the compressed arrays use the smallest
+integer dtypes that hold them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import Kernel, apply_activation
+
+
+@dataclass(frozen=True)
+class CsrKnobs:
+    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2."""
+
+    vectors: int = 4  # conv1x1: SIMD vectors of output pixels per tile (the accumulators)
+    lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
+    out_groups: int = 2  # conv1x1: output-channel groups in the parallel loop (load balance)
+    chunk: int = 8  # dense: nonzeros per step; each row is padded to whole chunks
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) < 1:
+                raise ValueError(f"knob {name} must be >= 1")
+
+
+def _index_dtype(largest: int) -> str:
+    """The smallest unsigned (or int32) dtype holding 0..largest."""
+    for dtype, top in (("uint8", 0xFF), ("uint16", 0xFFFF)):
+        if largest <= top:
+            return dtype
+    return "int32"
+
+
+@dataclass(frozen=True)
+class Csr:
+    """A CSR matrix whose rows each hold a multiple of `unit` entries (zero-padded).
+
+    `rowptr` counts units (row o owns units rowptr[o]..rowptr[o+1]); `cols` and `vals` hold
+    `unit` entries per unit."""
+
+    rowptr: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    unit: int
+
+    @staticmethod
+    def of(w: np.ndarray, unit: int = 1) -> Csr:
+        rows, cols, vals, counts = [], [], [], [0]
+        for row in np.asarray(w, np.float32):
+            (nz,) = np.nonzero(row)
+            pad = -len(nz) % unit
+            cols.append(np.concatenate([nz, np.zeros(pad, np.int64)]))
+            vals.append(np.concatenate([row[nz], np.zeros(pad, np.float32)]))
+            counts.append(counts[-1] + (len(nz) + pad) // unit)
+        col_dtype = _index_dtype(max(w.shape[1] - 1, 0))
+        # one dummy entry keeps the arrays non-empty when every row is empty
+        cols_arr = np.concatenate([*cols, np.zeros(1, np.int64)]).astype(col_dtype)
+        vals_arr = np.concatenate([*vals, np.zeros(1, np.float32)]).astype(np.float32)
+        rowptr = np.asarray(counts).astype(_index_dtype(counts[-1]))
+        return Csr(rowptr, cols_arr, vals_arr, unit)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.rowptr, self.cols, self.vals
+
+
+def _i32(x):
+    return tirx.Cast("int32", x)
+
+
+def _ramp(base, lanes: int):
+    return tirx.Ramp(base, 1, lanes) if lanes > 1 else base
+
+
+def _bcast(x, lanes: int):
+    return tirx.Broadcast(x, lanes) if lanes > 1 else x
+
+
+def _epilogue(acc_value, bias, row, act: Activation | None, lanes: int):
+    if bias is not None:
+        acc_value = acc_value + _bcast(bias[row], lanes)
+    return apply_activation(acc_value, act, lanes)
+
+
+def _csr_args(csr: Csr, bias: np.ndarray | None):
+    rp = T.arg("rowptr", T.buffer(csr.rowptr.shape, str(csr.rowptr.dtype)))
+    col = T.arg("cols", T.buffer(csr.cols.shape, str(csr.cols.dtype)))
+    val = T.arg("vals", T.buffer(csr.vals.shape, "float32"))
+    b = T.arg("bias", T.buffer(bias.shape, "float32")) if bias is not None else None
+    return rp, col, val, b
+
+
+# --- 1x1 convolution ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ConvCtx:
+    """What the 1x1 emitters share: sizes, the flat views of input/output and the CSR buffers."""
+
+    o: int
+    pixels: int
+    lanes: int
+    act: Activation | None
+    x: object  # [N, C, pixels]
+    out: object  # [N, O, pixels]
+    rp: object
+    col: object
+    val: object
+    bias: object | None
+
+
+def _emit_tile(cx: _ConvCtx, n, o, p0, width: int) -> None:
+    """out[n, o, p0:p0+width] = act(bias + sum over row o's nonzeros of w * x[n, c, p0:...]):
+    whole vectors first, then single lanes for a narrower last tile."""
+    lanes = cx.lanes
+    pieces = [(v * lanes, lanes) for v in range(width // lanes)]
+    pieces += [(width - width % lanes + s, 1) for s in range(width % lanes)]
+    acc = T.alloc_buffer((width,), "float32", scope="local")
+    for at, size in pieces:
+        T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), size), [_ramp(at, size)])
+    with T.serial(_i32(cx.rp[o]), _i32(cx.rp[o + 1])) as q:
+        c = _i32(cx.col[q])
+        for at, size in pieces:
+            src = cx.x[n, c, _ramp(p0 + at, size)]
+            value = acc[_ramp(at, size)] + _bcast(cx.val[q], size) * src
+            T.buffer_store(acc, value, [_ramp(at, size)])
+    for at, size in pieces:
+        value = _epilogue(acc[_ramp(at, size)], cx.bias, o, cx.act, size)
+        T.buffer_store(cx.out, value, [n, o, _ramp(p0 + at, size)])
+
+
+def _emit_subsample(x, xs, n: int, c: int, oh: int, ow: int, strides) -> None:
+    """xs[n, c, i * ow + k] = x[n, c, i * sh, k * sw]: a strided 1x1 conv reads a dense grid."""
+    with T.parallel(0, n * c) as nc:
+        with T.serial(0, oh) as i:
+            with T.serial(0, ow) as k:
+                value = x[nc // c, nc % c, i * strides[0], k * strides[1]]
+                T.buffer_store(xs, value, [nc // c, nc % c, i * ow + k])
+
+
+def _emit_conv_main(cx: _ConvCtx, n: int, tile: int, groups: int) -> None:
+    """Parallel over (image, output-channel group, pixel tile); the last tile may be narrower."""
+    tiles = -(-cx.pixels // tile)
+    per_group = -(-cx.o // groups)
+    with T.parallel(0, n * groups * tiles) as task:
+        img, g, t = task // (groups * tiles), task // tiles % groups, task % tiles
+        with T.serial(g * per_group, tirx.min((g + 1) * per_group, cx.o)) as o:
+            if cx.pixels % tile == 0:
+                _emit_tile(cx, img, o, t * tile, tile)
+            else:
+                with T.If(t < tiles - 1):
+                    with T.Then():
+                        _emit_tile(cx, img, o, t * tile, tile)
+                    with T.Else():
+                        _emit_tile(cx, img, o, (tiles - 1) * tile, cx.pixels % tile)
+
+
+def csr_conv1x1_kernel(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int, int],
+    strides: tuple[int, int] = (1, 1),
+    bias: np.ndarray | None = None,
+    activation: Activation | None = None,
+    knobs: CsrKnobs = CsrKnobs(),
+    name: str = "csr_conv1x1",
+) -> Kernel:
+    """The TIR kernel of `act(conv1x1(x, weight) + bias)` (no padding), NCHW float32, with the
+    weight's zeros skipped; params (x, rowptr, cols, vals, [bias], out)."""
+    n, c, h, w = (int(d) for d in in_shape)
+    o = int(weight.shape[0])
+    if tuple(weight.shape) != (o, c, 1, 1):
+        raise ValueError(f"weight {weight.shape} is not a 1x1 conv over {c} channels")
+    oh, ow = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
+    csr = Csr.of(np.asarray(weight).reshape(o, c))
+    bias_arr = np.asarray(bias, np.float32).reshape(o) if bias is not None else None
+    tile = knobs.lanes * knobs.vectors
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tirx.noalias": True, "global_symbol": name})
+            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            rp, col, val, b = _csr_args(csr, bias_arr)
+            out = T.arg("out", T.buffer((n, o, oh, ow), "float32"))
+            if strides == (1, 1) or (oh, ow) == (h, w):
+                xs = T.decl_buffer((n, c, h * w), "float32", data=x.data)
+            else:
+                xs = T.alloc_buffer((n, c, oh * ow), "float32")
+                _emit_subsample(x, xs, n, c, oh, ow, strides)
+            flat_out = T.decl_buffer((n, o, oh * ow), "float32", data=out.data)
+            cx = _ConvCtx(o, oh * ow, knobs.lanes, activation, xs, flat_out, rp, col, val, b)
+            _emit_conv_main(cx, n, tile, min(knobs.out_groups, o))
+    consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
+    return Kernel(ib.get(), consts, (n, o, oh, ow), "float32")
+
+
+# --- fully connected ----------------------------------------------------------------------
+
+
+def _emit_dense_rows(x, out, rp, col, val, b, m: int, chunk: int, act) -> None:
+    """out[i, o] = act(bias[o] + sum over row o's chunks of vals[chunk] * x[i, cols[chunk]])."""
+    with T.parallel(0, out.shape[1]) as o:
+        with T.serial(0, m) as i:
+            acc = T.alloc_buffer((chunk,), "float32", scope="local")
+            T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
+            with T.serial(_i32(rp[o]), _i32(rp[o + 1])) as q:
+                at = _ramp(q * chunk, chunk)
+                cols = tirx.Cast("int32x%d" % chunk if chunk > 1 else "int32", col[at])
+                T.buffer_store(acc, acc[_ramp(0, chunk)] + val[at] * x[i, cols], [_ramp(0, chunk)])
+            total = acc[0]
+            for lane in range(1, chunk):
+                total = total + acc[lane]
+            T.buffer_store(out, _epilogue(total, b, o, act, 1), [i, o])
+
+
+def csr_dense_kernel(
+    weight: np.ndarray,
+    in_shape: tuple[int, int],
+    bias: np.ndarray | None = None,
+    activation: Activation | None = None,
+    knobs: CsrKnobs = CsrKnobs(),
+    name: str = "csr_dense",
+) -> Kernel:
+    """The TIR kernel of `act(x @ weight.T + bias)` with the weight's zeros skipped, float32;
+    params (x, rowptr, cols, vals, [bias], out). `weight` is [N_out, K]."""
+    (n_out, k), (m, kx) = weight.shape, (int(d) for d in in_shape)
+    if k != kx:
+        raise ValueError(f"weight {weight.shape} does not fit input {tuple(in_shape)}")
+    csr = Csr.of(weight, knobs.chunk)
+    bias_arr = np.asarray(bias, np.float32).reshape(n_out) if bias is not None else None
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tirx.noalias": True, "global_symbol": name})
+            x = T.arg("x", T.buffer((m, k), "float32"))
+            rp, col, val, b = _csr_args(csr, bias_arr)
+            out = T.arg("out", T.buffer((m, n_out), "float32"))
+            _emit_dense_rows(x, out, rp, col, val, b, m, knobs.chunk, activation)
+    consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
+    return Kernel(ib.get(), consts, (m, n_out), "float32")

@@ -1,0 +1,97 @@
+"""sparsec.bench and `sparsec bench` on the tiny model: the report's keys, sane medians, small errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsec.bench import ENGINES, MismatchError, bench_model, densified, errors
+from sparsec.cli import main
+from sparsec.models import tiny_cnn
+from sparsec.prune import prune_model, save_masks
+
+pytestmark = pytest.mark.tvm
+
+FAST = dict(threads=2, rounds=2, min_time_s=0.01)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_cnn()
+    return model, prune_model(model, patterns=8, keep_kernels=0.5, unstructured=0.5)
+
+
+@pytest.fixture(scope="module")
+def report(tiny):
+    model, masks = tiny
+    return bench_model(model, masks, **FAST)
+
+
+def test_report_has_every_engine_with_positive_medians(report):
+    data = json.loads(report.to_json())
+    assert set(data["engines"]) == set(ENGINES)
+    for engine in ENGINES:
+        assert data["engines"][engine]["median_ms"] > 0
+        assert len(data["engines"][engine]["runs_ms"]) == FAST["rounds"]
+    assert set(data["ratios"]) == {"onnxruntime/sparsec", "sparsec-dense/sparsec"}
+    assert data["threads"] == 2
+    assert {"cpu", "cores"} <= set(data["machine"])
+    assert {"tvm", "onnxruntime", "numpy", "sparsec"} <= set(data["versions"])
+    assert data["date"]
+
+
+def test_sparsec_and_its_dense_path_match_onnxruntime(report):
+    data = report.to_dict()
+    assert set(data["max_abs_err"]) == {"sparsec", "sparsec-dense"}
+    assert all(err < 1e-4 for err in data["max_rel_err"].values())
+
+
+def test_layer_table_covers_the_manifest(report):
+    rows = [row for row in report.layers if row["op"] != "relax"]
+    assert [row["op"] for row in rows if row["op"] == "conv2d"]  # the convs are there, by their IR op
+    assert all(row["median_ms"] >= 0 and row["format"] for row in rows)
+    assert "sum of layers" in report.format_report()
+
+
+def test_dense_path_drops_every_sparse_layout(tiny):
+    from sparsec.driver import import_model
+
+    module = densified(import_model(*tiny))
+    assert {w.layout.kind for w in module.weights} == {"dense"}
+    assert all(not w.parts for w in module.weights)
+
+
+def test_errors_are_relative_to_the_output_range():
+    reference = [np.array([2.0, -4.0], np.float32)]
+    assert errors(reference, [np.array([2.0, -3.0], np.float32)]) == (1.0, 0.25)
+
+
+def test_check_raises_on_a_mismatch(tiny, monkeypatch):
+    import sparsec.bench as bench
+
+    monkeypatch.setattr(bench, "RTOL", -1.0)  # nothing passes
+    with pytest.raises(MismatchError, match="differs from onnxruntime"):
+        bench_model(*tiny, engines=("onnxruntime", "sparsec"), **FAST)
+
+
+def test_cli_bench_writes_json(tmp_path, tiny, capsys, monkeypatch):
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the command sets it; restore it afterwards
+    model, masks = tiny
+    (tmp_path / "tiny.onnx").write_bytes(model.SerializeToString())
+    save_masks(masks, tmp_path / "masks.npz")
+    code = main(["bench", str(tmp_path / "tiny.onnx"), "--masks", str(tmp_path / "masks.npz"), "--threads", "2",
+                 "--rounds", "2", "--min-time", "0.01", "--input-shape", "input=1x3x32x32",
+                 "--json", str(tmp_path / "out.json")])
+    assert code == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert data["model"] == "tiny" and data["engines"]["sparsec"]["median_ms"] > 0
+    assert "onnxruntime" in capsys.readouterr().out
+
+
+def test_cli_bench_missing_model_exits_2(tmp_path, capsys):
+    code = main(["bench", str(tmp_path / "nope.onnx"), "--json", str(tmp_path / "out.json")])
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

@@ -1,0 +1,123 @@
+"""Whole models compiled for the host: every zoo model, with and without masks, matches
+onnxruntime (max relative error 1e-4); the artifact reloads; the CLI's compile errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import sparsec
+from sparsec.check import onnxruntime_outputs, random_inputs, relative_error
+from sparsec.cli import main
+from sparsec.driver import import_model
+from sparsec.models import ZOO
+from sparsec.prune import prune_model, save_masks
+
+pytestmark = pytest.mark.tvm
+
+# Small resolutions keep the suite fast; the kernels are generated for the exact shapes either way.
+RESOLUTION = {"tiny_cnn": 32, "vgg16": 32, "resnet18": 32, "resnet50": 32, "mobilenet_v2": 32}
+
+
+def _compile_and_compare(tmp_path, name: str, masked: bool):
+    model = ZOO[name](resolution=RESOLUTION[name], num_classes=10)
+    model_path = tmp_path / f"{name}.onnx"
+    model_path.write_bytes(model.SerializeToString())
+    masks_path = None
+    if masked:
+        masks_path = tmp_path / "masks.npz"
+        save_masks(prune_model(model, keep_kernels=0.5, unstructured=0.8), masks_path)
+    module = import_model(model_path, masks_path)
+    compiled = sparsec.compile(module)
+    inputs = random_inputs(module)
+    want = onnxruntime_outputs(model_path, masks_path, inputs)
+    got = compiled.run(inputs)
+    for key, value in want.items():
+        assert relative_error(got[key], value) <= 1e-4, key
+    return compiled
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "pruned"])
+@pytest.mark.parametrize("name", sorted(RESOLUTION))
+def test_zoo_model_matches_onnxruntime(tmp_path, name, masked):
+    compiled = _compile_and_compare(tmp_path, name, masked)
+    formats = {layer["format"] for layer in compiled.manifest.layers if layer["op"] == "conv2d"}
+    if masked and name != "mobilenet_v2":  # mobilenet's 3x3 convs are depthwise: no patterns
+        assert "pattern" in formats
+    if not masked:
+        assert formats == {"dense"}
+
+
+def test_export_and_load_round_trip(tmp_path):
+    compiled = _compile_and_compare(tmp_path, "tiny_cnn", True)
+    compiled.export(tmp_path / "tiny.so")
+    manifest = json.loads((tmp_path / "tiny.so.json").read_text())
+    assert manifest["inputs"] == [{"name": "input", "dtype": "f32", "shape": [1, 3, 32, 32]}]
+    assert {layer["format"] for layer in manifest["layers"]} >= {"pattern", "dense"}
+    again = sparsec.load(tmp_path / "tiny.so")
+    x = {"input": np.ones((1, 3, 32, 32), np.float32)}
+    np.testing.assert_array_equal(again.run(x)["output"], compiled.run(x)["output"])
+
+
+def test_stock_tvm_runtime_runs_the_library(tmp_path):
+    import tvm
+    from tvm import relax
+
+    compiled = _compile_and_compare(tmp_path, "tiny_cnn", False)
+    compiled.export(tmp_path / "m.so")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "m.so")), tvm.cpu())
+    x = np.ones((1, 3, 32, 32), np.float32)
+    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, compiled.run({"input": x})["output"], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile")
+    model = ZOO["tiny_cnn"]()
+    (root / "tiny.onnx").write_bytes(model.SerializeToString())
+    save_masks(prune_model(model, keep_kernels=0.5), root / "masks.npz")
+    return root
+
+
+def _cli(capsys, *args):
+    code = main([str(a) for a in args])
+    return code, *capsys.readouterr()
+
+
+def test_cli_compile_check_run_dump(tiny_files, capsys):
+    root = tiny_files
+    code, out, err = _cli(capsys, "compile", root / "tiny.onnx", "--masks", root / "masks.npz", "-o",
+                          root / "tiny.so", "--check", "--dump-ir-after", "all")
+    assert code == 0, err
+    assert "check: output matches reference" in out and "check: output matches onnxruntime" in out
+    dumps = sorted(p.name for p in root.glob("tiny.*.sir"))
+    assert dumps[0] == "tiny.01-fold-batchnorm.sir" and dumps[-1] == "tiny.07-compress-fkw.sir"
+    np.save(root / "x.npy", np.ones((1, 3, 32, 32), np.float32))
+    assert _cli(capsys, "run", root / "tiny.so", "--input", root / "x.npy", "-o", root / "y.npy")[0] == 0
+    assert np.load(root / "y.npy").shape == (1, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "cuda"], "target 'cuda' is not supported; choose one of: host"),
+    (["-o", "/nonexistent/dir/m.so"], "/nonexistent/dir/m.so: cannot write here, the folder /nonexistent/dir does not exist"),
+    (["-o", "m.txt"], "m.txt: the output must be a .so file"),
+])
+def test_cli_compile_errors(tiny_files, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tiny_files)
+    full = ["compile", "tiny.onnx"] + (args if "-o" in args else args + ["-o", "m.so"])
+    code, out, err = _cli(capsys, *full)
+    assert code == 2 and err == f"sparsec: error: {message}\n"
+    assert not (tiny_files / "m.so").exists()
+
+
+def test_cli_run_rejects_wrong_input_for_library(tiny_files, capsys):
+    root = tiny_files
+    assert _cli(capsys, "compile", root / "tiny.onnx", "-o", root / "plain.so")[0] == 0
+    np.save(root / "bad.npy", np.ones((1, 3, 32, 32), np.float64))
+    code, _, err = _cli(capsys, "run", root / "plain.so", "--input", root / "bad.npy", "-o", root / "bad_out.npy")
+    assert code == 2 and err == ("sparsec: error: input 'input' is f64[1, 3, 32, 32] but the model expects "
+                                 "f32[1, 3, 32, 32]\n")
+    assert not (root / "bad_out.npy").exists()
