@@ -159,7 +159,10 @@ def _emit_conv_main(cx: _ConvCtx, n: int, tile: int, groups: int) -> None:
     per_group = -(-cx.o // groups)
     with T.parallel(0, n * groups * tiles) as task:
         img, g, t = task // (groups * tiles), task // tiles % groups, task % tiles
-        with T.serial(g * per_group, tirx.min((g + 1) * per_group, cx.o)) as o:
+        # a loop from 0 plus an offset: TVM 0.27 miscompiles a serial loop whose start
+        # depends on the enclosing parallel variable (the loads used the unshifted index)
+        with T.serial(0, tirx.min(per_group, cx.o - g * per_group)) as oi:
+            o = g * per_group + oi
             if cx.pixels % tile == 0:
                 _emit_tile(cx, img, o, t * tile, tile)
             else:
@@ -211,9 +214,9 @@ def csr_conv1x1_kernel(
 # --- fully connected ----------------------------------------------------------------------
 
 
-def _emit_dense_rows(x, out, rp, col, val, b, m: int, chunk: int, act) -> None:
+def _emit_dense_rows(x, out, rp, col, val, b, m: int, n_out: int, chunk: int, act) -> None:
     """out[i, o] = act(bias[o] + sum over row o's chunks of vals[chunk] * x[i, cols[chunk]])."""
-    with T.parallel(0, out.shape[1]) as o:
+    with T.parallel(0, n_out) as o:
         with T.serial(0, m) as i:
             acc = T.alloc_buffer((chunk,), "float32", scope="local")
             T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
@@ -249,6 +252,6 @@ def csr_dense_kernel(
             x = T.arg("x", T.buffer((m, k), "float32"))
             rp, col, val, b = _csr_args(csr, bias_arr)
             out = T.arg("out", T.buffer((m, n_out), "float32"))
-            _emit_dense_rows(x, out, rp, col, val, b, m, knobs.chunk, activation)
+            _emit_dense_rows(x, out, rp, col, val, b, m, n_out, knobs.chunk, activation)
     consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
     return Kernel(ib.get(), consts, (m, n_out), "float32")

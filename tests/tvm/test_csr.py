@@ -1,0 +1,86 @@
+"""CSR sparse kernels (1x1 conv SpMM, sparse FC) against NumPy, incl. empty rows and tails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import run_kernel
+from sparsec.lower.kernels.csr import Csr, CsrKnobs, csr_conv1x1_kernel, csr_dense_kernel
+from sparsec.lower.target import host_target
+
+pytestmark = pytest.mark.tvm
+
+
+def sparse(shape, density, seed=0, empty_rows=(1,)):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) >= density] = 0
+    w[list(empty_rows)] = 0
+    return w
+
+
+def test_csr_packing_pads_rows_and_picks_small_dtypes():
+    w = np.array([[0, 2, 0, 3], [0, 0, 0, 0], [1, 0, 0, 0]], np.float32)
+    csr = Csr.of(w, unit=2)
+    assert csr.rowptr.tolist() == [0, 1, 1, 2] and csr.rowptr.dtype == np.uint8
+    assert csr.cols.dtype == np.uint8 and csr.cols[:4].tolist() == [1, 3, 0, 0]
+    assert csr.vals[:4].tolist() == [2, 3, 1, 0]
+    assert Csr.of(np.ones((2, 300), np.float32)).cols.dtype == np.uint16
+    assert Csr.of(np.ones((2, 300), np.float32)).rowptr.dtype == np.uint16
+
+
+@pytest.mark.parametrize("in_shape, strides", [
+    ((1, 16, 8, 8), (1, 1)),  # whole tiles
+    ((1, 12, 5, 7), (1, 1)),  # 35 pixels: a narrow tail tile with single lanes
+    ((2, 10, 9, 9), (2, 2)),  # strided: subsampled copy, 25 pixels
+    ((1, 8, 6, 6), (1, 2)),
+])
+def test_conv1x1(in_shape, strides):
+    n, c, h, w = in_shape
+    weight = sparse((9, c, 1, 1), 0.3)
+    x = np.random.default_rng(3).standard_normal(in_shape).astype(np.float32)
+    got = run_kernel(csr_conv1x1_kernel(weight, in_shape, strides), host_target(), x)
+    xs = x[:, :, ::strides[0], ::strides[1]]
+    want = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], xs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv1x1_bias_activation_and_knobs():
+    weight = sparse((7, 16, 1, 1), 0.2, empty_rows=(0, 6))
+    bias = np.linspace(-1, 1, 7).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((1, 16, 10, 10)).astype(np.float32)
+    kernel = csr_conv1x1_kernel(weight, x.shape, bias=bias, activation=Activation("clip", (0.0, 6.0)),
+                                knobs=CsrKnobs(vectors=1, out_groups=3))
+    got = run_kernel(kernel, host_target(), x)
+    want = np.clip(np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x) + bias.reshape(1, -1, 1, 1), 0, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv1x1_all_zero_weight():
+    x = np.ones((1, 4, 3, 3), np.float32)
+    got = run_kernel(csr_conv1x1_kernel(np.zeros((5, 4, 1, 1), np.float32), x.shape), host_target(), x)
+    assert not got.any()
+
+
+@pytest.mark.parametrize("m, k, n_out, chunk", [(1, 40, 17, 8), (3, 300, 33, 8), (2, 9, 5, 1), (1, 64, 8, 4)])
+def test_dense(m, k, n_out, chunk):
+    weight = sparse((n_out, k), 0.25)
+    x = np.random.default_rng(5).standard_normal((m, k)).astype(np.float32)
+    got = run_kernel(csr_dense_kernel(weight, (m, k), knobs=CsrKnobs(chunk=chunk)), host_target(), x)
+    np.testing.assert_allclose(got, x @ weight.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act, ref", [
+    (Activation("relu"), lambda y: np.maximum(y, 0)),
+    (Activation("leaky_relu", (0.1,)), lambda y: np.where(y > 0, y, 0.1 * y)),
+    (Activation("sigmoid"), lambda y: 1 / (1 + np.exp(-y))),
+    (Activation("hard_swish"), lambda y: y * np.clip(y / 6 + 0.5, 0, 1)),
+])
+def test_dense_bias_and_activation(act, ref):
+    weight = sparse((12, 30), 0.3)
+    bias = np.linspace(-2, 2, 12).astype(np.float32)
+    x = np.random.default_rng(6).standard_normal((2, 30)).astype(np.float32)
+    got = run_kernel(csr_dense_kernel(weight, x.shape, bias=bias, activation=act), host_target(), x)
+    np.testing.assert_allclose(got, ref(x @ weight.T + bias), rtol=1e-4, atol=1e-4)
