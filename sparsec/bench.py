@@ -25,13 +25,14 @@ from importlib import metadata
 import numpy as np
 import onnx
 
+from sparsec.check import TOLERANCE
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
 
 ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
 REFERENCE = "onnxruntime"
 PAUSE_S = 0.1  # lets the previous engine's spinning thread pool go idle (measured: it doubles times)
-RTOL = 1e-4  # max |error| / max |reference| that `check` accepts
+RTOL = TOLERANCE  # max |error| / max |reference| that `check` accepts, as `sparsec compile --check`
 
 
 class MismatchError(UserError):

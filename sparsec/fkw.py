@@ -160,9 +160,10 @@ def kernel_patterns(
 
 def _pattern_histograms(ids: np.ndarray, num_patterns: int) -> np.ndarray:
     """(O, P) count of kernels of each pattern in each filter."""
-    return np.stack([(ids == p).sum(axis=1) for p in range(num_patterns)], axis=1).reshape(
-        ids.shape[0], num_patterns
-    )
+    hist = np.zeros((ids.shape[0], num_patterns), np.int64)
+    for p in range(num_patterns):
+        hist[:, p] = (ids == p).sum(axis=1)
+    return hist
 
 
 def default_filter_order(weight: np.ndarray, patterns: np.ndarray | None = None) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import tvm
 
@@ -26,7 +25,7 @@ def compile_module(module: Module, target: str = "host") -> CompiledModel:
         outputs=tuple(TensorSpec(name, module.types[f"%{name}"].dtype, module.types[f"%{name}"].shape)
                       for name in module.outputs),
         target=target,
-        target_json=json.dumps(tvm_target.export()) if hasattr(tvm_target, "export") else str(tvm_target),
+        target_json=str(tvm_target),  # TVM prints targets as their JSON
         layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel} for p in plans),
     )
     return CompiledModel(executable, manifest)

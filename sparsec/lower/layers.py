@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.errors import NotSupportedError
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import AvgPool, Conv2d, GlobalAvgPool, Linear, MaxPool
 from sparsec.ir.types import CSR, FKW, Pattern
@@ -74,7 +75,9 @@ def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module) -> Kernel
     if isinstance(op, GlobalAvgPool):
         return pool.global_avg_pool_kernel(in_shape)
     if isinstance(op, MaxPool):
+        if op.dilations != (1, 1):
+            raise NotSupportedError(f"max_pool %{op.result}: dilated max pooling is not supported yet")
         return pool.max_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
-                                    dilations=op.dilations, ceil_mode=op.ceil_mode)
+                                    ceil_mode=op.ceil_mode)
     return pool.avg_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
                                 ceil_mode=op.ceil_mode, count_include_pad=op.count_include_pad)

@@ -24,11 +24,19 @@ def sparse(shape, density, seed=0, empty_rows=(1,)):
 def test_csr_packing_pads_rows_and_picks_small_dtypes():
     w = np.array([[0, 2, 0, 3], [0, 0, 0, 0], [1, 0, 0, 0]], np.float32)
     csr = Csr.of(w, unit=2)
-    assert csr.rowptr.tolist() == [0, 1, 1, 2] and csr.rowptr.dtype == np.uint8
+    assert csr.rowptr.tolist() == [[0, 1, 1, 2]] and csr.rowptr.dtype == np.uint8
     assert csr.cols.dtype == np.uint8 and csr.cols[:4].tolist() == [1, 3, 0, 0]
     assert csr.vals[:4].tolist() == [2, 3, 1, 0]
     assert Csr.of(np.ones((2, 300), np.float32)).cols.dtype == np.uint16
     assert Csr.of(np.ones((2, 300), np.float32)).rowptr.dtype == np.uint16
+
+
+def test_csr_column_blocks():
+    w = np.array([[1, 0, 2, 3, 0], [0, 4, 0, 0, 5]], np.float32)
+    csr = Csr.of(w, block=2)
+    assert csr.blocks == 3 and csr.rowptr.tolist() == [[0, 1, 2], [2, 4, 4], [4, 4, 5]]
+    assert csr.cols[:5].tolist() == [0, 1, 0, 1, 0]  # relative to the block's first column
+    assert csr.vals[:5].tolist() == [1, 4, 2, 3, 5]
 
 
 @pytest.mark.parametrize("in_shape, strides", [
@@ -36,6 +44,7 @@ def test_csr_packing_pads_rows_and_picks_small_dtypes():
     ((1, 12, 5, 7), (1, 1)),  # 35 pixels: a narrow tail tile with single lanes
     ((2, 10, 9, 9), (2, 2)),  # strided: subsampled copy, 25 pixels
     ((1, 8, 6, 6), (1, 2)),
+    ((1, 300, 4, 4), (1, 1)),  # three channel blocks, the last one partial
 ])
 def test_conv1x1(in_shape, strides):
     n, c, h, w = in_shape
@@ -52,7 +61,7 @@ def test_conv1x1_bias_activation_and_knobs():
     bias = np.linspace(-1, 1, 7).astype(np.float32)
     x = np.random.default_rng(4).standard_normal((1, 16, 10, 10)).astype(np.float32)
     kernel = csr_conv1x1_kernel(weight, x.shape, bias=bias, activation=Activation("clip", (0.0, 6.0)),
-                                knobs=CsrKnobs(vectors=1, out_groups=3))
+                                knobs=CsrKnobs(vectors=1, out_groups=3, channel_block=5))
     got = run_kernel(kernel, host_target(), x)
     want = np.clip(np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x) + bias.reshape(1, -1, 1, 1), 0, 6)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

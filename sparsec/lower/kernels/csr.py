@@ -28,9 +28,10 @@ from sparsec.lower.kernels.common import Kernel, apply_activation
 class CsrKnobs:
     """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2."""
 
-    vectors: int = 4  # conv1x1: SIMD vectors of output pixels per tile (the accumulators)
+    vectors: int = 8  # conv1x1: SIMD vectors of output pixels per tile (the accumulators)
     lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
     out_groups: int = 2  # conv1x1: output-channel groups in the parallel loop (load balance)
+    channel_block: int = 64  # conv1x1: input channels per block (the input tile stays in L1)
     chunk: int = 8  # dense: nonzeros per step; each row is padded to whole chunks
 
     def __post_init__(self) -> None:
@@ -49,31 +50,42 @@ def _index_dtype(largest: int) -> str:
 
 @dataclass(frozen=True)
 class Csr:
-    """A CSR matrix whose rows each hold a multiple of `unit` entries (zero-padded).
+    """A CSR matrix cut into column blocks, each row of each block padded with zeros to a
+    multiple of `unit` entries.
 
-    `rowptr` counts units (row o owns units rowptr[o]..rowptr[o+1]); `cols` and `vals` hold
-    `unit` entries per unit."""
+    `rowptr[b, o]..rowptr[b, o + 1]` are the units of row o in column block b (blocks stored one
+    after the other); `cols` (relative to the block's first column) and `vals` hold `unit`
+    entries per unit."""
 
-    rowptr: np.ndarray
+    rowptr: np.ndarray  # [blocks, rows + 1]
     cols: np.ndarray
     vals: np.ndarray
     unit: int
+    block: int  # columns per block
 
     @staticmethod
-    def of(w: np.ndarray, unit: int = 1) -> Csr:
-        rows, cols, vals, counts = [], [], [], [0]
-        for row in np.asarray(w, np.float32):
-            (nz,) = np.nonzero(row)
-            pad = -len(nz) % unit
-            cols.append(np.concatenate([nz, np.zeros(pad, np.int64)]))
-            vals.append(np.concatenate([row[nz], np.zeros(pad, np.float32)]))
-            counts.append(counts[-1] + (len(nz) + pad) // unit)
-        col_dtype = _index_dtype(max(w.shape[1] - 1, 0))
+    def of(w: np.ndarray, unit: int = 1, block: int = 0) -> Csr:
+        w = np.asarray(w, np.float32)
+        block = min(block or w.shape[1], w.shape[1]) or 1
+        cols, vals, counts = [], [], [0]
+        for b0 in range(0, max(w.shape[1], 1), block):
+            for row in w[:, b0:b0 + block]:
+                (nz,) = np.nonzero(row)
+                pad = -len(nz) % unit
+                cols.append(np.concatenate([nz, np.zeros(pad, np.int64)]))
+                vals.append(np.concatenate([row[nz], np.zeros(pad, np.float32)]))
+                counts.append(counts[-1] + (len(nz) + pad) // unit)
+            counts.append(counts[-1])  # the next block's row 0 starts where this one ended
+        blocks = -(-max(w.shape[1], 1) // block)
+        ptr = np.asarray(counts[:-1]).reshape(blocks, w.shape[0] + 1)
         # one dummy entry keeps the arrays non-empty when every row is empty
-        cols_arr = np.concatenate([*cols, np.zeros(1, np.int64)]).astype(col_dtype)
+        cols_arr = np.concatenate([*cols, np.zeros(1, np.int64)]).astype(_index_dtype(block - 1))
         vals_arr = np.concatenate([*vals, np.zeros(1, np.float32)]).astype(np.float32)
-        rowptr = np.asarray(counts).astype(_index_dtype(counts[-1]))
-        return Csr(rowptr, cols_arr, vals_arr, unit)
+        return Csr(ptr.astype(_index_dtype(counts[-1])), cols_arr, vals_arr, unit, block)
+
+    @property
+    def blocks(self) -> int:
+        return self.rowptr.shape[0]
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.rowptr, self.cols, self.vals
@@ -115,6 +127,8 @@ class _ConvCtx:
     o: int
     pixels: int
     lanes: int
+    blocks: int  # input-channel blocks
+    block: int  # input channels per block
     act: Activation | None
     x: object  # [N, C, pixels]
     out: object  # [N, O, pixels]
@@ -124,23 +138,28 @@ class _ConvCtx:
     bias: object | None
 
 
-def _emit_tile(cx: _ConvCtx, n, o, p0, width: int) -> None:
-    """out[n, o, p0:p0+width] = act(bias + sum over row o's nonzeros of w * x[n, c, p0:...]):
-    whole vectors first, then single lanes for a narrower last tile."""
+def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
+    """out[n, o, p0:p0+width] += sum over row o's nonzeros in channel block `blk` of
+    w * x[n, c, p0:...]: whole vectors first, then single lanes for a narrower last tile. The
+    first block starts from zero, the last one adds the bias and applies the activation; in
+    between the partial sums wait in `out` (in cache: one tile of every channel)."""
     lanes = cx.lanes
     pieces = [(v * lanes, lanes) for v in range(width // lanes)]
     pieces += [(width - width % lanes + s, 1) for s in range(width % lanes)]
     acc = T.alloc_buffer((width,), "float32", scope="local")
     for at, size in pieces:
-        T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), size), [_ramp(at, size)])
-    with T.serial(_i32(cx.rp[o]), _i32(cx.rp[o + 1])) as q:
-        c = _i32(cx.col[q])
+        start = cx.out[n, o, _ramp(p0 + at, size)] if blk else _bcast(tirx.const(0.0, "float32"), size)
+        T.buffer_store(acc, start, [_ramp(at, size)])
+    with T.serial(_i32(cx.rp[blk, o]), _i32(cx.rp[blk, o + 1])) as q:
+        c = blk * cx.block + _i32(cx.col[q])
         for at, size in pieces:
             src = cx.x[n, c, _ramp(p0 + at, size)]
             value = acc[_ramp(at, size)] + _bcast(cx.val[q], size) * src
             T.buffer_store(acc, value, [_ramp(at, size)])
     for at, size in pieces:
-        value = _epilogue(acc[_ramp(at, size)], cx.bias, o, cx.act, size)
+        value = acc[_ramp(at, size)]
+        if blk == cx.blocks - 1:
+            value = _epilogue(value, cx.bias, o, cx.act, size)
         T.buffer_store(cx.out, value, [n, o, _ramp(p0 + at, size)])
 
 
@@ -153,24 +172,30 @@ def _emit_subsample(x, xs, n: int, c: int, oh: int, ow: int, strides) -> None:
                 T.buffer_store(xs, value, [nc // c, nc % c, i * ow + k])
 
 
+def _emit_tile(cx: _ConvCtx, n, g, per_group: int, p0, width: int) -> None:
+    """Channel blocks outside, output channels inside: a block's input tile stays in L1 while
+    every output channel of the group reads it."""
+    for blk in range(cx.blocks):
+        # a loop from 0 plus an offset: TVM 0.27 miscompiles a loop whose start is not
+        # constant when a nested loop's bounds use its variable (they miss the offset)
+        with T.serial(0, tirx.min(per_group, cx.o - g * per_group)) as oi:
+            _emit_row(cx, n, g * per_group + oi, p0, width, blk)
+
+
 def _emit_conv_main(cx: _ConvCtx, n: int, tile: int, groups: int) -> None:
     """Parallel over (image, output-channel group, pixel tile); the last tile may be narrower."""
     tiles = -(-cx.pixels // tile)
     per_group = -(-cx.o // groups)
     with T.parallel(0, n * groups * tiles) as task:
         img, g, t = task // (groups * tiles), task // tiles % groups, task % tiles
-        # a loop from 0 plus an offset: TVM 0.27 miscompiles a serial loop whose start
-        # depends on the enclosing parallel variable (the loads used the unshifted index)
-        with T.serial(0, tirx.min(per_group, cx.o - g * per_group)) as oi:
-            o = g * per_group + oi
-            if cx.pixels % tile == 0:
-                _emit_tile(cx, img, o, t * tile, tile)
-            else:
-                with T.If(t < tiles - 1):
-                    with T.Then():
-                        _emit_tile(cx, img, o, t * tile, tile)
-                    with T.Else():
-                        _emit_tile(cx, img, o, (tiles - 1) * tile, cx.pixels % tile)
+        if cx.pixels % tile == 0:
+            _emit_tile(cx, img, g, per_group, t * tile, tile)
+        else:
+            with T.If(t < tiles - 1):
+                with T.Then():
+                    _emit_tile(cx, img, g, per_group, t * tile, tile)
+                with T.Else():
+                    _emit_tile(cx, img, g, per_group, (tiles - 1) * tile, cx.pixels % tile)
 
 
 def csr_conv1x1_kernel(
@@ -189,7 +214,7 @@ def csr_conv1x1_kernel(
     if tuple(weight.shape) != (o, c, 1, 1):
         raise ValueError(f"weight {weight.shape} is not a 1x1 conv over {c} channels")
     oh, ow = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
-    csr = Csr.of(np.asarray(weight).reshape(o, c))
+    csr = Csr.of(np.asarray(weight).reshape(o, c), block=knobs.channel_block)
     bias_arr = np.asarray(bias, np.float32).reshape(o) if bias is not None else None
     tile = knobs.lanes * knobs.vectors
     with IRBuilder() as ib:
@@ -205,7 +230,8 @@ def csr_conv1x1_kernel(
                 xs = T.alloc_buffer((n, c, oh * ow), "float32")
                 _emit_subsample(x, xs, n, c, oh, ow, strides)
             flat_out = T.decl_buffer((n, o, oh * ow), "float32", data=out.data)
-            cx = _ConvCtx(o, oh * ow, knobs.lanes, activation, xs, flat_out, rp, col, val, b)
+            cx = _ConvCtx(o, oh * ow, knobs.lanes, csr.blocks, csr.block, activation, xs, flat_out,
+                          rp, col, val, b)
             _emit_conv_main(cx, n, tile, min(knobs.out_groups, o))
     consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
     return Kernel(ib.get(), consts, (n, o, oh, ow), "float32")
@@ -220,7 +246,7 @@ def _emit_dense_rows(x, out, rp, col, val, b, m: int, n_out: int, chunk: int, ac
         with T.serial(0, m) as i:
             acc = T.alloc_buffer((chunk,), "float32", scope="local")
             T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
-            with T.serial(_i32(rp[o]), _i32(rp[o + 1])) as q:
+            with T.serial(_i32(rp[0, o]), _i32(rp[0, o + 1])) as q:
                 at = _ramp(q * chunk, chunk)
                 cols = tirx.Cast("int32x%d" % chunk if chunk > 1 else "int32", col[at])
                 T.buffer_store(acc, acc[_ramp(0, chunk)] + val[at] * x[i, cols], [_ramp(0, chunk)])

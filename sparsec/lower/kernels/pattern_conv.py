@@ -31,6 +31,7 @@ class PatternConvKnobs:
     vector_width: int = 8  # SIMD lanes (8 x fp32 = AVX2)
     vectors_per_step: int = 3  # output vectors along the width per step
     channel_block: int = 0  # input channels per L1 block (0: all channels in one block)
+    prefetch_distance: int = 0  # prefetch the input tile of the kernel this many ahead (0: off)
 
     def __post_init__(self) -> None:
         for name in ("filters_per_group", "rows_per_step", "vector_width", "vectors_per_step"):
@@ -129,6 +130,7 @@ class _Ctx:
     num_groups: int
     num_blocks: int
     act: Activation | None
+    prefetch: int
     xp: object
     offset: object
     stride: object
@@ -150,6 +152,21 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
     return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
 
 
+def _emit_prefetch(x: _Ctx, k, n, oy0, tx):
+    """Prefetch the (contiguous) input tile of the kernel `prefetch` places ahead into L1."""
+    g = x.g
+    ahead = tirx.min(k + x.prefetch, x.index.shape[0] - 1)
+    c = _i32(x.index[ahead])
+    span = ((g.rows - 1) * g.strides[0] + 2 * g.dilations[0] + 1) * g.strides[1] * g.qw
+    for j in range(0, span + 15, 16):
+        addr = tirx.address_of(x.xp[n, tx, c, oy0 * g.strides[0], 0, j])
+        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, _c32(0), _c32(3), _c32(1)))
+
+
+def _c32(v: int):
+    return tirx.const(v, "int32")
+
+
 def _vec(v: int, lanes: int):
     return _ramp(v * lanes, lanes)
 
@@ -164,6 +181,8 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run: int, grp, n, oy0, tx):
     lo, hi = base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])
     with T.serial(lo, hi) as k:
         c = _i32(x.index[k])
+        if x.prefetch:
+            _emit_prefetch(x, k, n, oy0, tx)
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             _, ph, dq = g.tap(kx)
             for v in range(g.vecs):
@@ -293,14 +312,14 @@ def pattern_conv_kernel(
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)
-    func = _build_func(g, table, constants, activation, out_shape, name)
+    func = _build_func(g, table, knobs, constants, activation, out_shape, name)
     return Kernel(func, constants, out_shape, "float32")
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
-def _build_func(g: _Geometry, table: KernelTable, constants, act, out_shape, name):
+def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name):
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
@@ -312,6 +331,6 @@ def _build_func(g: _Geometry, table: KernelTable, constants, act, out_shape, nam
             _emit_padding(data, xp, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group,
-                     table.num_groups, table.num_blocks, act, xp, *bufs[:5], bias, out)
+                     table.num_groups, table.num_blocks, act, knobs.prefetch_distance, xp, *bufs[:5], bias, out)
             _emit_main(x)
     return ib.get()

@@ -1,0 +1,126 @@
+"""The pattern-sparse conv kernel against a NumPy convolution: strides, pads, batch, epilogues,
+empty filters, widths that are no multiple of the vector width, and every schedule knob."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsec.fkw import build_fkw
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import run_kernel
+from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
+from sparsec.lower.target import host_target
+
+pytestmark = pytest.mark.tvm
+
+PATTERNS = np.array(
+    [[0, 1, 3, 4], [1, 2, 4, 5], [1, 3, 4, 5], [1, 3, 4, 7],
+     [1, 4, 5, 7], [3, 4, 5, 7], [3, 4, 6, 7], [4, 5, 7, 8]]
+)
+
+
+def pruned(rng, filters, channels, keep=0.5, empty_filters=(1,)):
+    """Pattern-pruned [O, I, 3, 3] weight: a random pattern per kernel, `keep` of kernels kept."""
+    w = rng.standard_normal((filters, channels, 9)).astype(np.float32)
+    pid = rng.integers(0, len(PATTERNS), (filters, channels))
+    mask = np.zeros(w.shape, bool)
+    mask[np.arange(filters)[:, None, None], np.arange(channels)[None, :, None], PATTERNS[pid]] = True
+    mask &= (rng.random((filters, channels)) < keep)[:, :, None]
+    mask[[f for f in empty_filters if f < filters]] = False
+    return (w * mask).reshape(filters, channels, 3, 3)
+
+
+def reference_conv(x, w, strides, pads, dilations):
+    """Direct NumPy 3x3 convolution, one tap at a time (ONNX Conv semantics, pads t,l,b,r)."""
+    (sh, sw), (dh, dw) = strides, dilations
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - 2 * dh - 1) // sh + 1
+    ow = (xp.shape[3] - 2 * dw - 1) // sw + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for a in range(3):
+        for b in range(3):
+            patch = xp[:, :, a * dh:a * dh + sh * (oh - 1) + 1:sh, b * dw:b * dw + sw * (ow - 1) + 1:sw]
+            out += np.einsum("oc,nchw->nohw", w[:, :, a, b], patch)
+    return out
+
+
+ACTIVATIONS = {
+    None: lambda y: y,
+    Activation("relu"): lambda y: np.maximum(y, 0),
+    Activation("clip", (0.0, 6.0)): lambda y: np.clip(y, 0, 6),
+    Activation("leaky_relu", (0.1,)): lambda y: np.where(y > 0, y, 0.1 * y),
+    Activation("sigmoid"): lambda y: 1 / (1 + np.exp(-y)),
+    Activation("hard_sigmoid", (0.2, 0.5)): lambda y: np.clip(0.2 * y + 0.5, 0, 1),
+    Activation("hard_swish"): lambda y: y * np.clip(y / 6 + 0.5, 0, 1),
+}
+
+
+def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), bias=False,
+          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    w = pruned(rng, filters, x_shape[1], keep)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32) if bias else None
+    kernel = pattern_conv_kernel(build_fkw(w), x_shape, strides=strides, pads=pads,
+                                 dilations=dilations, bias=b, activation=act, knobs=knobs)
+    want = reference_conv(x, w, strides, pads, dilations)
+    if b is not None:
+        want += b[None, :, None, None]
+    want = ACTIVATIONS[act](want)
+    assert kernel.out_shape == want.shape and kernel.out_dtype == "float32"
+    got = run_kernel(kernel, host_target(), x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pad", [0, 1])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_strides_pads_batch(stride, pad, batch):
+    check((batch, 6, 11, 13), 5, strides=(stride, stride), pads=(pad,) * 4)
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS)[1:], ids=lambda a: a.kind)
+def test_bias_and_activation_epilogue(act):
+    check((1, 4, 6, 9), 3, bias=True, act=act)
+
+
+def test_odd_width_wider_than_a_vector_and_all_empty_filters():
+    check((1, 5, 7, 19), 6, bias=True, keep=0.3)  # 19 = 2 vectors of 8 + 3
+    check((1, 3, 5, 5), 2, keep=0.0)  # every filter empty: bias-free zeros
+
+
+def test_asymmetric_pads_and_dilation():
+    check((1, 4, 9, 10), 3, pads=(0, 1, 2, 1))
+    check((1, 4, 9, 10), 3, dilations=(2, 2), pads=(2, 2, 2, 2))
+    check((1, 4, 10, 12), 3, strides=(2, 1), pads=(1, 0, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        PatternConvKnobs(rows_per_step=3, vectors_per_step=2),
+        PatternConvKnobs(channel_block=4),  # several channel blocks: partial sums between them
+        PatternConvKnobs(filters_per_group=3, channel_block=5),  # a short last group
+        PatternConvKnobs(prefetch_distance=2),
+        PatternConvKnobs(vector_width=4, rows_per_step=1),
+    ],
+    ids=["tile", "blocks", "groups", "prefetch", "narrow"],
+)
+def test_knobs(knobs):
+    check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
+    check((1, 11, 10, 17), 7, knobs=knobs)
+
+
+def test_output_keeps_original_channel_order():
+    rng = np.random.default_rng(3)
+    w = pruned(rng, 6, 4, keep=0.8)
+    x = rng.standard_normal((1, 4, 5, 8)).astype(np.float32)
+    fkw = build_fkw(w, filter_order=np.array([5, 3, 1, 0, 2, 4]))
+    got = run_kernel(pattern_conv_kernel(fkw, x.shape), host_target(), x)
+    np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_knob():
+    with pytest.raises(ValueError, match="rows_per_step"):
+        PatternConvKnobs(rows_per_step=-1)

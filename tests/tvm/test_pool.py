@@ -1,0 +1,67 @@
+"""Pooling kernels against onnxruntime (the ONNX semantics of ceil_mode / count_include_pad)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper  # noqa: E402
+
+from sparsec.lower.kernels.common import run_kernel  # noqa: E402
+from sparsec.lower.kernels.pool import avg_pool_kernel, global_avg_pool_kernel, max_pool_kernel  # noqa: E402
+from sparsec.lower.target import host_target  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+
+
+def onnx_pool(op, x, **attrs):
+    """Run one ONNX pooling node on onnxruntime."""
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+CASES = [  # in_shape, kernel, strides, pads, ceil_mode
+    ((1, 3, 8, 8), (2, 2), (2, 2), (0, 0, 0, 0), False),
+    ((2, 4, 11, 9), (3, 3), (2, 2), (1, 1, 1, 1), False),
+    ((1, 2, 10, 10), (3, 3), (2, 2), (0, 0, 0, 0), True),
+    ((1, 2, 7, 12), (3, 2), (1, 3), (1, 0, 0, 1), True),
+    ((1, 5, 13, 13), (3, 3), (1, 1), (1, 1, 1, 1), False),
+]
+
+
+@pytest.mark.parametrize("in_shape, kernel, strides, pads, ceil_mode", CASES)
+def test_max_pool(in_shape, kernel, strides, pads, ceil_mode):
+    x = np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)
+    got = run_kernel(max_pool_kernel(in_shape, kernel, strides, pads, ceil_mode), host_target(), x)
+    want = onnx_pool("MaxPool", x, kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=int(ceil_mode))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("include_pad", [False, True])
+@pytest.mark.parametrize("in_shape, kernel, strides, pads, ceil_mode", CASES)
+def test_avg_pool(in_shape, kernel, strides, pads, ceil_mode, include_pad):
+    x = np.random.default_rng(1).standard_normal(in_shape).astype(np.float32)
+    kernel_ = avg_pool_kernel(in_shape, kernel, strides, pads, ceil_mode, include_pad)
+    got = run_kernel(kernel_, host_target(), x)
+    want = onnx_pool("AveragePool", x, kernel_shape=kernel, strides=strides, pads=pads,
+                     ceil_mode=int(ceil_mode), count_include_pad=int(include_pad))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_shape", [(1, 16, 7, 7), (2, 3, 4, 4), (1, 5, 1, 1), (1, 4, 14, 14)])
+def test_global_avg_pool(in_shape):
+    x = np.random.default_rng(2).standard_normal(in_shape).astype(np.float32)
+    got = run_kernel(global_avg_pool_kernel(in_shape), host_target(), x)
+    np.testing.assert_allclose(got, x.mean(axis=(2, 3), keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_invalid_pool_is_rejected():
+    with pytest.raises(ValueError):
+        max_pool_kernel((1, 1, 2, 2), (3, 3), (1, 1))
