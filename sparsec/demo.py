@@ -40,7 +40,7 @@ def run_demo(resolution: int = 224, threads: int = 2) -> int:
         _step(f"5. Speed on this CPU ({threads} threads): sparsec vs onnxruntime vs sparsec's dense path")
         from sparsec.bench import bench_model
 
-        print(bench_model(model, masks, threads=threads, rounds=5, compiled=compiled).format_report())
+        print(bench_model(model, masks, threads=threads, rounds=5).format_report())
     return 0
 
 

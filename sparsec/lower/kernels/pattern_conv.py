@@ -1,16 +1,23 @@
 """A pattern-sparse 3x3 convolution kernel (PatDNN style), written with the tirx IRBuilder.
 
-Data flow: the input is copied once into a zero-padded, stride-phase-split buffer, so the hot
-loop has no bounds checks and reads contiguous vectors for any stride. Then, per group of
-filters (parallel) and per tile of output rows x output vectors, one loop per pattern runs
-over that pattern's kernels (bounds read from FKW `stride` at run time); tap offsets are
-compile-time constants, so each tap is one vector FMA per accumulator. The epilogue adds bias,
-applies the activation and stores through `filter_order` into the original channel order.
+Data flow:
+1. The input is copied once into zero-padded *tiles*: for every output tile (R rows x W
+   columns) and channel, the input rows and columns it reads (halo included, split by stride
+   phase) lie contiguous. The hot loop then has no bounds checks for any stride, padding or
+   dilation, and a block of channels of one tile packs densely into L1 (few lines, few pages).
+2. Parallel over output tiles. Per tile, per block of input channels (sized for L1), per group
+   of filters: one loop per pattern runs over that pattern's kernels (bounds from the FKW
+   `stride` at run time); tap offsets are compile-time constants, so each distinct input
+   vector is loaded once and feeds every tap that reads it (kernel-level load-redundancy
+   elimination) and every filter of the group (filter-level) with vector FMAs into register
+   accumulators.
+3. The epilogue adds bias, applies the activation and stores through `filter_order` into the
+   original channel order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import tirx
@@ -21,22 +28,37 @@ from sparsec.fkw import FKW, KernelTable, kernel_table
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import Kernel, apply_activation
 
+# Bytes of L1 data cache a channel block's input tiles may fill: 32 KiB less what the weight
+# stream and the partial sums need while every filter group sweeps the block.
+L1_INPUT_BYTES = 24 * 1024
+# Blocking pays only when a filter has this many kernels per block: each of the P pattern loops
+# per block costs a loop setup and usually a mispredicted exit.
+MIN_KERNELS_PER_BLOCK = 24
+
 
 @dataclass(frozen=True)
 class PatternConvKnobs:
-    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2 / 16 vector regs."""
+    """Schedule knobs (the auto-tuner's search space); 0 means "choose from the shape".
+
+    The defaults suit AVX2 (8 fp32 lanes, 16 vector registers): 8 accumulators of one filter,
+    enough independent FMA chains to hide the FMA latency, 4 weight registers, 4 spare.
+    """
 
     filters_per_group: int = 1  # filters sharing each loaded input vector (filter-level LRE)
-    rows_per_step: int = 4  # output rows per step: taps on one input row share a load
+    rows_per_step: int = 0  # output rows per step (0: 6..8, whichever pads the height least)
     vector_width: int = 8  # SIMD lanes (8 x fp32 = AVX2)
-    vectors_per_step: int = 3  # output vectors along the width per step
-    channel_block: int = 0  # input channels per L1 block (0: all channels in one block)
-    prefetch_distance: int = 0  # prefetch the input tile of the kernel this many ahead (0: off)
+    vectors_per_step: int = 1  # output vectors along the width per step
+    channel_block: int = 0  # input channels per L1 block (0: from L1 size and density)
+    prefetch_distance: int = 0  # prefetch the input tile of the kernel this far ahead (0: off)
 
     def __post_init__(self) -> None:
-        for name in ("filters_per_group", "rows_per_step", "vector_width", "vectors_per_step"):
+        positive = ("filters_per_group", "vector_width", "vectors_per_step")
+        for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"knob {name} must be >= 1")
+                raise ValueError(f"knob {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rows_per_step", "channel_block", "prefetch_distance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -50,9 +72,9 @@ class _Geometry:
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
     dilations: tuple[int, int]
-    rows: int  # output rows per step
+    rows: int  # output rows per tile
     lanes: int
-    vecs: int  # output vectors per step
+    vecs: int  # output vectors per tile row
 
     @property
     def oh(self) -> int:
@@ -75,48 +97,74 @@ class _Geometry:
         return -(-self.ow // self.tile_w)
 
     @property
-    def hp(self) -> int:
-        """Rows of the padded input: enough for every (possibly partial) row tile."""
-        return (self.tiles_y * self.rows - 1) * self.strides[0] + 2 * self.dilations[0] + 1
+    def in_rows(self) -> int:
+        """Input rows one tile reads."""
+        return (self.rows - 1) * self.strides[0] + 2 * self.dilations[0] + 1
 
     @property
     def qw(self) -> int:
-        """Columns of one stride phase of one input strip (a tile's columns plus the halo)."""
+        """Input columns of one stride phase one tile reads (its columns plus the halo)."""
         return self.tile_w + (2 * self.dilations[1]) // self.strides[1]
 
+    @property
+    def tile_bytes(self) -> int:
+        """Bytes of one channel's input tile."""
+        return self.in_rows * self.strides[1] * self.qw * 4
+
     def tap(self, tap: int) -> tuple[int, int, int]:
-        """(padded row offset, phase, column offset inside the phase) of a tap."""
+        """(input row offset, stride phase, column offset inside the phase) of a tap."""
         ky, kx = divmod(int(tap), 3)
         col = kx * self.dilations[1]
         return ky * self.dilations[0], col % self.strides[1], col // self.strides[1]
 
+
+@dataclass(frozen=True)
+class _Tile:
+    """Loop variables naming one output tile."""
+
+    n: object
+    ty: object
+    tx: object
+
+    def oy0(self, g: _Geometry):
+        return self.ty * g.rows
+
+    def ox0(self, g: _Geometry):
+        return self.tx * g.tile_w
+
+
 def _ramp(base, lanes: int):
     return tirx.Ramp(base, 1, lanes)
+
+
+def _vec(v: int, lanes: int):
+    return _ramp(v * lanes, lanes)
 
 
 def _i32(x):
     return tirx.Cast("int32", x)
 
 
-def _emit_padding(data, xs, g: _Geometry) -> None:
-    """Copy the input into zero-padded strips, one per column tile and stride phase:
+def _zero(lanes: int):
+    return tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
 
-    xs[n, tx, c, yp, ph, q] = data[n, c, yp - pad_top, (tx * tile_w + q) * sw + ph - pad_left].
-    A tile's rows of one channel are then contiguous, so a block of channels packs densely
-    into the L1 cache, and the hot loop needs no bounds checks for any stride or padding.
-    """
+
+def _emit_tiling(data, xt, g: _Geometry) -> None:
+    """xt[n, ty, tx, c, r, ph, q] = data[n, c, ty*R*sh + r - pad_top, (tx*W + q)*sw + ph - pad_left],
+    zero where that falls in the padding."""
     zero = tirx.const(0.0, "float32")
     with T.parallel(0, g.n * g.c) as nc:
         n, c = nc // g.c, nc % g.c
-        with T.serial(0, g.hp) as yp:
-            y = yp - g.pads[0]
-            with T.serial(0, g.tiles_x) as tx:
-                for ph in range(g.strides[1]):
-                    with T.serial(0, g.qw) as q:
-                        x = (tx * g.tile_w + q) * g.strides[1] + ph - g.pads[1]
-                        ok = tirx.all(y >= 0, y < g.h, x >= 0, x < g.w)
-                        val = tirx.if_then_else(ok, data[n, c, y, x], zero)
-                        T.buffer_store(xs, val, [n, tx, c, yp, ph, q])
+        with T.serial(0, g.tiles_y) as ty:
+            with T.serial(0, g.in_rows) as r:
+                y = ty * g.rows * g.strides[0] + r - g.pads[0]
+                with T.serial(0, g.tiles_x) as tx:
+                    for ph in range(g.strides[1]):
+                        with T.serial(0, g.qw) as q:
+                            x = (tx * g.tile_w + q) * g.strides[1] + ph - g.pads[1]
+                            ok = tirx.all(y >= 0, y < g.h, x >= 0, x < g.w)
+                            val = tirx.if_then_else(ok, data[n, c, y, x], zero)
+                            T.buffer_store(xt, val, [n, ty, tx, c, r, ph, q])
 
 
 @dataclass(frozen=True)
@@ -131,7 +179,7 @@ class _Ctx:
     num_blocks: int
     act: Activation | None
     prefetch: int
-    xp: object
+    xt: object
     offset: object
     stride: object
     index: object
@@ -142,8 +190,8 @@ class _Ctx:
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """Kernel-level LRE: (padded input row offset, tap column) -> the (output row, tap slot)
-    pairs that read it. One loaded vector then feeds every tap of the pattern on that row."""
+    """Kernel-level LRE: (input row offset, tap column) -> the (output row, tap slot) pairs
+    that read it, ordered column by column so each loaded vector dies young."""
     uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for t, tap in enumerate(taps):
         ky, kx = divmod(int(tap), 3)
@@ -152,74 +200,47 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
     return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
 
 
-def _emit_prefetch(x: _Ctx, k, n, oy0, tx):
-    """Prefetch the (contiguous) input tile of the kernel `prefetch` places ahead into L1."""
-    g = x.g
+def _emit_prefetch(x: _Ctx, k, t: _Tile):
+    """Prefetch the (contiguous) input tile of the kernel `x.prefetch` places ahead into L1."""
     ahead = tirx.min(k + x.prefetch, x.index.shape[0] - 1)
     c = _i32(x.index[ahead])
-    span = ((g.rows - 1) * g.strides[0] + 2 * g.dilations[0] + 1) * g.strides[1] * g.qw
-    for j in range(0, span + 15, 16):
-        addr = tirx.address_of(x.xp[n, tx, c, oy0 * g.strides[0], 0, j])
-        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, _c32(0), _c32(3), _c32(1)))
+    for j in range(0, x.g.tile_bytes // 4 + 15, 16):  # one prefetch per 64-byte line
+        addr = tirx.address_of(x.xt[t.n, t.ty, t.tx, c, 0, 0, j])
+        args = (tirx.const(0, "int32"), tirx.const(3, "int32"), tirx.const(1, "int32"))
+        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, *args))
 
 
-def _c32(v: int):
-    return tirx.const(v, "int32")
-
-
-def _vec(v: int, lanes: int):
-    return _ramp(v * lanes, lanes)
-
-
-def _emit_pattern_loop(x: _Ctx, acc, p: int, run: int, grp, n, oy0, tx):
-    """acc[f, r, v] += w[k, f, t] * input(tap t) over the kernels k of one (block, pattern) run.
-
-    Each distinct input vector is loaded once and feeds every tap of every filter of the group
-    that reads it (kernel- and filter-level load-redundancy elimination)."""
+def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
+    """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of one (block, pattern) run."""
     g, lanes = x.g, x.g.lanes
     base = _i32(x.offset[grp])
-    lo, hi = base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])
-    with T.serial(lo, hi) as k:
+    with T.serial(base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])) as k:
         c = _i32(x.index[k])
         if x.prefetch:
-            _emit_prefetch(x, k, n, oy0, tx)
+            _emit_prefetch(x, k, t)
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             _, ph, dq = g.tap(kx)
             for v in range(g.vecs):
-                src = x.xp[n, tx, c, oy0 * g.strides[0] + dy, ph, _ramp(v * lanes + dq, lanes)]
+                src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
                 for f in range(x.nf):
-                    for r, t in users:
-                        wv = tirx.Broadcast(x.weight[k, f, t], lanes)
-                        value = acc[f, r, _vec(v, lanes)] + wv * src
+                    for r, tap in users:
+                        value = acc[f, r, _vec(v, lanes)] + tirx.Broadcast(x.weight[k, f, tap], lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
 
 
+def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
+    for p in range(len(x.patterns)):
+        _emit_pattern_loop(x, acc, p, blk * len(x.patterns) + p, grp, t)
+
+
 def _emit_copy(dst, src, x: _Ctx, dst_pre=(), src_pre=()):
-    """dst[*dst_pre, f, r, :] = src[*src_pre, f, r, :] for a group's (F, R, tile) block."""
+    """dst[*dst_pre, f, r, :] = src[*src_pre, f, r, :] (zeros if src is None) for one group."""
     lanes = x.g.lanes
     for f in range(x.nf):
         for r in range(x.g.rows):
             for v in range(x.g.vecs):
                 value = src[(*src_pre, f, r, _vec(v, lanes))] if src is not None else _zero(lanes)
                 T.buffer_store(dst, value, [*dst_pre, f, r, _vec(v, lanes)])
-
-
-def _zero(lanes: int):
-    return tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
-
-
-def _emit_store_row(x: _Ctx, acc, f: int, r: int, n, filt, oy, ox0):
-    """out[n, filt, oy, ox0:] = act(acc[f, r, :] + bias): vectors when the tile is inside."""
-    g = x.g
-    with T.If(ox0 + g.tile_w <= g.ow):
-        with T.Then():
-            for v in range(g.vecs):
-                val = _bias_act(x, acc[f, r, _vec(v, g.lanes)], filt, g.lanes)
-                T.buffer_store(x.out, val, [n, filt, oy, _ramp(ox0 + v * g.lanes, g.lanes)])
-        with T.Else():
-            with T.serial(0, tirx.min(g.tile_w, g.ow - ox0)) as col:
-                val = _bias_act(x, acc[f, r, col], filt, 1)
-                T.buffer_store(x.out, val, [n, filt, oy, ox0 + col])
 
 
 def _bias_act(x: _Ctx, val, filt, lanes: int):
@@ -229,7 +250,21 @@ def _bias_act(x: _Ctx, val, filt, lanes: int):
     return apply_activation(val, x.act, lanes)
 
 
-def _emit_epilogue(x: _Ctx, acc, grp, n, oy0, ox0):
+def _emit_store_row(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
+    """out[n, filt, oy, ox0:] = act(acc[f, r, :] + bias): vectors unless the tile sticks out."""
+    g, oy, ox0 = x.g, t.oy0(x.g) + r, t.ox0(x.g)
+    with T.If(ox0 + g.tile_w <= g.ow):
+        with T.Then():
+            for v in range(g.vecs):
+                val = _bias_act(x, acc[f, r, _vec(v, g.lanes)], filt, g.lanes)
+                T.buffer_store(x.out, val, [t.n, filt, oy, _ramp(ox0 + v * g.lanes, g.lanes)])
+        with T.Else():
+            with T.serial(0, tirx.min(g.tile_w, g.ow - ox0)) as col:
+                val = _bias_act(x, acc[f, r, col], filt, 1)
+                T.buffer_store(x.out, val, [t.n, filt, oy, ox0 + col])
+
+
+def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
     """Bias, activation, and the store through `filter_order` into the original channels."""
     for f in range(x.nf):
         slot = grp * x.nf + f
@@ -237,62 +272,89 @@ def _emit_epilogue(x: _Ctx, acc, grp, n, oy0, ox0):
             with T.Then():
                 filt = _i32(x.order[slot])
                 for r in range(x.g.rows):
-                    with T.If(oy0 + r < x.g.oh):
+                    with T.If(t.oy0(x.g) + r < x.g.oh):
                         with T.Then():
-                            _emit_store_row(x, acc, f, r, n, filt, oy0 + r, ox0)
+                            _emit_store_row(x, acc, f, r, filt, t)
 
 
-def _emit_block(x: _Ctx, acc, blk, grp, n, oy0, ox0):
-    for p in range(len(x.patterns)):
-        _emit_pattern_loop(x, acc, p, blk * len(x.patterns) + p, grp, n, oy0, ox0 // x.g.tile_w)
+def _local_acc(x: _Ctx):
+    return T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32", scope="local")
 
 
-def _emit_tile_unblocked(x: _Ctx, n, oy0, ox0):
+def _emit_tile_unblocked(x: _Ctx, t: _Tile):
     """One channel block: accumulators start at zero and go straight to the epilogue."""
     with T.serial(0, x.num_groups) as grp:
-        acc = T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32", scope="local")
+        acc = _local_acc(x)
         _emit_copy(acc, None, x)
-        _emit_block(x, acc, 0, grp, n, oy0, ox0)
-        _emit_epilogue(x, acc, grp, n, oy0, ox0)
+        _emit_block(x, acc, 0, grp, t)
+        _emit_epilogue(x, acc, grp, t)
 
 
-def _emit_tile_blocked(x: _Ctx, n, oy0, ox0):
-    """Channel blocks outside, groups inside: a block's input tile stays in L1 while every
-    group uses it; partial sums live in a per-tile buffer between blocks."""
-    g = x.g
-    part = T.alloc_buffer((x.num_groups, x.nf, g.rows, g.tile_w), "float32")
+def _emit_tile_blocked(x: _Ctx, t: _Tile):
+    """Channel blocks outside, groups inside: a block's input tiles stay in L1 while every
+    group uses them; partial sums wait in a per-tile buffer between blocks."""
+    part = T.alloc_buffer((x.num_groups, x.nf, x.g.rows, x.g.tile_w), "float32")
     with T.serial(0, x.num_groups) as grp:
         _emit_copy(part, None, x, dst_pre=(grp,))
     with T.serial(0, x.num_blocks) as blk:
         with T.serial(0, x.num_groups) as grp:
-            acc = T.alloc_buffer((x.nf, g.rows, g.tile_w), "float32", scope="local")
+            acc = _local_acc(x)
             _emit_copy(acc, part, x, src_pre=(grp,))
-            _emit_block(x, acc, blk, grp, n, oy0, ox0)
+            _emit_block(x, acc, blk, grp, t)
             _emit_copy(part, acc, x, dst_pre=(grp,))
     with T.serial(0, x.num_groups) as grp:
-        acc = T.alloc_buffer((x.nf, g.rows, g.tile_w), "float32", scope="local")
+        acc = _local_acc(x)
         _emit_copy(acc, part, x, src_pre=(grp,))
-        _emit_epilogue(x, acc, grp, n, oy0, ox0)
+        _emit_epilogue(x, acc, grp, t)
 
 
 def _emit_main(x: _Ctx):
-    """Parallel over output tiles (each thread reads its own input region)."""
+    """Parallel over output tiles: each thread reads its own input tiles."""
     g = x.g
-    with T.parallel(0, g.n * g.tiles_y * g.tiles_x) as tile:
-        n, rest = tile // (g.tiles_y * g.tiles_x), tile % (g.tiles_y * g.tiles_x)
-        oy0, ox0 = rest // g.tiles_x * g.rows, rest % g.tiles_x * g.tile_w
+    per_image = g.tiles_y * g.tiles_x
+    with T.parallel(0, g.n * per_image) as tile:
+        rest = tile % per_image
+        t = _Tile(tile // per_image, rest // g.tiles_x, rest % g.tiles_x)
         if x.num_blocks == 1:
-            _emit_tile_unblocked(x, n, oy0, ox0)
+            _emit_tile_unblocked(x, t)
         else:
-            _emit_tile_blocked(x, n, oy0, ox0)
+            _emit_tile_blocked(x, t)
 
 
-def _geometry(in_shape, strides, pads, dilations, knobs) -> _Geometry:
+def _auto_rows(oh: int, knobs: PatternConvKnobs) -> int:
+    """8 rows (8 accumulators hide the FMA latency), or 7/6 when they pad the height less."""
+    if knobs.rows_per_step:
+        return knobs.rows_per_step
+    want = max(1, 8 // knobs.vectors_per_step)
+    candidates = [r for r in (want, want - 1, want - 2) if r >= 1]
+    return min(candidates, key=lambda r: (-(-oh // r) * r - oh, -r))
+
+
+def _auto_block(g: _Geometry, fkw: FKW, knobs: PatternConvKnobs) -> int:
+    """The largest multiple of 8 channels whose input tiles fit L1, if the pattern loops of
+    a block stay long enough to pay; else one block of all channels."""
+    if knobs.channel_block:
+        return knobs.channel_block
+    block = max(8, L1_INPUT_BYTES // g.tile_bytes // 8 * 8)
+    per_filter = fkw.num_kernels / max(fkw.num_filters, 1)
+    if block >= g.c or per_filter * block / g.c < MIN_KERNELS_PER_BLOCK:
+        return g.c
+    return block
+
+
+def resolve_knobs(fkw: FKW, in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
+                  knobs: PatternConvKnobs = PatternConvKnobs()) -> PatternConvKnobs:
+    """`knobs` with every 0 ("auto") replaced by the value the generator will use."""
+    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1))
+    knobs = replace(knobs, rows_per_step=_auto_rows(g.oh, knobs))
+    g = _geometry(in_shape, strides, pads, dilations, knobs)
+    return replace(knobs, channel_block=_auto_block(g, fkw, knobs))
+
+
+def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
     n, c, h, w = (int(d) for d in in_shape)
-    return _Geometry(
-        n, c, h, w, tuple(strides), tuple(pads), tuple(dilations),
-        knobs.rows_per_step, knobs.vector_width, knobs.vectors_per_step,
-    )
+    return _Geometry(n, c, h, w, tuple(strides), tuple(pads), tuple(dilations),
+                     knobs.rows_per_step, knobs.vector_width, knobs.vectors_per_step)
 
 
 def pattern_conv_kernel(
@@ -307,7 +369,12 @@ def pattern_conv_kernel(
     knobs: PatternConvKnobs = PatternConvKnobs(),
     name: str = "pattern_conv",
 ) -> Kernel:
-    """The TIR kernel of `act(conv(data, fkw) + bias)`, NCHW float32, see the module docstring."""
+    """The TIR kernel of `act(conv(data, fkw) + bias)`, NCHW float32, see the module docstring.
+
+    Constants (parameter order): the kernel table's offset, stride, index, weight and
+    filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
+    """
+    knobs = resolve_knobs(fkw, in_shape, strides, pads, dilations, knobs)
     g = _geometry(in_shape, strides, pads, dilations, knobs)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
@@ -327,10 +394,11 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
             out = T.arg("out", T.buffer(out_shape, "float32"))
-            xp = T.alloc_buffer((g.n, g.tiles_x, g.c, g.hp, g.strides[1], g.qw), "float32")
-            _emit_padding(data, xp, g)
+            shape = (g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.strides[1], g.qw)
+            xt = T.alloc_buffer(shape, "float32")
+            _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
-            x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group,
-                     table.num_groups, table.num_blocks, act, knobs.prefetch_distance, xp, *bufs[:5], bias, out)
+            x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
+                     table.num_blocks, act, knobs.prefetch_distance, xt, *bufs[:5], bias, out)
             _emit_main(x)
     return ib.get()
