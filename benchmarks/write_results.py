@@ -89,17 +89,17 @@ def verdict(case: Case, report: BenchReport) -> str:
 
 
 def summary_table(results: dict[str, BenchReport | str]) -> list[str]:
-    lines = ["| case | sparsec ms | onnxruntime ms | sparsec-dense ms | onnxruntime / sparsec | target | met |",
-             "|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| case | sparsec ms | onnxruntime ms | sparsec-dense ms | onnxruntime / sparsec | target | met "
+             "| others' CPU |", "|---|---:|---:|---:|---:|---|---|---:|"]
     for key, report in results.items():
         case = CASE_BY_KEY[key]
         if isinstance(report, str):
-            lines.append(f"| {key} | failed | | | | {case.target} | no |")
+            lines.append(f"| {key} | failed | | | | {case.target} | no | |")
             continue
         ms = lambda e: f"{report.median_ms(e):.2f}" if e in report.runs_ms else "-"  # noqa: E731
         met = verdict(case, report)
         lines.append(f"| {key} | {ms('sparsec')} | {ms('onnxruntime')} | {ms('sparsec-dense')} | "
-                     f"{speedup(report):.2f}x | {case.target} | {met} |")
+                     f"{speedup(report):.2f}x | {case.target} | {met} | {_pct(report.others_cpu)} |")
     return lines
 
 
@@ -116,8 +116,9 @@ def case_section(case: Case, report: BenchReport | str) -> list[str]:
                      f"{report.median_ms('onnxruntime') / report.median_ms(name):.2f}x | "
                      f"{report.compile_s[name]:.1f} | {err(abs_err)} | {err(rel_err)} |")
     met = {"yes": "met", "no": "NOT met"}.get(verdict(case, report), f"NOT met: max rel err > {RTOL:g}")
-    lines += ["", f"Target: onnxruntime / sparsec {case.target}; measured {speedup(report):.2f}x ({met}). "
-              f"sparsec-dense / sparsec: {_fmt(report.ratios().get('sparsec-dense/sparsec'))}.", ""]
+    dense_path = report.ratios().get("sparsec-dense/sparsec")
+    lines += ["", f"Target: onnxruntime / sparsec {case.target}; measured {speedup(report):.2f}x ({met})."
+              + (f" sparsec-dense / sparsec: {dense_path:.2f}x." if dense_path else ""), ""]
     return lines
 
 
@@ -154,8 +155,8 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
     return lines
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
@@ -167,7 +168,10 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "interleaved rounds in one process (see `sparsec/bench.py`).", "",
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
              f"{machine['platform']}",
-             "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()), "",
+             "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
+             "- \"others' CPU\": the share of all cores that other processes used while a case was measured. "
+             "The machine is shared: a busy neighbour inflates the engines' times unevenly, "
+             "so trust ratios measured at a low share.", "",
              "## Summary", "", *summary_table(results), "", "## Cases", ""]
     for key, report in results.items():
         lines += case_section(CASE_BY_KEY[key], report)

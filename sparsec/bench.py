@@ -198,7 +198,7 @@ def _layer_rows(layers, per_run: list[dict[str, float]]) -> list[dict]:
     rows = [{**layer, "median_ms": median(layer["kernel"])} for layer in layers]
     known = {layer["kernel"] for layer in layers}
     others = sorted({s for run in per_run for s in run} - known)
-    rows += [{"result": "-", "op": "relax", "format": "-", "kernel": s, "median_ms": median(s)} for s in others]
+    rows += [{"result": f"({s})", "op": "relax", "format": "-", "kernel": s, "median_ms": median(s)} for s in others]
     return rows
 
 
@@ -210,6 +210,28 @@ def errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[floa
     abs_err = max(float(np.max(np.abs(o.astype(np.float64) - r), initial=0.0)) for r, o in zip(reference, outputs))
     scale = max(float(np.max(np.abs(r), initial=0.0)) for r in reference)
     return abs_err, abs_err / scale if scale else abs_err
+
+
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user..steal; guest is inside user
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]  # minus idle and iowait
+    own = os.times()
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def others_cpu_share(start: tuple[float, float, float] | None) -> float | None:
+    """Fraction of all cores' time that other processes used since `start`: the machines are
+    shared, and a busy neighbour inflates the engines' times, not all by the same factor."""
+    end = cpu_snapshot()
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    others = (end[1] - start[1]) - (end[2] - start[2])
+    return min(max(others / ((end[0] - start[0]) * (os.cpu_count() or 1)), 0.0), 1.0)
 
 
 def machine_info() -> dict:
@@ -251,6 +273,7 @@ class BenchReport:
     errors: dict[str, tuple[float, float]]  # engine -> (max abs, max relative) vs onnxruntime
     layers: list[dict] = field(default_factory=list)
     tvm_threads: int | None = None
+    others_cpu: float | None = None  # share of the CPUs other processes used while measuring
     machine: dict = field(default_factory=machine_info)
     versions: dict = field(default_factory=versions)
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -271,7 +294,8 @@ class BenchReport:
                           "max_rel_err": self.errors.get(name, (None, None))[1]}
                    for name, runs in self.runs_ms.items()}
         return {"model": self.model, "threads": self.threads, "tvm_threads": self.tvm_threads,
-                "rounds": self.rounds, "engines": engines, "ratios": self.ratios(),
+                "rounds": self.rounds, "others_cpu_share": self.others_cpu,
+                "engines": engines, "ratios": self.ratios(),
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
                 "machine": self.machine, "versions": self.versions, "date": self.date, "layers": self.layers}
@@ -289,6 +313,8 @@ class BenchReport:
             err = self.errors.get(name, (None,))[0]
             lines.append(f"{name:15} {self.median_ms(name):10.3f} {ratio:10.2f} {self.compile_s[name]:10.2f} "
                          f"{'-' if err is None else f'{err:.2e}':>12}")
+        if self.others_cpu is not None:
+            lines.append(f"other processes used {self.others_cpu:.0%} of the CPUs while measuring")
         if self.tvm_threads not in (None, self.threads):
             lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
                          "TVM_NUM_THREADS was set)")
@@ -320,6 +346,7 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     errs = _errors(built)
     if check:
         _check_errors(errs)
+    start = cpu_snapshot()
     runs, repeats = measure(built, rounds, min_time_s)
     sparsec = next((e for e in built if e.name == "sparsec"), None)
     time.sleep(PAUSE_S)
@@ -327,7 +354,7 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     layers = profile_layers(sparsec, max(rounds, repeats["sparsec"])) if sparsec else []
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
-                       tvm_threads() if any(e.compiled for e in built) else None)
+                       tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start))
 
 
 def _check_options(threads: int, rounds: int, min_time_s: float, engines: tuple[str, ...]) -> None:

@@ -40,6 +40,7 @@ def test_report_has_every_engine_with_positive_medians(report):
     assert {"cpu", "cores"} <= set(data["machine"])
     assert {"tvm", "onnxruntime", "numpy", "sparsec"} <= set(data["versions"])
     assert data["date"]
+    assert data["others_cpu_share"] is None or 0 <= data["others_cpu_share"] <= 1
 
 
 def test_sparsec_and_its_dense_path_match_onnxruntime(report):

@@ -66,6 +66,12 @@ def test_asymmetric_pads_strides_dilations():
     check((2, 4, 9, 12), (6, 4, 3, 2), strides=(2, 1), pads=(0, 2, 1, 0), dilations=(2, 3))
 
 
+def test_row_aligned_blocks_with_batch():
+    # 28 x 28 1x1: blocks of whole rows, so the epilogue runs inside the parallel loop
+    check((2, 16, 28, 28), (20, 16, 1, 1), bias=True, act="relu")
+    check((1, 6, 14, 14), (12, 6, 3, 3), pads=(1, 1, 1, 1), bias=True)  # pitch 16: junk columns
+
+
 def test_filters_not_a_multiple_of_the_tile_and_odd_width():
     check((1, 3, 7, 9), (7, 3, 3, 3), pads=(1, 1, 1, 1))
     check((1, 8, 5, 5), (64, 8, 1, 1), knobs=DenseConvKnobs(channel_block=2))
@@ -74,6 +80,10 @@ def test_filters_not_a_multiple_of_the_tile_and_odd_width():
 @pytest.mark.parametrize("s", [1, 2])
 def test_depthwise(s):
     check((1, 12, 10, 9), (12, 1, 3, 3), strides=(s, s), pads=(1, 1, 1, 1), groups=12)
+
+
+def test_depthwise_dilated_asymmetric():
+    check((1, 4, 11, 10), (4, 1, 3, 3), strides=(2, 1), pads=(2, 0, 1, 2), dilations=(2, 2), groups=4)
 
 
 def test_depthwise_multiplier():

@@ -44,6 +44,19 @@ def test_max_pool(in_shape, kernel, strides, pads, ceil_mode):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_shape, kernel, strides, pads, dilations, ceil_mode", [
+    ((1, 3, 12, 12), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), False),
+    ((1, 2, 11, 13), (2, 3), (2, 1), (1, 0, 1, 2), (3, 2), True),
+])
+def test_dilated_max_pool(in_shape, kernel, strides, pads, dilations, ceil_mode):
+    x = np.random.default_rng(3).standard_normal(in_shape).astype(np.float32)
+    kernel_ = max_pool_kernel(in_shape, kernel, strides, pads, ceil_mode, dilations)
+    got = run_kernel(kernel_, host_target(), x)
+    want = onnx_pool("MaxPool", x, kernel_shape=kernel, strides=strides, pads=pads,
+                     dilations=dilations, ceil_mode=int(ceil_mode))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("include_pad", [False, True])
 @pytest.mark.parametrize("in_shape, kernel, strides, pads, ceil_mode", CASES)
 def test_avg_pool(in_shape, kernel, strides, pads, ceil_mode, include_pad):
@@ -65,3 +78,13 @@ def test_global_avg_pool(in_shape):
 def test_invalid_pool_is_rejected():
     with pytest.raises(ValueError):
         max_pool_kernel((1, 1, 2, 2), (3, 3), (1, 1))
+
+
+def test_windows_of_padding_only():
+    # pads as large as the kernel: edge windows read only padding (max: lowest float32, mean: 0)
+    x = np.ones((1, 1, 2, 2), np.float32)
+    got = run_kernel(max_pool_kernel(x.shape, (2, 2), (2, 2), (2, 2, 2, 2)), host_target(), x)
+    lowest = np.finfo(np.float32).min
+    np.testing.assert_array_equal(got[0, 0], [[lowest] * 3, [lowest, 1, lowest], [lowest] * 3])
+    got = run_kernel(avg_pool_kernel(x.shape, (2, 2), (2, 2), (2, 2, 2, 2)), host_target(), x)
+    np.testing.assert_array_equal(got[0, 0], [[0] * 3, [0, 1, 0], [0] * 3])

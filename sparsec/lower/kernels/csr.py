@@ -66,22 +66,14 @@ class Csr:
     @staticmethod
     def of(w: np.ndarray, unit: int = 1, block: int = 0) -> Csr:
         w = np.asarray(w, np.float32)
-        block = min(block or w.shape[1], w.shape[1]) or 1
-        cols, vals, counts = [], [], [0]
-        for b0 in range(0, max(w.shape[1], 1), block):
-            for row in w[:, b0:b0 + block]:
-                (nz,) = np.nonzero(row)
-                pad = -len(nz) % unit
-                cols.append(np.concatenate([nz, np.zeros(pad, np.int64)]))
-                vals.append(np.concatenate([row[nz], np.zeros(pad, np.float32)]))
-                counts.append(counts[-1] + (len(nz) + pad) // unit)
-            counts.append(counts[-1])  # the next block's row 0 starts where this one ended
-        blocks = -(-max(w.shape[1], 1) // block)
-        ptr = np.asarray(counts[:-1]).reshape(blocks, w.shape[0] + 1)
+        rows, width = w.shape
+        block = min(block or width, width) or 1
+        parts = [_padded_rows(w[:, b0:b0 + block], unit) for b0 in range(0, max(width, 1), block)]
+        ptr = np.stack([p[0] for p in parts]) + np.cumsum([0] + [p[0][-1] for p in parts[:-1]])[:, None]
         # one dummy entry keeps the arrays non-empty when every row is empty
-        cols_arr = np.concatenate([*cols, np.zeros(1, np.int64)]).astype(_index_dtype(block - 1))
-        vals_arr = np.concatenate([*vals, np.zeros(1, np.float32)]).astype(np.float32)
-        return Csr(ptr.astype(_index_dtype(counts[-1])), cols_arr, vals_arr, unit, block)
+        cols = np.concatenate([*(p[1] for p in parts), [0]]).astype(_index_dtype(block - 1))
+        vals = np.concatenate([*(p[2] for p in parts), [0]]).astype(np.float32)
+        return Csr(ptr.astype(_index_dtype(int(ptr.max(initial=0)))), cols, vals, unit, block)
 
     @property
     def blocks(self) -> int:
@@ -89,6 +81,21 @@ class Csr:
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.rowptr, self.cols, self.vals
+
+
+def _padded_rows(w: np.ndarray, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row pointer in units, columns, values) of one column block, each row's nonzeros padded
+    with (column 0, value 0) entries to a multiple of `unit`."""
+    mask = w != 0
+    counts = np.count_nonzero(mask, axis=1)
+    padded = -(-counts // unit) * unit
+    starts = np.concatenate([[0], np.cumsum(padded)])
+    rows, cols = np.nonzero(mask)  # row-major: each row's nonzeros in column order
+    rank = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)])[rows]
+    at = starts[rows] + rank
+    out_cols, out_vals = np.zeros(starts[-1], np.int64), np.zeros(starts[-1], np.float32)
+    out_cols[at], out_vals[at] = cols, w[mask]
+    return starts // unit, out_cols, out_vals
 
 
 def _i32(x):

@@ -9,13 +9,16 @@ Data flow, three TE stages scheduled with `tvm.s_tir.Schedule`:
    tiles so no loop has a tail. Register tile: `out_block` filters (weights broadcast from a
    compile-time packing [O/ob, I/g, KH, KW, ob]) x `vectors` SIMD vectors of pixels; input
    channels are split in L1-sized blocks and partial sums stay in `wide` between blocks.
-3. `out`: drop the junk columns, add the bias, apply the activation.
+3. `out`: drop the junk columns, add the bias, apply the activation. When pixel blocks can be
+   whole output rows (the tile divides rows x wq), this runs right after each block, on sums
+   still in cache; otherwise it is one more parallel pass.
 Depthwise convs (one input channel per filter) have no channel reduction to tile: they are
 parallel over channels with one channel's padded plane, sums and outputs kept in L1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +134,7 @@ class _Tiling:
     op: int  # filters padded to whole tiles
     jp: int  # flattened output pixels padded to whole blocks (depthwise: last pixel read + 1)
     row: int = 0  # depthwise: output columns computed per row (OW padded to whole steps)
+    block_rows: int = 0  # whole output rows per pixel block (0: blocks ignore rows)
 
     @property
     def block(self) -> int:
@@ -141,22 +145,48 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
-def _register_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
-    """(filters, vectors) of the register tile, keeping about out_block * vectors accumulators.
-
-    Grouped convs need a tile inside one group; a filter count the default tile would pad
-    (64 = 10 x 6 + 4) takes the 4-filter tile with one more vector when that one fits exactly."""
+def _tile_shapes(g: _Geometry, k: DenseConvKnobs) -> list[tuple[int, int]]:
+    """Candidate (filters, vectors) register tiles, each about out_block * vectors accumulators:
+    the knobs' own, and 4 filters x more vectors (it pads fewer filters when O = 64, 512...).
+    Grouped convs need a tile inside one group."""
     budget = k.out_block * k.vectors
     if g.groups > 1:
         ob = _largest_divisor(g.og, k.out_block)
-        return ob, max(1, min(4, budget // ob))
-    if g.o % k.out_block and g.o % 4 == 0 and budget // 4 <= 4:
-        return 4, budget // 4
-    return min(k.out_block, g.o), k.vectors
+        return [(ob, max(1, min(4, budget // ob)))]
+    shapes = [(min(k.out_block, g.o), k.vectors)]
+    if k.out_block != 4 and budget % 4 == 0 and budget // 4 <= 4:
+        shapes.append((min(4, g.o), budget // 4))
+    return shapes
+
+
+def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: bool):
+    """The tiling for one register tile shape. `aligned`: pixel blocks of whole output rows
+    (rows padded to whole blocks), so bias/activation/crop run right after each block, on data
+    still in cache; None if no row count makes whole tiles. Else blocks of the flat pixels."""
+    tile = k.lanes * vectors
+    if aligned:
+        unit = tile // math.gcd(g.wq, tile)  # fewest rows making whole tiles
+        if unit > g.oh:
+            return None
+        target = max(1, round(k.tiles_per_block * tile / (unit * g.wq)))
+        mult = min(range(1, max(target, 1) * 2 + 1),
+                   key=lambda m: (_ceil_div(g.oh, m * unit) * m * unit, abs(m - target)))
+        rows = mult * unit
+        jp, tiles = _ceil_div(g.oh, rows) * rows * g.wq, rows * g.wq // tile
+    else:
+        rows, n_tiles = 0, _ceil_div(g.oh * g.wq, tile)
+        # tiles per pixel block: the count (up to twice the knob) that pads the fewest tiles
+        tiles = min(range(1, min(2 * k.tiles_per_block, n_tiles) + 1),
+                    key=lambda t: (_ceil_div(n_tiles, t) * t, abs(t - k.tiles_per_block), -t))
+        jp = _ceil_div(n_tiles, tiles) * tiles * tile
+    og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
+    og = min(og, _ceil_div(g.o, ob))
+    op = _ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
+    rb = _largest_divisor(g.cg, k.channel_block)
+    return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 
 def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
-    pixels = g.oh * g.wq
     if g.depthwise:
         row_vectors = _ceil_div(g.ow, k.lanes)
         vectors = _ceil_div(row_vectors, _ceil_div(row_vectors, k.dw_vectors))
@@ -164,14 +194,12 @@ def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
         # jp: whole plane rows are read (so the padding loop splits into rows without a tail)
         reads = _ceil_div((g.oh - 1) * g.wq + row + g.max_offset, g.wq) * g.wq
         return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, reads - g.max_offset, row)
-    ob, vectors = _register_tile(g, k)
-    tile = k.lanes * vectors
-    tiles = min(k.tiles_per_block, _ceil_div(pixels, tile))
-    og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
-    og = min(og, _ceil_div(g.o, ob))
-    op = _ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
-    jp = _ceil_div(pixels, tile * tiles) * tile * tiles
-    return _Tiling(ob, vectors, k.lanes, tiles, _largest_divisor(g.cg, k.channel_block), og, op, jp)
+    # the plan doing the least padded work (the knobs' own tile shape on ties); a separate
+    # epilogue pass costs about 16 multiply-adds per output (measured on znver3)
+    plans = [p for aligned in (True, False) for ob, v in _tile_shapes(g, k)
+             if (p := _gemm_plan(g, k, ob, v, aligned)) is not None]
+    macs = g.cg * g.kh * g.kw
+    return min(plans, key=lambda t: t.op * t.jp * (macs + (0 if t.block_rows else 16)))
 
 
 # --- compute (TE) -------------------------------------------------------------------------
@@ -202,6 +230,9 @@ def _gemm_sums(xp: te.Tensor, wpk: te.Tensor, g: _Geometry, t: _Tiling) -> te.Te
         src = xp[n, chan, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
         return te.sum(wpk[o // t.ob, r, kh, kw, o % t.ob] * src, axis=[r, kh, kw])
 
+    if t.block_rows:  # rows kept apart, so a block of rows is a rectangle for the epilogue
+        rows = (g.n, t.op, t.jp // g.wq, g.wq)
+        return te.compute(rows, lambda n, o, i, k: value(n, o, i * g.wq + k), name="wide")
     return te.compute((g.n, t.op, t.jp), value, name="wide")
 
 
@@ -221,7 +252,7 @@ def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activa
     """out[n, o, i, k] = act(wide[n, o, i * wq + k] + bias[o]): junk columns dropped."""
 
     def value(n, o, i, k):
-        v = wide[n, o, i, k] if g.depthwise else wide[n, o, i * g.wq + k]
+        v = wide[n, o, i, k] if len(wide.shape) == 4 else wide[n, o, i * g.wq + k]
         return apply_activation(v + bias[o] if bias is not None else v, act, 1)
 
     return te.compute((g.n, g.o, g.oh, g.ow), value, name="out")
@@ -267,18 +298,23 @@ def _schedule_gemm(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     sch.parallel(sch.fuse(n, c))
     _schedule_planes(sch, g, outer=1)
     blk = sch.get_sblock("wide")
-    n, o, j, r, kh, kw = sch.get_loops(blk)
+    n, o, *pixels, r, kh, kw = sch.get_loops(blk)
+    j = sch.fuse(*pixels) if len(pixels) > 1 else pixels[0]
     go, oo, oi = sch.split(o, [t.og, None, t.ob])
     jo, ji, jt, jl = sch.split(j, [None, t.tiles, t.vectors, t.lanes])
     ro, ri = sch.split(r, [None, t.rb])
     sch.reorder(n, go, jo, ro, oo, ji, ri, kh, kw, oi, jt, jl)
-    sch.parallel(sch.fuse(n, go, jo))
+    par = sch.fuse(n, go, jo)
+    sch.parallel(par)
     for loop in (kw, oi, jt):
         sch.unroll(loop)
     sch.vectorize(jl)
     sch.decompose_reduction(blk, ro)
     sch.vectorize(sch.get_loops(sch.get_sblock("wide_init"))[-1])
-    _schedule_epilogue(sch)
+    if t.block_rows:
+        sch.reverse_compute_at(sch.get_sblock("out"), par)
+    else:
+        _schedule_epilogue(sch)
 
 
 def _schedule_depthwise(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:

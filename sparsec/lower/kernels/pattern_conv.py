@@ -149,22 +149,46 @@ def _zero(lanes: int):
     return tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
 
 
+def _inner_tiles(g: _Geometry) -> tuple[int, int]:
+    """Column tiles [lo, hi) whose input columns all lie inside the image (no padding)."""
+    first_col = lambda tx: tx * g.tile_w * g.strides[1] - g.pads[1]  # noqa: E731
+    last_col = lambda tx: (tx * g.tile_w + g.qw) * g.strides[1] - 1 - g.pads[1]  # noqa: E731
+    inside = [tx for tx in range(g.tiles_x) if first_col(tx) >= 0 and last_col(tx) < g.w]
+    return (inside[0], inside[-1] + 1) if inside else (0, 0)
+
+
+def _emit_tile_row(data, xt, g: _Geometry, n, c, ty, r, y, tiles: range, checked: bool):
+    """One input row of the column tiles `tiles`; `checked` guards columns in the padding."""
+    with T.serial(tiles.start, tiles.stop) as tx:
+        for ph in range(g.strides[1]):
+            with T.serial(0, g.qw) as q:
+                x = (tx * g.tile_w + q) * g.strides[1] + ph - g.pads[1]
+                val = data[n, c, y, x]
+                if checked:
+                    val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
+                T.buffer_store(xt, val, [n, ty, tx, c, r, ph, q])
+
+
 def _emit_tiling(data, xt, g: _Geometry) -> None:
     """xt[n, ty, tx, c, r, ph, q] = data[n, c, ty*R*sh + r - pad_top, (tx*W + q)*sw + ph - pad_left],
-    zero where that falls in the padding."""
-    zero = tirx.const(0.0, "float32")
+    zero where that falls in the padding. Inner column tiles copy without checks (vectorisable)."""
+    lo, hi = _inner_tiles(g)
     with T.parallel(0, g.n * g.c) as nc:
         n, c = nc // g.c, nc % g.c
         with T.serial(0, g.tiles_y) as ty:
             with T.serial(0, g.in_rows) as r:
                 y = ty * g.rows * g.strides[0] + r - g.pads[0]
-                with T.serial(0, g.tiles_x) as tx:
-                    for ph in range(g.strides[1]):
-                        with T.serial(0, g.qw) as q:
-                            x = (tx * g.tile_w + q) * g.strides[1] + ph - g.pads[1]
-                            ok = tirx.all(y >= 0, y < g.h, x >= 0, x < g.w)
-                            val = tirx.if_then_else(ok, data[n, c, y, x], zero)
-                            T.buffer_store(xt, val, [n, ty, tx, c, r, ph, q])
+                with T.If(tirx.all(y >= 0, y < g.h)):
+                    with T.Then():
+                        for tiles, checked in ((range(0, lo), True), (range(lo, hi), False),
+                                               (range(max(lo, hi), g.tiles_x), True)):
+                            if len(tiles):
+                                _emit_tile_row(data, xt, g, n, c, ty, r, y, tiles, checked)
+                    with T.Else():
+                        with T.serial(0, g.tiles_x * g.strides[1] * g.qw) as i:
+                            idx = [n, ty, i // (g.strides[1] * g.qw), c, r,
+                                   i // g.qw % g.strides[1], i % g.qw]
+                            T.buffer_store(xt, tirx.const(0.0, "float32"), idx)
 
 
 @dataclass(frozen=True)
@@ -309,7 +333,9 @@ def _emit_tile_blocked(x: _Ctx, t: _Tile):
 
 
 def _emit_main(x: _Ctx):
-    """Parallel over output tiles: each thread reads its own input tiles."""
+    """Parallel over output tiles: each thread reads its own input tiles. (Tasks of several
+    column tiles sharing each pass over the weights measured 5-35% slower: the weights
+    stream well, the extra input tiles crowd L2.)"""
     g = x.g
     per_image = g.tiles_y * g.tiles_x
     with T.parallel(0, g.n * per_image) as tile:

@@ -1,18 +1,19 @@
 """Pooling kernels (NCHW float32): max pool, average pool and global average pool.
 
 Each is parallel over the (image, channel) planes and reads the input directly, no padded
-copy: a max pool clamps out-of-range taps to the nearest edge (a window always overlaps the
-input, and max is idempotent, so a duplicated edge value changes nothing); an average pool
-reads 0 there. The output-column loop is cut where windows leave the input, so the middle part
-has no bounds logic left once simplified, and LLVM vectorizes the unrolled window along the
-output row (de-interleaving strided taps). The average divides by the window's clipped size,
-computed from the output position (ONNX `count_include_pad` semantics).
+copy: a tap outside the input reads the lowest float32 (max; as onnxruntime, so a window of
+padding only gives -3.4e38, not -inf) or 0 (average). The output-column loop is cut where
+windows leave the input, so the middle part has no bounds logic left once simplified, and LLVM
+vectorizes the unrolled window along the output row (de-interleaving strided taps). The average
+divides by the window's clipped size, computed from the output position (ONNX
+`count_include_pad` semantics; 0 for a window with nothing to count).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.lower.kernels.common import Kernel
@@ -28,10 +29,15 @@ class _Window:
     pad_lo: int
     pad_hi: int
     ceil_mode: bool
+    dilation: int = 1
+
+    @property
+    def span(self) -> int:
+        return self.dilation * (self.kernel - 1) + 1
 
     @property
     def out(self) -> int:
-        span = self.size + self.pad_lo + self.pad_hi - self.kernel
+        span = self.size + self.pad_lo + self.pad_hi - self.span
         n = (-(-span // self.stride) if self.ceil_mode else span // self.stride) + 1
         # a ceil_mode window must start inside the input or its leading padding
         if self.ceil_mode and (n - 1) * self.stride >= self.size + self.pad_lo:
@@ -39,42 +45,43 @@ class _Window:
         return n
 
     def count(self, i, include_pad: bool):
-        """How many positions of window i count for the average."""
+        """How many positions of window i count for the average (at least 1: an empty window
+        averages to 0). Positions past the bottom/right pad (ceil mode) never count."""
         start = i * self.stride
         lo, hi = (0, self.size + self.pad_lo + self.pad_hi) if include_pad else (
             self.pad_lo, self.pad_lo + self.size)
-        return tirx.min(start + self.kernel, hi) - tirx.max(start, lo)
+        return tirx.max(tirx.min(start + self.kernel, hi) - tirx.max(start, lo), 1)
 
 
-def _windows(in_shape, kernel, strides, pads, ceil_mode) -> tuple[_Window, _Window]:
+def _windows(in_shape, kernel, strides, pads, ceil_mode, dilations=(1, 1)) -> tuple[_Window, _Window]:
     _, _, h, w = (int(d) for d in in_shape)
     if len(kernel) != 2 or len(pads) != 4:
         raise ValueError(f"2-D pooling needs a 2-D kernel and 4 pads, got {kernel} and {pads}")
-    wins = (
-        _Window(h, kernel[0], strides[0], pads[0], pads[2], ceil_mode),
-        _Window(w, kernel[1], strides[1], pads[1], pads[3], ceil_mode),
+    wins = tuple(
+        _Window(size, kernel[a], strides[a], pads[a], pads[a + 2], ceil_mode, dilations[a])
+        for a, size in enumerate((h, w))
     )
-    if min(win.out for win in wins) < 1 or any(p >= k for p, k in zip(pads, kernel * 2)):
-        raise ValueError(f"pool of {tuple(in_shape)} with kernel {kernel}, pads {pads} is invalid")
+    if min(win.out for win in wins) < 1:
+        raise ValueError(f"pool of {tuple(in_shape)} with kernel {kernel}, pads {pads} is empty")
     return wins
 
 
-def _tap(x: te.Tensor, wins, n, c, i, k, rh, rw, zero_outside: bool):
-    """x at tap (rh, rw) of window (i, k), clamped into the input (and 0 outside if asked)."""
+def _tap(x: te.Tensor, wins, n, c, i, k, rh, rw, fill: float):
+    """x at tap (rh, rw) of window (i, k), or `fill` outside the input. The index is clamped
+    too, so the load stays in bounds even where the select is evaluated eagerly."""
     wh, ww = wins
-    h, w = i * wh.stride + rh - wh.pad_lo, k * ww.stride + rw - ww.pad_lo
+    h = i * wh.stride + rh * wh.dilation - wh.pad_lo
+    w = k * ww.stride + rw * ww.dilation - ww.pad_lo
     value = x[n, c, tirx.min(tirx.max(h, 0), wh.size - 1), tirx.min(tirx.max(w, 0), ww.size - 1)]
-    if not zero_outside:
-        return value
     inside = tirx.all(h >= 0, h < wh.size, w >= 0, w < ww.size)
-    return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
+    return tirx.if_then_else(inside, value, tirx.const(fill, "float32"))
 
 
 def _interior_cuts(win: _Window) -> list[int]:
     """loop_partition factors splitting the output positions into [border, interior, border]."""
     lo = -(-win.pad_lo // win.stride)  # first window starting inside the input
-    hi = (win.size - win.kernel + win.pad_lo) // win.stride + 1  # past the last ending inside
-    cuts = [c for c in (lo, min(hi, win.out) - lo) if c > 0]
+    hi = (win.size - win.span + win.pad_lo) // win.stride + 1  # past the last ending inside
+    cuts = [c for c in (min(lo, win.out), min(hi, win.out) - lo) if c > 0]
     return cuts[:-1] if sum(cuts) >= win.out else cuts
 
 
@@ -109,14 +116,15 @@ def _build(x: te.Tensor, out: te.Tensor, wins, name: str) -> Kernel:
 
 
 def max_pool_kernel(in_shape, kernel, strides, pads=(0, 0, 0, 0), ceil_mode=False,
-                    name: str = "max_pool") -> Kernel:
-    """ONNX MaxPool (2-D, no dilation); params (x, out)."""
-    wh, ww = _windows(in_shape, tuple(kernel), tuple(strides), tuple(pads), ceil_mode)
+                    dilations=(1, 1), name: str = "max_pool") -> Kernel:
+    """ONNX MaxPool (2-D); params (x, out)."""
+    wh, ww = _windows(in_shape, tuple(kernel), tuple(strides), tuple(pads), ceil_mode, tuple(dilations))
     x = te.placeholder(tuple(int(d) for d in in_shape), "float32", name="x")
     rh, rw = te.reduce_axis((0, wh.kernel), "rh"), te.reduce_axis((0, ww.kernel), "rw")
+    lowest = float(np.finfo(np.float32).min)
     out = te.compute(
         (*x.shape[:2], wh.out, ww.out),
-        lambda n, c, i, k: te.max(_tap(x, (wh, ww), n, c, i, k, rh, rw, False), axis=[rh, rw]),
+        lambda n, c, i, k: te.max(_tap(x, (wh, ww), n, c, i, k, rh, rw, lowest), axis=[rh, rw]),
         name="pool",
     )
     return _build(x, out, (wh, ww), name)
@@ -130,7 +138,7 @@ def avg_pool_kernel(in_shape, kernel, strides, pads=(0, 0, 0, 0), ceil_mode=Fals
     rh, rw = te.reduce_axis((0, wh.kernel), "rh"), te.reduce_axis((0, ww.kernel), "rw")
     sums = te.compute(
         (*x.shape[:2], wh.out, ww.out),
-        lambda n, c, i, k: te.sum(_tap(x, (wh, ww), n, c, i, k, rh, rw, True), axis=[rh, rw]),
+        lambda n, c, i, k: te.sum(_tap(x, (wh, ww), n, c, i, k, rh, rw, 0.0), axis=[rh, rw]),
         name="pool",
     )
 
@@ -156,6 +164,7 @@ def global_avg_pool_kernel(in_shape, name: str = "global_avg_pool", lanes: int =
     if h * w >= 2 * lanes:
         _, inner = sch.split(red, [None, lanes])
         partial = sch.rfactor(inner, 0)
-        sch.vectorize(sch.get_loops(partial)[-1]) if (h * w) % lanes == 0 else None
+        if (h * w) % lanes == 0:  # else the partial sums carry a bounds predicate
+            sch.vectorize(sch.get_loops(partial)[-1])
     sch.reverse_compute_at(sch.get_sblock("out"), sch.get_loops(blk)[0])
     return Kernel(sch.mod["main"], (), (n, c, 1, 1), "float32")
