@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     # pinned vs 12.6 ms unpinned on L2 under load), unpinned ones move to a free one.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
-    print(f"target {host_target(args.threads)}; knobs {knobs}", flush=True)
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"target {host_target(args.threads)}; knobs {knobs}; load average {load}", flush=True)
     for name in args.layers.split(","):
         bench_layer(LAYERS[name], knobs, args.rounds, args.calls, args.threads)
 

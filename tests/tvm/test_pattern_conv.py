@@ -102,10 +102,10 @@ def test_asymmetric_pads_and_dilation():
         PatternConvKnobs(rows_per_step=3, vectors_per_step=2),
         PatternConvKnobs(channel_block=4),  # several channel blocks: partial sums between them
         PatternConvKnobs(filters_per_group=3, channel_block=5),  # a short last group
-        PatternConvKnobs(prefetch_distance=2),
+        PatternConvKnobs(rows_per_step=8, channel_block=3, vectors_per_step=2),
         PatternConvKnobs(vector_width=4, rows_per_step=1),
     ],
-    ids=["tile", "blocks", "groups", "prefetch", "narrow"],
+    ids=["tile", "blocks", "groups", "wide", "narrow"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -124,3 +124,14 @@ def test_output_keeps_original_channel_order():
 def test_bad_knob():
     with pytest.raises(ValueError, match="rows_per_step"):
         PatternConvKnobs(rows_per_step=-1)
+
+
+def test_auto_rows_pad_the_height_least():
+    from sparsec.lower.kernels.pattern_conv import resolve_knobs
+
+    assert resolve_knobs((1, 8, 56, 56)).rows_per_step == 8
+    assert resolve_knobs((1, 8, 28, 28)).rows_per_step == 7
+    assert resolve_knobs((1, 8, 12, 12)).rows_per_step == 6
+    assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(rows_per_step=3)).rows_per_step == 3
+    assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(vectors_per_step=2)).rows_per_step == 4
+    assert resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(filters_per_group=2)).rows_per_step == 4

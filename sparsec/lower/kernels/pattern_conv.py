@@ -5,8 +5,8 @@ Data flow:
    columns) and channel, the input rows and columns it reads (halo included, split by stride
    phase) lie contiguous. The hot loop then has no bounds checks for any stride, padding or
    dilation, and a block of channels of one tile packs densely into L1 (few lines, few pages).
-2. Parallel over output tiles. Per tile, per block of input channels (sized for L1), per group
-   of filters: one loop per pattern runs over that pattern's kernels (bounds from the FKW
+2. Parallel over output tiles. Per tile, (per block of input channels,) per group of
+   filters: one loop per pattern runs over that pattern's kernels (bounds from the FKW
    `stride` at run time); tap offsets are compile-time constants, so each distinct input
    vector is loaded once and feeds every tap that reads it (kernel-level load-redundancy
    elimination) and every filter of the group (filter-level) with vector FMAs into register
@@ -28,35 +28,30 @@ from sparsec.fkw import FKW, KernelTable, kernel_table
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import Kernel, apply_activation
 
-# Bytes of L1 data cache a channel block's input tiles may fill: 32 KiB less what the weight
-# stream and the partial sums need while every filter group sweeps the block.
-L1_INPUT_BYTES = 24 * 1024
-# Blocking pays only when a filter has this many kernels per block: each of the P pattern loops
-# per block costs a loop setup and usually a mispredicted exit.
-MIN_KERNELS_PER_BLOCK = 24
-
 
 @dataclass(frozen=True)
 class PatternConvKnobs:
     """Schedule knobs (the auto-tuner's search space); 0 means "choose from the shape".
 
-    The defaults suit AVX2 (8 fp32 lanes, 16 vector registers): 8 accumulators of one filter,
-    enough independent FMA chains to hide the FMA latency, 4 weight registers, 4 spare.
+    The defaults suit AVX2 (8 fp32 lanes, 16 vector registers): 8 row accumulators of one
+    filter (8 independent FMA chains cover the FMA latency), 4 tap weights, 4 registers for
+    loaded rows. Measured on znver3: 10-14 accumulators spill or win nothing; filter groups
+    (union of the filters' kernels) and channel blocks lose on randomly pruned layers (see
+    `sparsec.fkw.KernelTable`); they pay only when filters share (channel, pattern) kernels.
     """
 
     filters_per_group: int = 1  # filters sharing each loaded input vector (filter-level LRE)
     rows_per_step: int = 0  # output rows per step (0: 6..8, whichever pads the height least)
     vector_width: int = 8  # SIMD lanes (8 x fp32 = AVX2)
     vectors_per_step: int = 1  # output vectors along the width per step
-    channel_block: int = 0  # input channels per L1 block (0: from L1 size and density)
-    prefetch_distance: int = 0  # prefetch the input tile of the kernel this far ahead (0: off)
+    channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
 
     def __post_init__(self) -> None:
         positive = ("filters_per_group", "vector_width", "vectors_per_step")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"knob {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rows_per_step", "channel_block", "prefetch_distance"):
+        for name in ("rows_per_step", "channel_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
 
@@ -106,16 +101,10 @@ class _Geometry:
         """Input columns of one stride phase one tile reads (its columns plus the halo)."""
         return self.tile_w + (2 * self.dilations[1]) // self.strides[1]
 
-    @property
-    def tile_bytes(self) -> int:
-        """Bytes of one channel's input tile."""
-        return self.in_rows * self.strides[1] * self.qw * 4
-
-    def tap(self, tap: int) -> tuple[int, int, int]:
-        """(input row offset, stride phase, column offset inside the phase) of a tap."""
-        ky, kx = divmod(int(tap), 3)
+    def column(self, kx: int) -> tuple[int, int]:
+        """(stride phase, column offset inside the phase) that taps of window column kx read."""
         col = kx * self.dilations[1]
-        return ky * self.dilations[0], col % self.strides[1], col // self.strides[1]
+        return col % self.strides[1], col // self.strides[1]
 
 
 @dataclass(frozen=True)
@@ -202,7 +191,6 @@ class _Ctx:
     num_groups: int
     num_blocks: int
     act: Activation | None
-    prefetch: int
     xt: object
     offset: object
     stride: object
@@ -224,26 +212,14 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
     return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
 
 
-def _emit_prefetch(x: _Ctx, k, t: _Tile):
-    """Prefetch the (contiguous) input tile of the kernel `x.prefetch` places ahead into L1."""
-    ahead = tirx.min(k + x.prefetch, x.index.shape[0] - 1)
-    c = _i32(x.index[ahead])
-    for j in range(0, x.g.tile_bytes // 4 + 15, 16):  # one prefetch per 64-byte line
-        addr = tirx.address_of(x.xt[t.n, t.ty, t.tx, c, 0, 0, j])
-        args = (tirx.const(0, "int32"), tirx.const(3, "int32"), tirx.const(1, "int32"))
-        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, *args))
-
-
 def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
     """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of one (block, pattern) run."""
     g, lanes = x.g, x.g.lanes
     base = _i32(x.offset[grp])
     with T.serial(base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])) as k:
         c = _i32(x.index[k])
-        if x.prefetch:
-            _emit_prefetch(x, k, t)
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
-            _, ph, dq = g.tap(kx)
+            ph, dq = g.column(kx)
             for v in range(g.vecs):
                 src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
                 for f in range(x.nf):
@@ -302,7 +278,9 @@ def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
 
 
 def _local_acc(x: _Ctx):
-    return T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32", scope="local")
+    # "global" scope: TVM 0.27 puts small global allocations on the stack, where LLVM keeps
+    # them in registers across the pattern loops; "local" ones become heap workspaces.
+    return T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32")
 
 
 def _emit_tile_unblocked(x: _Ctx, t: _Tile):
@@ -348,33 +326,20 @@ def _emit_main(x: _Ctx):
 
 
 def _auto_rows(oh: int, knobs: PatternConvKnobs) -> int:
-    """8 rows (8 accumulators hide the FMA latency), or 7/6 when they pad the height less."""
+    """About 8 accumulators in all (rows x vectors x filters): 8 FMA chains cover the FMA
+    latency, more spill; among want, want-1, want-2 rows the one that pads the height least."""
     if knobs.rows_per_step:
         return knobs.rows_per_step
-    want = max(1, 8 // knobs.vectors_per_step)
+    want = max(1, 8 // (knobs.vectors_per_step * knobs.filters_per_group))
     candidates = [r for r in (want, want - 1, want - 2) if r >= 1]
     return min(candidates, key=lambda r: (-(-oh // r) * r - oh, -r))
 
 
-def _auto_block(g: _Geometry, fkw: FKW, knobs: PatternConvKnobs) -> int:
-    """The largest multiple of 8 channels whose input tiles fit L1, if the pattern loops of
-    a block stay long enough to pay; else one block of all channels."""
-    if knobs.channel_block:
-        return knobs.channel_block
-    block = max(8, L1_INPUT_BYTES // g.tile_bytes // 8 * 8)
-    per_filter = fkw.num_kernels / max(fkw.num_filters, 1)
-    if block >= g.c or per_filter * block / g.c < MIN_KERNELS_PER_BLOCK:
-        return g.c
-    return block
-
-
-def resolve_knobs(fkw: FKW, in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
+def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
                   knobs: PatternConvKnobs = PatternConvKnobs()) -> PatternConvKnobs:
     """`knobs` with every 0 ("auto") replaced by the value the generator will use."""
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1))
-    knobs = replace(knobs, rows_per_step=_auto_rows(g.oh, knobs))
-    g = _geometry(in_shape, strides, pads, dilations, knobs)
-    return replace(knobs, channel_block=_auto_block(g, fkw, knobs))
+    return replace(knobs, rows_per_step=_auto_rows(g.oh, knobs))
 
 
 def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
@@ -400,7 +365,7 @@ def pattern_conv_kernel(
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
     """
-    knobs = resolve_knobs(fkw, in_shape, strides, pads, dilations, knobs)
+    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs)
     g = _geometry(in_shape, strides, pads, dilations, knobs)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
@@ -425,6 +390,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, knobs.prefetch_distance, xt, *bufs[:5], bias, out)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out)
             _emit_main(x)
     return ib.get()
