@@ -92,11 +92,16 @@ def timed_ms(call, calls: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def tvm_runner(weight, x, knobs: PatternConvKnobs, threads: int):
-    """Compile the kernel; return (call, output tensor, fkw)."""
+def tvm_runner(weight, x, knobs: PatternConvKnobs, threads: int, asm_path: str | None = None):
+    """Compile the kernel; return (call, output tensor, fkw). Optionally save its assembly."""
     fkw = build_fkw(weight)
     kernel = pattern_conv_kernel(fkw, x.shape, knobs=knobs)
     lib = tvm.compile(kernel.func, target=host_target(threads))
+    if asm_path:
+        asm = lib.mod.inspect_source("asm")
+        Path(asm_path).write_text(asm)
+        fmas = sum("vfmadd" in line and "ymm" in line for line in asm.splitlines())
+        print(f"  {asm_path}: {fmas} vfmadd...ps ymm instructions", flush=True)
     dev = tvm.cpu(0)
     args = [tvm.runtime.tensor(a, dev) for a in (x, *kernel.constants)]
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, np.float32), dev)
@@ -104,13 +109,15 @@ def tvm_runner(weight, x, knobs: PatternConvKnobs, threads: int):
     return (lambda: func(*args, out)), out, fkw
 
 
-def bench_layer(layer: Layer, knobs: PatternConvKnobs, rounds: int, calls: int, threads: int):
+def bench_layer(layer: Layer, knobs: PatternConvKnobs, rounds: int, calls: int, threads: int,
+                asm_dir: str | None = None):
     rng = np.random.default_rng(0)
     weight = pruned_weight(rng, layer.channels, layer.channels, layer.keep)
     x = rng.standard_normal((1, layer.channels, layer.size, layer.size)).astype(np.float32)
     sess = ort_session(weight, x.shape, threads)
     run_ort = lambda: sess.run(None, {"x": x})  # noqa: E731
-    run_tvm, out, fkw = tvm_runner(weight, x, knobs, threads)
+    asm_path = str(Path(asm_dir) / f"{layer.name}.s") if asm_dir else None
+    run_tvm, out, fkw = tvm_runner(weight, x, knobs, threads, asm_path)
     run_tvm()
     np.testing.assert_allclose(out.numpy(), run_ort()[0], rtol=1e-3, atol=1e-3)
     ort_ms, tvm_ms = [], []
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=10, help="timed calls per engine per round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--knobs", default="{}", help="PatternConvKnobs fields as JSON")
+    parser.add_argument("--asm-dir", help="write each layer's kernel assembly here")
     args = parser.parse_args(argv)
     knobs = PatternConvKnobs(**json.loads(args.knobs))
     # Read when TVM starts its thread pool. Like onnxruntime's default pool, leave the threads
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"target {host_target(args.threads)}; knobs {knobs}; load average {load}", flush=True)
     for name in args.layers.split(","):
-        bench_layer(LAYERS[name], knobs, args.rounds, args.calls, args.threads)
+        bench_layer(LAYERS[name], knobs, args.rounds, args.calls, args.threads, args.asm_dir)
 
 
 if __name__ == "__main__":

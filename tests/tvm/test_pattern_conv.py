@@ -9,7 +9,7 @@ import pytest
 from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
-from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
+from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel, resolve_knobs
 from sparsec.lower.target import host_target
 
 pytestmark = pytest.mark.tvm
@@ -127,11 +127,19 @@ def test_bad_knob():
 
 
 def test_auto_rows_pad_the_height_least():
-    from sparsec.lower.kernels.pattern_conv import resolve_knobs
-
     assert resolve_knobs((1, 8, 56, 56)).rows_per_step == 8
     assert resolve_knobs((1, 8, 28, 28)).rows_per_step == 7
     assert resolve_knobs((1, 8, 12, 12)).rows_per_step == 6
     assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(rows_per_step=3)).rows_per_step == 3
     assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(vectors_per_step=2)).rows_per_step == 4
     assert resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(filters_per_group=2)).rows_per_step == 4
+
+
+def test_unpruned_and_odd_tap_counts():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 3, 7, 9)).astype(np.float32)
+    dense = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)  # one 9-tap pattern
+    three = dense * np.array([1, 0, 0, 0, 1, 0, 0, 0, 1], np.float32).reshape(3, 3)  # 3 taps
+    for w in (dense, three):
+        got = run_kernel(pattern_conv_kernel(build_fkw(w), x.shape), host_target(), x)
+        np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)

@@ -3,7 +3,10 @@
 - `csr_conv1x1_kernel`: a 1x1 conv as sparse weight x dense activations (XNNPACK-style SpMM):
   per tile of output pixels (parallel), each output channel o sums w[o, c] * x[c, tile] over
   its nonzeros; the tile is a few SIMD vectors, so each nonzero is one broadcast weight and
-  one FMA per vector, and the input tile stays in cache while every channel reuses it.
+  one FMA per vector. Input channels are cut in blocks whose input tile fits L1 (the CSR is
+  stored per column block); every output channel reads a block before the next one, and
+  partial sums wait in the output tile. Each nonzero costs one load per FMA, so this is
+  load-bound at about one FMA per cycle, half the dense peak.
 - `csr_dense_kernel`: a fully connected layer with a sparse weight: per output (parallel),
   a dot product over the row's nonzeros, `chunk` at a time (a gathered input vector times a
   contiguous weight vector). Rows are padded with zeros to whole chunks at compile time.
@@ -66,7 +69,7 @@ class Csr:
     @staticmethod
     def of(w: np.ndarray, unit: int = 1, block: int = 0) -> Csr:
         w = np.asarray(w, np.float32)
-        rows, width = w.shape
+        width = w.shape[1]
         block = min(block or width, width) or 1
         parts = [_padded_rows(w[:, b0:b0 + block], unit) for b0 in range(0, max(width, 1), block)]
         ptr = np.stack([p[0] for p in parts]) + np.cumsum([0] + [p[0][-1] for p in parts[:-1]])[:, None]

@@ -35,9 +35,11 @@ class PatternConvKnobs:
 
     The defaults suit AVX2 (8 fp32 lanes, 16 vector registers): 8 row accumulators of one
     filter (8 independent FMA chains cover the FMA latency), 4 tap weights, 4 registers for
-    loaded rows. Measured on znver3: 10-14 accumulators spill or win nothing; filter groups
-    (union of the filters' kernels) and channel blocks lose on randomly pruned layers (see
-    `sparsec.fkw.KernelTable`); they pay only when filters share (channel, pattern) kernels.
+    loaded rows. Measured on znver3: 10 accumulators win nothing, 12-14 lose; filter groups
+    (union of the filters' kernels) are 2x slower on randomly pruned layers, and 16% faster
+    when filter pairs share their (channel, pattern) kernels (F=2, R=4; `sparsec.fkw.KernelTable`);
+    channel blocks
+    (L1 reuse of input tiles across filters) gain what their extra, shorter pattern loops cost.
     """
 
     filters_per_group: int = 1  # filters sharing each loaded input vector (filter-level LRE)
