@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml requirements-test.txt
 demo: $(STAMP)
 	$(VENV)/bin/sparsec demo
 
-# Every test tier: core (no TVM), tvm (host builds), torch exports.
+# Lint, then every test tier: core (no TVM), tvm (host builds), torch exports.
 test: $(STAMP)
+	$(VENV)/bin/ruff check sparsec passes runtime grammar tests benchmarks
 	$(PY) -m pytest -q tests
 
 test-core: $(STAMP)

@@ -96,7 +96,7 @@ def summary_table(results: dict[str, BenchReport | str]) -> list[str]:
         if isinstance(report, str):
             lines.append(f"| {key} | failed | | | | {case.target} | no | |")
             continue
-        ms = lambda e: f"{report.median_ms(e):.2f}" if e in report.runs_ms else "-"  # noqa: E731
+        ms = lambda e, r=report: f"{r.median_ms(e):.2f}" if e in r.runs_ms else "-"  # noqa: E731
         met = verdict(case, report)
         lines.append(f"| {key} | {ms('sparsec')} | {ms('onnxruntime')} | {ms('sparsec-dense')} | "
                      f"{speedup(report):.2f}x | {case.target} | {met} | {_pct(report.others_cpu)} |")

@@ -26,7 +26,8 @@ def run_demo(resolution: int = 224, threads: int = 2) -> int:
         _step(f"1. VGG-16 at {resolution}x{resolution} from the model zoo -> {model_path.name}")
         model = vgg16(resolution=resolution)
         model_path.write_bytes(model.SerializeToString())
-        _step(f"2. PCONV pruning: {PATTERNS} patterns, {KEEP_KERNELS:.1%} of kernels kept, FC {UNSTRUCTURED:.0%} sparse")
+        _step(f"2. PCONV pruning: {PATTERNS} patterns, {KEEP_KERNELS:.1%} of kernels kept, "
+              f"FC {UNSTRUCTURED:.0%} sparse")
         masks = prune_model(model, patterns=PATTERNS, keep_kernels=KEEP_KERNELS, unstructured=UNSTRUCTURED)
         save_masks(masks, masks_path)
         print(format_report(inspect_model(model, masks)))

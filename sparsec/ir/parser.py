@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -164,7 +164,10 @@ class _Builder:
 
     def layout(self, tree: lark.Tree) -> Layout:
         value = self.literal(tree)
-        kind, kwargs = (value.text, {}) if isinstance(value, Name) else (getattr(value, "name", None), getattr(value, "kwargs", {}))
+        if isinstance(value, Name):
+            kind, kwargs = value.text, {}
+        else:
+            kind, kwargs = getattr(value, "name", None), getattr(value, "kwargs", {})
         if kind not in LAYOUTS or (isinstance(value, Call) and value.args):
             raise CompileError(self.loc(tree), f"expected a layout ({', '.join(LAYOUTS)}) with keyword options")
         try:
@@ -202,7 +205,8 @@ class _Builder:
     def _bind_operands(self, cls: type[Op], values: list, loc: SourceLoc) -> dict:
         names = cls.operand_fields()
         if len(values) > len(names):
-            raise CompileError(loc, f"{cls.name} takes at most {len(names)} operands ({', '.join(names)}), got {len(values)}")
+            raise CompileError(loc, f"{cls.name} takes at most {len(names)} operands "
+                                    f"({', '.join(names)}), got {len(values)}")
         return dict(zip(names, values))
 
     def operand(self, tree: lark.Tree):
@@ -222,7 +226,8 @@ class _Builder:
         for attr in (a for a in tree.children if a is not None):
             key, value_tree = attr.children
             if str(key) not in allowed:
-                raise CompileError(self.loc(key), f"{cls.name} has no attribute {str(key)!r}; it has: {', '.join(sorted(allowed))}")
+                raise CompileError(self.loc(key), f"{cls.name} has no attribute {str(key)!r}; "
+                                                  f"it has: {', '.join(sorted(allowed))}")
             out[str(key)] = self._convert(hints[str(key)], self.literal(value_tree), self.loc(value_tree), str(key))
         return out
 
@@ -237,7 +242,8 @@ class _Builder:
 
     def _convert(self, hint, value, loc: SourceLoc, key: str):
         """Check a literal against the field's annotation and build the field's value."""
-        allowed = typing.get_args(hint) if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType" else (hint,)
+        is_union = typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType"
+        allowed = typing.get_args(hint) if is_union else (hint,)
         for option in allowed:
             converted = _convert_to(option, value)
             if converted is not _NO:

@@ -57,7 +57,8 @@ def format_op(op: Op) -> str:
     operands = []
     for name in op.operand_fields():
         value = getattr(op, name)
-        operands.append("[" + ", ".join(map(format_ref, value)) + "]" if isinstance(value, tuple) else format_ref(value))
+        is_list = isinstance(value, tuple)
+        operands.append("[" + ", ".join(map(format_ref, value)) + "]" if is_list else format_ref(value))
     while operands and operands[-1] == "none":  # trailing optional operands stay implicit
         operands.pop()
     text = f"{format_name('%', op.result)} : {op.type} = {op.name}({', '.join(operands)})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import tvm
 
 from sparsec.errors import UserError

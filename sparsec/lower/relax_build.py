@@ -15,8 +15,23 @@ import tvm
 from tvm import relax
 
 from sparsec.ir.module import Module
-from sparsec.ir.ops import (Activate, Add, AvgPool, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear,
-                            MatMul, MaxPool, Mul, Op, Reshape, Softmax)
+from sparsec.ir.ops import (
+    Activate,
+    Add,
+    AvgPool,
+    BatchNorm,
+    Concat,
+    Conv2d,
+    Flatten,
+    GlobalAvgPool,
+    Linear,
+    MatMul,
+    MaxPool,
+    Mul,
+    Op,
+    Reshape,
+    Softmax,
+)
 from sparsec.lower.kernels.activation import activation_kernel
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel

@@ -63,7 +63,8 @@ def _bad_files(root):
     nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf_1"), helper.make_node("Tanh", ["a"], ["b"], name="tanh_1"),
              helper.make_node("Erf", ["b"], ["y"], name="erf_2")]
     graph = helper.make_graph(nodes, "g", [x], [y])
-    (root / "unsup.onnx").write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    unsupported = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (root / "unsup.onnx").write_bytes(unsupported.SerializeToString())
     nan = onnx.ModelProto()
     nan.CopyFrom(model)
     for init in nan.graph.initializer:

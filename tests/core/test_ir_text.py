@@ -8,7 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsec.errors import CompileError, VerifyError
-from sparsec.ir import Activation, Dense, Masked, Module, Param, Pattern, TensorType, Weight, parse_module, print_module, verify
+from sparsec.ir import (
+    Activation,
+    Dense,
+    Masked,
+    Module,
+    Param,
+    Pattern,
+    TensorType,
+    Weight,
+    parse_module,
+    print_module,
+    verify,
+)
 from sparsec.ir.files import read_module, weight_arrays, write_module
 from sparsec.ir.ops import OPS, Activate, Add, AvgPool, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool, Softmax
 

@@ -59,7 +59,8 @@ def run_onnx(nodes: list, inputs: dict[str, np.ndarray], inits: dict[str, np.nda
     """Run an opset-17 graph of `nodes` in onnxruntime; returns the last node's output."""
     graph = helper.make_graph(
         nodes, "g",
-        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in inputs.items()],
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs.items()],
         [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
         [numpy_helper.from_array(a, n) for n, a in (inits or {}).items()],
     )  # fmt: skip

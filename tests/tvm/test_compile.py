@@ -102,7 +102,8 @@ def test_cli_compile_check_run_dump(tiny_files, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--target", "cuda"], "target 'cuda' is not supported; choose one of: host"),
-    (["-o", "/nonexistent/dir/m.so"], "/nonexistent/dir/m.so: cannot write here, the folder /nonexistent/dir does not exist"),
+    (["-o", "/nonexistent/dir/m.so"],
+     "/nonexistent/dir/m.so: cannot write here, the folder /nonexistent/dir does not exist"),
     (["-o", "m.txt"], "m.txt: the output must be a .so file"),
 ])
 def test_cli_compile_errors(tiny_files, capsys, monkeypatch, args, message):

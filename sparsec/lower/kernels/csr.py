@@ -65,18 +65,20 @@ class Csr:
     vals: np.ndarray
     unit: int
     block: int  # columns per block
+    col_scale: int = 1  # cols hold column * col_scale (an offset a kernel adds directly)
 
     @staticmethod
-    def of(w: np.ndarray, unit: int = 1, block: int = 0) -> Csr:
+    def of(w: np.ndarray, unit: int = 1, block: int = 0, col_scale: int = 1) -> Csr:
         w = np.asarray(w, np.float32)
         width = w.shape[1]
         block = min(block or width, width) or 1
         parts = [_padded_rows(w[:, b0:b0 + block], unit) for b0 in range(0, max(width, 1), block)]
         ptr = np.stack([p[0] for p in parts]) + np.cumsum([0] + [p[0][-1] for p in parts[:-1]])[:, None]
         # one dummy entry keeps the arrays non-empty when every row is empty
-        cols = np.concatenate([*(p[1] for p in parts), [0]]).astype(_index_dtype(block - 1))
+        cols = np.concatenate([*(p[1] for p in parts), [0]]) * col_scale
+        cols = cols.astype(_index_dtype((block - 1) * col_scale))
         vals = np.concatenate([*(p[2] for p in parts), [0]]).astype(np.float32)
-        return Csr(ptr.astype(_index_dtype(int(ptr.max(initial=0)))), cols, vals, unit, block)
+        return Csr(ptr.astype(_index_dtype(int(ptr.max(initial=0)))), cols, vals, unit, block, col_scale)
 
     @property
     def blocks(self) -> int:
@@ -135,12 +137,13 @@ class _ConvCtx:
     """What the 1x1 emitters share: sizes, the flat views of input/output and the CSR buffers."""
 
     o: int
+    channels: int
     pixels: int
     lanes: int
     blocks: int  # input-channel blocks
     block: int  # input channels per block
     act: Activation | None
-    x: object  # [N, C, pixels]
+    x: object  # [N * C * pixels], flat: cols are offsets (channel * pixels) inside a block
     out: object  # [N, O, pixels]
     rp: object
     col: object
@@ -160,10 +163,11 @@ def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
     for at, size in pieces:
         start = cx.out[n, o, _ramp(p0 + at, size)] if blk else _bcast(tirx.const(0.0, "float32"), size)
         T.buffer_store(acc, start, [_ramp(at, size)])
+    base = (n * cx.channels + blk * cx.block) * cx.pixels + p0
     with T.serial(_i32(cx.rp[blk, o]), _i32(cx.rp[blk, o + 1])) as q:
-        c = blk * cx.block + _i32(cx.col[q])
+        row = base + _i32(cx.col[q])
         for at, size in pieces:
-            src = cx.x[n, c, _ramp(p0 + at, size)]
+            src = cx.x[_ramp(row + at, size)]
             value = acc[_ramp(at, size)] + _bcast(cx.val[q], size) * src
             T.buffer_store(acc, value, [_ramp(at, size)])
     for at, size in pieces:
@@ -174,12 +178,13 @@ def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
 
 
 def _emit_subsample(x, xs, n: int, c: int, oh: int, ow: int, strides) -> None:
-    """xs[n, c, i * ow + k] = x[n, c, i * sh, k * sw]: a strided 1x1 conv reads a dense grid."""
+    """xs[(n * C + c) * OH * OW + i * OW + k] = x[n, c, i * sh, k * sw]: a strided 1x1 conv
+    reads a dense grid."""
     with T.parallel(0, n * c) as nc:
         with T.serial(0, oh) as i:
             with T.serial(0, ow) as k:
                 value = x[nc // c, nc % c, i * strides[0], k * strides[1]]
-                T.buffer_store(xs, value, [nc // c, nc % c, i * ow + k])
+                T.buffer_store(xs, value, [(nc * oh + i) * ow + k])
 
 
 def _emit_tile(cx: _ConvCtx, n, g, per_group: int, p0, width: int) -> None:
@@ -224,7 +229,7 @@ def csr_conv1x1_kernel(
     if tuple(weight.shape) != (o, c, 1, 1):
         raise ValueError(f"weight {weight.shape} is not a 1x1 conv over {c} channels")
     oh, ow = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
-    csr = Csr.of(np.asarray(weight).reshape(o, c), block=knobs.channel_block)
+    csr = Csr.of(np.asarray(weight).reshape(o, c), block=knobs.channel_block, col_scale=oh * ow)
     bias_arr = np.asarray(bias, np.float32).reshape(o) if bias is not None else None
     tile = knobs.lanes * knobs.vectors
     with IRBuilder() as ib:
@@ -235,13 +240,13 @@ def csr_conv1x1_kernel(
             rp, col, val, b = _csr_args(csr, bias_arr)
             out = T.arg("out", T.buffer((n, o, oh, ow), "float32"))
             if strides == (1, 1) or (oh, ow) == (h, w):
-                xs = T.decl_buffer((n, c, h * w), "float32", data=x.data)
+                xs = T.decl_buffer((n * c * h * w,), "float32", data=x.data)
             else:
-                xs = T.alloc_buffer((n, c, oh * ow), "float32")
+                xs = T.alloc_buffer((n * c * oh * ow,), "float32")
                 _emit_subsample(x, xs, n, c, oh, ow, strides)
             flat_out = T.decl_buffer((n, o, oh * ow), "float32", data=out.data)
-            cx = _ConvCtx(o, oh * ow, knobs.lanes, csr.blocks, csr.block, activation, xs, flat_out,
-                          rp, col, val, b)
+            cx = _ConvCtx(o, c, oh * ow, knobs.lanes, csr.blocks, csr.block, activation, xs,
+                          flat_out, rp, col, val, b)
             _emit_conv_main(cx, n, tile, min(knobs.out_groups, o))
     consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
     return Kernel(ib.get(), consts, (n, o, oh, ow), "float32")
