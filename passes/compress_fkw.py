@@ -18,8 +18,7 @@ from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d
 from sparsec.ir.types import FKW
 from sparsec.passes.base import Pass, register
-from sparsec.passes.reorder_filters import pattern_convs
-from sparsec.passes.rewrite import replace_op, sole_user_weight
+from sparsec.passes.rewrite import rewrite_pattern_convs
 
 
 def fkw_of(op: Conv2d, weight: Weight) -> FKWArrays:
@@ -46,12 +45,11 @@ class CompressFkw(Pass):
     name = "compress-fkw"
 
     def apply(self, module: Module) -> Module:
-        for op in pattern_convs(module):
-            weight = sole_user_weight(module, op, op.weight)
-            arrays = fkw_of(op, weight)
-            parts = {"mask": weight.mask, "filter_order": arrays.filter_order, "offset": arrays.offset,
-                     "stride": arrays.stride, "index": arrays.index, "weight": arrays.weight}
-            layout = FKW(weight.layout.patterns)
-            new_weight = dataclasses.replace(weight, layout=layout, parts=parts)
-            module = replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))
-        return module
+        return rewrite_pattern_convs(module, _compress)
+
+
+def _compress(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
+    arrays = fkw_of(op, weight)
+    parts = {"mask": weight.mask, "filter_order": arrays.filter_order, "offset": arrays.offset,
+             "stride": arrays.stride, "index": arrays.index, "weight": arrays.weight}
+    return op, dataclasses.replace(weight, layout=FKW(weight.layout.patterns), parts=parts)

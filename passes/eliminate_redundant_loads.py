@@ -17,8 +17,7 @@ import numpy as np
 
 from sparsec.ir.module import Module
 from sparsec.passes.base import Pass, register
-from sparsec.passes.reorder_filters import pattern_convs
-from sparsec.passes.rewrite import replace_op
+from sparsec.passes.rewrite import pattern_convs, replace_op
 
 
 def group_waste(mask: np.ndarray, width: int) -> float:

@@ -14,17 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsec.fkw import default_filter_order
-from sparsec.ir.module import Module
+from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d
 from sparsec.ir.types import Pattern
 from sparsec.passes.base import Pass, register
-from sparsec.passes.rewrite import replace_op, sole_user_weight
-
-
-def pattern_convs(module: Module) -> list[Conv2d]:
-    """The conv2d ops whose weight has the pattern layout."""
-    return [op for op in module.ops
-            if isinstance(op, Conv2d) and isinstance(module.weight(op.weight).layout, Pattern)]
+from sparsec.passes.rewrite import rewrite_pattern_convs
 
 
 @register
@@ -35,20 +29,17 @@ class ReorderFilters(Pass):
     name = "reorder-filters"
 
     def apply(self, module: Module) -> Module:
-        for op in pattern_convs(module):
-            module = self._reorder(module, op)
-        return module
+        return rewrite_pattern_convs(module, _reorder)
 
-    def _reorder(self, module: Module, op: Conv2d) -> Module:
-        weight = sole_user_weight(module, op, op.weight)
-        patterns = np.array(weight.layout.patterns, dtype=np.uint8) if _same_size(weight.layout) else None
-        perm = default_filter_order(weight.data, patterns).astype(np.int64)
-        previous = np.array(op.filter_order if op.filter_order else range(len(perm)))
-        new_weight = dataclasses.replace(
-            weight, data=weight.data[perm], parts={k: v[perm] for k, v in weight.parts.items()})
-        new_op = dataclasses.replace(op, weight=f"@{new_weight.name}",
-                                     filter_order=tuple(int(f) for f in previous[perm]), filter_groups=None)
-        return replace_op(module, op, new_op, (new_weight,))
+
+def _reorder(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
+    patterns = np.array(weight.layout.patterns, dtype=np.uint8) if _same_size(weight.layout) else None
+    perm = default_filter_order(weight.data, patterns).astype(np.int64)
+    previous = np.array(op.filter_order if op.filter_order else range(len(perm)))
+    parts = {k: v[perm] for k, v in weight.parts.items()}
+    new_weight = dataclasses.replace(weight, data=weight.data[perm], parts=parts)
+    new_op = dataclasses.replace(op, filter_order=tuple(int(f) for f in previous[perm]), filter_groups=None)
+    return new_op, new_weight
 
 
 def _same_size(layout: Pattern) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sparsec.ir.module import Module
+from sparsec.ir.module import Module, Weight
+from sparsec.ir.ops import Conv2d
 from sparsec.passes.analyze_sparsity import tap_sets
 from sparsec.passes.base import Pass, register
-from sparsec.passes.reorder_filters import pattern_convs
-from sparsec.passes.rewrite import replace_op, sole_user_weight
+from sparsec.passes.rewrite import rewrite_pattern_convs
 
 
 @register
@@ -26,11 +26,11 @@ class ReorderKernels(Pass):
     name = "reorder-kernels"
 
     def apply(self, module: Module) -> Module:
-        for op in pattern_convs(module):
-            weight = sole_user_weight(module, op, op.weight)
-            ranked = tap_sets(weight.mask)  # most frequent first
-            unused = [p for p in weight.layout.patterns if p not in ranked]
-            layout = dataclasses.replace(weight.layout, patterns=tuple(ranked + unused))
-            new_weight = dataclasses.replace(weight, layout=layout)
-            module = replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))
-        return module
+        return rewrite_pattern_convs(module, _rank_patterns)
+
+
+def _rank_patterns(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
+    ranked = tap_sets(weight.mask)  # most frequent first
+    unused = [p for p in weight.layout.patterns if p not in ranked]
+    layout = dataclasses.replace(weight.layout, patterns=tuple(ranked + unused))
+    return op, dataclasses.replace(weight, layout=layout)

@@ -7,11 +7,13 @@ user and not be a graph output, so removing it loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sparsec.ir.module import Module, Weight
-from sparsec.ir.ops import Op
+from sparsec.ir.ops import Conv2d, Op
+from sparsec.ir.types import Pattern
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,18 @@ def sole_user_weight(module: Module, op: Op, ref: str) -> Weight:
     weight = module.weight(ref)
     if len(module.users().get(ref, [])) == 1:
         return weight
-    import dataclasses
-
     return dataclasses.replace(weight, name=fresh_weight_name(module, weight.name))
+
+
+def pattern_convs(module: Module) -> list[Conv2d]:
+    """The conv2d ops whose weight has the pattern layout."""
+    return [op for op in module.ops
+            if isinstance(op, Conv2d) and isinstance(module.weight(op.weight).layout, Pattern)]
+
+
+def rewrite_pattern_convs(module: Module, rewrite: Callable[[Conv2d, Weight], tuple[Conv2d, Weight]]) -> Module:
+    """Apply `rewrite(op, weight) -> (op, weight)` to every pattern conv and its own weight."""
+    for op in pattern_convs(module):
+        new_op, new_weight = rewrite(op, sole_user_weight(module, op, op.weight))
+        module = replace_op(module, op, dataclasses.replace(new_op, weight=f"@{new_weight.name}"), (new_weight,))
+    return module
