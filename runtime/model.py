@@ -126,6 +126,6 @@ def load(path: str | os.PathLike) -> CompiledModel:
     try:
         manifest = Manifest.from_json(manifest_file.read_text())
         executable = tvm.runtime.load_module(str(path))
-    except (ValueError, KeyError, tvm.error.TVMError) as err:
+    except (ValueError, KeyError, RuntimeError) as err:  # RuntimeError: what TVM raises
         raise UserError(f"{path}: cannot load the compiled model ({str(err).splitlines()[0]})") from None
     return CompiledModel(executable, manifest)

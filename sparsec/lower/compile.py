@@ -17,8 +17,8 @@ def compile_module(module: Module, target: str = "host") -> CompiledModel:
     mod, plans = build_relax(module)
     try:
         executable = tvm.compile(mod, target=tvm_target)
-    except tvm.error.TVMError as err:  # which layer: the first line of TVM's message names the function
-        raise UserError(f"TVM failed to compile model @{module.name}: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, ValueError) as err:  # what TVM raises
+        raise UserError(_compile_failure(module, plans, str(err))) from None
     manifest = Manifest(
         inputs=tuple(TensorSpec(p.name, p.type.dtype, p.type.shape) for p in module.inputs),
         outputs=tuple(TensorSpec(name, module.types[f"%{name}"].dtype, module.types[f"%{name}"].shape)
@@ -28,3 +28,13 @@ def compile_module(module: Module, target: str = "host") -> CompiledModel:
         layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel} for p in plans),
     )
     return CompiledModel(executable, manifest)
+
+
+def _compile_failure(module: Module, plans, message: str) -> str:
+    """Name the layer whose kernel TVM rejected (kernels are named after their layers)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else "no message"
+    for plan in plans:
+        if plan.kernel in message:
+            return f"layer %{plan.result} ({plan.op}): TVM failed to compile its kernel {plan.kernel}: {reason}"
+    return f"model @{module.name}: TVM failed to compile it: {reason}"

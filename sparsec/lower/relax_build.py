@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.ir.ops import (
     Activate,
@@ -81,12 +82,21 @@ def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
         with bb.dataflow():
             ctx.env.update({p.name: v for p, v in zip(module.inputs, params)})
             for op in module.ops:
-                ctx.env[op.result] = bb.emit(LOWERINGS[type(op)](op, ctx), name_hint=_hint(op.result))
+                ctx.env[op.result] = bb.emit(_lower_op(op, ctx), name_hint=_hint(op.result))
             outs = [ctx.env[name] for name in module.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
     mod = relax.transform.LegalizeOps()(bb.get())
     return schedule_unscheduled(mod), ctx.plans
+
+
+def _lower_op(op: Op, ctx: _Ctx) -> relax.Expr:
+    """The op's Relax expression; a kernel TVM cannot build is reported against its layer."""
+    try:
+        return LOWERINGS[type(op)](op, ctx)
+    except (RuntimeError, ValueError) as err:  # TVM raises RuntimeError subclasses
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UserError(f"layer %{op.result} ({op.name}): its kernel could not be built: {first_line}") from None
 
 
 def _hint(name: str) -> str:

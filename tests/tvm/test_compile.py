@@ -122,3 +122,28 @@ def test_cli_run_rejects_wrong_input_for_library(tiny_files, capsys):
     assert code == 2 and err == ("sparsec: error: input 'input' is f64[1, 3, 32, 32] but the model expects "
                                  "f32[1, 3, 32, 32]\n")
     assert not (root / "bad_out.npy").exists()
+
+
+def test_kernel_failure_names_the_layer(tmp_path, monkeypatch):
+    from sparsec.errors import UserError
+    from sparsec.lower import relax_build
+
+    def broken(op, ctx):
+        raise ValueError("weight (8, 3, 3, 3) is not a 1x1 conv over 3 channels")
+
+    monkeypatch.setitem(relax_build.LOWERINGS, relax_build.Conv2d, broken)
+    module = import_model(ZOO["tiny_cnn"](), None)
+    with pytest.raises(UserError) as info:
+        sparsec.compile(module)
+    assert str(info.value) == ("layer %features.0.relu (conv2d): its kernel could not be built: "
+                               "weight (8, 3, 3, 3) is not a 1x1 conv over 3 channels")
+
+
+def test_run_of_a_broken_library(tmp_path, capsys):
+    (tmp_path / "bad.so").write_bytes(b"not a library")
+    (tmp_path / "bad.so.json").write_text("{}")
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 32, 32), np.float32))
+    code, _, err = _cli(capsys, "run", tmp_path / "bad.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert code == 2 and err.startswith(f"sparsec: error: {tmp_path / 'bad.so'}: cannot load the compiled model (")
+    code, _, err = _cli(capsys, "run", tmp_path / "none.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    assert code == 2 and "no compiled model here (need none.so and none.so.json)" in err

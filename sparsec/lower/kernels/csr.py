@@ -151,14 +151,24 @@ class _ConvCtx:
     bias: object | None
 
 
+def _pieces(width: int, lanes: int) -> list[tuple[int, int]]:
+    """(offset, lanes) pieces covering `width` columns: whole vectors, then halves, quarters...
+    down to single lanes (a narrow last tile still gets short vectors)."""
+    pieces, at = [], 0
+    while lanes >= 1:
+        while width - at >= lanes:
+            pieces.append((at, lanes))
+            at += lanes
+        lanes //= 2
+    return pieces
+
+
 def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
     """out[n, o, p0:p0+width] += sum over row o's nonzeros in channel block `blk` of
-    w * x[n, c, p0:...]: whole vectors first, then single lanes for a narrower last tile. The
+    w * x[n, c, p0:...] (a narrower last tile ends in shorter vectors, see `_pieces`). The
     first block starts from zero, the last one adds the bias and applies the activation; in
     between the partial sums wait in `out` (in cache: one tile of every channel)."""
-    lanes = cx.lanes
-    pieces = [(v * lanes, lanes) for v in range(width // lanes)]
-    pieces += [(width - width % lanes + s, 1) for s in range(width % lanes)]
+    pieces = _pieces(width, cx.lanes)
     acc = T.alloc_buffer((width,), "float32", scope="local")
     for at, size in pieces:
         start = cx.out[n, o, _ramp(p0 + at, size)] if blk else _bcast(tirx.const(0.0, "float32"), size)
