@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from cases import Case  # noqa: E402
 
-from sparsec.bench import Engine, input_shapes_of, make_engine, random_inputs  # noqa: E402
+from sparsec.runtime.bench import Engine, input_shapes_of, make_engine, random_inputs  # noqa: E402
 
 
 def pytest_addoption(parser):

@@ -12,7 +12,7 @@ import time
 import pytest
 from cases import CASES, THREADS, Case, engines_for
 
-from sparsec.bench import PAUSE_S, RTOL, errors, warm_up
+from sparsec.runtime.bench import PAUSE_S, RTOL, errors, warm_up
 
 ROUNDS = 7
 MIN_TIME_S = 0.2  # per round

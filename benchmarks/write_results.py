@@ -1,8 +1,8 @@
-"""Run the benchmark cases through `sparsec.bench.bench_model` and write benchmarks/RESULTS.md.
+"""Run the benchmark cases through `sparsec.runtime.bench.bench_model` and write benchmarks/RESULTS.md.
 
     python benchmarks/write_results.py [--cases L1,L2,...] [--rounds 7]      (`make bench`)
 
-Every case is measured in this one process with the engines interleaved (see sparsec.bench), so
+Every case is measured in this one process with the engines interleaved (see sparsec.runtime.bench), so
 its ratios are from the same run. A case that fails (a kernel not ready yet) is reported as
 failed and the others still run.
 """
@@ -24,8 +24,8 @@ os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before anything imports tvm: it 
 
 import numpy as np  # noqa: E402
 
-from sparsec.bench import RTOL, BenchReport, bench_model, machine_info, versions  # noqa: E402
 from sparsec.ir.files import write_atomically  # noqa: E402
+from sparsec.runtime.bench import RTOL, BenchReport, bench_model, machine_info, versions  # noqa: E402
 
 COMPILE_LIMIT_S = 60.0  # M1 (VGG-16) must compile within this
 
@@ -165,7 +165,7 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
     date = first.date if first else "-"
     lines = ["# sparsec benchmark results", "",
              f"Written by `{command}` on {date}. Batch 1, fp32, {THREADS} threads per engine; medians of "
-             "interleaved rounds in one process (see `sparsec/bench.py`).", "",
+             "interleaved rounds in one process (see `runtime/bench.py`).", "",
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
              f"{machine['platform']}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),

@@ -303,10 +303,10 @@ def cmd_bench(args) -> int:
     import os
 
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
-    from sparsec.bench import bench_model
     from sparsec.frontend import load_onnx
     from sparsec.ir.files import write_atomically
     from sparsec.prune import load_masks
+    from sparsec.runtime.bench import bench_model
 
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else None

@@ -39,7 +39,7 @@ def run_demo(resolution: int = 224, threads: int = 2) -> int:
         _step("4. Check: compiled model vs the reference interpreter and onnxruntime")
         print(check_compiled(compiled, module, model_path, masks_path))
         _step(f"5. Speed on this CPU ({threads} threads): sparsec vs onnxruntime vs sparsec's dense path")
-        from sparsec.bench import bench_model
+        from sparsec.runtime.bench import bench_model
 
         print(bench_model(model, masks, threads=threads, rounds=5).format_report())
     return 0

@@ -1,4 +1,4 @@
-"""sparsec.bench and `sparsec bench` on the tiny model: the report's keys, sane medians, small errors."""
+"""sparsec.runtime.bench and `sparsec bench` on the tiny model: the report's keys, sane medians, small errors."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from sparsec.bench import ENGINES, MismatchError, bench_model, densified, errors
 from sparsec.cli import main
 from sparsec.models import tiny_cnn
 from sparsec.prune import prune_model, save_masks
+from sparsec.runtime.bench import ENGINES, MismatchError, bench_model, densified, errors
 
 pytestmark = pytest.mark.tvm
 
@@ -70,7 +70,7 @@ def test_errors_are_relative_to_the_output_range():
 
 
 def test_check_raises_on_a_mismatch(tiny, monkeypatch):
-    import sparsec.bench as bench
+    import sparsec.runtime.bench as bench
 
     monkeypatch.setattr(bench, "RTOL", -1.0)  # nothing passes
     with pytest.raises(MismatchError, match="differs from onnxruntime"):
