@@ -21,6 +21,10 @@ from sparsec.ir.types import dtype_name
 
 MANIFEST_VERSION = 1
 
+# TVM's x86 pool defaults to half the cores (one thread on a 2-core machine); use them all
+# unless the user chose. It is read once, when the pool starts at the first parallel run.
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.errors import NotSupportedError
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import AvgPool, Conv2d, GlobalAvgPool, Linear, MaxPool
 from sparsec.ir.types import CSR, FKW, Pattern
+from sparsec.lower.kernels import pool
 from sparsec.lower.kernels.common import Kernel
+from sparsec.lower.kernels.csr import csr_conv1x1_kernel, csr_dense_kernel
+from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+from sparsec.lower.kernels.dense_matmul import dense_kernel
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
 from sparsec.passes.compress_fkw import fkw_from_parts, fkw_of
 
@@ -47,11 +50,7 @@ def conv2d_kernel(op: Conv2d, module: Module) -> tuple[Kernel, str]:
         return pattern_conv_kernel(fkw, in_shape, **geometry, **common, knobs=_pattern_knobs(op)), "pattern"
     data = _original_order(op, weight)
     if isinstance(weight.layout, CSR):
-        from sparsec.lower.kernels.csr import csr_conv1x1_kernel
-
         return csr_conv1x1_kernel(data, in_shape, strides=op.strides, **common), "csr"
-    from sparsec.lower.kernels.dense_conv import dense_conv_kernel
-
     return dense_conv_kernel(data, in_shape, **geometry, groups=op.groups, **common), "dense"
 
 
@@ -60,24 +59,16 @@ def linear_kernel(op: Linear, module: Module) -> tuple[Kernel, str]:
     in_shape = module.types[op.input].shape
     common = dict(bias=_bias(op, module), activation=op.activation)
     if isinstance(weight.layout, CSR):
-        from sparsec.lower.kernels.csr import csr_dense_kernel
-
         return csr_dense_kernel(weight.data, in_shape, **common), "csr"
-    from sparsec.lower.kernels.dense_matmul import dense_kernel
-
     return dense_kernel(weight.data, in_shape, **common), "dense"
 
 
 def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module) -> Kernel:
-    from sparsec.lower.kernels import pool
-
     in_shape = module.types[op.input].shape
     if isinstance(op, GlobalAvgPool):
         return pool.global_avg_pool_kernel(in_shape)
     if isinstance(op, MaxPool):
-        if op.dilations != (1, 1):
-            raise NotSupportedError(f"max_pool %{op.result}: dilated max pooling is not supported yet")
         return pool.max_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
-                                    ceil_mode=op.ceil_mode)
+                                    ceil_mode=op.ceil_mode, dilations=op.dilations)
     return pool.avg_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
                                 ceil_mode=op.ceil_mode, count_include_pad=op.count_include_pad)

@@ -35,6 +35,7 @@ from sparsec.ir.ops import (
 )
 from sparsec.lower.kernels.activation import activation_kernel
 from sparsec.lower.kernels.common import Kernel
+from sparsec.lower.kernels.dense_matmul import matmul_kernel
 from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
 
@@ -130,6 +131,11 @@ def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
 
 
+def _matmul(op: MatMul, ctx: _Ctx) -> relax.Expr:
+    a, b = (ctx.module.types[r].shape for r in (op.a, op.b))
+    return _call_kernel(ctx, op, matmul_kernel(a, b), [ctx.ref(op.a), ctx.ref(op.b)], "dense")
+
+
 def _activate(op: Activate, ctx: _Ctx) -> relax.Expr:
     return _call_kernel(ctx, op, activation_kernel(op.type.shape, op.fn), [ctx.ref(op.input)], "dense")
 
@@ -152,7 +158,7 @@ LOWERINGS: dict[type[Op], Callable[[Op, _Ctx], relax.Expr]] = {
     GlobalAvgPool: _pool,
     Activate: _activate,
     BatchNorm: _batch_norm,
-    MatMul: lambda op, ctx: relax.op.matmul(ctx.ref(op.a), ctx.ref(op.b)),
+    MatMul: _matmul,
     Add: lambda op, ctx: relax.op.add(ctx.ref(op.a), ctx.ref(op.b)),
     Mul: lambda op, ctx: relax.op.multiply(ctx.ref(op.a), ctx.ref(op.b)),
     Flatten: lambda op, ctx: relax.op.reshape(ctx.ref(op.input), op.type.shape),

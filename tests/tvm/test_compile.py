@@ -147,3 +147,19 @@ def test_run_of_a_broken_library(tmp_path, capsys):
     assert code == 2 and err.startswith(f"sparsec: error: {tmp_path / 'bad.so'}: cannot load the compiled model (")
     code, _, err = _cli(capsys, "run", tmp_path / "none.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert code == 2 and "no compiled model here (need none.so and none.so.json)" in err
+
+
+def test_two_inputs_two_outputs_and_matmul():
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 5])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [5, 4])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 4]) for n in ("y", "z")]
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Relu", ["y"], ["z"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [a, b], outs), opset_imports=[helper.make_opsetid("", 17)])
+    compiled = sparsec.compile(import_model(model, None))
+    rng = np.random.default_rng(0)
+    x = {"a": rng.standard_normal((2, 3, 5)).astype(np.float32), "b": rng.standard_normal((5, 4)).astype(np.float32)}
+    got = compiled.run(x)
+    np.testing.assert_allclose(got["y"], x["a"] @ x["b"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["z"], np.maximum(x["a"] @ x["b"], 0), rtol=1e-5, atol=1e-6)
