@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
-
-from sparsec.lower.kernels.common import run_kernel  # noqa: E402
-from sparsec.lower.kernels.pool import avg_pool_kernel, global_avg_pool_kernel, max_pool_kernel  # noqa: E402
-from sparsec.lower.target import host_target  # noqa: E402
+from sparsec.lower.kernels.common import run_kernel
+from sparsec.lower.kernels.pool import avg_pool_kernel, global_avg_pool_kernel, max_pool_kernel
+from sparsec.lower.target import host_target
 
 pytestmark = pytest.mark.tvm
 
