@@ -308,6 +308,8 @@ def cmd_bench(args) -> int:
     from sparsec.prune import load_masks
     from sparsec.runtime.bench import bench_model
 
+    if args.json:
+        _check_output(args.json, ".json")  # before minutes of timing, not after
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else None
     report = bench_model(model, masks, threads=args.threads, rounds=args.rounds, min_time_s=args.min_time,
