@@ -12,6 +12,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from sparsec.lower.kernels.common import has_block
+
 SCHEDULED_ATTR = "sparsec.scheduled"
 MIN_PARALLEL_WORK = 16384  # elements; below this the thread-pool wake-up costs more than it saves
 VECTOR = 8  # fp32 lanes of AVX2 / two NEON registers
@@ -35,16 +37,9 @@ def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def _top_level_blocks(sch: s_tir.Schedule) -> list:
-    root = sch.get_sblock("root") if _has_root(sch) else None
-    return list(sch.get_child_blocks(root)) if root is not None else []
-
-
-def _has_root(sch: s_tir.Schedule) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:  # noqa: BLE001 - a PrimFunc without blocks has nothing to schedule
-        return False
+    if not has_block(sch, "root"):  # a PrimFunc without blocks has nothing to schedule
+        return []
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
 def _spatial_prefix(sch: s_tir.Schedule, block) -> list:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 
 from sparsec.ir.activation import Activation
 
@@ -23,6 +23,26 @@ class Kernel:
     constants: tuple[np.ndarray, ...]
     out_shape: tuple[int, ...]
     out_dtype: str
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def require_positive_knobs(knobs) -> None:
+    """Every field of a knobs dataclass must be >= 1 (a knob is a count or a size)."""
+    for name in knobs.__dataclass_fields__:
+        if getattr(knobs, name) < 1:
+            raise ValueError(f"knob {name} must be >= 1")
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    """Whether the scheduled function has a block of this name."""
+    try:
+        sch.get_sblock(name)
+    except s_tir.ScheduleError:
+        return False
+    return True
 
 
 def run_kernel(kernel: Kernel, target: tvm.target.Target, *inputs: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, require_positive_knobs
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,7 @@ class CsrKnobs:
     chunk: int = 8  # dense: nonzeros per step; each row is padded to whole chunks
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if getattr(self, name) < 1:
-                raise ValueError(f"knob {name} must be >= 1")
+        require_positive_knobs(self)
 
 
 def _index_dtype(largest: int) -> str:

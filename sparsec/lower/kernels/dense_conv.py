@@ -25,7 +25,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, require_positive_knobs
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,7 @@ class DenseConvKnobs:
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if getattr(self, name) < 1:
-                raise ValueError(f"knob {name} must be >= 1")
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+        require_positive_knobs(self)
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,7 @@ class _Geometry:
     def wq(self) -> int:
         """Row pitch of a phase plane: the padded width per phase, and enough that an output
         row plus the widest tap shift never wraps into the next row."""
-        padded = _ceil_div(self.w + self.pads[1] + self.pads[3], self.strides[1])
+        padded = ceil_div(self.w + self.pads[1] + self.pads[3], self.strides[1])
         return max(padded, self.ow + (self.kw - 1) * self.dilations[1] // self.strides[1])
 
     @property
@@ -170,29 +164,29 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
             return None
         target = max(1, round(k.tiles_per_block * tile / (unit * g.wq)))
         mult = min(range(1, max(target, 1) * 2 + 1),
-                   key=lambda m: (_ceil_div(g.oh, m * unit) * m * unit, abs(m - target)))
+                   key=lambda m: (ceil_div(g.oh, m * unit) * m * unit, abs(m - target)))
         rows = mult * unit
-        jp, tiles = _ceil_div(g.oh, rows) * rows * g.wq, rows * g.wq // tile
+        jp, tiles = ceil_div(g.oh, rows) * rows * g.wq, rows * g.wq // tile
     else:
-        rows, n_tiles = 0, _ceil_div(g.oh * g.wq, tile)
+        rows, n_tiles = 0, ceil_div(g.oh * g.wq, tile)
         # tiles per pixel block: the count (up to twice the knob) that pads the fewest tiles
         tiles = min(range(1, min(2 * k.tiles_per_block, n_tiles) + 1),
-                    key=lambda t: (_ceil_div(n_tiles, t) * t, abs(t - k.tiles_per_block), -t))
-        jp = _ceil_div(n_tiles, tiles) * tiles * tile
+                    key=lambda t: (ceil_div(n_tiles, t) * t, abs(t - k.tiles_per_block), -t))
+        jp = ceil_div(n_tiles, tiles) * tiles * tile
     og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
-    og = min(og, _ceil_div(g.o, ob))
-    op = _ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
+    og = min(og, ceil_div(g.o, ob))
+    op = ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
     rb = _largest_divisor(g.cg, k.channel_block)
     return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 
 def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
     if g.depthwise:
-        row_vectors = _ceil_div(g.ow, k.lanes)
-        vectors = _ceil_div(row_vectors, _ceil_div(row_vectors, k.dw_vectors))
-        row = _ceil_div(row_vectors, vectors) * vectors * k.lanes
+        row_vectors = ceil_div(g.ow, k.lanes)
+        vectors = ceil_div(row_vectors, ceil_div(row_vectors, k.dw_vectors))
+        row = ceil_div(row_vectors, vectors) * vectors * k.lanes
         # jp: whole plane rows are read (so the padding loop splits into rows without a tail)
-        reads = _ceil_div((g.oh - 1) * g.wq + row + g.max_offset, g.wq) * g.wq
+        reads = ceil_div((g.oh - 1) * g.wq + row + g.max_offset, g.wq) * g.wq
         return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, reads - g.max_offset, row)
     # the plan doing the least padded work (the knobs' own tile shape on ties); a separate
     # epilogue pass costs about 16 multiply-adds per output (measured on znver3)
@@ -208,7 +202,7 @@ def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
 def _padded_planes(x: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
     """xp[n, c, plane, f]: phase plane (rh, rw) of the zero-padded input, flattened with pitch wq:
     xp[n, c, rh * phases_w + rw, hq * wq + wq'] = x[n, c, hq * sh + rh - top, wq' * sw + rw - left]."""
-    rows = _ceil_div(t.jp + g.max_offset, g.wq)
+    rows = ceil_div(t.jp + g.max_offset, g.wq)
     (sh, sw), (top, left), pw = g.strides, g.pads[:2], g.phases(1)
 
     def value(n, c, plane, f):
@@ -264,8 +258,8 @@ def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activa
 def _interior_columns(g: _Geometry) -> tuple[int, int]:
     """Plane columns [lo, hi) that read inside the input for every phase (no zero padding)."""
     (sw, left), pw = (g.strides[1], g.pads[1]), g.phases(1)
-    lo = max(_ceil_div(left - rw, sw) for rw in range(pw))
-    hi = min(_ceil_div(g.w + left - rw, sw) for rw in range(pw))
+    lo = max(ceil_div(left - rw, sw) for rw in range(pw))
+    hi = min(ceil_div(g.w + left - rw, sw) for rw in range(pw))
     return max(0, lo), min(g.wq, max(lo, hi))
 
 

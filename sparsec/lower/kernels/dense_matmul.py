@@ -16,7 +16,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, has_block, require_positive_knobs
 
 
 @dataclass(frozen=True)
@@ -31,17 +31,11 @@ class MatmulKnobs:
     col_tiles: int = 4  # register tiles along the columns per parallel work item
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if getattr(self, name) < 1:
-                raise ValueError(f"knob {name} must be >= 1")
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+        require_positive_knobs(self)
 
 
 def _round_up(a: int, b: int) -> int:
-    return _ceil_div(a, b) * b
+    return ceil_div(a, b) * b
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -76,14 +70,14 @@ class _Tiling:
 
 def _plan(m: int, n: int, k: int, knobs: MatmulKnobs) -> _Tiling:
     if m == 1:
-        vectors = min(knobs.gemv_vectors, _ceil_div(n, knobs.lanes))
+        vectors = min(knobs.gemv_vectors, ceil_div(n, knobs.lanes))
         return _Tiling(m, n, k, 1, vectors, knobs.lanes, 1, k)
     # a row count the default tile would pad (64 = 10 x 6 + 4) takes 4 rows x 3 vectors
     mb, vectors = min(knobs.row_block, m), knobs.vectors
     if m % mb and m % 4 == 0:
         mb, vectors = 4, max(1, knobs.row_block * knobs.vectors // 4)
-    vectors = min(vectors, _ceil_div(n, knobs.lanes))
-    tiles = min(knobs.col_tiles, _ceil_div(n, knobs.lanes * vectors))
+    vectors = min(vectors, ceil_div(n, knobs.lanes))
+    tiles = min(knobs.col_tiles, ceil_div(n, knobs.lanes * vectors))
     return _Tiling(m, n, k, mb, vectors, knobs.lanes, tiles, _largest_divisor(k, knobs.k_block))
 
 
@@ -133,17 +127,9 @@ def _schedule(sch: s_tir.Schedule, t: _Tiling, batched: bool) -> None:
     sch.decompose_reduction(blk, ko)
     sch.vectorize(sch.get_loops(sch.get_sblock("wide_init"))[-1])
     for name in ("ap", "bp", "out"):
-        if _has_block(sch, name):
+        if has_block(sch, name):
             loops = sch.get_loops(sch.get_sblock(name))
             sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
-
-
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except s_tir.ScheduleError:
-        return False
-    return True
 
 
 # --- fully connected ----------------------------------------------------------------------

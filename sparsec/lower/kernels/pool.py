@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from sparsec.lower.kernels.common import Kernel
+from sparsec.lower.kernels.common import Kernel, has_block
 
 
 @dataclass(frozen=True)
@@ -93,19 +93,11 @@ def _schedule_windowed(sch: s_tir.Schedule, wins) -> None:
     sch.parallel(sch.fuse(n, c))
     sch.unroll(rh)
     sch.unroll(rw)
-    if _has_block(sch, "out"):
+    if has_block(sch, "out"):
         sch.reverse_compute_at(sch.get_sblock("out"), i)
     cuts = _interior_cuts(wins[1])
     if cuts:
         sch.loop_partition(k, [*cuts, None])
-
-
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except s_tir.ScheduleError:
-        return False
-    return True
 
 
 def _build(x: te.Tensor, out: te.Tensor, wins, name: str) -> Kernel:
