@@ -163,3 +163,20 @@ def test_two_inputs_two_outputs_and_matmul():
     got = compiled.run(x)
     np.testing.assert_allclose(got["y"], x["a"] @ x["b"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["z"], np.maximum(x["a"] @ x["b"], 0), rtol=1e-5, atol=1e-6)
+
+
+def test_check_reports_a_mismatch(tmp_path):
+    from sparsec.check import CheckFailed, check_compiled
+
+    module = import_model(ZOO["tiny_cnn"](), None)
+    compiled = sparsec.compile(module)
+
+    class Off:
+        """The compiled model with its output nudged by 1%."""
+
+        def run(self, inputs):
+            return {k: v * 1.01 for k, v in compiled.run(inputs).items()}
+
+    assert check_compiled(compiled, module).startswith("check: output matches reference")
+    with pytest.raises(CheckFailed, match=r"check failed: output 'output' differs from reference by 1\.0\de-02"):
+        check_compiled(Off(), module)
