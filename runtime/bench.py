@@ -76,7 +76,8 @@ def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarr
     try:
         import onnxruntime as ort
     except ImportError:
-        raise UserError("benchmarking needs onnxruntime as the reference: pip install onnxruntime") from None
+        raise UserError("benchmarking needs onnxruntime as the reference: pip install 'sparsec[bench]' "
+                        "(or onnxruntime==1.31.1)") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

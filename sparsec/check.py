@@ -28,7 +28,11 @@ def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
 
 def onnxruntime_outputs(model_path: Path, masks_path: Path | None, inputs: dict[str, np.ndarray]) -> dict:
     """What onnxruntime computes for the masked model (masks applied to the initializers)."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("--check compares with onnxruntime: pip install 'sparsec[bench]' "
+                        "(or onnxruntime==1.31.1)") from None
 
     from sparsec.frontend import load_onnx
     from sparsec.prune import apply_masks, load_masks
