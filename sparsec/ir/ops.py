@@ -82,6 +82,12 @@ def _pool_out(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
     return out
 
 
+def _pool_pads_fit(kernel, pads) -> None:
+    # ONNX runtimes reject a pad as wide as the window: it would make windows of padding only.
+    require(all(p < k for p, k in zip(pads, tuple(kernel) * 2)),
+            f"pads {list(pads)} must be smaller than the window {list(kernel)}")
+
+
 def _window_shape(x: TensorType, kernel, strides, pads, dilations, ceil: bool) -> tuple[int, ...]:
     require(x.rank == 4, f"expects an NCHW input, got rank {x.rank}")
     require(len(kernel) == 2 and len(strides) == 2 and len(dilations) == 2 and len(pads) == 4,
@@ -273,6 +279,7 @@ class MaxPool(Op):
 
     def infer(self, types):
         x = types[self.input]
+        _pool_pads_fit(self.kernel, self.pads)
         shape = _window_shape(x, self.kernel, self.strides, self.pads, self.dilations, self.ceil_mode)
         return TensorType(x.dtype, shape)
 
@@ -291,6 +298,7 @@ class AvgPool(Op):
 
     def infer(self, types):
         x = types[self.input]
+        _pool_pads_fit(self.kernel, self.pads)
         shape = _window_shape(x, self.kernel, self.strides, self.pads, (1, 1), self.ceil_mode)
         return TensorType(x.dtype, shape)
 

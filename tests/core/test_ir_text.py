@@ -239,3 +239,12 @@ def test_missing_weights_file(tmp_path):
 
 def test_registry_names_match_classes():
     assert all(cls.name == name for name, cls in OPS.items())
+
+
+def test_pool_pads_must_be_smaller_than_the_window():
+    from sparsec.ir.ops import MaxPool
+
+    x = Param("x", TensorType("f32", (1, 1, 4, 4)))
+    pool = MaxPool("y", TensorType("f32", (1, 1, 3, 3)), "%x", kernel=(2, 2), strides=(2, 2), pads=(2, 2, 2, 2))
+    with pytest.raises(VerifyError, match=r"pads \[2, 2, 2, 2\] must be smaller than the window \[2, 2\]"):
+        verify(Module("m", (x,), (pool,), ("y",)))
