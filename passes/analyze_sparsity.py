@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
-
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d, Linear, Op
 from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
 from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import replace_op, sole_user_weight
+from sparsec.sparsity import pattern_histogram
 
 # Fraction of the dense kernel's MAC throughput each format's kernel reaches (host CPU).
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
@@ -32,21 +31,12 @@ def _is_csr_candidate(op: Op, weight: Weight) -> bool:
     return pointwise or isinstance(op, Linear)
 
 
-def tap_sets(mask: np.ndarray) -> list[tuple[int, ...]]:
-    """Distinct kept-tap sets of the non-empty 3x3 kernels, most frequent first."""
-    flat = mask.reshape(-1, 9)
-    flat = flat[flat.any(axis=1)]
-    sets, counts = np.unique(flat, axis=0, return_counts=True)
-    ranked = sorted(zip(counts.tolist(), sets.tolist()), key=lambda cs: (-cs[0], cs[1][::-1]))
-    return [tuple(int(t) for t in np.nonzero(s)[0]) for _, s in ranked]
-
-
 def choose_layout(op: Op, weight: Weight, max_patterns: int) -> Layout:
     """The cheapest applicable format for this weight under the cost model."""
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
     costs: dict[str, float] = {"dense": total / RELATIVE_THROUGHPUT["dense"]}
-    patterns = sorted(tap_sets(mask)) if _is_pattern_conv(op, weight) else []
+    patterns = sorted(pattern_histogram(mask)) if _is_pattern_conv(op, weight) else []
     if patterns and len(patterns) <= max_patterns:
         costs["pattern"] = kept / RELATIVE_THROUGHPUT["pattern"]
     if _is_csr_candidate(op, weight):

@@ -18,6 +18,7 @@ import numpy as np
 from sparsec.ir.module import Module
 from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import pattern_convs, replace_op
+from sparsec.sparsity import kernel_tap_sets
 
 
 def group_waste(mask: np.ndarray, width: int) -> float:
@@ -26,8 +27,7 @@ def group_waste(mask: np.ndarray, width: int) -> float:
     A group runs each distinct (input channel, tap set) kernel of its filters once for every
     filter of the group; `mask` rows are the stored filters in order.
     """
-    bits = 1 << np.arange(9)
-    tap_sets = (mask.reshape(mask.shape[0], mask.shape[1], 9).astype(np.int64) * bits).sum(axis=2)
+    tap_sets = kernel_tap_sets(mask)
     needed = max(int((tap_sets != 0).sum()), 1)
     run = 0
     for start in range(0, tap_sets.shape[0], width):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d
-from sparsec.passes.analyze_sparsity import tap_sets
 from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import rewrite_pattern_convs
+from sparsec.sparsity import bits_of, pattern_histogram
 
 
 @register
@@ -30,7 +30,9 @@ class ReorderKernels(Pass):
 
 
 def _rank_patterns(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
-    ranked = tap_sets(weight.mask)  # most frequent first
+    # most frequent first; ties by the taps' bit mask, so ids are stable across runs
+    counts = pattern_histogram(weight.mask)
+    ranked = sorted(counts, key=lambda taps: (-counts[taps], bits_of(taps)))
     unused = [p for p in weight.layout.patterns if p not in ranked]
     layout = dataclasses.replace(weight.layout, patterns=tuple(ranked + unused))
     return op, dataclasses.replace(weight, layout=layout)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from sparsec.sparsity import kernel_tap_sets
+
 TAPS = 9  # a 3x3 window, taps numbered row-major: tap = 3 * dy + dx
 
 
@@ -88,12 +90,6 @@ def _check_weight(weight: np.ndarray) -> np.ndarray:
     return weight.astype(np.float32, copy=False)
 
 
-def _tap_masks(weight: np.ndarray) -> np.ndarray:
-    """(O, I) bit mask of each kernel's nonzero taps (bit t = tap t)."""
-    nonzero = weight.reshape(weight.shape[0], weight.shape[1], TAPS) != 0
-    return (nonzero.astype(np.int64) << np.arange(TAPS)).sum(axis=-1)
-
-
 def _mask_taps(mask: int) -> tuple[int, ...]:
     return tuple(t for t in range(TAPS) if mask >> t & 1)
 
@@ -149,7 +145,7 @@ def kernel_patterns(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pattern set (derived if not given) and each kernel's pattern id (-1 = empty kernel)."""
     weight = _check_weight(weight)
-    masks = _tap_masks(weight)
+    masks = kernel_tap_sets(weight)
     if patterns is None:
         patterns = _patterns_array([_mask_taps(m) for m in _derive_pattern_masks(masks)])
     else:

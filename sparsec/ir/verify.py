@@ -11,6 +11,7 @@ from sparsec.errors import SourceLoc, VerifyError
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Op, OpError
 from sparsec.ir.types import FKW, Pattern
+from sparsec.sparsity import kernel_tap_sets
 
 
 def verify(module: Module) -> Module:
@@ -90,17 +91,11 @@ def _check_mask(weight: Weight, where: str) -> None:
         raise VerifyError(weight.loc, f"{where} is nonzero outside its mask")
 
 
-def _tap_sets(mask: np.ndarray) -> np.ndarray:
-    """(O, I) bitmask of the kept taps of each 3x3 kernel (bit t = tap t, row-major)."""
-    bits = 1 << np.arange(9)
-    return (mask.reshape(*mask.shape[:2], 9).astype(np.int64) * bits).sum(axis=2)
-
-
 def _pattern_rule(weight: Weight) -> str | None:
     if weight.type.rank != 4 or weight.type.shape[2:] != (3, 3):
         return f"pattern layout needs a 3x3 conv weight, got {weight.type}"
     allowed = {sum(1 << t for t in p) for p in weight.layout.patterns} | {0}
-    tap_sets = _tap_sets(weight.parts["mask"])
+    tap_sets = kernel_tap_sets(weight.parts["mask"])
     bad = ~np.isin(tap_sets, list(allowed))
     if bad.any():
         o, i = (int(v) for v in np.argwhere(bad)[0])
