@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from cases import Case  # noqa: E402
 
-from sparsec.runtime.bench import Engine, input_shapes_of, make_engine, random_inputs  # noqa: E402
+from sparsec.check import seeded_inputs  # noqa: E402
+from sparsec.runtime.bench import Engine, input_shapes_of, make_engine  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -33,7 +34,7 @@ class BenchCache:
 
     def inputs(self, case: Case) -> dict[str, np.ndarray]:
         if case.key not in self._inputs:
-            self._inputs[case.key] = random_inputs(input_shapes_of(case.model))
+            self._inputs[case.key] = seeded_inputs(input_shapes_of(case.model))
         return self._inputs[case.key]
 
     def engine(self, case: Case, name: str) -> Engine:

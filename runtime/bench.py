@@ -25,7 +25,7 @@ from importlib import metadata
 import numpy as np
 import onnx
 
-from sparsec.check import TOLERANCE
+from sparsec.check import TOLERANCE, require_onnxruntime, seeded_inputs
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
 
@@ -66,18 +66,8 @@ def input_shapes_of(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]
     return shapes
 
 
-def random_inputs(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
-    """The same seeded float32 inputs for every engine."""
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
-
-
 def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], threads: int) -> Engine:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("benchmarking needs onnxruntime as the reference: pip install 'sparsec[bench]' "
-                        "(or onnxruntime==1.31.1)") from None
+    ort = require_onnxruntime("benchmarking needs onnxruntime as the reference")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -102,12 +92,12 @@ def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray],
     """sparsec's compiled model; `dense` compiles the masked weights with the dense kernels."""
     import tvm  # only for the input tensors: timing `run` would time NumPy <-> TVM copies too
 
-    from sparsec.driver import import_model, optimize
-    from sparsec.lower.compile import compile_module
+    from sparsec.driver import compile as compile_model
+    from sparsec.driver import import_model
 
     start = time.perf_counter()
     module = import_model(model, masks, input_shapes)
-    compiled = compile_module(optimize(densified(module) if dense else module), "host")
+    compiled = compile_model(densified(module) if dense else module)
     compile_s = time.perf_counter() - start
     main = compiled.vm["main"]
     args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in compiled.check_inputs(inputs)]
@@ -342,7 +332,7 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     """Time `engines` on one seeded input; with `check`, raise MismatchError past RTOL."""
     _check_options(threads, rounds, min_time_s, engines)
     set_tvm_threads(threads)
-    inputs = random_inputs(input_shapes_of(model, input_shapes))
+    inputs = seeded_inputs(input_shapes_of(model, input_shapes))
     built = [make_engine(e, model, masks, inputs, threads=threads, input_shapes=input_shapes) for e in engines]
     errs = _errors(built)
     if check:

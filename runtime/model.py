@@ -17,7 +17,7 @@ from tvm import relax
 
 from sparsec.errors import UserError
 from sparsec.ir.files import atomic_outputs
-from sparsec.ir.types import dtype_name
+from sparsec.ir.types import DTYPES, dtype_name
 
 MANIFEST_VERSION = 1
 
@@ -81,7 +81,7 @@ class CompiledModel:
             if spec.name not in inputs:
                 raise UserError(f"input {spec.name!r} is missing; the model's inputs are: {', '.join(names)}")
             array = np.asarray(inputs[spec.name])
-            if array.shape != spec.shape or array.dtype != np.dtype(_NP[spec.dtype]):
+            if array.shape != spec.shape or array.dtype != DTYPES[spec.dtype]:
                 raise UserError(f"input {spec.name!r} is {_describe(array)} but the model expects "
                                 f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
             ordered.append(np.ascontiguousarray(array))
@@ -107,9 +107,6 @@ class CompiledModel:
             finally:
                 lib_path.unlink(missing_ok=True)
             manifest_tmp.write_text(self.manifest.to_json())
-
-
-_NP = {"f32": "float32", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool"}
 
 
 def _describe(array: np.ndarray) -> str:

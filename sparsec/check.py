@@ -21,19 +21,28 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6)) if want.size else 0.0
 
 
-def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
+def seeded_inputs(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """The same seeded float32 inputs for every engine that is compared or timed."""
     rng = np.random.default_rng(seed)
-    return {p.name: rng.standard_normal(p.type.shape).astype(np.float32) for p in module.inputs}
+    return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+
+
+def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
+    return seeded_inputs({p.name: p.type.shape for p in module.inputs}, seed)
+
+
+def require_onnxruntime(why: str):
+    """The onnxruntime module (an optional dependency), or a UserError saying how to get it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"{why}: pip install 'sparsec[bench]' (or onnxruntime==1.31.1)") from None
+    return onnxruntime
 
 
 def onnxruntime_outputs(model_path: Path, masks_path: Path | None, inputs: dict[str, np.ndarray]) -> dict:
     """What onnxruntime computes for the masked model (masks applied to the initializers)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("--check compares with onnxruntime: pip install 'sparsec[bench]' "
-                        "(or onnxruntime==1.31.1)") from None
-
+    ort = require_onnxruntime("--check compares with onnxruntime")
     from sparsec.frontend import load_onnx
     from sparsec.prune import apply_masks, load_masks
 

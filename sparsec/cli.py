@@ -53,20 +53,15 @@ def _import_parser(jobs) -> None:
 def cmd_import(args) -> int:
     from sparsec.ir.files import write_module
 
-    module, _zeroed = load_model(args.model, args.masks, args.input_shape)
-    write_module(module, args.output, args.weights)
+    write_module(load_model(args), args.output, args.weights)
     return 0
 
 
-def load_model(model_path: Path, masks_path: Path | None, input_shape_args: list[str]):
-    """ONNX + optional masks -> verified IR module (and per-weight counts of zeroed values)."""
-    from sparsec.frontend import import_onnx, load_onnx
-    from sparsec.prune import load_masks
+def load_model(args):
+    """The `model` / `--masks` / `--input-shape` arguments -> verified IR module."""
+    from sparsec.driver import import_model
 
-    onnx_model = load_onnx(model_path)
-    masks = load_masks(masks_path, onnx_model) if masks_path else None
-    result = import_onnx(onnx_model, masks, parse_input_shapes(input_shape_args), source=model_path)
-    return result.module, result.zeroed
+    return import_model(args.model, args.masks, parse_input_shapes(args.input_shape))
 
 
 def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
@@ -158,18 +153,17 @@ def cmd_compile(args) -> int:
 def _load_source(args):
     if args.model.suffix == ".sir":
         from sparsec.ir.files import read_module
-        from sparsec.ir.verify import verify
 
-        return verify(read_module(args.model))
-    module, _zeroed = load_model(args.model, args.masks, args.input_shape)
-    return module
+        return read_module(args.model)  # parsed and verified
+    return load_model(args)
 
 
 def _check_output(path: Path, suffix: str) -> None:
+    from sparsec.ir.files import check_writable
+
     if path.suffix != suffix:
         raise UserError(f"{path}: the output must be a {suffix} file")
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: cannot write here, the folder {path.parent} does not exist")
+    check_writable(path)
 
 
 def _ir_dumper(output: Path, which: str):

@@ -54,7 +54,7 @@ def atomic_outputs(paths: list[Path]):
     temps = []
     try:
         for path in paths:
-            _check_writable(path)
+            check_writable(path)
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
             os.close(fd)
@@ -73,7 +73,8 @@ def _umask() -> int:
     return mask
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
+    """A UserError unless `path` can be written (its folder exists and is writable)."""
     if not path.parent.is_dir():
         raise UserError(f"{path}: cannot write here, the folder {path.parent} does not exist")
     if path.is_dir():
