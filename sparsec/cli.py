@@ -53,8 +53,18 @@ def _import_parser(jobs) -> None:
 def cmd_import(args) -> int:
     from sparsec.ir.files import write_module
 
-    write_module(load_model(args), args.output, args.weights)
+    weights = args.weights or Path(str(args.output) + ".npz")
+    check_paths([args.output, weights], [args.model, args.masks])
+    write_module(load_model(args), args.output, weights)
     return 0
+
+
+def check_paths(outputs: list, inputs: list) -> None:
+    """The outputs can be written and overwrite no input (None entries skipped): before any work."""
+    from sparsec.ir.files import check_outputs, ir_files
+
+    sources = [file for path in inputs if path for file in (ir_files(path) if path.suffix == ".sir" else [path])]
+    check_outputs([Path(p) for p in outputs if p], sources)
 
 
 def load_model(args):
@@ -84,7 +94,7 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def _opt_parser(jobs) -> None:
     p = jobs.add_parser("opt", help="run passes over IR text")
-    p.add_argument("module", type=Path, help="IR text (.sir)")
+    p.add_argument("module", type=Path, nargs="?", help="IR text (.sir)")
     p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-activation "
                    "(or 'default'); see `sparsec opt --list-passes`")
     p.add_argument("--list-passes", action="store_true", help="print the registered passes and exit")
@@ -103,8 +113,12 @@ def cmd_opt(args) -> int:
         for name, cls in sorted(PASSES.items()):
             print(f"{name:28} {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
-    module = read_module(args.module)
+    if args.module is None:
+        raise UserError("opt: give the IR text to optimize (sparsec opt MODULE.sir -p PASSES)")
+    if args.output:
+        check_paths([args.output, Path(str(args.output) + ".npz")], [args.module])
     pipeline = parse_pipeline(args.passes)
+    module = read_module(args.module)
     instrument = PassInstrument(print_after_all=args.print_after_all, verify_each=args.verify_each)
     module = run_pipeline(module, pipeline, instrument)
     if args.output:
@@ -136,7 +150,8 @@ def cmd_compile(args) -> int:
     from sparsec.lower.target import resolve_target
 
     resolve_target(args.target)  # an unsupported target fails before any work
-    _check_output(args.output, ".so")
+    _check_suffix(args.output, ".so")
+    check_paths([args.output, Path(str(args.output) + ".json")], [args.model, args.masks])
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
 
@@ -158,12 +173,9 @@ def _load_source(args):
     return load_model(args)
 
 
-def _check_output(path: Path, suffix: str) -> None:
-    from sparsec.ir.files import check_writable
-
+def _check_suffix(path: Path, suffix: str) -> None:
     if path.suffix != suffix:
         raise UserError(f"{path}: the output must be a {suffix} file")
-    check_writable(path)
 
 
 def _ir_dumper(output: Path, which: str):
@@ -196,18 +208,20 @@ def _run_parser(jobs) -> None:
 def cmd_run(args) -> int:
     from sparsec.io import read_inputs, write_outputs
 
+    library_files = [args.module, Path(str(args.module) + ".json")] if args.module.suffix == ".so" else [args.module]
+    check_paths([args.output], [*library_files, args.input])
     if args.module.suffix == ".so":
         from sparsec.driver import load
 
         compiled = load(args.module)
-        inputs = read_inputs(args.input, [s.name for s in compiled.manifest.inputs])
+        inputs = read_inputs(args.input, compiled.manifest.input_types())
         outputs = compiled.run(inputs)
     else:
         from sparsec.ir.files import read_module
         from sparsec.reference import run_reference
 
         module = read_module(args.module)
-        inputs = read_inputs(args.input, [p.name for p in module.inputs])
+        inputs = read_inputs(args.input, {p.name: p.type for p in module.inputs})
         outputs = run_reference(module, inputs)
     write_outputs(args.output, outputs)
     return 0
@@ -233,6 +247,7 @@ def cmd_prune(args) -> int:
     from sparsec.frontend import load_onnx
     from sparsec.prune import prune_model, save_masks
 
+    check_paths([args.output], [args.model])
     model = load_onnx(args.model)
     masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
                         unstructured=args.unstructured, prune_first_conv=args.prune_first_conv)
@@ -303,7 +318,8 @@ def cmd_bench(args) -> int:
     from sparsec.runtime.bench import bench_model
 
     if args.json:
-        _check_output(args.json, ".json")  # before minutes of timing, not after
+        _check_suffix(args.json, ".json")
+        check_paths([args.json], [args.model, args.masks])  # before minutes of timing, not after
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else None
     report = bench_model(model, masks, threads=args.threads, rounds=args.rounds, min_time_s=args.min_time,

@@ -68,6 +68,8 @@ class Module:
     ops: tuple[Op, ...]
     outputs: tuple[str, ...]
     weights: tuple[Weight, ...] = ()
+    # Where the text returns the outputs: errors about the outputs point there.
+    loc: SourceLoc | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def replace(self, **changes) -> Module:
         return dataclasses.replace(self, **changes)

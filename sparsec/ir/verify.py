@@ -3,6 +3,7 @@ each layout's rule in `LAYOUT_RULES`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -18,14 +19,13 @@ def verify(module: Module) -> Module:
     """Check every rule; raise `VerifyError` at the first broken one. Returns the module."""
     for weight in module.weights:
         _verify_weight(weight)
-    types = {f"@{w.name}": w.type for w in module.weights}
+    types: dict = {}
+    _declare(types, [(f"@{w.name}", w.type, w.loc) for w in module.weights])
     _declare(types, [(f"%{p.name}", p.type, p.loc) for p in module.inputs])
     for op in module.ops:
         _verify_op(op, types)
         _declare(types, [(f"%{op.result}", op.type, op.loc)])
-    for name in module.outputs:
-        if f"%{name}" not in types:
-            raise VerifyError(None, f"output %{name} is not defined in module @{module.name}")
+    _verify_outputs(module, types)
     return module
 
 
@@ -33,7 +33,28 @@ def _declare(types: dict, entries: list[tuple[str, object, SourceLoc | None]]) -
     for ref, type_, loc in entries:
         if ref in types:
             raise VerifyError(loc, f"{ref} is defined twice")
+        _check_size(ref, type_, loc)
         types[ref] = type_
+
+
+def _verify_outputs(module: Module, types: dict) -> None:
+    if not module.outputs:
+        raise VerifyError(module.loc, f"module @{module.name} returns nothing; return at least one value")
+    for name in module.outputs:
+        if f"%{name}" not in types:
+            raise VerifyError(module.loc, f"output %{name} is not defined in module @{module.name}")
+
+
+# The kernels index tensors with 32-bit integers; an empty axis leaves nothing to compute.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def _check_size(ref: str, type_, loc: SourceLoc | None) -> None:
+    if 0 in type_.shape:
+        raise VerifyError(loc, f"{ref} is {type_}, which has no elements; every dimension must be at least 1")
+    if math.prod(type_.shape) > MAX_ELEMENTS:
+        raise VerifyError(loc, f"{ref} is {type_}, {math.prod(type_.shape)} elements; sparsec builds tensors "
+                               f"of at most {MAX_ELEMENTS} elements")
 
 
 def _verify_op(op: Op, types: dict) -> None:

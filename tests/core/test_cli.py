@@ -88,9 +88,9 @@ CATALOGUE = [
     (["import", "unsup.onnx"], 'unsup.onnx: unsupported ops: Erf (node "erf_1" and 1 more), Tanh (node "tanh_1")'),
     (["import", "nan.onnx"], "nan.onnx: weight 'features.0.weight' holds NaN or Inf values; fix the model's weights"),
     (["import", "tiny.onnx", "--masks", "notnpz.npz"],
-     "notnpz.npz: not a NumPy .npz file (no zip signature); save masks with numpy.savez"),
+     "notnpz.npz: not a NumPy .npz file (no zip signature); save masks as bool arrays with numpy.savez"),
     (["import", "tiny.onnx", "--masks", "pickled.npz"], "pickled.npz: mask 'features.2.weight' is an object "
-     "(pickled) array, which sparsec does not load; save masks as bool arrays"),
+     "(pickled) array, which sparsec does not load; save masks as bool arrays with numpy.savez"),
     (["import", "tiny.onnx", "--masks", "badkey.npz"], "badkey.npz: mask 'features.2.wieght' names no initializer "
      "of the model (did you mean 'features.2.weight'?); list the weight names with `sparsec inspect MODEL`"),
     (["import", "tiny.onnx", "--masks", "shape.npz"], "shape.npz: mask 'features.2.weight' has shape (16, 8, 3, 4) "
@@ -143,5 +143,6 @@ def test_run_rejects_wrong_input(work, capsys, monkeypatch):
     run(capsys, "import", "tiny.onnx", "-o", "r.sir")
     np.save(work / "wrong.npy", np.zeros((1, 3, 31, 32), np.float32))
     code, _, err = run(capsys, "run", "r.sir", "--input", "wrong.npy", "-o", "r.npy")
-    assert code == 2 and "input 'input' has shape [1, 3, 31, 32] but the model expects f32[1, 3, 32, 32]" in err
+    assert code == 2 and err == ("sparsec: error: wrong.npy: input 'input' is f32[1, 3, 31, 32] but the model "
+                                 "expects f32[1, 3, 32, 32]\n")
     assert not (work / "r.npy").exists()

@@ -241,6 +241,9 @@ def test_load_accepts_0_1_numbers_and_partial_masks(tmp_path, tiny):
     assert list(loaded) == ["classifier.weight"] and loaded["classifier.weight"].dtype == bool
 
 
+FIX = "save masks as bool arrays with numpy.savez"
+
+
 def _load_error(path, model) -> str:
     with pytest.raises(UserError) as err:
         load_masks(path, model)
@@ -258,11 +261,11 @@ def test_load_errors_for_files_that_are_not_npz(tmp_path, tiny):
     for i, (content, reason) in enumerate(cases.items()):
         path = tmp_path / f"bad{i}.npz"
         path.write_bytes(content)
-        assert _load_error(path, tiny) == f"{path}: not a NumPy .npz file ({reason}); save masks with numpy.savez"
+        assert _load_error(path, tiny) == f"{path}: not a NumPy .npz file ({reason}); {FIX}"
     npy = tmp_path / "single.npz"
     with open(npy, "wb") as f:
         np.save(f, np.ones(3, bool))
-    expected = f"{npy}: not a NumPy .npz file (a single .npy array); save masks with numpy.savez"
+    expected = f"{npy}: not a NumPy .npz file (a single .npy array); save masks as bool arrays with numpy.savez"
     assert _load_error(npy, tiny) == expected
 
 
@@ -277,7 +280,7 @@ def test_load_errors_name_the_key(tmp_path, tiny):
     objects = np.array([None, 1], dtype=object)
     assert error(**{"features.0.weight": objects}) == (
         f"{where} 'features.0.weight' is an object (pickled) array, which sparsec does not load; "
-        "save masks as bool arrays"
+        "save masks as bool arrays with numpy.savez"
     )
     assert error(**{"features.0.weights": np.ones(3, bool)}) == (
         f"{where} 'features.0.weights' names no initializer of the model (did you mean 'features.0.weight'?); "
@@ -305,5 +308,5 @@ def test_load_error_for_a_non_npy_member(tmp_path, tiny):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("features.0.weight", b"not an array")
     assert _load_error(path, tiny) == (
-        f"{path}: mask 'features.0.weight' is not a NumPy array (a plain zip member); save masks with numpy.savez"
+        f"{path}: mask 'features.0.weight' is not a NumPy array (a plain zip member); {FIX}"
     )

@@ -119,8 +119,8 @@ def test_cli_run_rejects_wrong_input_for_library(tiny_files, capsys):
     assert _cli(capsys, "compile", root / "tiny.onnx", "-o", root / "plain.so")[0] == 0
     np.save(root / "bad.npy", np.ones((1, 3, 32, 32), np.float64))
     code, _, err = _cli(capsys, "run", root / "plain.so", "--input", root / "bad.npy", "-o", root / "bad_out.npy")
-    assert code == 2 and err == ("sparsec: error: input 'input' is f64[1, 3, 32, 32] but the model expects "
-                                 "f32[1, 3, 32, 32]\n")
+    assert code == 2 and err == (f"sparsec: error: {root / 'bad.npy'}: input 'input' is f64[1, 3, 32, 32] but the "
+                                 "model expects f32[1, 3, 32, 32]\n")
     assert not (root / "bad_out.npy").exists()
 
 
