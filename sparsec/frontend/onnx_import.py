@@ -157,7 +157,6 @@ def _list_unsupported(unsupported: dict[str, list[onnx.NodeProto]]) -> str:
 def _check_defined(graph: onnx.GraphProto, live: list[onnx.NodeProto], constants: set[str], where: str) -> None:
     """Every tensor is defined once, before its first use (ONNX requires topological order)."""
     defined = constants | {i.name for i in graph.input}
-    _check_node_names(graph, where)
     for node in live:
         for name in (n for n in node.input if n and n not in defined):
             raise UserError(f"{where}: {describe(node)} reads {name!r}, which no earlier node, input or "
@@ -169,6 +168,7 @@ def _check_defined(graph: onnx.GraphProto, live: list[onnx.NodeProto], constants
         if output.name not in defined:
             raise UserError(f"{where}: graph output {output.name!r} is defined by no node or input; "
                             "the graph is broken")
+    _check_node_names(graph, where)
 
 
 def _check_node_names(graph: onnx.GraphProto, where: str) -> None:
