@@ -4,6 +4,7 @@ every bad input exits 2 with one clear message, no traceback, and no output file
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -186,7 +187,7 @@ def _hostile_files(root) -> None:
     (root / "half.sir.npz").write_bytes(weights[: len(weights) // 2])
     _edit(root, "half.sir", '"t.sir.npz"', '"half.sir.npz"')
     _edit(root, "backslash.sir", '"t.sir.npz"', '"t.sir\\q.npz"')
-    _edit(root, "deep.sir", "pads = [1, 1, 1, 1]", "pads = " + "[" * 20000)
+    _edit(root, "deep.sir", "pads = [1, 1, 1, 1]", "pads = " + "[" * 20000 + "]" * 20000)
     _edit(root, "pool_list.sir", "max_pool(%features.0.relu)", "max_pool([%features.0.relu, %features.0.relu])")
     _edit(root, "twice.sir", "const @features.2.bias : f32[16] dense\n",
           "const @features.2.bias : f32[16] dense\nconst @features.2.bias : f32[16] dense\n")
@@ -207,6 +208,7 @@ def _hostile_files(root) -> None:
     np.savez(root / "objects.npz", input=np.array([{"a": 1}], dtype=object))
     np.savez(root / "wrong_name.npz", x=np.zeros((1, 3, 32, 32), np.float32))
     np.savez(root / "empty.npz")
+    os.mkfifo(root / "pipe.npy")
     _onnx_variant(root, "empty_conv.onnx", _empty_conv)
     _onnx_variant(root, "symbolic.onnx", _symbolic_hw)
     batch = lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[0], "dim_value", 0)  # noqa: E731
@@ -276,8 +278,8 @@ HOSTILE = [
      "t.sir: is also an input (t.sir), which writing would destroy; write the output to another file"),
     (["prune", "tiny.onnx", "-o", "tiny.onnx"],
      "tiny.onnx: is also an input (tiny.onnx), which writing would destroy; write the output to another file"),
-    (["run", "t.sir", "--input", "x.npy", "-o", "/dev/null"],
-     "/dev/null: cannot write here, it is not a regular file (a device or a pipe)"),
+    (["run", "t.sir", "--input", "x.npy", "-o", "pipe.npy"],  # a rename would replace it (/dev/null, as root)
+     "pipe.npy: cannot write here, it is not a regular file (a device or a pipe)"),
 ]
 
 
