@@ -159,3 +159,14 @@ def test_check_then_run_prints_no_tvm_scope_noise(library, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "Scope" not in out + err and err == ""
     assert np.load(tmp_path / "y.npy").shape == (1, 10)
+
+
+def test_compile_of_ir_with_truncated_weights(library, tmp_path, capsys):
+    sir, npz = tmp_path / "t.sir", tmp_path / "t.sir.npz"
+    assert main(["import", str(library / "tiny.onnx"), "-o", str(sir)]) == 0
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    code, _, err = _cli(capsys, "compile", sir, "-o", tmp_path / "t.so")
+    assert code == 2 and err.splitlines()[0] == (
+        f"sparsec: error: {sir}:2:1: weights file {npz}: not a NumPy .npz file (File is not a zip file); "
+        "write the IR and its weights again with `sparsec import`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sir", "t.sir.npz"]
