@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from sparsec.ir.legality import legal_layouts
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d, Linear, Op
 from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
@@ -22,24 +23,17 @@ from sparsec.sparsity import pattern_histogram
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
 
 
-def _is_pattern_conv(op: Op, weight: Weight) -> bool:
-    return isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (3, 3)
-
-
-def _is_csr_candidate(op: Op, weight: Weight) -> bool:
-    pointwise = isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (1, 1)
-    return pointwise or isinstance(op, Linear)
-
-
 def choose_layout(op: Op, weight: Weight, max_patterns: int) -> Layout:
-    """The cheapest applicable format for this weight under the cost model."""
+    """The cheapest format for this weight under the cost model, among those the legality table
+    allows for this op (a 1x1 conv with padding never gets CSR, a grouped conv never patterns)."""
+    legal = legal_layouts(op, weight.type)
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
     costs: dict[str, float] = {"dense": total / RELATIVE_THROUGHPUT["dense"]}
-    patterns = sorted(pattern_histogram(mask)) if _is_pattern_conv(op, weight) else []
+    patterns = sorted(pattern_histogram(mask)) if Pattern.kind in legal else []
     if patterns and len(patterns) <= max_patterns:
         costs["pattern"] = kept / RELATIVE_THROUGHPUT["pattern"]
-    if _is_csr_candidate(op, weight):
+    if CSR.kind in legal:
         costs["csr"] = kept / RELATIVE_THROUGHPUT["csr"]
     best = min(costs, key=lambda k: (costs[k], k != "dense"))  # a tie goes to dense
     if best == "pattern":

@@ -85,11 +85,12 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 def _opt_parser(jobs) -> None:
     p = jobs.add_parser("opt", help="run passes over IR text")
     p.add_argument("module", type=Path, help="IR text (.sir)")
-    p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-activation "
+    p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-epilogue "
                    "(or 'default'); see `sparsec opt --list-passes`")
     p.add_argument("--list-passes", action="store_true", help="print the registered passes and exit")
     p.add_argument("--print-after-all", action="store_true", help="print the IR to stderr after each pass")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("-o", "--output", type=Path, help="IR text to write (default: print to stdout)")
     p.set_defaults(command=cmd_opt)
 
@@ -107,6 +108,8 @@ def cmd_opt(args) -> int:
     pipeline = parse_pipeline(args.passes)
     instrument = PassInstrument(print_after_all=args.print_after_all, verify_each=args.verify_each)
     module = run_pipeline(module, pipeline, instrument)
+    if args.timings:
+        _print_timings(instrument)
     if args.output:
         write_module(module, args.output)
     else:
@@ -127,6 +130,7 @@ def _compile_parser(jobs) -> None:
     p.add_argument("--dump-ir-after", metavar="PASS|all",
                    help="write the IR text after that pass (or every pass) beside the output")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("--check", action="store_true",
                    help="run the compiled model against the reference interpreter and onnxruntime")
     p.set_defaults(command=cmd_compile)
@@ -139,9 +143,15 @@ def cmd_compile(args) -> int:
     _check_output(args.output, ".so")
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
+    from sparsec.passes import PassInstrument
 
     dump = _ir_dumper(args.output, args.dump_ir_after) if args.dump_ir_after else None
-    compiled = compile_model(module, target=args.target, verify_each=args.verify_each, dump=dump)
+    instrument = PassInstrument(verify_each=args.verify_each, dump=dump)
+    if module.passes:
+        _print_pass_plan(args.model, module)
+    compiled = compile_model(module, target=args.target, instrument=instrument)
+    if args.timings:
+        _print_timings(instrument)
     if args.check:
         from sparsec.check import check_compiled
 
@@ -154,8 +164,27 @@ def _load_source(args):
     if args.model.suffix == ".sir":
         from sparsec.ir.files import read_module
 
+        if args.masks or args.input_shape:
+            flags = " and ".join(f for f, v in (("--masks", args.masks), ("--input-shape", args.input_shape)) if v)
+            raise UserError(f"{args.model}: {flags} apply to ONNX models; IR text already holds its masks "
+                            "and shapes (give them to `sparsec import`)")
         return read_module(args.model)  # parsed and verified
     return load_model(args)
+
+
+def _print_pass_plan(source: Path, module) -> None:
+    """Say which passes of the default pipeline an optimised module skips and which still run."""
+    from sparsec.passes import remaining_pipeline
+
+    steps, done = remaining_pipeline(module)
+    todo = ", ".join(step.name for step in steps) or "none"
+    print(f"sparsec: {source} records passes {', '.join(module.passes)}; not run again: {', '.join(done) or 'none'}; "
+          f"running: {todo}", file=sys.stderr)
+
+
+def _print_timings(instrument) -> None:
+    for name, seconds in instrument.timings.items():
+        print(f"pass {name:28} {seconds * 1000:9.1f} ms", file=sys.stderr)
 
 
 def _check_output(path: Path, suffix: str) -> None:

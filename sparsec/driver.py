@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from sparsec.errors import UserError
 from sparsec.frontend import import_onnx, load_onnx
 from sparsec.ir.module import Module
-from sparsec.passes import PassInstrument, default_pipeline, run_pipeline
+from sparsec.passes import PassInstrument, remaining_pipeline, run_pipeline
 
 
-def optimize(module: Module, *, verify_each: bool = False,
-             dump: Callable[[str, Module], None] | None = None) -> Module:
-    """The default pass pipeline over an imported module."""
-    return run_pipeline(module, default_pipeline(), PassInstrument(verify_each=verify_each, dump=dump))
+def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, Module], None] | None = None,
+             instrument: PassInstrument | None = None) -> Module:
+    """The default pass pipeline over a module, less the passes it records as already run."""
+    steps, _ = remaining_pipeline(module)
+    return run_pipeline(module, steps, instrument or PassInstrument(verify_each=verify_each, dump=dump))
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,
@@ -33,12 +35,23 @@ def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np
 
 
 def compile(model, masks=None, *, target: str = "host", input_shapes=None, verify_each: bool = False,
-            dump: Callable[[str, Module], None] | None = None):
-    """Compile an ONNX model (+ masks) or an IR `Module`; returns a runnable `CompiledModel`."""
+            dump: Callable[[str, Module], None] | None = None, instrument: PassInstrument | None = None):
+    """Compile an ONNX model (+ masks) or an IR `Module`; returns a runnable `CompiledModel`.
+
+    A `Module` is compiled as given: the passes it records as run are not run again, and masks or
+    input shapes (which only an ONNX model takes) are refused rather than ignored.
+    """
     from sparsec.lower.compile import compile_module
 
-    module = model if isinstance(model, Module) else import_model(model, masks, input_shapes)
-    return compile_module(optimize(module, verify_each=verify_each, dump=dump), target)
+    if isinstance(model, Module):
+        if masks is not None or input_shapes:
+            raise UserError(f"module @{model.name} is IR: its masks and input shapes are already in it; "
+                            "give masks and input shapes when importing the ONNX model")
+        module = model
+    else:
+        module = import_model(model, masks, input_shapes)
+    optimized = optimize(module, verify_each=verify_each, dump=dump, instrument=instrument)
+    return compile_module(optimized, target)
 
 
 def load(path: str | os.PathLike):

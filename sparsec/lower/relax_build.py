@@ -84,6 +84,7 @@ def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
             ctx.env.update({p.name: v for p, v in zip(module.inputs, params)})
             for op in module.ops:
                 ctx.env[op.result] = bb.emit(_lower_op(op, ctx), name_hint=_hint(op.result))
+                _check_lowered_type(op, ctx.env[op.result])
             outs = [ctx.env[name] for name in module.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
@@ -105,12 +106,35 @@ def _hint(name: str) -> str:
 
 
 def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str) -> relax.Expr:
+    _check_kernel_type(op, kernel)
     name = ctx.kernel_name(op)
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
     args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
     ctx.plans.append(LayerPlan(op.result, op.name, fmt, name))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
+
+
+def _check_kernel_type(op: Op, kernel: Kernel) -> None:
+    """A generator that computes another shape than the op's type is a compile error, not a
+    library whose later layers read the wrong memory."""
+    _require_type(op, tuple(int(d) for d in kernel.out_shape), str(kernel.out_dtype))
+
+
+def _check_lowered_type(op: Op, var: relax.Var) -> None:
+    """The same check for what Relax infers (the ops it lowers itself: reshape, concat, ...)."""
+    ty = var.ty
+    shape = getattr(ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        raise UserError(f"layer %{op.result} ({op.name}): lowered to a value of unknown shape ({ty})")
+    _require_type(op, tuple(int(d) for d in values), str(ty.dtype))
+
+
+def _require_type(op: Op, shape: tuple[int, ...], dtype: str) -> None:
+    if (shape, dtype) != (op.type.shape, str(op.type.np_dtype)):
+        raise UserError(f"layer %{op.result} ({op.name}): its kernel computes {dtype}{list(shape)} "
+                        f"but the op's type is {op.type}")
 
 
 # --- one lowering per op -------------------------------------------------------------------------
