@@ -25,7 +25,8 @@ def compile_module(module: Module, target: str = "host") -> CompiledModel:
                       for name in module.outputs),
         target=target,
         target_json=str(tvm_target),  # TVM prints targets as their JSON
-        layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel} for p in plans),
+        layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel,
+                      "constant_bytes": p.constant_bytes} for p in plans),
     )
     return CompiledModel(executable, manifest)
 

@@ -48,6 +48,7 @@ class LayerPlan:
     op: str
     format: str
     kernel: str
+    constant_bytes: int  # what the kernel embeds: FKW / CSR arrays, dense weights, bias
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fm
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
     args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
-    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name))
+    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, sum(int(c.nbytes) for c in kernel.constants)))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
 
 
