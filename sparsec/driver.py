@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,12 +13,24 @@ import onnx
 from sparsec.frontend import import_onnx, load_onnx
 from sparsec.ir.module import Module
 from sparsec.passes import PassInstrument, default_pipeline, run_pipeline
+from sparsec.target import Target
 
 
-def optimize(module: Module, *, verify_each: bool = False,
-             dump: Callable[[str, Module], None] | None = None) -> Module:
-    """The default pass pipeline over an imported module."""
-    return run_pipeline(module, default_pipeline(), PassInstrument(verify_each=verify_each, dump=dump))
+def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, Module], None] | None = None,
+             target: Target | None = None) -> Module:
+    """The default pass pipeline over an imported module; the cost model uses `target`'s
+    throughputs (the pass defaults without one)."""
+    return run_pipeline(module, pipeline_for(target), PassInstrument(verify_each=verify_each, dump=dump))
+
+
+def pipeline_for(target: Target | None) -> list:
+    """The default pipeline with analyze-sparsity's throughputs set from the target."""
+    from sparsec.passes.registry import AnalyzeSparsity
+
+    if target is None:
+        return default_pipeline()
+    speeds = dict(pattern_throughput=target.throughputs.pattern, csr_throughput=target.throughputs.csr)
+    return [dataclasses.replace(p, **speeds) if isinstance(p, AnalyzeSparsity) else p for p in default_pipeline()]
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,
@@ -32,13 +45,16 @@ def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np
     return import_onnx(proto, masks, input_shapes, source=source).module
 
 
-def compile(model, masks=None, *, target: str = "host", input_shapes=None, verify_each: bool = False,
+def compile(model, masks=None, *, target: str | Target = "host", input_shapes=None, verify_each: bool = False,
             dump: Callable[[str, Module], None] | None = None):
-    """Compile an ONNX model (+ masks) or an IR `Module`; returns a runnable `CompiledModel`."""
+    """Compile an ONNX model (+ masks) or an IR `Module` for `target` (a Target, or a named
+    target: host, arm64); returns a `CompiledModel`."""
     from sparsec.lower.compile import compile_module
+    from sparsec.lower.target import resolve_target
 
+    target = resolve_target(target) if isinstance(target, str) else target
     module = model if isinstance(model, Module) else import_model(model, masks, input_shapes)
-    return compile_module(optimize(module, verify_each=verify_each, dump=dump), target)
+    return compile_module(optimize(module, verify_each=verify_each, dump=dump, target=target), target)
 
 
 def load(path: str | os.PathLike):
