@@ -295,7 +295,7 @@ def from_json(text: str, host_cpu: str) -> Target:
     if not isinstance(spec, dict):
         raise UserError("--target-json: expected a JSON object")
     if "tvm" not in spec and "kind" in spec:  # a raw TVM target
-        spec = {"tvm": spec}
+        spec = {"tvm": spec, **({"kind": "gpu"} if spec["kind"] not in ("llvm", "c") else {})}
     tvm = spec.get("tvm", {})
     if not isinstance(tvm, dict):
         raise UserError("--target-json: 'tvm' must be a TVM target object")
