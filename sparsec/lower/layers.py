@@ -23,6 +23,7 @@ from sparsec.lower.kernels.dense_conv import dense_conv_kernel
 from sparsec.lower.kernels.dense_matmul import dense_kernel
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
 from sparsec.passes.compress_fkw import fkw_of
+from sparsec.target import Target
 
 
 def _bias(op, module: Module) -> np.ndarray | None:
@@ -52,11 +53,11 @@ def _legal_weight(op: Conv2d | Linear, module: Module) -> Weight:
     return weight
 
 
-def conv2d_kernel(op: Conv2d, module: Module) -> tuple[Kernel, str]:
+def conv2d_kernel(op: Conv2d, module: Module, target: Target) -> tuple[Kernel, str]:
     """The kernel for a conv2d and the name of the format it reads."""
     weight = _legal_weight(op, module)
     in_shape = module.types[op.input].shape
-    common = dict(bias=_bias(op, module), activation=op.activation)
+    common = dict(bias=_bias(op, module), activation=op.activation, target=target)
     geometry = dict(strides=op.strides, pads=op.pads, dilations=op.dilations)
     if isinstance(weight.layout, Pattern):  # pattern and fkw: the FKW arrays derive from the data
         fkw = fkw_of(op, weight)
@@ -67,19 +68,19 @@ def conv2d_kernel(op: Conv2d, module: Module) -> tuple[Kernel, str]:
     return dense_conv_kernel(data, in_shape, **geometry, groups=op.groups, **common), "dense"
 
 
-def linear_kernel(op: Linear, module: Module) -> tuple[Kernel, str]:
+def linear_kernel(op: Linear, module: Module, target: Target) -> tuple[Kernel, str]:
     weight = _legal_weight(op, module)
     in_shape = module.types[op.input].shape
-    common = dict(bias=_bias(op, module), activation=op.activation)
+    common = dict(bias=_bias(op, module), activation=op.activation, target=target)
     if isinstance(weight.layout, CSR):
         return csr_dense_kernel(weight.data, in_shape, **common), "csr"
     return dense_kernel(weight.data, in_shape, **common), "dense"
 
 
-def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module) -> Kernel:
+def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module, target: Target) -> Kernel:
     in_shape = module.types[op.input].shape
     if isinstance(op, GlobalAvgPool):
-        return pool.global_avg_pool_kernel(in_shape)
+        return pool.global_avg_pool_kernel(in_shape, target=target)
     if isinstance(op, MaxPool):
         return pool.max_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
                                     ceil_mode=op.ceil_mode, dilations=op.dilations)

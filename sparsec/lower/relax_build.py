@@ -38,6 +38,7 @@ from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.dense_matmul import matmul_kernel
 from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class LayerPlan:
 class _Ctx:
     module: Module
     bb: relax.BlockBuilder
+    target: Target
     env: dict[str, relax.Expr] = field(default_factory=dict)
     plans: list[LayerPlan] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
@@ -75,10 +77,11 @@ class _Ctx:
         return name
 
 
-def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
-    """The Relax module of `module` (function `main`, inputs in order) and its per-layer plan."""
+def build_relax(module: Module, target: Target) -> tuple[tvm.IRModule, list[LayerPlan]]:
+    """The Relax module of `module` for `target` (function `main`, inputs in order) and its
+    per-layer plan."""
     bb = relax.BlockBuilder()
-    ctx = _Ctx(module, bb)
+    ctx = _Ctx(module, bb, target)
     params = [relax.Var(p.name, relax.TensorType(p.type.shape, "float32")) for p in module.inputs]
     with bb.function("main", params):
         with bb.dataflow():
@@ -90,7 +93,7 @@ def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
     mod = relax.transform.LegalizeOps()(bb.get())
-    return schedule_unscheduled(mod), ctx.plans
+    return schedule_unscheduled(mod, target), ctx.plans
 
 
 def _lower_op(op: Op, ctx: _Ctx) -> relax.Expr:
@@ -142,27 +145,28 @@ def _require_type(op: Op, shape: tuple[int, ...], dtype: str) -> None:
 
 
 def _conv2d(op: Conv2d, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = conv2d_kernel(op, ctx.module)
+    kernel, fmt = conv2d_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
 
 
 def _linear(op: Linear, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = linear_kernel(op, ctx.module)
+    kernel, fmt = linear_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
 
 
 def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:
-    kernel = pool_kernel(op, ctx.module)
+    kernel = pool_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
 
 
 def _matmul(op: MatMul, ctx: _Ctx) -> relax.Expr:
     a, b = (ctx.module.types[r].shape for r in (op.a, op.b))
-    return _call_kernel(ctx, op, matmul_kernel(a, b), [ctx.ref(op.a), ctx.ref(op.b)], "dense")
+    return _call_kernel(ctx, op, matmul_kernel(a, b, target=ctx.target), [ctx.ref(op.a), ctx.ref(op.b)], "dense")
 
 
 def _activate(op: Activate, ctx: _Ctx) -> relax.Expr:
-    return _call_kernel(ctx, op, activation_kernel(op.type.shape, op.fn), [ctx.ref(op.input)], "dense")
+    kernel = activation_kernel(op.type.shape, op.fn, target=ctx.target)
+    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
 
 
 def _batch_norm(op: BatchNorm, ctx: _Ctx) -> relax.Expr:
