@@ -8,8 +8,9 @@ import json
 import pytest
 
 from sparsec import target as targets
-from sparsec.driver import pipeline_for
+from sparsec.driver import for_target
 from sparsec.errors import NotSupportedError, UserError
+from sparsec.passes import default_pipeline
 from sparsec.passes.registry import AnalyzeSparsity
 from sparsec.target import ARM_CPUS, Target, Throughputs, resolve
 
@@ -140,7 +141,7 @@ def test_the_cost_model_reads_the_targets_throughputs():
         return optimized.weight(conv.weight).layout.kind
 
     slow = _resolve(spec='{"isa": "avx2", "throughputs": {"pattern": 0.7, "csr": 0.4}}')
-    step = next(p for p in pipeline_for(slow) if isinstance(p, AnalyzeSparsity))
+    step = next(p for p in for_target(default_pipeline(), slow) if isinstance(p, AnalyzeSparsity))
     assert (step.pattern_throughput, step.csr_throughput) == (0.7, 0.4)
     assert pointwise_layout(_resolve(spec='{"isa": "avx2"}')) == "csr"
     assert pointwise_layout(slow) == "dense"
