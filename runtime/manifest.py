@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sparsec.errors import UserError
 from sparsec.ir.types import DTYPES, TensorType
+from sparsec.target import Target
 
 # 2: the library's size and sha256 are recorded, and the library carries its own signature.
 MANIFEST_VERSION = 2
@@ -56,6 +57,7 @@ class Manifest:
     target: str
     target_json: str
     layers: tuple[dict, ...]
+    target_spec: dict = field(default_factory=dict)  # sparsec's whole Target (`Target.to_dict`)
 
     def to_json(self, library: LibraryFile) -> str:
         return json.dumps({"version": MANIFEST_VERSION, "entry": "main", **asdict(self),
@@ -68,6 +70,10 @@ class Manifest:
 
     def input_types(self) -> dict[str, TensorType]:
         return {spec.name: spec.type for spec in self.inputs}
+
+    def target_value(self) -> Target | None:
+        """The Target the model was compiled for (None for a manifest written before it was kept)."""
+        return Target.from_dict(self.target_spec) if self.target_spec else None
 
 
 def describe_signature(signature: str) -> str:
@@ -106,7 +112,9 @@ def _manifest(data) -> tuple[Manifest, LibraryFile]:
     _want(version == MANIFEST_VERSION, f"version {version!r}, this sparsec reads version {MANIFEST_VERSION}")
     _want(data.get("entry") == "main", "its entry is not main")
     manifest = Manifest(_specs(data, "inputs"), _specs(data, "outputs"), _get(data, "target", str),
-                        _get(data, "target_json", str), tuple(_get(data, "layers", list)))
+                        _get(data, "target_json", str), tuple(_get(data, "layers", list)),
+                        _get(data, "target_spec", dict))
+    _target(manifest)
     library = _get(data, "library", dict)
     size, sha256 = _get(library, "size", int), _get(library, "sha256", str)
     _want(size > 0 and len(sha256) == 64, "library size or sha256 is malformed")
@@ -125,6 +133,13 @@ def _spec(spec, key: str) -> TensorSpec:
     _want(dtype in DTYPES, f"{key[:-1]} {name!r} has dtype {dtype!r}; dtypes are {', '.join(DTYPES)}")
     _want(all(type(d) is int and d >= 1 for d in shape), f"{key[:-1]} {name!r} has shape {shape}")
     return TensorSpec(name, dtype, tuple(shape))
+
+
+def _target(manifest: Manifest) -> None:
+    try:
+        manifest.target_value()
+    except (KeyError, TypeError, ValueError, AttributeError, UserError):  # what a damaged dict raises
+        raise _Bad("its target_spec is not a target") from None
 
 
 def _get(data: dict, key: str, kind: type):

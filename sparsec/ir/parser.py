@@ -90,12 +90,17 @@ def weights_path(filename: str, named: str | None) -> Path:
 
 def named_weights_file(text: str, filename: str) -> Path:
     """`weights_path` from the head of the text alone (no parse), for checks made before reading it."""
+    named = None
     try:
-        head = [(t.type, str(t)) for t, _ in zip(_parser().lex(text), range(4))]
-        named = json.loads(head[3][1]) if [t for t, _ in head] == ["MODULE", "SYMBOL", "WEIGHTS", "STRING"] else None
-    except (lark.LarkError, ValueError, IndexError):
+        tokens = _parser().lex(text)
+        for token in tokens:  # the head: module @name [passes [...]] [weights "file"]
+            if token.type == "WEIGHTS":
+                named = json.loads(str(next(tokens)))
+            if token.type in ("WEIGHTS", "CONST", "FUNC"):
+                break
+    except (lark.LarkError, ValueError, StopIteration):
         named = None
-    return weights_path(filename, named)
+    return weights_path(filename, named if isinstance(named, str) else None)
 
 
 def _loc(filename: str, lines: list[str], line: int, column: int) -> SourceLoc:
@@ -154,15 +159,17 @@ class _Builder:
         return int(text)
 
     def module(self, tree: lark.Tree) -> Module:
-        name, *rest = tree.children
-        weights_file = rest.pop(0) if rest and rest[0] is not None and rest[0].data == "weights_file" else None
-        if rest and rest[0] is None:
-            rest.pop(0)
+        name, *rest = (child for child in tree.children if child is not None)
+        passes = self.passes(rest.pop(0)) if rest and rest[0].data == "passes_decl" else ()
+        weights_file = rest.pop(0) if rest and rest[0].data == "weights_file" else None
         func = rest.pop()
         self.weights_file = weights_file
         weights = tuple(self.weight(decl) for decl in rest)
         inputs, op_list, outputs, ret = self.func(func)
-        return Module(self.name(name), inputs, op_list, outputs, weights, loc=self.loc(ret))
+        return Module(self.name(name), inputs, op_list, outputs, weights, passes=passes, loc=self.loc(ret))
+
+    def passes(self, tree: lark.Tree) -> tuple[str, ...]:
+        return tuple(self.string(token) for token in tree.children if token is not None)
 
     def _load_arrays(self, weights_file: lark.Tree | None) -> dict:
         named = None if weights_file is None else self.string(weights_file.children[0])
