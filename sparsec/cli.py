@@ -186,7 +186,7 @@ def cmd_compile(args) -> int:
     from sparsec.driver import compile as compile_model
     from sparsec.passes import PassInstrument
 
-    dump = _ir_dumper(args.output, args.dump_ir_after) if args.dump_ir_after else None
+    dump = _ir_dumper(args.output, args.dump_ir_after, [args.model, args.masks]) if args.dump_ir_after else None
     instrument = PassInstrument(verify_each=args.verify_each, dump=dump)
     if module.passes:
         _print_pass_plan(args.model, module)
@@ -264,7 +264,7 @@ def _check_suffix(path: Path, suffix: str) -> None:
         raise UserError(f"{path}: the output must be a {suffix} file")
 
 
-def _ir_dumper(output: Path, which: str):
+def _ir_dumper(output: Path, which: str, inputs: list):
     """A pass-instrument hook writing `OUTPUT.after-PASS.sir` (+ .npz) for the chosen passes."""
     from sparsec.ir.files import write_module
     from sparsec.passes import PASSES
@@ -275,7 +275,9 @@ def _ir_dumper(output: Path, which: str):
 
     def dump(pass_name, module) -> None:
         if which in ("all", pass_name):
-            write_module(module, output.with_name(f"{output.stem}.{next(counter):02d}-{pass_name}.sir"))
+            path = output.with_name(f"{output.stem}.{next(counter):02d}-{pass_name}.sir")
+            check_paths([path, Path(str(path) + ".npz")], inputs)  # a dump never overwrites the source
+            write_module(module, path)
 
     return dump
 

@@ -150,7 +150,9 @@ def test_run_of_a_broken_library(tmp_path, capsys):
     (tmp_path / "bad.so.json").write_text("{}")
     np.save(tmp_path / "x.npy", np.ones((1, 3, 32, 32), np.float32))
     code, _, err = _cli(capsys, "run", tmp_path / "bad.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
-    assert code == 2 and err.startswith(f"sparsec: error: {tmp_path / 'bad.so'}: cannot load the compiled model (")
+    assert code == 2 and err == (f"sparsec: error: {tmp_path / 'bad.so.json'}: the manifest is damaged or not "
+                                 "sparsec's (version None, this sparsec reads version 2); compile the model again "
+                                 "with `sparsec compile`\n")
     code, _, err = _cli(capsys, "run", tmp_path / "none.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert code == 2 and "no compiled model here (need none.so and none.so.json)" in err
 
