@@ -9,6 +9,7 @@ A model compiled for another architecture (arm64 on an x86 host) runs on a devic
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -80,7 +81,10 @@ class CompiledModel:
         if not self.runs_here:
             raise UserError(self._needs_device())
         if self._vm is None:
-            self._vm = relax.VirtualMachine(_copy_for_vm(self.executable), tvm.cpu(0))
+            # A compiled model is exported from its executable, which a VM must not run (see
+            # `_copy_for_vm`); a loaded one is exported by copying its file, so it may.
+            executable = self.executable if self.library is not None else _copy_for_vm(self.executable)
+            self._vm = relax.VirtualMachine(executable, tvm.cpu(0))
         return self._vm
 
     def _needs_device(self) -> str:
@@ -128,8 +132,9 @@ class CompiledModel:
 
     def _export_library(self, path: Path) -> None:
         """The TVM library, linked by the target's compiler (a cross compiler for arm64)."""
-        if self.executable is None:
-            raise UserError(f"{self.library}: a loaded model for another machine cannot be exported again")
+        if self.library is not None:  # loaded, and checked against its manifest: the file is the library
+            shutil.copyfile(self.library, path)
+            return
         target = self.target
         if target is not None and target.cc:
             from tvm.support import cc

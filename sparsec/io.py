@@ -24,6 +24,11 @@ def read_inputs(path: Path, expected: Mapping[str, TensorType]) -> dict[str, np.
         if len(expected) != 1:
             raise UserError(f"{path}: the model has {len(expected)} inputs ({names}); pass an .npz keyed by input name")
         loaded = {next(iter(expected)): loaded}
+    _check_inputs(path, loaded, expected, names)
+    return loaded
+
+
+def _check_inputs(path: Path, loaded: dict[str, np.ndarray], expected: Mapping[str, TensorType], names: str) -> None:
     for key in loaded:
         if key not in expected:
             raise UserError(f"{path}: {key!r} is not an input of the model; its inputs are: {names}")
@@ -32,7 +37,6 @@ def read_inputs(path: Path, expected: Mapping[str, TensorType]) -> dict[str, np.
             raise UserError(f"{path}: input {name!r} is missing; the model's inputs are: {names}")
         if loaded[name].shape != type_.shape or loaded[name].dtype != type_.np_dtype:
             raise UserError(f"{path}: input {name!r} is {_describe(loaded[name])} but the model expects {type_}")
-    return loaded
 
 
 def _describe(array: np.ndarray) -> str:

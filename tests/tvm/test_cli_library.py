@@ -170,3 +170,12 @@ def test_compile_of_ir_with_truncated_weights(library, tmp_path, capsys):
         f"sparsec: error: {sir}:2:1: weights file {npz}: not a NumPy .npz file (File is not a zip file); "
         "write the IR and its weights again with `sparsec import`")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.sir", "t.sir.npz"]
+
+
+def test_loaded_library_runs_and_exports_again(library, tmp_path, capfd):
+    again = sparsec.load(library / "tiny.so")
+    first = again.run({"input": np.ones((1, 3, 32, 32), np.float32)})["output"]
+    again.export(tmp_path / "copy.so")
+    copied = sparsec.load(tmp_path / "copy.so")
+    np.testing.assert_array_equal(copied.run({"input": np.ones((1, 3, 32, 32), np.float32)})["output"], first)
+    assert "Scope" not in "".join(capfd.readouterr())
