@@ -28,6 +28,7 @@ import onnx
 from sparsec.check import TOLERANCE, EngineUnavailable, onnxruntime_session, require_onnxruntime, seeded_inputs
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
+from sparsec.sparsity import useful_gflops
 
 ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
 REFERENCE = "onnxruntime"
@@ -191,6 +192,8 @@ def _layer_rows(layers, per_run: list[dict[str, float]]) -> list[dict]:
         return statistics.median(times) if times else None
 
     rows = [{**layer, "median_ms": median(layer["kernel"])} for layer in layers]
+    for row in rows:
+        row["gflops"] = useful_gflops(row.get("kept_macs", 0), row["median_ms"]) if row.get("kept_macs") else None
     known = {layer["kernel"] for layer in layers}
     others = sorted({s for run in per_run for s in run} - known)
     rows += [{"result": f"({s})", "op": "relax", "format": "-", "kernel": s, "median_ms": median(s)} for s in others]
@@ -271,6 +274,7 @@ class BenchReport:
     others_cpu: float | None = None  # share of the CPUs other processes used while measuring
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
     checked_against: str = REFERENCE
+    peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
     machine: dict = field(default_factory=machine_info)
     versions: dict = field(default_factory=versions)
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -285,6 +289,11 @@ class BenchReport:
         base = self.median_ms("sparsec")
         return {f"{name}/sparsec": self.median_ms(name) / base for name in self.runs_ms if name != "sparsec"}
 
+    def useful_gflops(self) -> float | None:
+        """sparsec's whole-model useful GFLOP/s: 2 x kept MACs of its layers over its median."""
+        macs = sum(row.get("kept_macs") or 0 for row in self.layers)
+        return useful_gflops(macs, self.median_ms("sparsec")) if macs and "sparsec" in self.runs_ms else None
+
     def to_dict(self) -> dict:
         engines = {name: {"median_ms": self.median_ms(name), "runs_ms": runs, "compile_s": self.compile_s[name],
                           "max_abs_err": self.errors.get(name, (None,))[0],
@@ -296,6 +305,7 @@ class BenchReport:
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
                 "skipped": self.skipped, "checked_against": self.checked_against,
+                "peak_gflops": self.peak_gflops, "useful_gflops": self.useful_gflops(),
                 "machine": self.machine, "versions": self.versions, "date": self.date, "layers": self.layers}
 
     def to_json(self) -> str:
@@ -315,24 +325,30 @@ class BenchReport:
             lines.append(f"{name:15} skipped: {reason}")
         if self.checked_against != REFERENCE:
             lines.append(f"errors are against sparsec's {self.checked_against} (onnxruntime did not run)")
+        if self.peak_gflops:
+            model = self.useful_gflops()
+            share = f": sparsec {model:.1f} useful GFLOP/s = {model / self.peak_gflops:.0%} of it" if model else ""
+            lines.append(f"fp32 FMA peak measured at {self.threads} threads: {self.peak_gflops:.1f} GFLOP/s{share}")
         if self.others_cpu is not None:
             lines.append(f"other processes used {self.others_cpu:.0%} of the CPUs while measuring")
         if self.tvm_threads not in (None, self.threads):
             lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
                          "TVM_NUM_THREADS was set)")
         if self.layers:
-            lines += ["", format_layers(self.layers)]
+            lines += ["", format_layers(self.layers, self.peak_gflops)]
         return "\n".join(lines)
 
 
-def format_layers(layers: list[dict]) -> str:
-    """The per-layer table: value, op, format, median ms and share of the summed layer time."""
+def format_layers(layers: list[dict], peak_gflops: float | None = None) -> str:
+    """The per-layer table: value, op, format, median ms, share of the summed layer time, and
+    useful GFLOP/s with its fraction of the measured FMA peak (layers with weights only)."""
     total = sum(row["median_ms"] or 0.0 for row in layers) or 1.0
-    lines = [f"{'layer':28} {'op':12} {'format':8} {'median ms':>10} {'share':>7}"]
+    lines = [f"{'layer':28} {'op':12} {'format':8} {'median ms':>10} {'share':>7} {'GFLOP/s':>8} {'of peak':>7}"]
     for row in layers:
-        ms = row["median_ms"]
+        ms, gflops = row["median_ms"], row.get("gflops")
         timing = f"{'not called':>10} {'':>7}" if ms is None else f"{ms:10.3f} {ms / total:7.1%}"
-        lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} {timing}")
+        roof = f" {gflops:8.1f}" + (f" {gflops / peak_gflops:7.0%}" if peak_gflops else "") if gflops else ""
+        lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} {timing}{roof}")
     lines.append(f"{'sum of layers':50} {total:10.3f}")
     return "\n".join(lines)
 
@@ -355,10 +371,20 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
     layers = profile_layers(sparsec, max(rounds, repeats["sparsec"])) if sparsec else []
+    peak = measure_peak(threads) if sparsec else None
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
                        tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
-                       skipped=skipped, checked_against=against)
+                       skipped=skipped, checked_against=against, peak_gflops=peak)
+
+
+def measure_peak(threads: int) -> float:
+    """The host's fp32 FMA peak at `threads` threads, measured now (same machine state as the run)."""
+    from sparsec.lower.target import host
+    from sparsec.runtime.roofline import fma_peak_gflops
+
+    time.sleep(PAUSE_S)
+    return fma_peak_gflops(host(threads), threads)
 
 
 def _build_engines(names, model, masks, inputs, threads, input_shapes) -> tuple[list[Engine], dict[str, str]]:

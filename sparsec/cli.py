@@ -330,6 +330,9 @@ def _prune_parser(jobs) -> None:
     p.add_argument("--unstructured", type=float, default=0.0, metavar="F",
                    help="fraction of smallest weights removed from 1x1 convs and FC layers")
     p.add_argument("--prune-first-conv", action="store_true", help="also prune the first conv")
+    p.add_argument("--kernel-groups", type=int, default=1, metavar="G",
+                   help="G consecutive filters keep or drop each input channel's kernel together, with one "
+                        "pattern, so kernels walk G filters at once (default 1; `inspect` reports the cost)")
     p.set_defaults(command=cmd_prune)
 
 
@@ -340,7 +343,8 @@ def cmd_prune(args) -> int:
     check_paths([args.output], [args.model])
     model = load_onnx(args.model)
     masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
-                        unstructured=args.unstructured, prune_first_conv=args.prune_first_conv)
+                        unstructured=args.unstructured, prune_first_conv=args.prune_first_conv,
+                        kernel_groups=args.kernel_groups)
     save_masks(masks, args.output)
     return 0
 

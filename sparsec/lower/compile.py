@@ -28,7 +28,7 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
         target=target.name,
         target_json=str(tvm_target(target)),  # TVM prints targets as their JSON
         layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel,
-                      "constant_bytes": p.constant_bytes} for p in plans),
+                      "constant_bytes": p.constant_bytes, "kept_macs": p.kept_macs} for p in plans),
         target_spec=target.to_dict(),
     )
     try:

@@ -38,6 +38,7 @@ from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.dense_matmul import matmul_kernel
 from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
+from sparsec.sparsity import conv_macs, fc_macs
 from sparsec.target import Target
 
 
@@ -50,6 +51,7 @@ class LayerPlan:
     format: str
     kernel: str
     constant_bytes: int  # what the kernel embeds: FKW / CSR arrays, dense weights, bias
+    kept_macs: int  # useful multiply-adds (nonzero weights x output positions); 0 for ops without weights
 
 
 @dataclass
@@ -115,8 +117,21 @@ def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fm
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
     args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
-    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, sum(int(c.nbytes) for c in kernel.constants)))
+    embedded = sum(int(c.nbytes) for c in kernel.constants)
+    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, embedded, _kept_macs(op, ctx.module)))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
+
+
+def _kept_macs(op: Op, module: Module) -> int:
+    """The multiply-adds a perfect kernel for this layer would do: one per nonzero weight per
+    output position (the numerator of the roofline's useful FLOP/s)."""
+    if not isinstance(op, (Conv2d, Linear)):
+        return 0
+    weight = module.weight(op.weight)
+    nonzeros = int(np.count_nonzero(weight.data))
+    if isinstance(op, Linear):
+        return fc_macs(weight.type.shape, op.type.shape, nonzeros)[1]
+    return conv_macs(weight.type.shape, op.type.shape, op.groups, nonzeros)[1]
 
 
 def _check_kernel_type(op: Op, kernel: Kernel) -> None:

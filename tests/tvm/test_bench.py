@@ -53,6 +53,10 @@ def test_layer_table_covers_the_manifest(report):
     rows = [row for row in report.layers if row["op"] != "relax"]
     assert [row["op"] for row in rows if row["op"] == "conv2d"]  # the convs are there, by their IR op
     assert all(row["median_ms"] > 0 and row["format"] for row in rows)  # every kernel ran and was timed
+    convs = [row for row in rows if row["op"] == "conv2d"]
+    assert all(row["kept_macs"] > 0 and row["gflops"] > 0 for row in convs)
+    assert report.peak_gflops > 0 and 0 < report.useful_gflops()
+    assert "of peak" in report.format_report()
     assert "sum of layers" in report.format_report()
 
 
