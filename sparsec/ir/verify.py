@@ -11,7 +11,7 @@ import numpy as np
 from sparsec.errors import SourceLoc, VerifyError
 from sparsec.ir.legality import layout_problem
 from sparsec.ir.module import Module, Weight
-from sparsec.ir.ops import Conv2d, Op, OpError
+from sparsec.ir.ops import BatchNorm, Conv2d, Op, OpError
 from sparsec.ir.types import FKW, Pattern
 from sparsec.sparsity import kernel_tap_sets
 
@@ -93,6 +93,16 @@ def _verify_weight_layouts(op: Op, module: Module) -> None:
             raise VerifyError(op.loc, f"{op.name} %{op.result}: weight {ref}: {problem}")
     if isinstance(op, Conv2d) and op.filter_groups is not None:
         _check_filter_groups(op, module.weight(op.weight))
+    if isinstance(op, BatchNorm):
+        _check_variance(op, module.weight(op.var))
+
+
+def _check_variance(op: BatchNorm, var: Weight) -> None:
+    # x / sqrt(var + eps) is NaN or Inf otherwise, in the reference, in onnxruntime and folded into weights
+    bad = np.flatnonzero(~(var.data.astype(np.float64) + op.epsilon > 0))
+    if bad.size:
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: variance {op.var} + epsilon must be > 0; "
+                          f"channel {int(bad[0])} has {float(var.data.reshape(-1)[bad[0]]):g}")
 
 
 def _check_filter_groups(op: Conv2d, weight: Weight) -> None:

@@ -111,3 +111,15 @@ def test_unknown_recorded_pass_is_an_error():
     with pytest.raises(UserError, match="module @m records passes this sparsec does not know: fuse-activation; "
                                         "known passes: analyze-sparsity, "):
         remaining_pipeline(module)
+
+
+def test_batch_norm_variance_must_keep_the_square_root_real():
+    text = ("module @m\n"
+            "const @s : f32[2] dense = {data = f32[1.0, 1.0]}\n"
+            "const @v : f32[2] dense = {data = f32[1.0, -0.5]}\n"
+            "func @main(%x : f32[1, 2, 3, 3]) {\n"
+            "  %y : f32[1, 2, 3, 3] = batch_norm(%x, @s, @s, @s, @v)\n"
+            "  return %y\n"
+            "}\n")
+    assert _first_line(text) == "m.sir:5:3: batch_norm %y: variance @v + epsilon must be > 0; channel 1 has -0.5"
+    verify(parse_module(text.replace("-0.5", "0.0")))  # epsilon keeps a zero variance real
