@@ -202,7 +202,9 @@ def _keep_largest(values: np.ndarray, n_keep: int) -> np.ndarray:
 
 # ---- masks files -----------------------------------------------------------------------------
 
-_ZIP_MAGIC = b"PK\x03\x04"
+# A zip starts with a local file header; one with no members (np.savez of no masks, as
+# save_masks writes for a model without weight layers) with its end-of-central-directory record.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -240,7 +242,7 @@ def _check_npz_magic(path: str | os.PathLike) -> None:
             head = f.read(len(_NPY_MAGIC))
     except OSError as e:
         raise UserError(f"{path}: cannot read the masks file ({e.strerror})") from e
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(_ZIP_MAGICS):
         return
     reason = "a single .npy array" if head == _NPY_MAGIC else "empty" if not head else "no zip signature"
     raise UserError(f"{path}: not a NumPy .npz file ({reason}); save masks with numpy.savez")
