@@ -235,7 +235,7 @@ def test_save_load_round_trip(tmp_path, tiny):
 
 
 def test_save_load_round_trip_of_no_masks(tmp_path, tiny):
-    # fuzz seed 27: an empty .npz (a zip without members) has no local file header to recognise
+    # found by sparsec fuzz: an empty .npz (a zip without members) has no local file header to recognise
     save_masks({}, tmp_path / "none.npz")
     assert load_masks(tmp_path / "none.npz", tiny) == {}
 

@@ -20,7 +20,7 @@ UNBOUNDED_CLIPS = [(-np.inf, np.inf), (0.0, np.inf), (-np.inf, 0.5)]
 
 @pytest.mark.parametrize("bounds", UNBOUNDED_CLIPS)
 def test_unbounded_clip_stays_float32(bounds):
-    # fuzz seed 3: clip(-inf, inf) made a float64 constant, so the kernel computed in float64
+    # found by sparsec fuzz: clip(-inf, inf) made a float64 constant, so the kernel computed in float64
     act = Activation("clip", bounds)
     x = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
     kernel = activation_kernel(x.shape, act)
