@@ -26,12 +26,14 @@ MAX_FC_INPUT = 2048  # a flattened tensor bigger than this is pooled first: smal
 
 @dataclass(frozen=True)
 class Case:
-    """One generated model, the masks to compile it with, the seed that made both, and the
-    shape of each output (the model does not declare them, see `Net.finish`)."""
+    """One generated model, the masks to compile it with, the seed that made both, the shape of
+    its input (batch 1, even where the model leaves the batch symbolic) and of each output (the
+    model does not declare them, see `Net.finish`)."""
 
     seed: int
     model: onnx.ModelProto
     masks: dict[str, np.ndarray]
+    input_shape: tuple[int, ...]
     shapes: dict[str, tuple[int, ...]]
 
 
@@ -42,6 +44,7 @@ def random_case(seed: int, options: MaskOptions = MaskOptions()) -> Case:
     h = int(rng.integers(5, 21))
     w = h if rng.random() < 0.5 else int(rng.integers(5, 21))
     net = Net(rng, opset, (1, int(rng.integers(1, 9)), h, w))
+    net.symbolic_batch = bool(rng.random() < 0.1)
     x = "input"
     for _ in range(int(rng.integers(1, 6))):
         x = net.pick(BLOCKS, BLOCK_WEIGHTS)(net, x)
@@ -50,8 +53,8 @@ def random_case(seed: int, options: MaskOptions = MaskOptions()) -> Case:
     if extra is not None:
         outputs.append(extra)
     model = net.finish(f"fuzz_{seed}", outputs)
-    masks = random_masks(model, rng, net.padded_pointwise, options)
-    return Case(seed, model, masks, {name: net.shapes[name] for name in outputs})
+    masks = random_masks(model, rng, net.padded_pointwise, net.hidden_weights, options)
+    return Case(seed, model, masks, net.shapes["input"], {name: net.shapes[name] for name in outputs})
 
 
 # ---- conv units and their windows ----------------------------------------------------------
@@ -334,5 +337,5 @@ def _extra_output(net: Net, main: str) -> str | None:
         return None
     alias_sources = {n.input[0] for n in net.nodes if n.op_type in ALIASES}
     candidates = [n.output[0] for n in net.nodes if n.op_type not in ALIASES and n.output[0] != main
-                  and n.output[0] not in alias_sources | net.shape_values]
+                  and n.output[0] not in alias_sources | net.constants]
     return net.pick(candidates) if candidates else None

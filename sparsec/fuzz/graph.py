@@ -47,7 +47,9 @@ class Net:
         self.inits: list[onnx.TensorProto] = []
         self.shapes: dict[str, Shape] = {"input": in_shape}
         self.padded_pointwise: set[str] = set()  # weights of 1x1 convs with nonzero pads
-        self.shape_values: set[str] = set()  # int64 values of shape subgraphs (folded at import)
+        self.hidden_weights: set[str] = set()  # FC weights read through a Transpose node
+        self.constants: set[str] = set()  # values the frontend folds (Constant nodes, shape subgraphs)
+        self.symbolic_batch = False  # the input's batch dimension as a symbol (bound to 1 at import)
         self._count = 0
 
     # ---- plumbing ------------------------------------------------------------------------
@@ -56,10 +58,19 @@ class Net:
         self._count += 1
         return f"{kind}{self._count}"
 
-    def const(self, base: str, value: np.ndarray) -> str:
+    def weight(self, base: str, value: np.ndarray) -> str:
+        """An initializer (what masks key on)."""
         name = self.fresh(base) if base in self.shapes else base
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         self.shapes[name] = tuple(np.shape(value))
+        return name
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        """A constant operand: an initializer, or sometimes a Constant node the frontend folds."""
+        if not self.chance(0.2):
+            return self.weight(base, value)
+        name = self.node("Constant", [], np.shape(value), value=numpy_helper.from_array(np.asarray(value)))
+        self.constants.add(name)
         return name
 
     def node(self, op: str, inputs: list[str], shape: Shape, **attrs) -> str:
@@ -92,7 +103,7 @@ class Net:
         name = self.fresh("conv")
         if weight is None:
             fan_in = cin // groups * kernel[0] * kernel[1]
-            weight = self.const(f"{name}.weight", self.normal((cout, cin // groups, *kernel), math.sqrt(2.0 / fan_in)))
+            weight = self.weight(f"{name}.weight", self.normal((cout, cin // groups, *kernel), math.sqrt(2.0 / fan_in)))
         assert self.shapes[weight] == (cout, cin // groups, *kernel)
         inputs = [x, weight]
         if bias:
@@ -124,7 +135,13 @@ class Net:
         trans_b = self.chance(0.7)
         weight = self.normal((n_out, k) if trans_b else (k, n_out), math.sqrt(2.0 / k))
         name = self.fresh("fc")
-        inputs = [x, self.const(f"{name}.weight", weight)]
+        if self.chance(0.1):  # stored the other way round, read through a Transpose the frontend folds
+            stored = self.weight(f"{name}.weight", np.ascontiguousarray(weight.T))
+            inputs = [x, self.node("Transpose", [stored], weight.shape, perm=[1, 0])]
+            self.hidden_weights.add(stored)
+            self.constants.add(inputs[1])
+        else:
+            inputs = [x, self.weight(f"{name}.weight", weight)]
         bias_shape = self.pick([(n_out,), (1, n_out), None], [3, 1, 1])
         if bias_shape is not None:
             inputs.append(self.const(f"{name}.bias", self.normal(bias_shape, 0.1)))
@@ -139,7 +156,7 @@ class Net:
         """MatMul by a constant [K, N] weight, then (often) Add of a bias, as other exports do."""
         m, k = self.shapes[x]
         name = self.fresh("fc")
-        y = self.node("MatMul", [x, self.const(f"{name}.weight", self.normal((k, n_out), math.sqrt(2.0 / k)))],
+        y = self.node("MatMul", [x, self.weight(f"{name}.weight", self.normal((k, n_out), math.sqrt(2.0 / k)))],
                       (m, n_out))
         if self.chance(0.3):
             return y
@@ -232,7 +249,7 @@ class Net:
         index = self.node("Gather", [dims, self.const("gather.index", np.array(0, np.int64))], (), axis=0)
         batch = self.squeeze("Unsqueeze", index, [0], (1,))
         target = self.node("Concat", [batch, self.const("flat.rest", np.array([-1], np.int64))], (2,), axis=0)
-        self.shape_values |= {dims, index, batch, target}
+        self.constants |= {dims, index, batch, target}
         return self.node("Reshape", [x, target], (n, math.prod(self.shapes[x]) // n))
 
     def softmax(self, x: str, axis: int) -> str:
@@ -241,9 +258,10 @@ class Net:
     # ---- the model -----------------------------------------------------------------------
 
     def finish(self, name: str, outputs: list[str]) -> onnx.ModelProto:
+        in_dims = ["N", *self.shapes["input"][1:]] if self.symbolic_batch else list(self.shapes["input"])
         graph = helper.make_graph(
             self.nodes, name,
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(self.shapes["input"]))],
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_dims)],
             # Outputs declare their rank only: onnx's shape inference gets ceil-mode pools wrong
             # (onnx 1.23 keeps a window that starts in the right pad), and onnxruntime refuses a
             # model whose declared dims contradict it. `Case.shapes` has the real output shapes.

@@ -30,12 +30,16 @@ class MaskOptions:
 
 
 def random_masks(model: onnx.ModelProto, rng: np.random.Generator, padded_pointwise: set[str],
-                 options: MaskOptions = MaskOptions()) -> dict[str, np.ndarray]:
-    """Masks keyed by initializer name for the Conv / Gemm / MatMul weights of `model`."""
+                 hidden: set[str], options: MaskOptions = MaskOptions()) -> dict[str, np.ndarray]:
+    """Masks keyed by initializer name for the Conv / Gemm / MatMul weights of `model`, and for
+    the `hidden` FC weights that reach their Gemm through a layout op (the pruner misses those)."""
     layers = weight_layers(model)
     source = rng.choice(3, p=[0.7, 0.25, 0.05])
     if source == 0:
         masks = {layer.weight: m for layer in layers if (m := layer_mask(layer, rng)) is not None}
+        shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+        masks |= {name: rng.random(shapes[name]) < rng.uniform(0.05, 0.9) for name in sorted(hidden)
+                  if rng.random() < 0.7}
     elif source == 1:
         masks = _pruner_masks(model, rng)
     else:

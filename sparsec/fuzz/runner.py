@@ -55,8 +55,7 @@ class _Failed(Exception):
 def case_inputs(case: Case) -> dict[str, np.ndarray]:
     """The input a case runs on: the one `sparsec compile --check` draws (seed 0), so the command
     in a reproducer's README compares on exactly this input."""
-    dims = case.model.graph.input[0].type.tensor_type.shape.dim
-    return seeded_inputs({"input": tuple(d.dim_value for d in dims)}, 0)
+    return seeded_inputs({"input": case.input_shape}, 0)
 
 
 def run_case(case: Case) -> Outcome:
@@ -172,7 +171,7 @@ def _readme(case: Case, outcome: Outcome) -> str:
 def describe_case(case: Case) -> str:
     """The model's nodes (with attributes) and a line per mask: enough to read a case."""
     graph = case.model.graph
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
     lines = [f"Model: opset {case.model.opset_import[0].version}, input {dims}, outputs "
              + ", ".join(f"{name} {list(shape)}" for name, shape in case.shapes.items())]
     for node in graph.node:
@@ -187,6 +186,9 @@ def describe_case(case: Case) -> str:
 
 def _attr(attr: onnx.AttributeProto):
     value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, onnx.TensorProto):  # a Constant's value: small ones in full
+        array = onnx.numpy_helper.to_array(value)
+        return array.tolist() if array.size <= 8 else f"<{array.dtype}{list(array.shape)}>"
     return value.decode() if isinstance(value, bytes) else list(value) if isinstance(value, list) else value
 
 

@@ -56,6 +56,10 @@ def test_masks_fit_their_weights():
 def _features(case) -> set[str]:
     """What a case exercises: op types, the attributes that change a kernel, mask kinds."""
     found = {f"opset {case.model.opset_import[0].version}"} | ({"two outputs"} if len(case.shapes) > 1 else set())
+    if case.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
+        found.add("symbolic batch")
+    if {n.input[0] for n in case.model.graph.node if n.op_type == "Transpose"} & set(case.masks):
+        found.add("mask through Transpose")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in case.model.graph.initializer}
     for node in case.model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -121,8 +125,8 @@ def _coverage() -> frozenset[str]:
 
 def test_every_supported_op_is_generated():
     # Every op the frontend converts (a converter added later must be fuzzed too), every
-    # activation, and the shape subgraph the frontend folds.
-    missing = (set(CONVERT) | set(ACTIVATIONS) | {"Shape", "Gather"}) - _coverage()
+    # activation, and what the frontend folds: shape subgraphs, Constant nodes, weight transposes.
+    missing = (set(CONVERT) | set(ACTIVATIONS) | {"Shape", "Gather", "Constant", "Transpose"}) - _coverage()
     assert not missing
 
 
@@ -133,6 +137,7 @@ def test_every_supported_op_is_generated():
     "AveragePool count_include_pad", "Gemm transB=0", "Gemm alpha", "Gemm beta", "Gemm computed B",
     "MatMul computed B", "Add constant operand", "Mul constant operand", "Clip no bounds", "Clip max only",
     "Softmax axis not last", "ReduceMean keepdims=0", "Concat axis != 1", "Flatten axis != 1", "two outputs",
+    "symbolic batch", "mask through Transpose",
     "mask pconv 3x3", "mask other tap sets 3x3", "mask empty kernels", "mask empty filters", "mask all ones",
     "mask all zeros", "mask unstructured 1x1", "mask unstructured fc",
     *(f"opset {v}" for v in OPSETS),
