@@ -7,6 +7,7 @@ pools after a run: TVM's for ~0.17 s), and the table shows medians of the per-ro
 their ratio.
 
     .venv/bin/python benchmarks/bench_dense_kernels.py [--threads 2] [--rounds 15] [-k conv]
+        [--target-json '{"isa": "avx2"}'] [--knobs '{"out_block": 12}']
 
 On a shared machine, `--threads 1 --cpu-time` is steadier: it times process CPU time, which
 other processes' time slices do not inflate.
@@ -33,6 +34,8 @@ def _parse_args() -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=0.3, help="seconds between engines")
     p.add_argument("-k", "--filter", default="", help="only cases whose name contains this")
     p.add_argument("--cpu-time", action="store_true", help="time CPU time (needs --threads 1)")
+    p.add_argument("--target-json", help="a target other than this machine as it is, e.g. '{\"isa\": \"avx2\"}'")
+    p.add_argument("--knobs", default="{}", help="knob overrides (JSON) for every kernel whose knobs have them")
     args = p.parse_args()
     if args.cpu_time and args.threads != 1:
         p.error("--cpu-time counts every thread's time: use it with --threads 1")
@@ -49,13 +52,23 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sparsec.ir.activation import Activation  # noqa: E402
 from sparsec.lower.kernels.common import Kernel  # noqa: E402
-from sparsec.lower.kernels.csr import csr_conv1x1_kernel, csr_dense_kernel  # noqa: E402
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel  # noqa: E402
-from sparsec.lower.kernels.dense_matmul import dense_kernel, matmul_kernel  # noqa: E402
+from sparsec.lower.kernels.csr import CsrKnobs, csr_conv1x1_kernel, csr_dense_kernel  # noqa: E402
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel  # noqa: E402
+from sparsec.lower.kernels.dense_matmul import MatmulKnobs, dense_kernel, matmul_kernel  # noqa: E402
 from sparsec.lower.kernels.pool import avg_pool_kernel, global_avg_pool_kernel, max_pool_kernel  # noqa: E402
-from sparsec.lower.target import host_target  # noqa: E402
+from sparsec.lower.target import host, resolve_target, tvm_target  # noqa: E402
+from sparsec.target import Target  # noqa: E402
 
 RNG = np.random.default_rng(0)
+
+
+def _knobs(cls) -> dict:
+    """{"knobs": cls(...)} with the --knobs overrides this knob class has (none: {})."""
+    import json
+
+    given = json.loads(ARGS.knobs) if ARGS is not None else {}
+    mine = {k: v for k, v in given.items() if k in cls.__dataclass_fields__}
+    return {"knobs": cls(**mine)} if mine else {}
 
 
 @dataclass
@@ -63,7 +76,7 @@ class Case:
     """One kernel and its onnxruntime twin; `flops` counts useful work (0: not shown)."""
 
     name: str
-    kernel: Callable[[], Kernel]
+    kernel: Callable[[Target], Kernel]
     nodes: list  # ONNX nodes reading "x" (and "b" for two-input cases), writing "y"
     inputs: dict[str, np.ndarray]
     initializers: dict[str, np.ndarray]
@@ -103,10 +116,11 @@ def conv_case(name, in_shape, out_ch, k, stride=1, pad=0, groups=1, density=1.0,
                               strides=[stride] * 2, pads=[pad] * 4, group=groups)]
     nodes += [helper.make_node("Relu", ["c"], ["y"])] if relu else []
     if sparse:
-        make = lambda: csr_conv1x1_kernel(w, in_shape, (stride, stride), b, act)  # noqa: E731
+        make = lambda t: csr_conv1x1_kernel(w, in_shape, (stride, stride), b, act, target=t,  # noqa: E731
+                                            **_knobs(CsrKnobs))
     else:
-        make = lambda: dense_conv_kernel(w, in_shape, strides=(stride, stride), pads=(pad,) * 4,  # noqa: E731
-                                         groups=groups, bias=b, activation=act)
+        make = lambda t: dense_conv_kernel(w, in_shape, strides=(stride, stride), pads=(pad,) * 4,  # noqa: E731
+                                           groups=groups, bias=b, activation=act, target=t, **_knobs(DenseConvKnobs))
     oh = (in_shape[2] + 2 * pad - k) // stride + 1
     flops = 2.0 * np.count_nonzero(w) * oh * oh * in_shape[0]
     inits = {"w": w, **({"bias": b} if bias else {})}
@@ -115,7 +129,8 @@ def conv_case(name, in_shape, out_ch, k, stride=1, pad=0, groups=1, density=1.0,
 
 def fc_case(name, m, k, n, density=1.0, sparse=False) -> Case:
     w = _masked((n, k), density)
-    make = (lambda: csr_dense_kernel(w, (m, k))) if sparse else (lambda: dense_kernel(w, (m, k)))
+    make = ((lambda t: csr_dense_kernel(w, (m, k), target=t, **_knobs(CsrKnobs))) if sparse
+            else (lambda t: dense_kernel(w, (m, k), target=t, **_knobs(MatmulKnobs))))
     nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
     return Case(name, make, nodes, {"x": _rand(m, k)}, {"w": w}, 2.0 * m * np.count_nonzero(w))
 
@@ -123,16 +138,16 @@ def fc_case(name, m, k, n, density=1.0, sparse=False) -> Case:
 def matmul_case(name, a_shape, b_shape) -> Case:
     nodes = [helper.make_node("MatMul", ["x", "b"], ["y"])]
     flops = 2.0 * np.prod(a_shape) * b_shape[-1]
-    return Case(name, lambda: matmul_kernel(a_shape, b_shape), nodes,
+    return Case(name, lambda t: matmul_kernel(a_shape, b_shape, target=t, **_knobs(MatmulKnobs)), nodes,
                 {"x": _rand(*a_shape), "b": _rand(*b_shape)}, {}, flops)
 
 
 def pool_case(name, op, in_shape, k=0, stride=1, pad=0) -> Case:
     if op == "GlobalAveragePool":
-        make, attrs = (lambda: global_avg_pool_kernel(in_shape)), {}
+        make, attrs = (lambda t: global_avg_pool_kernel(in_shape, target=t)), {}
     else:
         fn = max_pool_kernel if op == "MaxPool" else avg_pool_kernel
-        make = lambda: fn(in_shape, (k, k), (stride, stride), (pad,) * 4)  # noqa: E731
+        make = lambda t: fn(in_shape, (k, k), (stride, stride), (pad,) * 4)  # noqa: E731
         attrs = dict(kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4)
     return Case(name, make, [helper.make_node(op, ["x"], ["y"], **attrs)], {"x": _rand(*in_shape)}, {})
 
@@ -181,8 +196,8 @@ def _mean_time(fn: Callable[[], object], min_seconds: float = 0.02) -> float:
             return elapsed / calls
 
 
-def _tvm_runner(kernel: Kernel, inputs: dict[str, np.ndarray], threads: int):
-    lib = tvm.compile(kernel.func, target=host_target(threads))
+def _tvm_runner(kernel: Kernel, inputs: dict[str, np.ndarray], target: Target):
+    lib = tvm.compile(kernel.func, target=tvm_target(target))
     dev = tvm.cpu(0)
     args = [tvm.runtime.tensor(a, dev) for a in (*inputs.values(), *kernel.constants)]
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, kernel.out_dtype), dev)
@@ -190,10 +205,10 @@ def _tvm_runner(kernel: Kernel, inputs: dict[str, np.ndarray], threads: int):
     return lambda: fn(*args, out), out
 
 
-def run_case(case: Case, threads: int, rounds: int, pause: float) -> None:
-    kernel = case.kernel()
-    tvm_run, out = _tvm_runner(kernel, case.inputs, threads)
-    sess = _onnx_session(case, threads)
+def run_case(case: Case, target: Target, rounds: int, pause: float) -> None:
+    kernel = case.kernel(target)
+    tvm_run, out = _tvm_runner(kernel, case.inputs, target)
+    sess = _onnx_session(case, target.threads)
     ort_run = lambda: sess.run(None, case.inputs)  # noqa: E731
     want, _ = ort_run()[0], tvm_run()
     err = float(np.abs(out.numpy() - want).max() / max(np.abs(want).max(), 1e-30))
@@ -210,11 +225,13 @@ def run_case(case: Case, threads: int, rounds: int, pause: float) -> None:
 
 def main() -> int:
     args = ARGS
-    print(f"threads={args.threads} rounds={args.rounds} target={host_target(args.threads)}")
+    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
+    print(f"threads={args.threads} rounds={args.rounds} target {target.name}: {target.cpu}, {target.isa}, "
+          f"{target.lanes()} lanes, {target.vector_registers} registers; knobs {args.knobs}")
     print(f"{'case':<50} {'tvm ms':>9} {'ort ms':>9} {'tvm/ort':>7} {'GF/s':>7}  max rel err")
     for case in cases():
         if args.filter in case.name:
-            run_case(case, args.threads, args.rounds, args.pause)
+            run_case(case, target, args.rounds, args.pause)
     return 0
 
 

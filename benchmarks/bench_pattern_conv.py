@@ -3,7 +3,7 @@
 Standalone script (not pytest):
 
     .venv/bin/python benchmarks/bench_pattern_conv.py [--layers L1,L2,L3] [--rounds 7]
-        [--knobs '{"rows_per_step": 8}'] [--threads 2]
+        [--knobs '{"rows_per_step": 8}'] [--threads 2] [--target-json '{"isa": "avx2"}']
 
 The machine is shared and noisy: engines run in interleaved rounds with a pause between them
 (both thread pools keep spinning after a run), and the ratio of medians of one run is the figure
@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sparsec.fkw import build_fkw, fkw_nbytes  # noqa: E402
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel  # noqa: E402
-from sparsec.lower.target import host_target  # noqa: E402
+from sparsec.lower.target import host, resolve_target, tvm_target  # noqa: E402
 
 # 8 fixed four-tap patterns, all with the centre tap 4 (taps row-major in the 3x3 window).
 PATTERNS = np.array(
@@ -92,16 +92,16 @@ def timed_ms(call, calls: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def tvm_runner(weight, x, knobs: PatternConvKnobs, threads: int, asm_path: str | None = None):
+def tvm_runner(weight, x, knobs: PatternConvKnobs, target, asm_path: str | None = None):
     """Compile the kernel; return (call, output tensor, fkw). Optionally save its assembly."""
     fkw = build_fkw(weight)
-    kernel = pattern_conv_kernel(fkw, x.shape, knobs=knobs)
-    lib = tvm.compile(kernel.func, target=host_target(threads))
+    kernel = pattern_conv_kernel(fkw, x.shape, knobs=knobs, target=target)
+    lib = tvm.compile(kernel.func, target=tvm_target(target))
     if asm_path:
         asm = lib.mod.inspect_source("asm")
         Path(asm_path).write_text(asm)
-        fmas = sum("vfmadd" in line and "ymm" in line for line in asm.splitlines())
-        print(f"  {asm_path}: {fmas} vfmadd...ps ymm instructions", flush=True)
+        fmas = sum("vfmadd" in line and ("ymm" in line or "zmm" in line) for line in asm.splitlines())
+        print(f"  {asm_path}: {fmas} vfmadd...ps ymm/zmm instructions", flush=True)
     dev = tvm.cpu(0)
     args = [tvm.runtime.tensor(a, dev) for a in (x, *kernel.constants)]
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, np.float32), dev)
@@ -109,15 +109,15 @@ def tvm_runner(weight, x, knobs: PatternConvKnobs, threads: int, asm_path: str |
     return (lambda: func(*args, out)), out, fkw
 
 
-def bench_layer(layer: Layer, knobs: PatternConvKnobs, rounds: int, calls: int, threads: int,
+def bench_layer(layer: Layer, knobs: PatternConvKnobs, rounds: int, calls: int, target,
                 asm_dir: str | None = None):
     rng = np.random.default_rng(0)
     weight = pruned_weight(rng, layer.channels, layer.channels, layer.keep)
     x = rng.standard_normal((1, layer.channels, layer.size, layer.size)).astype(np.float32)
-    sess = ort_session(weight, x.shape, threads)
+    sess = ort_session(weight, x.shape, target.threads)
     run_ort = lambda: sess.run(None, {"x": x})  # noqa: E731
     asm_path = str(Path(asm_dir) / f"{layer.name}.s") if asm_dir else None
-    run_tvm, out, fkw = tvm_runner(weight, x, knobs, threads, asm_path)
+    run_tvm, out, fkw = tvm_runner(weight, x, knobs, target, asm_path)
     run_tvm()
     np.testing.assert_allclose(out.numpy(), run_ort()[0], rtol=1e-3, atol=1e-3)
     ort_ms, tvm_ms = [], []
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--knobs", default="{}", help="PatternConvKnobs fields as JSON")
     parser.add_argument("--asm-dir", help="write each layer's kernel assembly here")
+    parser.add_argument("--target-json", help="a target other than this machine as it is, e.g. '{\"isa\": \"avx2\"}'")
     args = parser.parse_args(argv)
     knobs = PatternConvKnobs(**json.loads(args.knobs))
     # Read when TVM starts its thread pool. Like onnxruntime's default pool, leave the threads
@@ -159,9 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"target {host_target(args.threads)}; knobs {knobs}; load average {load}", flush=True)
+    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
+    print(f"target {target.name}: {target.cpu}, {target.isa}, {target.lanes()} lanes, {target.vector_registers} "
+          f"registers; knobs {knobs}; load average {load}", flush=True)
     for name in args.layers.split(","):
-        bench_layer(LAYERS[name], knobs, args.rounds, args.calls, args.threads, args.asm_dir)
+        bench_layer(LAYERS[name], knobs, args.rounds, args.calls, target, args.asm_dir)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ class Case:
         return self.prune(self.model)
 
 
-def _pattern(keep: float, first: bool = True) -> Callable[[onnx.ModelProto], dict[str, np.ndarray]]:
-    return lambda m: prune_model(m, patterns=8, keep_kernels=keep, prune_first_conv=first)
+def _pattern(keep: float, first: bool = True, groups: int = 1) -> Callable[[onnx.ModelProto], dict[str, np.ndarray]]:
+    return lambda m: prune_model(m, patterns=8, keep_kernels=keep, prune_first_conv=first, kernel_groups=groups)
 
 
 def _unstructured(fraction: float) -> Callable[[onnx.ModelProto], dict[str, np.ndarray]]:
@@ -74,6 +74,8 @@ CASES: tuple[Case, ...] = (
          lambda: conv_layer((1, 512, 28, 28), 512), _pattern(PCONV_KEEP), 6.0),
     Case("L3", "ResNet-50 stage-3 3x3: 1x256x14x14, 256 filters, 8p + 50% kept",
          lambda: conv_layer((1, 256, 14, 14), 256), _pattern(0.5), 3.0),
+    Case("L1G4", "L1 with kernel groups of 4 filters (`sparsec prune --kernel-groups 4`), 8p + 50% kept",
+         lambda: conv_layer((1, 256, 56, 56), 256), _pattern(0.5, groups=4), 4.0),
     Case("L4", "1x1 conv 1x512x28x28 -> 512, 80% unstructured",
          lambda: conv1x1_layer((1, 512, 28, 28), 512), _unstructured(0.8), 2.5),
     Case("M1", "VGG-16 224x224: conv1_1 dense, 3x3 convs 8p + 27.8% kept, FC 90% unstructured",

@@ -58,15 +58,18 @@ def run_case(case: Case, rounds: int, min_time_s: float) -> BenchReport | str:
 
 
 def fkw_storage(case: Case) -> dict:
-    """Bytes of the FKW arrays of the optimised module's pattern weight vs its kept fp32 weights."""
+    """Bytes the compiled pattern kernel embeds (its FKW kernel table and bias, as the manifest
+    records them) vs the kept fp32 weights of that layer."""
+    from sparsec.driver import compile as compile_model
     from sparsec.driver import import_model, optimize
-    from sparsec.fkw import build_fkw, fkw_nbytes
-    from sparsec.ir.types import FKW, Pattern
+    from sparsec.ir.types import Pattern
 
     module = optimize(import_model(case.model, case.masks))
-    weight = next(w for w in module.weights if isinstance(w.layout, (FKW, Pattern)))
+    op = next(op for op in module.ops if op.name == "conv2d" and isinstance(module.weight(op.weight).layout, Pattern))
+    weight = module.weight(op.weight)
+    layer = next(row for row in compile_model(module).manifest.layers if row["result"] == op.result)
     kept = int(np.count_nonzero(weight.data))
-    return {"weight": weight.name, "layout": weight.layout.kind, "fkw_bytes": fkw_nbytes(build_fkw(weight.data)),
+    return {"weight": weight.name, "layout": weight.layout.kind, "fkw_bytes": layer["constant_bytes"],
             "kept_bytes": kept * 4, "dense_bytes": weight.data.size * 4}
 
 
@@ -90,16 +93,18 @@ def verdict(case: Case, report: BenchReport) -> str:
 
 def summary_table(results: dict[str, BenchReport | str]) -> list[str]:
     lines = ["| case | sparsec ms | onnxruntime ms | sparsec-dense ms | onnxruntime / sparsec | target | met "
-             "| others' CPU |", "|---|---:|---:|---:|---:|---|---|---:|"]
+             "| useful GFLOP/s | of FMA peak | others' CPU |", "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for key, report in results.items():
         case = CASE_BY_KEY[key]
         if isinstance(report, str):
-            lines.append(f"| {key} | failed | | | | {case.target} | no | |")
+            lines.append(f"| {key} | failed | | | | {case.target} | no | | | |")
             continue
         ms = lambda e, r=report: f"{r.median_ms(e):.2f}" if e in r.runs_ms else "-"  # noqa: E731
         met = verdict(case, report)
+        useful, peak = report.useful_gflops(), report.peak_gflops
+        roof = f"{useful:.1f} | {useful / peak:.0%}" if useful and peak else "- | -"
         lines.append(f"| {key} | {ms('sparsec')} | {ms('onnxruntime')} | {ms('sparsec-dense')} | "
-                     f"{speedup(report):.2f}x | {case.target} | {met} | {_pct(report.others_cpu)} |")
+                     f"{speedup(report):.2f}x | {case.target} | {met} | {roof} | {_pct(report.others_cpu)} |")
     return lines
 
 
@@ -123,13 +128,17 @@ def case_section(case: Case, report: BenchReport | str) -> list[str]:
 
 
 def layer_table(report: BenchReport) -> list[str]:
-    total = sum(row["median_ms"] for row in report.layers) or 1.0
-    lines = ["| layer | op | format | kernel | median ms | share |", "|---|---|---|---|---:|---:|"]
+    total = sum(row["median_ms"] or 0.0 for row in report.layers) or 1.0
+    peak = report.peak_gflops
+    lines = [f"| layer | op | format | kernel | median ms | share | useful GFLOP/s | of peak ({peak or 0:.0f}) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
     for row in report.layers:
-        lines.append(f"| {row['result']} | {row['op']} | {row['format']} | `{row['kernel']}` | "
-                     f"{row['median_ms']:.3f} | {row['median_ms'] / total:.1%} |")
-    lines.append(f"| **sum** | | | | {total:.3f} | |")
-    lines.append(f"| **whole model (median)** | | | | {report.median_ms('sparsec'):.3f} | |")
+        ms, gflops = row["median_ms"], row.get("gflops")
+        timing = "not called | " if ms is None else f"{ms:.3f} | {ms / total:.1%}"
+        roof = f"{gflops:.1f} | {gflops / peak:.0%}" if gflops and peak else " | "
+        lines.append(f"| {row['result']} | {row['op']} | {row['format']} | `{row['kernel']}` | {timing} | {roof} |")
+    lines.append(f"| **sum** | | | | {total:.3f} | | | |")
+    lines.append(f"| **whole model (median)** | | | | {report.median_ms('sparsec'):.3f} | | | |")
     return lines
 
 
@@ -144,7 +153,8 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
     if isinstance(storage, dict):
         lines += ["## FKW storage (L1)", "",
                   f"Weight `{storage['weight']}` ({storage['layout']} after the passes): "
-                  f"FKW arrays {storage['fkw_bytes']:,} bytes vs kept fp32 weights {storage['kept_bytes']:,} bytes "
+                  f"the compiled kernel embeds {storage['fkw_bytes']:,} bytes (FKW kernel table + bias) "
+                  f"vs kept fp32 weights {storage['kept_bytes']:,} bytes "
                   f"({storage['fkw_bytes'] / storage['kept_bytes']:.3f}x; dense {storage['dense_bytes']:,} bytes).", ""]
     elif isinstance(storage, str):
         lines += ["## FKW storage (L1)", "", f"Failed: `{storage}`", ""]

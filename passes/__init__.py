@@ -2,6 +2,13 @@
 
 from sparsec.passes import registry  # noqa: F401 - imports every pass so it registers
 from sparsec.passes.base import PASSES, Pass, register
-from sparsec.passes.pipeline import PassInstrument, default_pipeline, parse_pipeline, run_pipeline
+from sparsec.passes.pipeline import (
+    PassInstrument,
+    default_pipeline,
+    parse_pipeline,
+    remaining_pipeline,
+    run_pipeline,
+)
 
-__all__ = ["PASSES", "Pass", "PassInstrument", "default_pipeline", "parse_pipeline", "register", "run_pipeline"]
+__all__ = ["PASSES", "Pass", "PassInstrument", "default_pipeline", "parse_pipeline", "register", "remaining_pipeline",
+           "run_pipeline"]

@@ -2,8 +2,10 @@
 
 The choice is a cost model you can read: estimated time = useful MACs / relative throughput of
 the format's kernel. The throughputs are useful GFLOP/s per core of each kernel over the dense
-kernel's, measured on the host (znver3): pattern conv 53-68 vs dense ~88 (about 0.7), CSR 1x1
-conv ~49 vs ~85 (about 0.55). A format that does not apply to the op is not considered.
+kernel's; the compiler sets them from its target (`Target.throughputs`: `make calibrate` on the
+machine, else shipped defaults). The defaults here were measured on znver3 (AVX2): pattern conv
+53-68 vs dense ~88 (about 0.7), CSR 1x1 conv ~49 vs ~85 (about 0.55). A format that does not
+apply to the op is not considered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from sparsec.ir.legality import legal_layouts
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d, Linear, Op
 from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
@@ -18,29 +21,23 @@ from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import replace_op, sole_user_weight
 from sparsec.sparsity import pattern_histogram
 
-# Fraction of the dense kernel's MAC throughput each format's kernel reaches (host CPU).
+# Fraction of the dense kernel's MAC throughput each format's kernel reaches (znver3, AVX2).
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
 
 
-def _is_pattern_conv(op: Op, weight: Weight) -> bool:
-    return isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (3, 3)
-
-
-def _is_csr_candidate(op: Op, weight: Weight) -> bool:
-    pointwise = isinstance(op, Conv2d) and op.groups == 1 and weight.type.shape[2:] == (1, 1)
-    return pointwise or isinstance(op, Linear)
-
-
-def choose_layout(op: Op, weight: Weight, max_patterns: int) -> Layout:
-    """The cheapest applicable format for this weight under the cost model."""
+def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[str, float] = RELATIVE_THROUGHPUT
+                  ) -> Layout:
+    """The cheapest format for this weight under the cost model, among those the legality table
+    allows for this op (a 1x1 conv with padding never gets CSR, a grouped conv never patterns)."""
+    legal = legal_layouts(op, weight.type)
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
-    costs: dict[str, float] = {"dense": total / RELATIVE_THROUGHPUT["dense"]}
-    patterns = sorted(pattern_histogram(mask)) if _is_pattern_conv(op, weight) else []
+    costs: dict[str, float] = {"dense": total / throughput["dense"]}
+    patterns = sorted(pattern_histogram(mask)) if Pattern.kind in legal else []
     if patterns and len(patterns) <= max_patterns:
-        costs["pattern"] = kept / RELATIVE_THROUGHPUT["pattern"]
-    if _is_csr_candidate(op, weight):
-        costs["csr"] = kept / RELATIVE_THROUGHPUT["csr"]
+        costs["pattern"] = kept / throughput["pattern"]
+    if CSR.kind in legal:
+        costs["csr"] = kept / throughput["csr"]
     best = min(costs, key=lambda k: (costs[k], k != "dense"))  # a tie goes to dense
     if best == "pattern":
         return Pattern(tuple(patterns))
@@ -54,6 +51,8 @@ class AnalyzeSparsity(Pass):
 
     name = "analyze-sparsity"
     max_patterns: int = 16  # more patterns = more loop nests; past this, code size wins
+    pattern_throughput: float = RELATIVE_THROUGHPUT["pattern"]  # of dense; the target's when compiling
+    csr_throughput: float = RELATIVE_THROUGHPUT["csr"]
 
     def apply(self, module: Module) -> Module:
         for op in module.ops:
@@ -63,7 +62,8 @@ class AnalyzeSparsity(Pass):
 
     def _assign(self, module: Module, op: Conv2d | Linear) -> Module:
         weight = sole_user_weight(module, op, op.weight)
-        layout = choose_layout(op, weight, self.max_patterns)
+        throughput = {"dense": 1.0, "pattern": self.pattern_throughput, "csr": self.csr_throughput}
+        layout = choose_layout(op, weight, self.max_patterns, throughput)
         parts = {"mask": weight.mask} if "mask" in layout.parts else {}
         new_weight = dataclasses.replace(weight, layout=layout, parts=parts)
         return replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))

@@ -1,8 +1,10 @@
-"""compress-fkw: store each pattern conv weight in FKW form (PatDNN's filter-kernel-weight arrays).
+"""compress-fkw: commit each pattern conv weight to FKW storage (PatDNN's filter-kernel-weight arrays).
 
-The arrays (`sparsec.fkw.FKW`: filter_order, offset, stride, index, weight) become the weight's
-parts, each index array in the smallest integer type that fits. The dense view stays as the
-weight's data so the reference interpreter and the verifier read every layout the same way.
+The layout becomes `fkw`; the arrays themselves (`sparsec.fkw.FKW`: filter_order, offset, stride,
+index, weight, each index array in the smallest integer type that fits) are derived by `fkw_of`
+from the weight's data, mask and pattern order and the op's filter_order whenever the lowering
+needs them. The dense view stays the weight's only data, so a pass that runs later (fold-batchnorm
+scaling the data, reorder-filters permuting it) cannot leave stale arrays behind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsec.errors import UserError
 from sparsec.fkw import FKW as FKWArrays
 from sparsec.fkw import build_fkw
 from sparsec.ir.module import Module, Weight
@@ -27,20 +30,16 @@ def fkw_of(op: Conv2d, weight: Weight) -> FKWArrays:
     order = np.array(op.filter_order if op.filter_order else range(filters), np.int64)
     original = np.empty_like(weight.data)
     original[order] = weight.data
-    return build_fkw(original, np.array(weight.layout.patterns, np.uint8), order)
-
-
-def fkw_from_parts(weight: Weight) -> FKWArrays:
-    """The FKW arrays stored as parts of an `fkw`-layout weight (what the lowering reads)."""
-    patterns = np.array(weight.layout.patterns, np.uint8)
-    return FKWArrays(patterns=patterns, **{k: weight.parts[k] for k in
-                                           ("filter_order", "offset", "stride", "index", "weight")})
+    try:
+        return build_fkw(original, np.array(weight.layout.patterns, np.uint8), order)
+    except ValueError as err:  # the verifier's pattern rule makes this unreachable for verified IR
+        raise UserError(f"conv2d %{op.result}: weight @{weight.name} has no FKW form: {err}") from None
 
 
 @register
 @dataclass(frozen=True)
 class CompressFkw(Pass):
-    """Turn pattern-layout conv weights into FKW storage (layout `fkw` with its arrays as parts)."""
+    """Commit pattern-layout conv weights to FKW storage (layout `fkw`; arrays derived when lowering)."""
 
     name = "compress-fkw"
 
@@ -49,7 +48,5 @@ class CompressFkw(Pass):
 
 
 def _compress(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
-    arrays = fkw_of(op, weight)
-    parts = {"mask": weight.mask, "filter_order": arrays.filter_order, "offset": arrays.offset,
-             "stride": arrays.stride, "index": arrays.index, "weight": arrays.weight}
-    return op, dataclasses.replace(weight, layout=FKW(weight.layout.patterns), parts=parts)
+    fkw_of(op, weight)  # fails here, naming the layer, if a kernel fits none of the patterns
+    return op, dataclasses.replace(weight, layout=FKW(weight.layout.patterns))

@@ -23,7 +23,8 @@ def _fold(producer: Conv2d | Linear, bn: BatchNorm, module: Module) -> Fused | N
     factor = get(bn.scale) / np.sqrt(get(bn.var) + bn.epsilon)
     weight = module.weight(producer.weight)
     old_bias = get(producer.bias) if producer.bias else np.zeros(weight.type.shape[0])
-    scaled = weight.data.astype(np.float64) * factor.reshape(-1, *([1] * (weight.data.ndim - 1)))
+    row_factor = factor[_stored_channels(producer)]
+    scaled = weight.data.astype(np.float64) * row_factor.reshape(-1, *([1] * (weight.data.ndim - 1)))
     bias = (old_bias - get(bn.mean)) * factor + get(bn.bias)
     new_weight = _replace_data(module, weight, scaled.astype(np.float32))
     if producer.bias:
@@ -34,6 +35,13 @@ def _fold(producer: Conv2d | Linear, bn: BatchNorm, module: Module) -> Fused | N
     op = dataclasses.replace(producer, result=bn.result, type=bn.type, weight=f"@{new_weight.name}",
                              bias=f"@{new_bias.name}", loc=bn.loc)
     return Fused(op, (new_weight, new_bias))
+
+
+def _stored_channels(producer: Conv2d | Linear) -> list[int] | slice:
+    """The output channel each weight row computes: after reorder-filters, row i is channel
+    filter_order[i] (the bias stays indexed by channel)."""
+    order = getattr(producer, "filter_order", None)
+    return list(order) if order else slice(None)
 
 
 def _replace_data(module: Module, weight: Weight, data: np.ndarray) -> Weight:

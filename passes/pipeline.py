@@ -94,10 +94,21 @@ class PassInstrument:
 
 
 def run_pipeline(module: Module, steps: list[Pass], instrument: PassInstrument | None = None) -> Module:
-    """Run the passes in order, instrumented."""
+    """Run the passes in order, instrumented; the module records each pass that ran."""
     instrument = instrument or PassInstrument()
     for step in steps:
         start = time.perf_counter()
         module = step.apply(module)
+        module = module.replace(passes=module.passes + (step.name,))
         instrument.after(step, module, time.perf_counter() - start)
     return module
+
+
+def remaining_pipeline(module: Module) -> tuple[list[Pass], list[str]]:
+    """The default pipeline's passes that have not run over `module` yet, and those that have."""
+    unknown = [name for name in module.passes if name not in PASSES]
+    if unknown:
+        raise UserError(f"module @{module.name} records passes this sparsec does not know: {', '.join(unknown)}; "
+                        f"known passes: {', '.join(sorted(PASSES))}")
+    steps = default_pipeline()
+    return [p for p in steps if p.name not in module.passes], [p.name for p in steps if p.name in module.passes]

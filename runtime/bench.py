@@ -25,9 +25,10 @@ from importlib import metadata
 import numpy as np
 import onnx
 
-from sparsec.check import TOLERANCE, require_onnxruntime, seeded_inputs
+from sparsec.check import TOLERANCE, EngineUnavailable, onnxruntime_session, require_onnxruntime, seeded_inputs
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
+from sparsec.sparsity import useful_gflops
 
 ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
 REFERENCE = "onnxruntime"
@@ -67,13 +68,13 @@ def input_shapes_of(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]
 
 
 def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], threads: int) -> Engine:
-    ort = require_onnxruntime("benchmarking needs onnxruntime as the reference")
+    why = "benchmarking needs onnxruntime as the reference"
+    ort = require_onnxruntime(why)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     start = time.perf_counter()
-    session = ort.InferenceSession((apply_masks(model, masks) if masks else model).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(apply_masks(model, masks) if masks else model, why, options)
     compile_s = time.perf_counter() - start
     run = lambda: session.run(None, inputs)  # noqa: E731
     return Engine(REFERENCE, run, run, compile_s)
@@ -184,9 +185,15 @@ def profile_layers(engine: Engine, runs: int) -> list[dict]:
 
 
 def _layer_rows(layers, per_run: list[dict[str, float]]) -> list[dict]:
-    """One row per manifest layer (in order), then any other kernel the VM called (Relax ops)."""
-    median = lambda symbol: statistics.median(run.get(symbol, 0.0) for run in per_run)  # noqa: E731
+    """One row per manifest layer (in order), then any other kernel the VM called (Relax ops).
+    A kernel the VM never called has no time (None), not 0.0: a missing kernel must show."""
+    def median(symbol: str) -> float | None:
+        times = [run[symbol] for run in per_run if symbol in run]
+        return statistics.median(times) if times else None
+
     rows = [{**layer, "median_ms": median(layer["kernel"])} for layer in layers]
+    for row in rows:
+        row["gflops"] = useful_gflops(row.get("kept_macs", 0), row["median_ms"]) if row.get("kept_macs") else None
     known = {layer["kernel"] for layer in layers}
     others = sorted({s for run in per_run for s in run} - known)
     rows += [{"result": f"({s})", "op": "relax", "format": "-", "kernel": s, "median_ms": median(s)} for s in others]
@@ -261,10 +268,13 @@ class BenchReport:
     rounds: int
     runs_ms: dict[str, list[float]]
     compile_s: dict[str, float]
-    errors: dict[str, tuple[float, float]]  # engine -> (max abs, max relative) vs onnxruntime
+    errors: dict[str, tuple[float, float]]  # engine -> (max abs, max relative) vs `checked_against`
     layers: list[dict] = field(default_factory=list)
     tvm_threads: int | None = None
     others_cpu: float | None = None  # share of the CPUs other processes used while measuring
+    skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
+    checked_against: str = REFERENCE
+    peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
     machine: dict = field(default_factory=machine_info)
     versions: dict = field(default_factory=versions)
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -279,6 +289,11 @@ class BenchReport:
         base = self.median_ms("sparsec")
         return {f"{name}/sparsec": self.median_ms(name) / base for name in self.runs_ms if name != "sparsec"}
 
+    def useful_gflops(self) -> float | None:
+        """sparsec's whole-model useful GFLOP/s: 2 x kept MACs of its layers over its median."""
+        macs = sum(row.get("kept_macs") or 0 for row in self.layers)
+        return useful_gflops(macs, self.median_ms("sparsec")) if macs and "sparsec" in self.runs_ms else None
+
     def to_dict(self) -> dict:
         engines = {name: {"median_ms": self.median_ms(name), "runs_ms": runs, "compile_s": self.compile_s[name],
                           "max_abs_err": self.errors.get(name, (None,))[0],
@@ -289,6 +304,8 @@ class BenchReport:
                 "engines": engines, "ratios": self.ratios(),
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
+                "skipped": self.skipped, "checked_against": self.checked_against,
+                "peak_gflops": self.peak_gflops, "useful_gflops": self.useful_gflops(),
                 "machine": self.machine, "versions": self.versions, "date": self.date, "layers": self.layers}
 
     def to_json(self) -> str:
@@ -304,23 +321,34 @@ class BenchReport:
             err = self.errors.get(name, (None,))[0]
             lines.append(f"{name:15} {self.median_ms(name):10.3f} {ratio:10.2f} {self.compile_s[name]:10.2f} "
                          f"{'-' if err is None else f'{err:.2e}':>12}")
+        for name, reason in self.skipped.items():
+            lines.append(f"{name:15} skipped: {reason}")
+        if self.checked_against != REFERENCE:
+            lines.append(f"errors are against sparsec's {self.checked_against} (onnxruntime did not run)")
+        if self.peak_gflops:
+            model = self.useful_gflops()
+            share = f": sparsec {model:.1f} useful GFLOP/s = {model / self.peak_gflops:.0%} of it" if model else ""
+            lines.append(f"fp32 FMA peak measured at {self.threads} threads: {self.peak_gflops:.1f} GFLOP/s{share}")
         if self.others_cpu is not None:
             lines.append(f"other processes used {self.others_cpu:.0%} of the CPUs while measuring")
         if self.tvm_threads not in (None, self.threads):
             lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
                          "TVM_NUM_THREADS was set)")
         if self.layers:
-            lines += ["", format_layers(self.layers)]
+            lines += ["", format_layers(self.layers, self.peak_gflops)]
         return "\n".join(lines)
 
 
-def format_layers(layers: list[dict]) -> str:
-    """The per-layer table: value, op, format, median ms and share of the summed layer time."""
-    total = sum(row["median_ms"] for row in layers) or 1.0
-    lines = [f"{'layer':28} {'op':12} {'format':8} {'median ms':>10} {'share':>7}"]
+def format_layers(layers: list[dict], peak_gflops: float | None = None) -> str:
+    """The per-layer table: value, op, format, median ms, share of the summed layer time, and
+    useful GFLOP/s with its fraction of the measured FMA peak (layers with weights only)."""
+    total = sum(row["median_ms"] or 0.0 for row in layers) or 1.0
+    lines = [f"{'layer':28} {'op':12} {'format':8} {'median ms':>10} {'share':>7} {'GFLOP/s':>8} {'of peak':>7}"]
     for row in layers:
-        lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} "
-                     f"{row['median_ms']:10.3f} {row['median_ms'] / total:7.1%}")
+        ms, gflops = row["median_ms"], row.get("gflops")
+        timing = f"{'not called':>10} {'':>7}" if ms is None else f"{ms:10.3f} {ms / total:7.1%}"
+        roof = f" {gflops:8.1f}" + (f" {gflops / peak_gflops:7.0%}" if peak_gflops else "") if gflops else ""
+        lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} {timing}{roof}")
     lines.append(f"{'sum of layers':50} {total:10.3f}")
     return "\n".join(lines)
 
@@ -333,19 +361,50 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     _check_options(threads, rounds, min_time_s, engines)
     set_tvm_threads(threads)
     inputs = seeded_inputs(input_shapes_of(model, input_shapes))
-    built = [make_engine(e, model, masks, inputs, threads=threads, input_shapes=input_shapes) for e in engines]
-    errs = _errors(built)
+    built, skipped = _build_engines(engines, model, masks, inputs, threads, input_shapes)
+    errs, against = _errors(built, lambda: _reference_outputs(model, masks, inputs, input_shapes))
     if check:
-        _check_errors(errs)
+        _check_errors(errs, against)
     start = cpu_snapshot()
     runs, repeats = measure(built, rounds, min_time_s)
     sparsec = next((e for e in built if e.name == "sparsec"), None)
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
     layers = profile_layers(sparsec, max(rounds, repeats["sparsec"])) if sparsec else []
+    peak = measure_peak(threads) if sparsec else None
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
-                       tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start))
+                       tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
+                       skipped=skipped, checked_against=against, peak_gflops=peak)
+
+
+def measure_peak(threads: int) -> float:
+    """The host's fp32 FMA peak at `threads` threads, measured now (same machine state as the run)."""
+    from sparsec.lower.target import host
+    from sparsec.runtime.roofline import fma_peak_gflops
+
+    time.sleep(PAUSE_S)
+    return fma_peak_gflops(host(threads), threads)
+
+
+def _build_engines(names, model, masks, inputs, threads, input_shapes) -> tuple[list[Engine], dict[str, str]]:
+    """The engines ready to run, and those that cannot run this model (onnxruntime may refuse a
+    model sparsec reads) with the reason, so the bench goes on without them."""
+    built, skipped = [], {}
+    for name in names:
+        try:
+            built.append(make_engine(name, model, masks, inputs, threads=threads, input_shapes=input_shapes))
+        except EngineUnavailable as err:
+            skipped[name] = str(err)
+    return built, skipped
+
+
+def _reference_outputs(model, masks, inputs, input_shapes) -> list[np.ndarray]:
+    """sparsec's reference interpreter on the imported model: the check when onnxruntime cannot run."""
+    from sparsec.driver import import_model
+    from sparsec.reference import run_reference
+
+    return list(run_reference(import_model(model, masks, input_shapes), inputs).values())
 
 
 def _check_options(threads: int, rounds: int, min_time_s: float, engines: tuple[str, ...]) -> None:
@@ -357,16 +416,17 @@ def _check_options(threads: int, rounds: int, min_time_s: float, engines: tuple[
         raise UserError(f"engines {list(engines)}: choose from {', '.join(ENGINES)}")
 
 
-def _errors(engines: list[Engine]) -> dict[str, tuple[float, float]]:
+def _errors(engines: list[Engine], fallback: Callable[[], list[np.ndarray]]) -> tuple[dict, str]:
+    """Each engine's errors against onnxruntime, or against the reference interpreter when
+    onnxruntime is not among the engines; and which of the two it was."""
     reference = next((e for e in engines if e.name == REFERENCE), None)
-    if reference is None:
-        return {}
-    expected = reference.outputs()
-    return {e.name: errors(expected, e.outputs()) for e in engines if e is not reference}
+    expected = reference.outputs() if reference else fallback()
+    errs = {e.name: errors(expected, e.outputs()) for e in engines if e is not reference}
+    return errs, REFERENCE if reference else "reference interpreter"
 
 
-def _check_errors(errs: dict[str, tuple[float, float]]) -> None:
+def _check_errors(errs: dict[str, tuple[float, float]], against: str) -> None:
     for name, (abs_err, rel_err) in errs.items():
         if not rel_err <= RTOL:  # also catches NaN
-            raise MismatchError(f"{name} differs from onnxruntime: max abs error {abs_err:.3g} "
+            raise MismatchError(f"{name} differs from {against}: max abs error {abs_err:.3g} "
                                 f"({rel_err:.3g} of the output's range, tolerance {RTOL:g})")

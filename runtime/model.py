@@ -2,13 +2,16 @@
 
 On disk: `model.so` (loadable by any TVM 0.27 runtime: `relax.VirtualMachine(
 tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`) and `model.so.json` beside it.
+A model compiled for another architecture (arm64 on an x86 host) runs on a device
+(`sparsec.runtime.device`): the emulated one, or one registered with a TVM tracker.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from tvm import relax
 from sparsec.errors import UserError
 from sparsec.ir.files import atomic_outputs
 from sparsec.ir.types import DTYPES, dtype_name
+from sparsec.target import Target
 
 MANIFEST_VERSION = 1
 
@@ -42,6 +46,7 @@ class Manifest:
     target: str
     target_json: str
     layers: tuple[dict, ...]
+    target_spec: dict = field(default_factory=dict)  # sparsec's whole Target (`Target.to_dict`)
 
     def to_json(self) -> str:
         return json.dumps({"version": MANIFEST_VERSION, "entry": "main", **asdict(self)}, indent=1)
@@ -50,7 +55,12 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         specs = lambda key: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in data[key])  # noqa: E731
-        return cls(specs("inputs"), specs("outputs"), data["target"], data["target_json"], tuple(data["layers"]))
+        return cls(specs("inputs"), specs("outputs"), data["target"], data["target_json"], tuple(data["layers"]),
+                   data.get("target_spec", {}))
+
+    def target_value(self) -> Target | None:
+        """The Target the model was compiled for (None for a manifest written before it was kept)."""
+        return Target.from_dict(self.target_spec) if self.target_spec else None
 
 
 def manifest_path(library: Path) -> Path:
@@ -58,17 +68,41 @@ def manifest_path(library: Path) -> Path:
 
 
 class CompiledModel:
-    """Runs on the host CPU; `export` writes the library and its manifest atomically."""
+    """Runs on this CPU, or on `device` (`on(device)`) when it was compiled for another one;
+    `export` writes the library and its manifest atomically."""
 
-    def __init__(self, executable, manifest: Manifest):
+    def __init__(self, executable, manifest: Manifest, library: Path | None = None, device=None):
         self.executable, self.manifest = executable, manifest
+        self.library, self.device = library, device  # library: the .so on disk, if any
         self._vm = None
 
     @property
+    def target(self) -> Target | None:
+        return self.manifest.target_value()
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether this machine's CPU can run the library (same architecture)."""
+        target = self.target
+        return target is None or target.device == "local"
+
+    def on(self, device) -> CompiledModel:
+        """The same model, run on `device` (a `sparsec.runtime.device.RpcDevice`)."""
+        return CompiledModel(self.executable, self.manifest, self.library, device)
+
+    @property
     def vm(self) -> relax.VirtualMachine:
+        if not self.runs_here:
+            raise UserError(self._needs_device())
         if self._vm is None:
             self._vm = relax.VirtualMachine(self.executable, tvm.cpu(0))
         return self._vm
+
+    def _needs_device(self) -> str:
+        target, where = self.target, f"{self.library}: " if self.library else ""
+        return (f"{where}compiled for {target.name} ({target.arch}, {target.cpu}) but this machine is "
+                f"{_host_arch()}: run it on a device (`sparsec run` starts the emulated one; "
+                "or --tracker HOST:PORT --key K)")
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The inputs in order, or a UserError naming the first one that does not fit."""
@@ -89,10 +123,35 @@ class CompiledModel:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs keyed by name for inputs keyed by name."""
-        args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in self.check_inputs(inputs)]
-        result = self.vm["main"](*args)
-        values = [result] if len(self.manifest.outputs) == 1 else list(result)
-        return {spec.name: v.numpy() for spec, v in zip(self.manifest.outputs, values)}
+        ordered = self.check_inputs(inputs)
+        if self.device is not None:
+            values = self._run_on_device(ordered)
+        else:
+            result = self.vm["main"](*[tvm.runtime.tensor(a, tvm.cpu(0)) for a in ordered])
+            values = [v.numpy() for v in ([result] if len(self.manifest.outputs) == 1 else list(result))]
+        return {spec.name: v for spec, v in zip(self.manifest.outputs, values)}
+
+    def _run_on_device(self, ordered: list[np.ndarray]) -> list[np.ndarray]:
+        from sparsec.runtime.device import run_library
+
+        if self.library is not None:
+            return run_library(self.device, self.library, ordered, len(self.manifest.outputs))
+        with tempfile.TemporaryDirectory(prefix="sparsec-") as tmp:
+            library = Path(tmp) / "model.so"
+            self._export_library(library)
+            return run_library(self.device, library, ordered, len(self.manifest.outputs))
+
+    def _export_library(self, path: Path) -> None:
+        """The TVM library, linked by the target's compiler (a cross compiler for arm64)."""
+        if self.executable is None:
+            raise UserError(f"{self.library}: a loaded model for another machine cannot be exported again")
+        target = self.target
+        if target is not None and target.cc:
+            from tvm.support import cc
+
+            self.executable.export_library(str(path), fcompile=cc.cross_compiler(target.cc))
+        else:
+            self.executable.export_library(str(path))
 
     def export(self, path: str | os.PathLike) -> None:
         """Write `path` (the TVM library) and `path.json` (the manifest), both or neither."""
@@ -102,7 +161,7 @@ class CompiledModel:
         with atomic_outputs([path, manifest_path(path)]) as (lib_tmp, manifest_tmp):
             lib_path = lib_tmp.with_suffix(".so")  # export_library picks the format from the suffix
             try:
-                self.executable.export_library(str(lib_path))
+                self._export_library(lib_path)
                 os.replace(lib_path, lib_tmp)
             finally:
                 lib_path.unlink(missing_ok=True)
@@ -126,7 +185,15 @@ def load(path: str | os.PathLike) -> CompiledModel:
                         "write one with `sparsec compile`")
     try:
         manifest = Manifest.from_json(manifest_file.read_text())
-        executable = tvm.runtime.load_module(str(path))
-    except (ValueError, KeyError, RuntimeError) as err:  # RuntimeError: what TVM raises
+        compiled = CompiledModel(None, manifest, path)
+        if compiled.runs_here:  # a library for another CPU is only read by the device running it
+            compiled.executable = tvm.runtime.load_module(str(path))
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # RuntimeError: what TVM raises
         raise UserError(f"{path}: cannot load the compiled model ({str(err).splitlines()[0]})") from None
-    return CompiledModel(executable, manifest)
+    return compiled
+
+
+def _host_arch() -> str:
+    import platform
+
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())

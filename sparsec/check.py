@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from sparsec.errors import UserError
 from sparsec.ir.module import Module
@@ -40,16 +42,49 @@ def require_onnxruntime(why: str):
     return onnxruntime
 
 
+class EngineUnavailable(UserError):
+    """onnxruntime cannot load a model that sparsec reads; callers skip it and say why."""
+
+
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+
+
+def onnxruntime_session(model: onnx.ModelProto, why: str, options=None):
+    """An onnxruntime session for `model`. A model stamped with a newer IR version than this
+    onnxruntime reads (onnx's `make_model` stamps its own) is handed over at the newest IR version
+    it reads: the graph is the same one sparsec compiles. Anything else it refuses raises
+    `EngineUnavailable` with onnxruntime's reason on one line."""
+    ort = require_onnxruntime(why)
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph classes
+        too_new = _IR_TOO_NEW.search(str(err))
+        if too_new is None:
+            raise EngineUnavailable(f"onnxruntime cannot load the model: {_last_line(err)}") from None
+    older = onnx.ModelProto()
+    older.CopyFrom(model)
+    older.ir_version = int(too_new.group(2))
+    try:
+        return ort.InferenceSession(older.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise EngineUnavailable(f"onnxruntime cannot load the model (IR version {model.ir_version}, also tried "
+                                f"{older.ir_version}): {_last_line(err)}") from None
+
+
+def _last_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
 def onnxruntime_outputs(model_path: Path, masks_path: Path | None, inputs: dict[str, np.ndarray]) -> dict:
     """What onnxruntime computes for the masked model (masks applied to the initializers)."""
-    ort = require_onnxruntime("--check compares with onnxruntime")
     from sparsec.frontend import load_onnx
     from sparsec.prune import apply_masks, load_masks
 
     model = load_onnx(model_path)
     if masks_path is not None:
         model = apply_masks(model, load_masks(masks_path, model))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model, "--check compares with onnxruntime")
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
 
@@ -59,9 +94,12 @@ def check_compiled(compiled, module: Module, model_path: Path | None = None, mas
     inputs = random_inputs(module)
     got = compiled.run(inputs)
     references = {"reference": run_reference(module, inputs)}
-    if model_path is not None:
-        references["onnxruntime"] = onnxruntime_outputs(model_path, masks_path, inputs)
     lines = []
+    if model_path is not None:
+        try:
+            references["onnxruntime"] = onnxruntime_outputs(model_path, masks_path, inputs)
+        except EngineUnavailable as err:
+            lines.append(f"check: onnxruntime skipped ({err})")
     for engine, outputs in references.items():
         for name, want in outputs.items():
             error = relative_error(got[name], want)

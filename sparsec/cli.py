@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from sparsec.errors import UserError
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _fuzz_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _fuzz_parser):
         register(jobs)
     return parser
 
@@ -85,11 +86,12 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 def _opt_parser(jobs) -> None:
     p = jobs.add_parser("opt", help="run passes over IR text")
     p.add_argument("module", type=Path, help="IR text (.sir)")
-    p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-activation "
+    p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-epilogue "
                    "(or 'default'); see `sparsec opt --list-passes`")
     p.add_argument("--list-passes", action="store_true", help="print the registered passes and exit")
     p.add_argument("--print-after-all", action="store_true", help="print the IR to stderr after each pass")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("-o", "--output", type=Path, help="IR text to write (default: print to stdout)")
     p.set_defaults(command=cmd_opt)
 
@@ -107,6 +109,8 @@ def cmd_opt(args) -> int:
     pipeline = parse_pipeline(args.passes)
     instrument = PassInstrument(print_after_all=args.print_after_all, verify_each=args.verify_each)
     module = run_pipeline(module, pipeline, instrument)
+    if args.timings:
+        _print_timings(instrument)
     if args.output:
         write_module(module, args.output)
     else:
@@ -121,41 +125,123 @@ def _compile_parser(jobs) -> None:
     p = jobs.add_parser("compile", help="ONNX model (+ masks) -> TVM library model.so (+ model.so.json)")
     p.add_argument("model", type=Path, help="ONNX model, or IR text (.sir)")
     p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
-    p.add_argument("--target", default="host", help="target to compile for (default: host)")
+    _target_arguments(p)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
     p.add_argument("-o", "--output", type=Path, required=True, help="library to write (model.so)")
     p.add_argument("--dump-ir-after", metavar="PASS|all",
                    help="write the IR text after that pass (or every pass) beside the output")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
+    p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("--check", action="store_true",
-                   help="run the compiled model against the reference interpreter and onnxruntime")
+                   help="run the compiled model against the reference interpreter and onnxruntime "
+                        "(an arm64 model runs on the emulated device, or the --tracker one)")
+    _device_arguments(p)
     p.set_defaults(command=cmd_compile)
 
 
-def cmd_compile(args) -> int:
-    from sparsec.lower.target import resolve_target
+def _target_arguments(p) -> None:
+    p.add_argument("--target", default="host", help="target to compile for: host (default) or arm64; "
+                   "see `sparsec targets`")
+    p.add_argument("--cpu", help="the core of an arm64 target (default cortex-a53; see `sparsec targets`)")
+    p.add_argument("--target-json", metavar="JSON|FILE",
+                   help="a target as JSON (sparsec's fields or a raw TVM target), instead of --target")
+    p.add_argument("--cc", help="the compiler that links the library (arm64 default: aarch64-linux-gnu-g++; "
+                   "or TVM_NDK_CC=<Android NDK clang>)")
 
-    resolve_target(args.target)  # an unsupported target fails before any work
+
+def resolve_target_args(args):
+    """--target/--cpu/--target-json/--cc -> Target, with its compiler present (before any work)."""
+    from sparsec.lower.target import resolve_target
+    from sparsec.target import require_compiler
+
+    target = resolve_target(args.target, args.cpu, args.target_json, args.cc)
+    require_compiler(target)
+    return target
+
+
+def _device_arguments(p) -> None:
+    p.add_argument("--tracker", metavar="HOST:PORT", help="run on the device registered with this TVM tracker")
+    p.add_argument("--key", help="the device's key at the tracker (with --tracker)")
+
+
+def cmd_compile(args) -> int:
+    target = resolve_target_args(args)  # an unknown target or a missing compiler fails before any work
     _check_output(args.output, ".so")
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
+    from sparsec.passes import PassInstrument
 
     dump = _ir_dumper(args.output, args.dump_ir_after) if args.dump_ir_after else None
-    compiled = compile_model(module, target=args.target, verify_each=args.verify_each, dump=dump)
+    instrument = PassInstrument(verify_each=args.verify_each, dump=dump)
+    if module.passes:
+        _print_pass_plan(args.model, module)
+    compiled = compile_model(module, target=target, instrument=instrument)
+    if args.timings:
+        _print_timings(instrument)
     if args.check:
         from sparsec.check import check_compiled
 
-        print(check_compiled(compiled, module, args.model if args.model.suffix == ".onnx" else None, args.masks))
+        with device_for(compiled, args) as device:
+            checked = compiled.on(device) if device else compiled
+            print(check_compiled(checked, module, args.model if args.model.suffix == ".onnx" else None, args.masks))
     compiled.export(args.output)
     return 0
+
+
+def device_for(compiled, args):
+    """A context manager giving the device to run `compiled` on: the --tracker one, None for this
+    CPU, or an emulated device started for it (and stopped after)."""
+    import contextlib
+
+    from sparsec.runtime.device import RpcDevice, parse_tracker
+
+    if (args.tracker is None) != (args.key is None):
+        raise UserError("--tracker and --key go together: --tracker HOST:PORT --key KEY")
+    if args.tracker:
+        return contextlib.nullcontext(RpcDevice(*parse_tracker(args.tracker), args.key))
+    if compiled.runs_here:
+        return contextlib.nullcontext(None)
+    return _emulated(compiled.target)
+
+
+@contextmanager
+def _emulated(target):
+    from sparsec.runtime.emulator import EmulatedDevice
+
+    if target.device.startswith("none"):
+        raise UserError(f"a {target.name} model for {target.tvm_dict().get('mtriple')} has no emulated device here: "
+                        "name a real one with --tracker HOST:PORT --key K")
+    print(f"sparsec: running on an emulated {target.name} device: {target.qemu_cpu} under qemu-aarch64 "
+          "(real ARM code; its timings are emulation speed, not a phone's)", file=sys.stderr)
+    with EmulatedDevice(target.qemu_cpu) as device:
+        yield device.rpc
 
 
 def _load_source(args):
     if args.model.suffix == ".sir":
         from sparsec.ir.files import read_module
 
+        if args.masks or args.input_shape:
+            flags = " and ".join(f for f, v in (("--masks", args.masks), ("--input-shape", args.input_shape)) if v)
+            raise UserError(f"{args.model}: {flags} apply to ONNX models; IR text already holds its masks "
+                            "and shapes (give them to `sparsec import`)")
         return read_module(args.model)  # parsed and verified
     return load_model(args)
+
+
+def _print_pass_plan(source: Path, module) -> None:
+    """Say which passes of the default pipeline an optimised module skips and which still run."""
+    from sparsec.passes import remaining_pipeline
+
+    steps, done = remaining_pipeline(module)
+    todo = ", ".join(step.name for step in steps) or "none"
+    print(f"sparsec: {source} records passes {', '.join(module.passes)}; not run again: {', '.join(done) or 'none'}; "
+          f"running: {todo}", file=sys.stderr)
+
+
+def _print_timings(instrument) -> None:
+    for name, seconds in instrument.timings.items():
+        print(f"pass {name:28} {seconds * 1000:9.1f} ms", file=sys.stderr)
 
 
 def _check_output(path: Path, suffix: str) -> None:
@@ -190,6 +276,7 @@ def _run_parser(jobs) -> None:
     p.add_argument("module", type=Path, help="model.so from `sparsec compile`, or IR text (.sir)")
     p.add_argument("--input", type=Path, required=True, help=".npy (one input) or .npz keyed by input name")
     p.add_argument("-o", "--output", type=Path, required=True, help=".npy (one output) or .npz keyed by name")
+    _device_arguments(p)
     p.set_defaults(command=cmd_run)
 
 
@@ -201,7 +288,8 @@ def cmd_run(args) -> int:
 
         compiled = load(args.module)
         inputs = read_inputs(args.input, [s.name for s in compiled.manifest.inputs])
-        outputs = compiled.run(inputs)
+        with device_for(compiled, args) as device:
+            outputs = (compiled.on(device) if device else compiled).run(inputs)
     else:
         from sparsec.ir.files import read_module
         from sparsec.reference import run_reference
@@ -226,6 +314,9 @@ def _prune_parser(jobs) -> None:
     p.add_argument("--unstructured", type=float, default=0.0, metavar="F",
                    help="fraction of smallest weights removed from 1x1 convs and FC layers")
     p.add_argument("--prune-first-conv", action="store_true", help="also prune the first conv")
+    p.add_argument("--kernel-groups", type=int, default=1, metavar="G",
+                   help="G consecutive filters keep or drop each input channel's kernel together, with one "
+                        "pattern, so kernels walk G filters at once (default 1; `inspect` reports the cost)")
     p.set_defaults(command=cmd_prune)
 
 
@@ -235,7 +326,8 @@ def cmd_prune(args) -> int:
 
     model = load_onnx(args.model)
     masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
-                        unstructured=args.unstructured, prune_first_conv=args.prune_first_conv)
+                        unstructured=args.unstructured, prune_first_conv=args.prune_first_conv,
+                        kernel_groups=args.kernel_groups)
     save_masks(masks, args.output)
     return 0
 
@@ -311,6 +403,39 @@ def cmd_bench(args) -> int:
     print(report.format_report())
     if args.json:
         write_atomically(args.json, lambda path: path.write_text(report.to_json()))
+    return 0
+
+
+# --- sparsec targets ----------------------------------------------------------------------------
+
+
+def _targets_parser(jobs) -> None:
+    p = jobs.add_parser("targets", help="the targets sparsec compiles for and what each implies")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(command=cmd_targets)
+
+
+def cmd_targets(args) -> int:
+    import json
+
+    from sparsec import target as targets
+    from sparsec.lower.target import host
+
+    listed = {"host": host(), "arm64": targets.arm64()}
+    if args.json:
+        print(json.dumps({name: t.to_dict() for name, t in listed.items()} | {"arm64 --cpu": list(targets.ARM_CPUS)},
+                         indent=1))
+        return 0
+    for name, target in listed.items():
+        title = {"host": f"host: this machine ({target.arch}, {target.cpu})",
+                 "arm64": f"arm64: aarch64 + NEON, cross-compiled (--cpu, default {targets.ARM64_BASELINE})"}[name]
+        print(title)
+        print("\n".join(f"  {line}" for line in targets.describe(target)))
+    print("arm64 --cpu choices (core: ISA, L1d/L2, emulated as):")
+    for cpu, core in targets.ARM_CPUS.items():
+        print(f"  {cpu:12} {core.isa}, {core.l1d_kb}/{core.l2_kb} KiB, qemu {core.qemu_cpu}")
+    print("--target-json JSON|FILE: sparsec's fields (isa, tvm, vector_registers, threads, cc, ...) "
+          "or a raw TVM target")
     return 0
 
 

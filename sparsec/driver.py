@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,15 +10,30 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from sparsec.errors import UserError
 from sparsec.frontend import import_onnx, load_onnx
 from sparsec.ir.module import Module
-from sparsec.passes import PassInstrument, default_pipeline, run_pipeline
+from sparsec.passes import PassInstrument, remaining_pipeline, run_pipeline
+from sparsec.target import Target
 
 
-def optimize(module: Module, *, verify_each: bool = False,
-             dump: Callable[[str, Module], None] | None = None) -> Module:
-    """The default pass pipeline over an imported module."""
-    return run_pipeline(module, default_pipeline(), PassInstrument(verify_each=verify_each, dump=dump))
+def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, Module], None] | None = None,
+             target: Target | None = None, instrument: PassInstrument | None = None) -> Module:
+    """The default pass pipeline over a module, less the passes it records as already run; the
+    cost model uses `target`'s throughputs (the pass defaults without one)."""
+    steps, _ = remaining_pipeline(module)
+    return run_pipeline(module, for_target(steps, target), instrument or PassInstrument(verify_each=verify_each,
+                                                                                         dump=dump))
+
+
+def for_target(steps: list, target: Target | None) -> list:
+    """The passes with analyze-sparsity's throughputs set from the target."""
+    from sparsec.passes.registry import AnalyzeSparsity
+
+    if target is None:
+        return steps
+    speeds = dict(pattern_throughput=target.throughputs.pattern, csr_throughput=target.throughputs.csr)
+    return [dataclasses.replace(p, **speeds) if isinstance(p, AnalyzeSparsity) else p for p in steps]
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,
@@ -32,13 +48,27 @@ def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np
     return import_onnx(proto, masks, input_shapes, source=source).module
 
 
-def compile(model, masks=None, *, target: str = "host", input_shapes=None, verify_each: bool = False,
-            dump: Callable[[str, Module], None] | None = None):
-    """Compile an ONNX model (+ masks) or an IR `Module`; returns a runnable `CompiledModel`."""
-    from sparsec.lower.compile import compile_module
+def compile(model, masks=None, *, target: str | Target = "host", input_shapes=None, verify_each: bool = False,
+            dump: Callable[[str, Module], None] | None = None, instrument: PassInstrument | None = None):
+    """Compile an ONNX model (+ masks) or an IR `Module` for `target` (a Target, or a named
+    target: host, arm64); returns a `CompiledModel`.
 
-    module = model if isinstance(model, Module) else import_model(model, masks, input_shapes)
-    return compile_module(optimize(module, verify_each=verify_each, dump=dump), target)
+    A `Module` is compiled as given: the passes it records as run are not run again, and masks or
+    input shapes (which only an ONNX model takes) are refused rather than ignored.
+    """
+    from sparsec.lower.compile import compile_module
+    from sparsec.lower.target import resolve_target
+
+    target = resolve_target(target) if isinstance(target, str) else target
+    if isinstance(model, Module):
+        if masks is not None or input_shapes:
+            raise UserError(f"module @{model.name} is IR: its masks and input shapes are already in it; "
+                            "give masks and input shapes when importing the ONNX model")
+        module = model
+    else:
+        module = import_model(model, masks, input_shapes)
+    optimized = optimize(module, verify_each=verify_each, dump=dump, target=target, instrument=instrument)
+    return compile_module(optimized, target)
 
 
 def load(path: str | os.PathLike):

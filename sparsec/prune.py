@@ -84,6 +84,7 @@ def prune_model(
     keep_kernels: float = 1.0,
     unstructured: float = 0.0,
     prune_first_conv: bool = False,
+    kernel_groups: int = 1,
 ) -> dict[str, np.ndarray]:
     """PCONV masks for every Conv / Gemm / MatMul weight of `model`, keyed by initializer name.
 
@@ -92,10 +93,15 @@ def prune_model(
       then each layer keeps its `keep_kernels` fraction of kernels with the largest norms
       (rounded to nearest, at least one).
     - 1x1 convs (groups == 1) and FC weights lose their `unstructured` fraction of smallest weights.
+    - With `kernel_groups` G > 1, filters go G consecutive at a time and the G kernels of a group
+      at one input channel share one pattern and one keep/remove choice (the one keeping the most
+      norm over the G), so a kernel that walks G filters together wastes no multiply.
     - Everything else (the first conv unless `prune_first_conv`, depthwise / grouped and other
       kernel sizes) gets an all-True mask. Ties are broken by index, so the result is deterministic.
     """
     _check_options(patterns, keep_kernels, unstructured)
+    if isinstance(kernel_groups, bool) or not isinstance(kernel_groups, int | np.integer) or kernel_groups < 1:
+        raise UserError(f"kernel_groups={kernel_groups!r}: use a whole number of filters >= 1")
     layers = weight_layers(model)
     weights = _weights(model, {layer.weight for layer in layers})
     masks = {layer.weight: np.ones(layer.shape, dtype=bool) for layer in layers}
@@ -104,7 +110,7 @@ def prune_model(
     pattern_layers = [layer for layer in prunable if layer.kind == "conv3x3"]
     chosen = pattern_set([weights[layer.weight] for layer in pattern_layers], patterns)
     for layer in pattern_layers:
-        masks[layer.weight] = _pattern_mask(weights[layer.weight], chosen, keep_kernels)
+        masks[layer.weight] = pattern_mask(weights[layer.weight], chosen, keep_kernels, kernel_groups)
     for layer in prunable:
         if layer.kind == "fc" or (layer.kind == "conv" and layer.shape[2:] == (1, 1) and layer.groups == 1):
             masks[layer.weight] = _magnitude_mask(weights[layer.weight], unstructured)
@@ -160,16 +166,22 @@ def pattern_set(weights: list[np.ndarray], patterns: int) -> tuple[tuple[int, ..
     return tuple(CANDIDATE_PATTERNS[i] for i in order)
 
 
-def _pattern_mask(weight: np.ndarray, chosen: tuple[tuple[int, ...], ...], keep_kernels: float) -> np.ndarray:
-    """Projects each kernel on its best pattern of `chosen`, then drops the weakest kernels."""
+def pattern_mask(weight: np.ndarray, chosen: tuple[tuple[int, ...], ...], keep_kernels: float,
+                  kernel_groups: int = 1) -> np.ndarray:
+    """Projects each kernel (or group of kernels) on its best pattern of `chosen`, then drops the
+    weakest kernels (groups); a group is `kernel_groups` consecutive filters at one input channel."""
     members = np.array([[t in p for t in range(N_TAPS)] for p in chosen])
-    squares = np.square(weight.reshape(-1, N_TAPS), dtype=np.float64)
-    kept_norms = squares @ members.T  # (kernels, patterns): squared L2 norm each pattern keeps
+    filters, channels = weight.shape[:2]
+    squares = np.square(weight.reshape(filters, channels, N_TAPS), dtype=np.float64)
+    group_of = np.arange(filters) // kernel_groups
+    grouped = np.zeros((group_of[-1] + 1, channels, N_TAPS)) if filters else squares
+    np.add.at(grouped, group_of, squares)  # (groups, channels, taps): the group's summed squares
+    kept_norms = grouped.reshape(-1, N_TAPS) @ members.T  # (group kernels, patterns): norm each keeps
     best = np.argmax(kept_norms, axis=1)  # first max: the more frequent pattern wins ties
-    mask = members[best]
-    n_keep = max(1, _round_half_up(keep_kernels * len(mask)))
-    mask &= _keep_largest(kept_norms[np.arange(len(mask)), best], n_keep)[:, None]
-    return mask.reshape(weight.shape)
+    n_keep = max(1, _round_half_up(keep_kernels * len(best)))
+    keep = _keep_largest(kept_norms[np.arange(len(best)), best], n_keep)
+    group_mask = (members[best] & keep[:, None]).reshape(-1, channels, N_TAPS)
+    return group_mask[group_of].reshape(weight.shape)
 
 
 def _magnitude_mask(weight: np.ndarray, fraction: float) -> np.ndarray:

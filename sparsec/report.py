@@ -14,18 +14,32 @@ import onnx
 from onnx import numpy_helper
 
 from sparsec.errors import NotSupportedError
-from sparsec.prune import WeightLayer, weight_layers
+from sparsec.prune import WeightLayer, pattern_mask, weight_layers
 from sparsec.sparsity import LayerStats, Totals, layer_stats, totals_of
 
 TOP_PATTERNS = 3  # patterns shown per layer in the text table; the JSON has them all
 
 
 @dataclass(frozen=True, slots=True)
+class GroupCost:
+    """What sharing kernels across filter groups costs a pattern layer, in kept weight norm: the
+    squared L2 norm its mask keeps, and what the ungrouped PCONV choice with the same patterns
+    and the same number of kernels keeps (both as fractions of the layer's norm)."""
+
+    name: str
+    kernel_groups: int
+    kept_norm: float
+    ungrouped_kept_norm: float
+
+
+@dataclass(frozen=True, slots=True)
 class InspectReport:
-    """The per-layer statistics, in node order, and their sums."""
+    """The per-layer statistics, in node order, their sums, and the group cost of the layers
+    whose filters share kernels in groups."""
 
     layers: tuple[LayerStats, ...]
     totals: Totals
+    group_costs: tuple[GroupCost, ...] = ()
 
 
 def inspect_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None) -> InspectReport:
@@ -37,14 +51,40 @@ def inspect_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = 
     masks = masks or {}
     shapes = _value_shapes(model)
     weights = {init.name: init for init in model.graph.initializer}
-    stats = []
+    stats, costs = [], []
     for layer in weight_layers(model):
-        kept = numpy_helper.to_array(weights[layer.weight]) != 0
+        values = numpy_helper.to_array(weights[layer.weight])
+        kept = values != 0
         if layer.weight in masks:
             assert masks[layer.weight].shape == kept.shape, "masks are checked by load_masks"
             kept &= masks[layer.weight].astype(bool)
         stats.append(layer_stats(layer.weight, kept, _output_shape(layer, shapes), layer.groups))
-    return InspectReport(tuple(stats), totals_of(stats))
+        if stats[-1].kind == "conv3x3" and stats[-1].histogram:
+            cost = group_cost(layer.weight, values, kept, stats[-1])
+            costs += [cost] if cost.kernel_groups > 1 else []
+    return InspectReport(tuple(stats), totals_of(stats), tuple(costs))
+
+
+def kernel_groups_of(kept: np.ndarray) -> int:
+    """The widest G (a power of two up to 64) such that every G consecutive filters keep the same
+    kernels with the same taps (1 when filters choose alone)."""
+    best, width = 1, 2
+    while width <= min(64, kept.shape[0]):
+        groups = kept[: kept.shape[0] // width * width].reshape(-1, width, *kept.shape[1:])
+        if groups.shape[0] == 0 or not (groups == groups[:, :1]).all():
+            break
+        best, width = width, width * 2
+    return best
+
+
+def group_cost(name: str, weight: np.ndarray, kept: np.ndarray, stats: LayerStats) -> GroupCost:
+    """The kept norm of a pattern layer's mask against the ungrouped choice (see GroupCost)."""
+    patterns = tuple(taps for taps, _ in stats.histogram)
+    kernels_kept = (stats.total_kernels - stats.empty_kernels) / stats.total_kernels
+    ungrouped = pattern_mask(weight, patterns, kernels_kept)
+    total = float(np.square(weight, dtype=np.float64).sum()) or 1.0
+    norm = lambda mask: float(np.square(weight[mask], dtype=np.float64).sum()) / total  # noqa: E731
+    return GroupCost(name, kernel_groups_of(kept), norm(kept), norm(ungrouped))
 
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
@@ -103,7 +143,12 @@ def format_report(report: InspectReport) -> str:
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = [_row(headers, widths), _row(["-" * w for w in widths], widths)]
     lines += [_row(r, widths) for r in rows]
-    return "\n".join([*lines, "", _totals_line(report.totals)])
+    lines += ["", _totals_line(report.totals)]
+    for cost in report.group_costs:
+        lines.append(f"{cost.name}: kernels shared by {cost.kernel_groups} filters; kept weight norm "
+                     f"{cost.kept_norm:.1%} (ungrouped choice, same patterns and kernel count: "
+                     f"{cost.ungrouped_kept_norm:.1%})")
+    return "\n".join(lines)
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -136,8 +181,9 @@ def _si(n: int) -> str:
 def report_json(report: InspectReport) -> dict:
     """The report as plain dicts, lists, ints, floats and strings (`json.dumps`-ready)."""
     t = report.totals
+    costs = {c.name: c for c in report.group_costs}
     return {
-        "layers": [_layer_json(s) for s in report.layers],
+        "layers": [_layer_json(s) | _cost_json(costs.get(s.name)) for s in report.layers],
         "totals": {
             "layers": t.layers,
             "params": t.params,
@@ -149,6 +195,13 @@ def report_json(report: InspectReport) -> dict:
             "mac_reduction": t.mac_reduction if t.macs_kept else None,
         },
     }
+
+
+def _cost_json(cost: GroupCost | None) -> dict:
+    if cost is None:
+        return {"kernel_groups": 1}
+    return {"kernel_groups": cost.kernel_groups, "kept_norm": cost.kept_norm,
+            "ungrouped_kept_norm": cost.ungrouped_kept_norm}
 
 
 def _layer_json(s: LayerStats) -> dict:

@@ -93,6 +93,11 @@ def fc_macs(
     return _macs(weight_shape, positions, nonzeros)
 
 
+def useful_gflops(kept_macs: int, ms: float | None) -> float | None:
+    """Useful GFLOP/s of a layer or model: 2 FLOPs per kept MAC over its time in milliseconds."""
+    return 2 * kept_macs / (ms * 1e-3) / 1e9 if ms else None
+
+
 def _macs(weight_shape: tuple[int, ...], positions: int, nonzeros: int | None) -> tuple[int, int]:
     size = int(np.prod(weight_shape, dtype=np.int64))
     kept = size if nonzeros is None else int(nonzeros)

@@ -61,13 +61,18 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
 
 @dataclass(frozen=True, eq=True)
 class Module:
-    """A whole model: `inputs` -> `ops` (topological order) -> `outputs`, reading `weights`."""
+    """A whole model: `inputs` -> `ops` (topological order) -> `outputs`, reading `weights`.
+
+    `passes` names the passes that already ran over it, in order (printed in the text form), so
+    compiling an optimised module runs only what is left of the pipeline.
+    """
 
     name: str
     inputs: tuple[Param, ...]
     ops: tuple[Op, ...]
     outputs: tuple[str, ...]
     weights: tuple[Weight, ...] = ()
+    passes: tuple[str, ...] = ()
 
     def replace(self, **changes) -> Module:
         return dataclasses.replace(self, **changes)

@@ -96,15 +96,17 @@ class _Builder:
         return _loc(self.filename, self.lines, meta.line, meta.column)
 
     def module(self, tree: lark.Tree) -> Module:
-        name, *rest = tree.children
-        weights_file = rest.pop(0) if rest and rest[0] is not None and rest[0].data == "weights_file" else None
-        if rest and rest[0] is None:
-            rest.pop(0)
+        name, *rest = (child for child in tree.children if child is not None)
+        passes = self.passes(rest.pop(0)) if rest and rest[0].data == "passes_decl" else ()
+        weights_file = rest.pop(0) if rest and rest[0].data == "weights_file" else None
         func = rest.pop()
         self.weights_file = weights_file
         weights = tuple(self.weight(decl) for decl in rest)
         inputs, op_list, outputs = self.func(func)
-        return Module(_name(name), inputs, op_list, outputs, weights)
+        return Module(_name(name), inputs, op_list, outputs, weights, passes=passes)
+
+    def passes(self, tree: lark.Tree) -> tuple[str, ...]:
+        return tuple(json.loads(str(token)) for token in tree.children if token is not None)
 
     def _load_arrays(self, weights_file: lark.Tree | None) -> dict:
         if weights_file is None:

@@ -106,6 +106,8 @@ def print_module(module: Module, weights_file: str | None = None, inline_weights
     """The module as IR text; `weights_file` (relative to the text) names the `.npz` of weights,
     `inline_weights` writes the data into the text instead (for small tests)."""
     lines = [f"module {format_name('@', module.name)}"]
+    if module.passes:
+        lines.append(f"passes {format_literal(list(module.passes))}")
     if weights_file is not None:
         lines.append(f"weights {json.dumps(weights_file)}")
     lines.append("")

@@ -2,7 +2,8 @@
 
 A layout says what a weight *is* (its properties), not how a kernel reads it: `dense`, `masked`
 (zeros outside a stored mask are structural), `pattern` (3x3 kernels each fit one of a few tap
-sets), `csr` (unstructured), `fkw` (pattern storage compressed filter-kernel-wise).
+sets), `csr` (unstructured), `fkw` (a pattern weight the lowering stores filter-kernel-wise).
+Every layout keeps the dense view as the weight's data: it is the one source of truth.
 """
 
 from __future__ import annotations
@@ -124,16 +125,15 @@ class CSR(Layout):
 
 
 @dataclass(frozen=True, slots=True)
-class FKW(Layout):
-    """Pattern storage compressed filter-kernel-wise (PatDNN's FKW): the arrays are stored parts,
-    with the smallest integer dtypes that fit; `patterns` fixes the pattern ids the arrays use."""
+class FKW(Pattern):
+    """A pattern weight committed to FKW storage (PatDNN's filter-kernel-weight arrays).
+
+    The arrays are not stored in the IR: the lowering derives them from the weight's data, mask,
+    `patterns` (whose order fixes the pattern ids) and the op's `filter_order`, so no pass can
+    leave them disagreeing with the data the reference interpreter reads.
+    """
 
     kind: ClassVar[str] = "fkw"
-    parts: ClassVar[tuple[str, ...]] = ("mask", "filter_order", "offset", "stride", "index", "weight")
-    patterns: tuple[tuple[int, ...], ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "patterns", tuple(_tap_tuple(p) for p in self.patterns))
 
 
 LAYOUTS: dict[str, type[Layout]] = {cls.kind: cls for cls in (Dense, Masked, Pattern, CSR, FKW)}

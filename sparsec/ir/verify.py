@@ -1,5 +1,5 @@
 """The verifier: module-level rules here, each op's type rule in its class (`Op.infer`),
-each layout's rule in `LAYOUT_RULES`."""
+each layout's rule in `LAYOUT_RULES`, which layouts each op may read in `sparsec.ir.legality`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Callable
 import numpy as np
 
 from sparsec.errors import SourceLoc, VerifyError
+from sparsec.ir.legality import layout_problem
 from sparsec.ir.module import Module, Weight
-from sparsec.ir.ops import Op, OpError
+from sparsec.ir.ops import Conv2d, Op, OpError
 from sparsec.ir.types import FKW, Pattern
 from sparsec.sparsity import kernel_tap_sets
 
@@ -22,6 +23,7 @@ def verify(module: Module) -> Module:
     _declare(types, [(f"%{p.name}", p.type, p.loc) for p in module.inputs])
     for op in module.ops:
         _verify_op(op, types)
+        _verify_weight_layouts(op, module)
         _declare(types, [(f"%{op.result}", op.type, op.loc)])
     for name in module.outputs:
         if f"%{name}" not in types:
@@ -56,6 +58,32 @@ def _check_operand(op: Op, field_name: str, ref: str | None, types: dict) -> Non
         raise VerifyError(op.loc, f"{op.name} %{op.result}: operand {field_name} must be a weight (@name), got {ref}")
     if ref not in types:
         raise VerifyError(op.loc, f"{op.name} %{op.result}: {ref} is not defined before its use")
+
+
+def _verify_weight_layouts(op: Op, module: Module) -> None:
+    """Every weight operand's layout is one the op can read (the legality table)."""
+    for field_name in op.weight_operands:
+        ref = getattr(op, field_name)
+        if ref is None:
+            continue
+        weight = module.weight(ref)
+        problem = layout_problem(op, field_name, weight.type, weight.layout)
+        if problem:
+            raise VerifyError(op.loc, f"{op.name} %{op.result}: weight {ref}: {problem}")
+    if isinstance(op, Conv2d) and op.filter_groups is not None:
+        _check_filter_groups(op, module.weight(op.weight))
+
+
+def _check_filter_groups(op: Conv2d, weight: Weight) -> None:
+    # The pattern kernel walks stored filters in equal groups (the last may be short).
+    where = f"{op.name} %{op.result}"
+    if not isinstance(weight.layout, Pattern):
+        raise VerifyError(op.loc, f"{where}: filter_groups needs a pattern or fkw weight, "
+                          f"{op.weight} is {weight.layout.kind}")
+    width, groups = op.filter_groups[0], op.filter_groups
+    if any(g != width for g in groups[:-1]) or groups[-1] > width:
+        raise VerifyError(op.loc, f"{where}: filter_groups must be equal sizes (the last may be smaller), "
+                          f"got {list(groups)}")
 
 
 # --- weights -------------------------------------------------------------------------------------

@@ -7,25 +7,28 @@ import tvm
 from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.lower.relax_build import build_relax
-from sparsec.lower.target import resolve_target
+from sparsec.lower.target import tvm_target
 from sparsec.runtime.model import CompiledModel, Manifest, TensorSpec
+from sparsec.target import Target, require_compiler
 
 
-def compile_module(module: Module, target: str = "host") -> CompiledModel:
+def compile_module(module: Module, target: Target) -> CompiledModel:
     """Relax module of kernels -> `tvm.compile` -> a runnable, exportable model."""
-    tvm_target = resolve_target(target)
-    mod, plans = build_relax(module)
+    require_compiler(target)  # a missing cross compiler fails before minutes of work
+    mod, plans = build_relax(module, target)
     try:
-        executable = tvm.compile(mod, target=tvm_target)
+        executable = tvm.compile(mod, target=tvm_target(target))
     except (RuntimeError, ValueError) as err:  # what TVM raises
         raise UserError(_compile_failure(module, plans, str(err))) from None
     manifest = Manifest(
         inputs=tuple(TensorSpec(p.name, p.type.dtype, p.type.shape) for p in module.inputs),
         outputs=tuple(TensorSpec(name, module.types[f"%{name}"].dtype, module.types[f"%{name}"].shape)
                       for name in module.outputs),
-        target=target,
-        target_json=str(tvm_target),  # TVM prints targets as their JSON
-        layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel} for p in plans),
+        target=target.name,
+        target_json=str(tvm_target(target)),  # TVM prints targets as their JSON
+        layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel,
+                      "constant_bytes": p.constant_bytes, "kept_macs": p.kept_macs} for p in plans),
+        target_spec=target.to_dict(),
     )
     return CompiledModel(executable, manifest)
 

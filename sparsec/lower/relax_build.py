@@ -38,6 +38,8 @@ from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.dense_matmul import matmul_kernel
 from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
+from sparsec.sparsity import conv_macs, fc_macs
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,15 @@ class LayerPlan:
     op: str
     format: str
     kernel: str
+    constant_bytes: int  # what the kernel embeds: FKW / CSR arrays, dense weights, bias
+    kept_macs: int  # useful multiply-adds (nonzero weights x output positions); 0 for ops without weights
 
 
 @dataclass
 class _Ctx:
     module: Module
     bb: relax.BlockBuilder
+    target: Target
     env: dict[str, relax.Expr] = field(default_factory=dict)
     plans: list[LayerPlan] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
@@ -74,21 +79,23 @@ class _Ctx:
         return name
 
 
-def build_relax(module: Module) -> tuple[tvm.IRModule, list[LayerPlan]]:
-    """The Relax module of `module` (function `main`, inputs in order) and its per-layer plan."""
+def build_relax(module: Module, target: Target) -> tuple[tvm.IRModule, list[LayerPlan]]:
+    """The Relax module of `module` for `target` (function `main`, inputs in order) and its
+    per-layer plan."""
     bb = relax.BlockBuilder()
-    ctx = _Ctx(module, bb)
+    ctx = _Ctx(module, bb, target)
     params = [relax.Var(p.name, relax.TensorType(p.type.shape, "float32")) for p in module.inputs]
     with bb.function("main", params):
         with bb.dataflow():
             ctx.env.update({p.name: v for p, v in zip(module.inputs, params)})
             for op in module.ops:
                 ctx.env[op.result] = bb.emit(_lower_op(op, ctx), name_hint=_hint(op.result))
+                _check_lowered_type(op, ctx.env[op.result])
             outs = [ctx.env[name] for name in module.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
     mod = relax.transform.LegalizeOps()(bb.get())
-    return schedule_unscheduled(mod), ctx.plans
+    return schedule_unscheduled(mod, target), ctx.plans
 
 
 def _lower_op(op: Op, ctx: _Ctx) -> relax.Expr:
@@ -105,39 +112,76 @@ def _hint(name: str) -> str:
 
 
 def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str) -> relax.Expr:
+    _check_kernel_type(op, kernel)
     name = ctx.kernel_name(op)
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
     args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
-    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name))
+    embedded = sum(int(c.nbytes) for c in kernel.constants)
+    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, embedded, _kept_macs(op, ctx.module)))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
+
+
+def _kept_macs(op: Op, module: Module) -> int:
+    """The multiply-adds a perfect kernel for this layer would do: one per nonzero weight per
+    output position (the numerator of the roofline's useful FLOP/s)."""
+    if not isinstance(op, (Conv2d, Linear)):
+        return 0
+    weight = module.weight(op.weight)
+    nonzeros = int(np.count_nonzero(weight.data))
+    if isinstance(op, Linear):
+        return fc_macs(weight.type.shape, op.type.shape, nonzeros)[1]
+    return conv_macs(weight.type.shape, op.type.shape, op.groups, nonzeros)[1]
+
+
+def _check_kernel_type(op: Op, kernel: Kernel) -> None:
+    """A generator that computes another shape than the op's type is a compile error, not a
+    library whose later layers read the wrong memory."""
+    _require_type(op, tuple(int(d) for d in kernel.out_shape), str(kernel.out_dtype))
+
+
+def _check_lowered_type(op: Op, var: relax.Var) -> None:
+    """The same check for what Relax infers (the ops it lowers itself: reshape, concat, ...)."""
+    ty = var.ty
+    shape = getattr(ty, "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        raise UserError(f"layer %{op.result} ({op.name}): lowered to a value of unknown shape ({ty})")
+    _require_type(op, tuple(int(d) for d in values), str(ty.dtype))
+
+
+def _require_type(op: Op, shape: tuple[int, ...], dtype: str) -> None:
+    if (shape, dtype) != (op.type.shape, str(op.type.np_dtype)):
+        raise UserError(f"layer %{op.result} ({op.name}): its kernel computes {dtype}{list(shape)} "
+                        f"but the op's type is {op.type}")
 
 
 # --- one lowering per op -------------------------------------------------------------------------
 
 
 def _conv2d(op: Conv2d, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = conv2d_kernel(op, ctx.module)
+    kernel, fmt = conv2d_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
 
 
 def _linear(op: Linear, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = linear_kernel(op, ctx.module)
+    kernel, fmt = linear_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
 
 
 def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:
-    kernel = pool_kernel(op, ctx.module)
+    kernel = pool_kernel(op, ctx.module, ctx.target)
     return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
 
 
 def _matmul(op: MatMul, ctx: _Ctx) -> relax.Expr:
     a, b = (ctx.module.types[r].shape for r in (op.a, op.b))
-    return _call_kernel(ctx, op, matmul_kernel(a, b), [ctx.ref(op.a), ctx.ref(op.b)], "dense")
+    return _call_kernel(ctx, op, matmul_kernel(a, b, target=ctx.target), [ctx.ref(op.a), ctx.ref(op.b)], "dense")
 
 
 def _activate(op: Activate, ctx: _Ctx) -> relax.Expr:
-    return _call_kernel(ctx, op, activation_kernel(op.type.shape, op.fn), [ctx.ref(op.input)], "dense")
+    kernel = activation_kernel(op.type.shape, op.fn, target=ctx.target)
+    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], "dense")
 
 
 def _batch_norm(op: BatchNorm, ctx: _Ctx) -> relax.Expr:

@@ -4,7 +4,7 @@ single-threaded and unscheduled.
 
 Rule per block, outermost first: fuse its leading spatial loops, split off a parallel outer
 loop when the work is large enough to pay for waking the thread pool, and vectorise the
-innermost spatial loop when it is a clean multiple of the vector width.
+innermost spatial loop when it is a clean multiple of the target's vector width.
 """
 
 from __future__ import annotations
@@ -13,26 +13,26 @@ import tvm
 from tvm import s_tir, tirx
 
 from sparsec.lower.kernels.common import has_block
+from sparsec.target import Target
 
 SCHEDULED_ATTR = "sparsec.scheduled"
 MIN_PARALLEL_WORK = 16384  # elements; below this the thread-pool wake-up costs more than it saves
-VECTOR = 8  # fp32 lanes of AVX2 / two NEON registers
 DATA_PARALLEL, REDUCE = 0, 2  # tirx.IterVar kinds
 
 
-def schedule_unscheduled(mod: tvm.IRModule) -> tvm.IRModule:
+def schedule_unscheduled(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Schedule every PrimFunc of `mod` that no kernel generator has scheduled."""
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
-        mod[gv] = schedule_func(func.with_attr("global_symbol", gv.name_hint))
+        mod[gv] = schedule_func(func.with_attr("global_symbol", gv.name_hint), target)
     return mod
 
 
-def schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule_func(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     for block in _top_level_blocks(sch):
-        _schedule_block(sch, block)
+        _schedule_block(sch, block, target.lanes())
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
@@ -55,7 +55,7 @@ def _spatial_prefix(sch: s_tir.Schedule, block) -> list:
     return list(loops[:first_reduce])
 
 
-def _schedule_block(sch: s_tir.Schedule, block) -> None:
+def _schedule_block(sch: s_tir.Schedule, block, vector: int) -> None:
     loops = _spatial_prefix(sch, block)
     if not loops:
         return
@@ -66,8 +66,8 @@ def _schedule_block(sch: s_tir.Schedule, block) -> None:
     for e in extents:
         work *= e
     all_spatial = len(loops) == len(sch.get_loops(block))
-    if all_spatial and extents[-1] % VECTOR == 0 and extents[-1] >= VECTOR:
-        _, inner = sch.split(loops[-1], factors=[None, VECTOR])
+    if all_spatial and extents[-1] % vector == 0 and extents[-1] >= vector:
+        _, inner = sch.split(loops[-1], factors=[None, vector])
         sch.vectorize(inner)
     if work >= MIN_PARALLEL_WORK:
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]

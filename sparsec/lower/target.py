@@ -1,31 +1,36 @@
-"""Targets sparsec compiles for, as TVM target objects."""
+"""The TVM side of `sparsec.target.Target`: this machine's LLVM CPU name and TVM target objects."""
 
 from __future__ import annotations
 
-import os
-
 import tvm
 
-from sparsec.errors import UserError
+from sparsec import target as targets
+from sparsec.target import Target, host_threads
 
-SUPPORTED_TARGETS = ("host",)
+__all__ = ["host", "host_target", "host_threads", "resolve_target", "tvm_target"]
 
 
-def host_threads() -> int:
-    """Threads for the host target: TVM_NUM_THREADS if set, else every core."""
-    return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (znver3, skylake-avx512, neoverse-n1, ...)."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def host(threads: int | None = None) -> Target:
+    """This machine's target, as it really is."""
+    return targets.host(host_cpu(), threads)
+
+
+def resolve_target(name: str = "host", cpu: str | None = None, spec: str | None = None,
+                   cc: str | None = None) -> Target:
+    """The Target of `--target NAME [--cpu CPU] [--cc CC]` or `--target-json SPEC`."""
+    return targets.resolve(name, cpu, spec, cc, host_cpu=host_cpu())
+
+
+def tvm_target(target: Target) -> tvm.target.Target:
+    """The TVM target object `tvm.compile` gets for `target`."""
+    return tvm.target.Target(target.tvm_dict())
 
 
 def host_target(threads: int | None = None) -> tvm.target.Target:
-    """This machine's CPU through LLVM, with its real microarchitecture (znver3, skylake, ...)."""
-    cpu = tvm.target.codegen.llvm_get_system_cpu()
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": threads or host_threads()})
-
-
-def resolve_target(name: str) -> tvm.target.Target:
-    """The TVM target for a `--target` name; an unknown name is a user error."""
-    if name == "host":
-        return host_target()
-    raise UserError(
-        f"target {name!r} is not supported; choose one of: {', '.join(SUPPORTED_TARGETS)}"
-    )
+    """The TVM target of this machine (benchmarks compile single kernels with it)."""
+    return tvm_target(host(threads))

@@ -24,4 +24,5 @@ def test_every_package_is_listed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert set(config["packages"]) == _source_packages()
     assert config["package-dir"] == {"sparsec": "sparsec", **{v: k for k, v in MAPPED.items()}}
-    assert config["package-data"] == {"sparsec.grammar": ["*.lark"]}
+    assert config["package-data"] == {"sparsec.grammar": ["*.lark"],
+                                      "sparsec.runtime": ["qemu/*.py", "qemu/*.sh", "qemu/*.c"]}

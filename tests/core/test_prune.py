@@ -313,3 +313,35 @@ def test_load_error_for_a_non_npy_member(tmp_path, tiny):
     assert _load_error(path, tiny) == (
         f"{path}: mask 'features.0.weight' is not a NumPy array (a plain zip member); save masks with numpy.savez"
     )
+
+
+# --- kernel groups ---------------------------------------------------------------------------------
+
+
+def test_kernel_groups_share_kernels_and_patterns_across_consecutive_filters():
+    from sparsec.models import conv_layer
+    from sparsec.report import inspect_model, kernel_groups_of
+
+    model = conv_layer((1, 16, 8, 8), 12)
+    masks = prune_model(model, patterns=4, keep_kernels=0.5, prune_first_conv=True, kernel_groups=4)
+    mask = masks["conv.weight"]
+    groups = mask.reshape(3, 4, 16, 3, 3)
+    assert (groups == groups[:, :1]).all()  # the 4 filters of a group keep the same taps of the same channels
+    assert mask.reshape(12, 16, 9).any(axis=2).sum() == 96  # half the kernels, as asked
+    assert kernel_groups_of(mask) == 4
+    plain = prune_model(model, patterns=4, keep_kernels=0.5, prune_first_conv=True)["conv.weight"]
+    assert kernel_groups_of(plain) == 1
+    cost = inspect_model(model, masks).group_costs[0]
+    weight = onnx.numpy_helper.to_array(model.graph.initializer[0])
+    total = float(np.square(weight, dtype=np.float64).sum())
+    assert cost.kernel_groups == 4
+    assert cost.kept_norm == pytest.approx(float(np.square(weight[mask], dtype=np.float64).sum()) / total)
+    assert cost.ungrouped_kept_norm == pytest.approx(float(np.square(weight[plain], dtype=np.float64).sum()) / total)
+    assert cost.kept_norm < cost.ungrouped_kept_norm  # sharing costs norm; the ungrouped choice is the best
+
+
+def test_kernel_groups_must_be_a_positive_whole_number():
+    from sparsec.models import conv_layer
+
+    with pytest.raises(UserError, match=r"kernel_groups=0: use a whole number of filters >= 1"):
+        prune_model(conv_layer((1, 4, 4, 4), 4), kernel_groups=0)

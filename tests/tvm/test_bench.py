@@ -52,7 +52,11 @@ def test_sparsec_and_its_dense_path_match_onnxruntime(report):
 def test_layer_table_covers_the_manifest(report):
     rows = [row for row in report.layers if row["op"] != "relax"]
     assert [row["op"] for row in rows if row["op"] == "conv2d"]  # the convs are there, by their IR op
-    assert all(row["median_ms"] >= 0 and row["format"] for row in rows)
+    assert all(row["median_ms"] > 0 and row["format"] for row in rows)  # every kernel ran and was timed
+    convs = [row for row in rows if row["op"] == "conv2d"]
+    assert all(row["kept_macs"] > 0 and row["gflops"] > 0 for row in convs)
+    assert report.peak_gflops > 0 and 0 < report.useful_gflops()
+    assert "of peak" in report.format_report()
     assert "sum of layers" in report.format_report()
 
 
@@ -67,6 +71,40 @@ def test_dense_path_drops_every_sparse_layout(tiny):
 def test_errors_are_relative_to_the_output_range():
     reference = [np.array([2.0, -4.0], np.float32)]
     assert errors(reference, [np.array([2.0, -3.0], np.float32)]) == (1.0, 0.25)
+
+
+def test_a_kernel_the_vm_never_called_has_no_time():
+    layers = [{"result": "a", "op": "conv2d", "format": "dense", "kernel": "k_a"},
+              {"result": "b", "op": "conv2d", "format": "dense", "kernel": "k_b"}]
+    from sparsec.runtime.bench import _layer_rows, format_layers
+
+    rows = _layer_rows(layers, [{"k_a": 2.0}, {"k_a": 4.0}])
+    assert [row["median_ms"] for row in rows] == [3.0, None]
+    assert "not called" in format_layers(rows).splitlines()[2]
+
+
+def test_model_stamped_with_a_newer_ir_version_is_benched(tiny):
+    model, masks = tiny
+    newer = type(model)()
+    newer.CopyFrom(model)
+    newer.ir_version = 14  # what onnx 1.23's make_model stamps; onnxruntime 1.31 reads up to 13
+    report = bench_model(newer, masks, engines=("sparsec", "onnxruntime"), **FAST)
+    assert not report.skipped and report.checked_against == "onnxruntime"
+    assert report.errors["sparsec"][1] < 1e-4
+
+
+def test_engine_onnxruntime_cannot_load_is_skipped_with_its_reason(tiny, monkeypatch):
+    import sparsec.runtime.bench as bench
+    from sparsec.check import EngineUnavailable
+
+    def refuse(*args, **kwargs):
+        raise EngineUnavailable("onnxruntime cannot load the model: some reason")
+
+    monkeypatch.setattr(bench, "onnxruntime_session", refuse)
+    report = bench_model(*tiny, engines=("sparsec", "onnxruntime"), **FAST)
+    assert report.skipped == {"onnxruntime": "onnxruntime cannot load the model: some reason"}
+    assert report.checked_against == "reference interpreter" and report.errors["sparsec"][1] < 1e-4
+    assert "onnxruntime     skipped: onnxruntime cannot load the model: some reason" in report.format_report()
 
 
 def test_check_raises_on_a_mismatch(tiny, monkeypatch):

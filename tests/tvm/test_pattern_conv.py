@@ -10,9 +10,13 @@ from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel, resolve_knobs
-from sparsec.lower.target import host_target
+from sparsec.lower.target import host, resolve_target
 
 pytestmark = pytest.mark.tvm
+HOST = host()  # this machine, as it is (AVX-512 here: 16 lanes, 32 registers)
+AVX2 = resolve_target(spec='{"name": "avx2", "isa": "avx2", "tvm": {"mcpu": "haswell"}}')
+AVX512 = resolve_target(spec='{"name": "avx512", "isa": "avx512", "tvm": {"mcpu": "skylake-avx512"}}')
+ARM64 = resolve_target("arm64")
 
 PATTERNS = np.array(
     [[0, 1, 3, 4], [1, 2, 4, 5], [1, 3, 4, 5], [1, 3, 4, 7],
@@ -57,19 +61,19 @@ ACTIVATIONS = {
 
 
 def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), bias=False,
-          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0):
+          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0, target=HOST):
     rng = np.random.default_rng(seed)
     w = pruned(rng, filters, x_shape[1], keep)
     x = rng.standard_normal(x_shape).astype(np.float32)
     b = rng.standard_normal(filters).astype(np.float32) if bias else None
     kernel = pattern_conv_kernel(build_fkw(w), x_shape, strides=strides, pads=pads,
-                                 dilations=dilations, bias=b, activation=act, knobs=knobs)
+                                 dilations=dilations, bias=b, activation=act, knobs=knobs, target=target)
     want = reference_conv(x, w, strides, pads, dilations)
     if b is not None:
         want += b[None, :, None, None]
     want = ACTIVATIONS[act](want)
     assert kernel.out_shape == want.shape and kernel.out_dtype == "float32"
-    got = run_kernel(kernel, host_target(), x)
+    got = run_kernel(kernel, target, x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -117,7 +121,7 @@ def test_output_keeps_original_channel_order():
     w = pruned(rng, 6, 4, keep=0.8)
     x = rng.standard_normal((1, 4, 5, 8)).astype(np.float32)
     fkw = build_fkw(w, filter_order=np.array([5, 3, 1, 0, 2, 4]))
-    got = run_kernel(pattern_conv_kernel(fkw, x.shape), host_target(), x)
+    got = run_kernel(pattern_conv_kernel(fkw, x.shape, target=HOST), HOST, x)
     np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)
 
 
@@ -127,12 +131,23 @@ def test_bad_knob():
 
 
 def test_auto_rows_pad_the_height_least():
-    assert resolve_knobs((1, 8, 56, 56)).rows_per_step == 8
-    assert resolve_knobs((1, 8, 28, 28)).rows_per_step == 7
-    assert resolve_knobs((1, 8, 12, 12)).rows_per_step == 6
-    assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(rows_per_step=3)).rows_per_step == 3
-    assert resolve_knobs((1, 8, 28, 28), knobs=PatternConvKnobs(vectors_per_step=2)).rows_per_step == 4
-    assert resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(filters_per_group=2)).rows_per_step == 4
+    rows = lambda shape, target=AVX2, **knobs: resolve_knobs(  # noqa: E731
+        shape, knobs=PatternConvKnobs(**knobs), target=target).rows_per_step
+    assert rows((1, 8, 56, 56)) == 8  # AVX2: 16 registers leave 8 accumulators
+    assert rows((1, 8, 28, 28)) == 7
+    assert rows((1, 8, 12, 12)) == 6
+    assert rows((1, 8, 28, 28), rows_per_step=3) == 3
+    assert rows((1, 8, 28, 28), vectors_per_step=2) == 4
+    assert rows((1, 8, 56, 56), filters_per_group=2) == 4
+    assert rows((1, 8, 56, 56), AVX512) == 14  # 32 registers leave 14
+    assert rows((1, 8, 12, 12), AVX512) == 12
+    assert rows((1, 8, 56, 56), ARM64) == 12  # NEON: 2 vectors (8 pixels) x 12 rows = 24 accumulators
+
+
+def test_width_and_vectors_come_from_the_target():
+    for target, lanes, vectors in ((AVX2, 8, 1), (AVX512, 16, 1), (ARM64, 4, 2)):
+        knobs = resolve_knobs((1, 8, 56, 56), target=target)
+        assert (knobs.vector_width, knobs.vectors_per_step) == (lanes, vectors)
 
 
 def test_unpruned_and_odd_tap_counts():
@@ -141,5 +156,5 @@ def test_unpruned_and_odd_tap_counts():
     dense = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)  # one 9-tap pattern
     three = dense * np.array([1, 0, 0, 0, 1, 0, 0, 0, 1], np.float32).reshape(3, 3)  # 3 taps
     for w in (dense, three):
-        got = run_kernel(pattern_conv_kernel(build_fkw(w), x.shape), host_target(), x)
+        got = run_kernel(pattern_conv_kernel(build_fkw(w), x.shape, target=HOST), HOST, x)
         np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from sparsec.ir.activation import Activation
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def require_positive_knobs(knobs) -> None:
-    """Every field of a knobs dataclass must be >= 1 (a knob is a count or a size)."""
+def require_positive_knobs(knobs, auto: tuple[str, ...] = ()) -> None:
+    """Every field of a knobs dataclass must be >= 1 (a knob is a count or a size); those in
+    `auto` may also be 0 ("from the target")."""
     for name in knobs.__dataclass_fields__:
-        if getattr(knobs, name) < 1:
-            raise ValueError(f"knob {name} must be >= 1")
+        if getattr(knobs, name) < (0 if name in auto else 1):
+            raise ValueError(f"knob {name} must be >= {0 if name in auto else 1}")
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:
@@ -45,10 +47,13 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
     return True
 
 
-def run_kernel(kernel: Kernel, target: tvm.target.Target, *inputs: np.ndarray) -> np.ndarray:
-    """Compile `kernel` for `target`, run it on the CPU with `inputs` + its constants, return out."""
+def run_kernel(kernel: Kernel, target: Target, *inputs: np.ndarray) -> np.ndarray:
+    """Compile `kernel` for `target` (a host CPU target), run it with `inputs` + its constants,
+    return out."""
+    from sparsec.lower.target import tvm_target
+
     name = str(kernel.func.attrs["global_symbol"])
-    lib = tvm.compile(kernel.func, target=target)
+    lib = tvm.compile(kernel.func, target=tvm_target(target))
     dev = tvm.cpu(0)
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (*inputs, *kernel.constants)]
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, dtype=kernel.out_dtype), dev)

@@ -16,7 +16,7 @@ integer dtypes that hold them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import tirx
@@ -24,21 +24,30 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
+from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel, apply_activation, require_positive_knobs
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
 class CsrKnobs:
-    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2."""
+    """Schedule knobs (the auto-tuner's search space); 0 means "the target's register plan"."""
 
-    vectors: int = 8  # conv1x1: SIMD vectors of output pixels per tile (the accumulators)
-    lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
+    vectors: int = 0  # conv1x1: SIMD vectors of output pixels per tile (the accumulators)
+    lanes: int = 0  # SIMD lanes (the target's fp32 lanes)
     out_groups: int = 2  # conv1x1: output-channel groups in the parallel loop (load balance)
-    channel_block: int = 64  # conv1x1: input channels per block (the input tile stays in L1)
-    chunk: int = 8  # dense: nonzeros per step; each row is padded to whole chunks
+    channel_block: int = 0  # conv1x1: input channels per block (the input tile stays in L1)
+    chunk: int = 0  # dense: nonzeros per step (the target's lanes); rows padded to whole chunks
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self)
+        require_positive_knobs(self, auto=("vectors", "lanes", "channel_block", "chunk"))
+
+    def resolved(self, target: Target) -> CsrKnobs:
+        """These knobs with every 0 replaced by the target's register plan."""
+        lanes = self.lanes or target.lanes()
+        vectors = self.vectors or register_plan.csr_vectors(target)
+        block = self.channel_block or register_plan.csr_channel_block(target, lanes * vectors)
+        return replace(self, vectors=vectors, lanes=lanes, channel_block=block, chunk=self.chunk or lanes)
 
 
 def _index_dtype(largest: int) -> str:
@@ -229,9 +238,12 @@ def csr_conv1x1_kernel(
     activation: Activation | None = None,
     knobs: CsrKnobs = CsrKnobs(),
     name: str = "csr_conv1x1",
+    *,
+    target: Target,
 ) -> Kernel:
     """The TIR kernel of `act(conv1x1(x, weight) + bias)` (no padding), NCHW float32, with the
     weight's zeros skipped; params (x, rowptr, cols, vals, [bias], out)."""
+    knobs = knobs.resolved(target)
     n, c, h, w = (int(d) for d in in_shape)
     o = int(weight.shape[0])
     if tuple(weight.shape) != (o, c, 1, 1):
@@ -286,9 +298,12 @@ def csr_dense_kernel(
     activation: Activation | None = None,
     knobs: CsrKnobs = CsrKnobs(),
     name: str = "csr_dense",
+    *,
+    target: Target,
 ) -> Kernel:
     """The TIR kernel of `act(x @ weight.T + bias)` with the weight's zeros skipped, float32;
     params (x, rowptr, cols, vals, [bias], out). `weight` is [N_out, K]."""
+    knobs = knobs.resolved(target)
     (n_out, k), (m, kx) = weight.shape, (int(d) for d in in_shape)
     if k != kx:
         raise ValueError(f"weight {weight.shape} does not fit input {tuple(in_shape)}")

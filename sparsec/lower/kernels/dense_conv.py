@@ -19,29 +19,37 @@ parallel over channels with one channel's padded plane, sums and outputs kept in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
+from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, require_positive_knobs
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
 class DenseConvKnobs:
-    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2 / 16 vector regs."""
+    """Schedule knobs (the auto-tuner's search space); 0 means "the target's register plan"."""
 
-    out_block: int = 6  # filters per register tile (weights broadcast from memory)
-    vectors: int = 2  # SIMD vectors of output pixels per register tile
-    lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
+    out_block: int = 0  # filters per register tile (weights broadcast from memory)
+    vectors: int = 0  # SIMD vectors of output pixels per register tile
+    lanes: int = 0  # SIMD lanes (the target's fp32 lanes)
     tiles_per_block: int = 4  # register tiles along the pixels per parallel work item
     channel_block: int = 64  # input channels per L1 block of the reduction
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self)
+        require_positive_knobs(self, auto=("out_block", "vectors", "lanes"))
+
+    def resolved(self, target: Target) -> DenseConvKnobs:
+        """These knobs with every 0 replaced by the target's register plan."""
+        rows, vectors = register_plan.gemm_tile(target)
+        return replace(self, out_block=self.out_block or rows, vectors=self.vectors or vectors,
+                       lanes=self.lanes or target.lanes())
 
 
 @dataclass(frozen=True)
@@ -365,12 +373,13 @@ def dense_conv_kernel(
     groups: int = 1,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
+    target: Target,
     knobs: DenseConvKnobs = DenseConvKnobs(),
     name: str = "dense_conv",
 ) -> Kernel:
     """The TIR kernel of `act(conv(x, weight) + bias)`, NCHW float32; params (x, w, [bias], out)."""
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
-    t = _plan(g, knobs)
+    t = _plan(g, knobs.resolved(target))
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)
     w = te.placeholder(packed.shape, "float32", name="w")

@@ -10,28 +10,36 @@ an activation), so no loop has a tail; the epilogue drops the padding, adds bias
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
+from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, has_block, require_positive_knobs
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
 class MatmulKnobs:
-    """Schedule knobs (the auto-tuner's search space); the defaults suit AVX2 / 16 vector regs."""
+    """Schedule knobs (the auto-tuner's search space); 0 means "the target's register plan"."""
 
-    row_block: int = 6  # rows of A per register tile (broadcast scalars)
-    vectors: int = 2  # SIMD vectors of output columns per register tile
-    lanes: int = 8  # SIMD lanes (8 x fp32 = AVX2)
+    row_block: int = 0  # rows of A per register tile (broadcast scalars)
+    vectors: int = 0  # SIMD vectors of output columns per register tile
+    lanes: int = 0  # SIMD lanes (the target's fp32 lanes)
     gemv_vectors: int = 4  # one-row products: SIMD vectors of output columns per step
     k_block: int = 256  # reduction block kept in L1 (one-row products stream all of K)
     col_tiles: int = 4  # register tiles along the columns per parallel work item
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self)
+        require_positive_knobs(self, auto=("row_block", "vectors", "lanes"))
+
+    def resolved(self, target: Target) -> MatmulKnobs:
+        """These knobs with every 0 replaced by the target's register plan."""
+        rows, vectors = register_plan.gemm_tile(target)
+        return replace(self, row_block=self.row_block or rows, vectors=self.vectors or vectors,
+                       lanes=self.lanes or target.lanes())
 
 
 def _round_up(a: int, b: int) -> int:
@@ -149,13 +157,15 @@ def dense_kernel(
     activation: Activation | None = None,
     knobs: MatmulKnobs = MatmulKnobs(),
     name: str = "dense",
+    *,
+    target: Target,
 ) -> Kernel:
     """The TIR kernel of `act(x @ weight.T + bias)` (ONNX Gemm with transB, constant weight),
     float32; params (x, packed weight, [bias], out)."""
     (n, k), (m, kx) = weight.shape, (int(d) for d in in_shape)
     if k != kx:
         raise ValueError(f"weight {weight.shape} does not fit input {tuple(in_shape)}")
-    t = _plan(m, n, k, knobs)
+    t = _plan(m, n, k, knobs.resolved(target))
     packed = _pack_weight(np.asarray(weight, np.float32), t)
     x = te.placeholder((m, k), "float32", name="x")
     w = te.placeholder(packed.shape, "float32", name="w")
@@ -192,7 +202,8 @@ def _batch_index(shape, batch: tuple[int, ...], idx) -> list:
     return [0 if int(d) == 1 else i for d, i in zip(shape[:lead], own)]
 
 
-def matmul_kernel(a_shape, b_shape, name: str = "matmul", knobs: MatmulKnobs = MatmulKnobs()) -> Kernel:
+def matmul_kernel(a_shape, b_shape, name: str = "matmul", knobs: MatmulKnobs = MatmulKnobs(), *,
+                  target: Target) -> Kernel:
     """The TIR kernel of `a @ b` (numpy matmul: rank >= 2, batch dims broadcast), float32;
     params (a, b, out)."""
     a_shape, b_shape = tuple(int(d) for d in a_shape), tuple(int(d) for d in b_shape)
@@ -200,7 +211,7 @@ def matmul_kernel(a_shape, b_shape, name: str = "matmul", knobs: MatmulKnobs = M
         raise ValueError(f"cannot multiply {a_shape} by {b_shape}")
     batch = _batch_shape(a_shape, b_shape)
     (m, k), n = a_shape[-2:], b_shape[-1]
-    t = _plan(m, n, k, knobs)
+    t = _plan(m, n, k, knobs.resolved(target))
     a = te.placeholder(a_shape, "float32", name="a")
     b = te.placeholder(b_shape, "float32", name="b")
     ap = _zero_padded(a, (*a_shape[:-2], t.mp, k), "ap")

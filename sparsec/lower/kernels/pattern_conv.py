@@ -26,34 +26,33 @@ from tvm.script.ir_builder import tirx as T
 
 from sparsec.fkw import FKW, KernelTable, kernel_table
 from sparsec.ir.activation import Activation
+from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
 class PatternConvKnobs:
-    """Schedule knobs (the auto-tuner's search space); 0 means "choose from the shape".
+    """Schedule knobs (the auto-tuner's search space); 0 means "choose from the shape and target".
 
-    The defaults suit AVX2 (8 fp32 lanes, 16 vector registers): 8 row accumulators of one
-    filter (8 independent FMA chains cover the FMA latency), 4 tap weights, 4 registers for
-    loaded rows. Measured on znver3: 10 accumulators win nothing, 12-14 lose; filter groups
-    (union of the filters' kernels) are 2x slower on randomly pruned layers, and 16% faster
-    when filter pairs share their (channel, pattern) kernels (F=2, R=4; `sparsec.fkw.KernelTable`);
-    channel blocks
-    (L1 reuse of input tiles across filters) gain what their extra, shorter pattern loops cost.
+    Width and register plan come from the target (`register_plan`): the vector width is its fp32
+    lanes, a tile row at least 8 pixels, and rows x vectors x filters about the accumulators its
+    registers leave. Measured on znver3 (AVX2): filter groups (union of the filters' kernels)
+    are 2x slower on randomly pruned layers, and 16% faster when filter pairs share their
+    (channel, pattern) kernels (F=2, R=4; `sparsec.fkw.KernelTable`); channel blocks (L1 reuse
+    of input tiles across filters) gain what their extra, shorter pattern loops cost.
     """
 
     filters_per_group: int = 1  # filters sharing each loaded input vector (filter-level LRE)
-    rows_per_step: int = 0  # output rows per step (0: 6..8, whichever pads the height least)
-    vector_width: int = 8  # SIMD lanes (8 x fp32 = AVX2)
-    vectors_per_step: int = 1  # output vectors along the width per step
+    rows_per_step: int = 0  # output rows per step (0: the register plan's, whichever pads the height least)
+    vector_width: int = 0  # SIMD lanes (0: the target's fp32 lanes)
+    vectors_per_step: int = 0  # output vectors along the width per step (0: the register plan's)
     channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
 
     def __post_init__(self) -> None:
-        positive = ("filters_per_group", "vector_width", "vectors_per_step")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"knob {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rows_per_step", "channel_block"):
+        if self.filters_per_group < 1:
+            raise ValueError(f"knob filters_per_group must be >= 1, got {self.filters_per_group}")
+        for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
 
@@ -327,21 +326,24 @@ def _emit_main(x: _Ctx):
             _emit_tile_blocked(x, t)
 
 
-def _auto_rows(oh: int, knobs: PatternConvKnobs) -> int:
-    """About 8 accumulators in all (rows x vectors x filters): 8 FMA chains cover the FMA
-    latency, more spill; among want, want-1, want-2 rows the one that pads the height least."""
+def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
+    """About `accumulators` in all (rows x vectors x filters): enough FMA chains to cover the FMA
+    latency, few enough not to spill; among want, want-1, want-2 rows the one that pads the
+    height least."""
     if knobs.rows_per_step:
         return knobs.rows_per_step
-    want = max(1, 8 // (knobs.vectors_per_step * knobs.filters_per_group))
+    want = max(1, accumulators // (knobs.vectors_per_step * knobs.filters_per_group))
     candidates = [r for r in (want, want - 1, want - 2) if r >= 1]
     return min(candidates, key=lambda r: (-(-oh // r) * r - oh, -r))
 
 
 def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
-                  knobs: PatternConvKnobs = PatternConvKnobs()) -> PatternConvKnobs:
-    """`knobs` with every 0 ("auto") replaced by the value the generator will use."""
+                  knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target) -> PatternConvKnobs:
+    """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`."""
+    knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
+                    vectors_per_step=knobs.vectors_per_step or register_plan.pattern_vectors(target))
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1))
-    return replace(knobs, rows_per_step=_auto_rows(g.oh, knobs))
+    return replace(knobs, rows_per_step=_auto_rows(g.oh, knobs, register_plan.pattern_accumulators(target)))
 
 
 def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
@@ -359,6 +361,7 @@ def pattern_conv_kernel(
     dilations=(1, 1),
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
+    target: Target,
     knobs: PatternConvKnobs = PatternConvKnobs(),
     name: str = "pattern_conv",
 ) -> Kernel:
@@ -367,7 +370,7 @@ def pattern_conv_kernel(
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
     """
-    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs)
+    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target)
     g = _geometry(in_shape, strides, pads, dilations, knobs)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())

@@ -17,6 +17,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.lower.kernels.common import Kernel, has_block
+from sparsec.target import Target
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,10 @@ def avg_pool_kernel(in_shape, kernel, strides, pads=(0, 0, 0, 0), ceil_mode=Fals
     return _build(x, te.compute(sums.shape, mean, name="out"), (wh, ww), name)
 
 
-def global_avg_pool_kernel(in_shape, name: str = "global_avg_pool", lanes: int = 8) -> Kernel:
-    """ONNX GlobalAveragePool; params (x, out [N, C, 1, 1]). The plane sum is split into
-    `lanes` interleaved partial sums (rfactor), so it is not one serial chain of adds."""
+def global_avg_pool_kernel(in_shape, name: str = "global_avg_pool", *, target: Target) -> Kernel:
+    """ONNX GlobalAveragePool; params (x, out [N, C, 1, 1]). The plane sum is split into one
+    vector's lanes of interleaved partial sums (rfactor), so it is not one serial chain of adds."""
+    lanes = target.lanes()
     n, c, h, w = (int(d) for d in in_shape)
     x = te.placeholder((n, c, h, w), "float32", name="x")
     r = te.reduce_axis((0, h * w), "r")

@@ -1,0 +1,76 @@
+"""Devices that run compiled models remotely: any TVM RPC server registered with a tracker under a
+key (a phone running TVM's `tvm_rpc`, or sparsec's emulated arm64 device, `runtime/emulator.py`).
+
+    device = RpcDevice("127.0.0.1", 9190, "pixel7")
+    outputs = run_library(device, Path("model.so"), [x], num_outputs=1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax, rpc
+
+from sparsec.errors import UserError
+
+SESSION_TIMEOUT_S = 600  # phones and emulated devices are slow: one session may take minutes
+
+
+@dataclass(frozen=True)
+class RpcDevice:
+    """A device registered with the TVM tracker at host:port under `key`."""
+
+    host: str
+    port: int
+    key: str
+    description: str = ""  # what the device is, for messages ("emulated cortex-a53 ...")
+
+    def __str__(self) -> str:
+        return self.description or f"device {self.key!r} at tracker {self.host}:{self.port}"
+
+    def connect(self):
+        """A fresh RPC session on the device; a user error if the tracker or the key is missing."""
+        try:
+            tracker = rpc.connect_tracker(self.host, self.port)
+            keys = {entry.partition(":")[2] or entry for entry in tracker.summary()["queue_info"]}
+        except (RuntimeError, OSError, ConnectionError) as err:
+            raise UserError(f"no TVM tracker at {self.host}:{self.port} ({str(err).splitlines()[0]})") from None
+        if self.key not in keys:
+            known = ", ".join(sorted(keys)) or "none"
+            raise UserError(f"no device registered under key {self.key!r} at tracker {self.host}:{self.port} "
+                            f"(keys there: {known})")
+        try:
+            return tracker.request(self.key, priority=0, session_timeout=SESSION_TIMEOUT_S)
+        except (RuntimeError, OSError) as err:
+            raise UserError(f"{self}: could not open a session ({str(err).splitlines()[0]})") from None
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--tracker {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+    return host, int(port)
+
+
+def run_library(device: RpcDevice, library: Path, inputs: list[np.ndarray], num_outputs: int) -> list[np.ndarray]:
+    """Upload `library` (a Relax VM library built for the device), run `main` on `inputs` there and
+    return its outputs."""
+    remote = device.connect()
+    try:
+        remote.upload(str(library))
+        dev = remote.cpu(0)
+        vm = relax.VirtualMachine(remote.load_module(library.name), dev)
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs])
+        values = [result] if num_outputs == 1 else list(result)
+        return [v.numpy() for v in values]
+    except RuntimeError as err:
+        raise UserError(f"{library}: running on {device} failed ({_last_line(str(err))})") from None
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"

@@ -1,0 +1,54 @@
+"""Register plans: how wide and how many accumulators each kernel's inner loop keeps, derived from
+the target's vector lanes, vector registers and L1 size. One place for every plan, each with the
+reason (or the measurement) behind it; the generators' knobs default to these.
+"""
+
+from __future__ import annotations
+
+from sparsec.target import Target
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << max(0, n.bit_length() - 1)
+
+
+def pattern_vectors(t: Target) -> int:
+    """Pattern conv: output vectors per tile row, so a tile is at least 8 pixels wide (one AVX2 or
+    AVX-512 vector, two NEON vectors): narrower tiles pay their halo columns and loop overhead
+    for too few FMAs."""
+    return max(1, -(-8 // t.lanes()))
+
+
+def pattern_accumulators(t: Target) -> int:
+    """Pattern conv: accumulators (rows x vectors x filters) the hot loop keeps in registers.
+
+    x86 keeps 4 broadcast tap weights and ~4 loaded input rows live: 16 registers leave 8
+    accumulators (8 FMA chains cover the FMA latency; measured on znver3, 10 won nothing, 12-14
+    lost to spills); 32 registers leave room for more independent chains: 14 (measured on
+    AVX-512: 14 rows +8-20% over 8; no spills up to ~20). NEON holds the 4 tap weights in one
+    128-bit register (used by lane), so 32 registers leave 24 after ~7 for weights and rows.
+    """
+    if t.isa == "neon":
+        return t.vector_registers - 8
+    return 8 if t.vector_registers <= 16 else 14
+
+
+def gemm_tile(t: Target) -> tuple[int, int]:
+    """Dense conv / matmul: (broadcast rows, vectors) of the register tile. The tile takes all
+    registers but ~4 (one per loaded vector plus a broadcast): 16 registers -> 6 x 2 (12
+    accumulators, the classic AVX2 sgemm tile); 32 -> 7 x 4 on NEON (4 narrow vectors per row),
+    14 x 2 on AVX-512 (28 accumulators, as OpenBLAS's skylakex sgemm keeps)."""
+    vectors = 2 if t.lanes() >= 8 else 4
+    return max(1, (t.vector_registers - vectors - 2) // vectors), vectors
+
+
+def csr_vectors(t: Target) -> int:
+    """CSR 1x1 conv: pixel vectors per tile (one accumulator each, plus one broadcast weight);
+    half the registers, so the loads of the next nonzero overlap the FMAs of this one."""
+    return t.vector_registers // 2
+
+
+def csr_channel_block(t: Target, tile_pixels: int) -> int:
+    """CSR 1x1 conv: input channels per block, so one block's input tile fills half of L1
+    (64 channels of a 64-pixel tile on a 32 KiB L1)."""
+    return max(8, min(256, _pow2_floor(t.l1d_bytes // 2 // (4 * tile_pixels))))

@@ -1,0 +1,110 @@
+"""Kernels and models generated for each target: numerics with the host's vector width (16 lanes on
+an AVX-512 machine) and with an explicit AVX2 target JSON (8 lanes), both against NumPy / the
+reference interpreter; the vector registers the generated code uses; the manifest's target;
+arm64 cross-compiles to NEON code."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+import sparsec
+from sparsec.check import random_inputs, relative_error
+from sparsec.driver import import_model
+from sparsec.fkw import build_fkw
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import run_kernel
+from sparsec.lower.kernels.csr import csr_conv1x1_kernel, csr_dense_kernel
+from sparsec.lower.kernels.dense_matmul import matmul_kernel
+from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
+from sparsec.lower.kernels.pool import global_avg_pool_kernel
+from sparsec.lower.target import host, resolve_target, tvm_target
+from sparsec.models import ZOO
+from sparsec.prune import prune_model
+from sparsec.reference import run_reference
+from sparsec.target import host_isa
+
+pytestmark = pytest.mark.tvm
+
+AVX2_JSON = '{"name": "avx2", "isa": "avx2", "tvm": {"mcpu": "haswell"}}'
+TARGETS = {"host": host(), "avx2": resolve_target(spec=AVX2_JSON)}
+needs_avx512 = pytest.mark.skipif(host_isa() != "avx512", reason="this machine has no AVX-512")
+
+
+def _conv_check(target, x_shape, filters):
+    from test_dense_conv import check as dense_check  # tests/tvm is on the path (rootdir mode)
+    from test_pattern_conv import check as pattern_check
+
+    pattern_check(x_shape, filters, bias=True, act=Activation("relu"), target=target)
+    pattern_check((1, x_shape[1], 9, 21), filters, strides=(2, 2), target=target)  # a narrow last tile
+    dense_check(x_shape, (filters, x_shape[1], 3, 3), pads=(1, 1, 1, 1), bias=True, act="relu", target=target)
+    dense_check(x_shape, (x_shape[1], 1, 3, 3), pads=(1, 1, 1, 1), groups=x_shape[1], target=target)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_conv_kernels(name):
+    _conv_check(TARGETS[name], (1, 12, 14, 37), 10)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_csr_matmul_and_pool_kernels(name):
+    target, rng = TARGETS[name], np.random.default_rng(5)
+    weight = rng.standard_normal((9, 70, 1, 1)).astype(np.float32) * (rng.random((9, 70, 1, 1)) < 0.3)
+    x = rng.standard_normal((1, 70, 9, 11)).astype(np.float32)
+    got = run_kernel(csr_conv1x1_kernel(weight, x.shape, target=target), target, x)
+    np.testing.assert_allclose(got, np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], x), rtol=1e-4, atol=1e-4)
+    fc, v = weight[:, :, 0, 0], rng.standard_normal((3, 70)).astype(np.float32)
+    got = run_kernel(csr_dense_kernel(fc, v.shape, target=target), target, v)
+    np.testing.assert_allclose(got, v @ fc.T, rtol=1e-4, atol=1e-4)
+    a, b = rng.standard_normal((21, 40)).astype(np.float32), rng.standard_normal((40, 37)).astype(np.float32)
+    np.testing.assert_allclose(run_kernel(matmul_kernel(a.shape, b.shape, target=target), target, a, b), a @ b,
+                               rtol=1e-4, atol=1e-4)
+    got = run_kernel(global_avg_pool_kernel(x.shape, target=target), target, x)
+    np.testing.assert_allclose(got, x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def _asm(kernel, target) -> str:
+    import tvm
+
+    return tvm.compile(kernel.func, target=tvm_target(target)).mod.inspect_source("asm")
+
+
+def _pattern_kernel(target):
+    w = np.zeros((8, 8, 3, 3), np.float32)
+    w[:, :, 1, :] = 1.0  # one 3-tap pattern
+    return pattern_conv_kernel(build_fkw(w), (1, 8, 32, 32), target=target)
+
+
+@needs_avx512
+def test_host_kernels_use_the_512_bit_registers():
+    assert re.search(r"vfmadd\w*ps\s[^\n]*zmm", _asm(_pattern_kernel(TARGETS["host"]), TARGETS["host"]))
+    avx2 = _asm(_pattern_kernel(TARGETS["avx2"]), TARGETS["avx2"])
+    assert re.search(r"vfmadd\w*ps\s[^\n]*ymm", avx2) and "zmm" not in avx2
+
+
+def test_arm64_kernels_are_neon():
+    arm = resolve_target("arm64", "cortex-a76")
+    asm = _asm(_pattern_kernel(arm), arm)
+    assert re.search(r"fmla\s+v\d+\.4s", asm)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_model_for_each_target_matches_the_reference(tmp_path, name):
+    target = TARGETS[name]
+    model = ZOO["tiny_cnn"](resolution=32, num_classes=10)
+    module = import_model(model, prune_model(model, keep_kernels=0.5, unstructured=0.8))
+    compiled = sparsec.compile(module, target=target)
+    inputs = random_inputs(module)
+    want, got = run_reference(module, inputs), compiled.run(inputs)
+    assert all(relative_error(got[k], v) <= 1e-4 for k, v in want.items())
+    compiled.export(tmp_path / "m.so")
+    manifest = json.loads((tmp_path / "m.so.json").read_text())
+    spec = manifest["target_spec"]
+    assert manifest["target"] == name and spec["isa"] == target.isa and spec["lanes"]["float32"] == target.lanes()
+    assert spec["tvm"] == target.tvm_dict() and spec["throughputs"]["pattern"] == target.throughputs.pattern
+    again = sparsec.load(tmp_path / "m.so")
+    assert again.target == target
+    assert relative_error(again.run(inputs)["output"], want["output"]) <= 1e-4
