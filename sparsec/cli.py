@@ -449,20 +449,15 @@ def _fuzz_parser(jobs) -> None:
     p.add_argument("--start", type=int, default=0, metavar="S", help="first seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("build/fuzz"),
                    help="folder for the failing cases' reproducers, OUT/seed-N/ (default build/fuzz)")
-    p.add_argument("--no-padded-sparse-1x1", action="store_true",
-                   help="give no mask to 1x1 convs with pads (avoids a known bug while its fix is pending)")
     p.set_defaults(command=cmd_fuzz)
 
 
 def cmd_fuzz(args) -> int:
-    from sparsec.fuzz.masks import MaskOptions
     from sparsec.fuzz.runner import fuzz
 
     if args.seeds < 1 or args.start < 0:
         raise UserError(f"--seeds {args.seeds} --start {args.start}: need at least one seed and a start >= 0")
-    options = MaskOptions(padded_sparse_pointwise=not args.no_padded_sparse_1x1)
-    summary = fuzz(range(args.start, args.start + args.seeds), args.out, options,
-                   log=lambda line: print(line, flush=True))
+    summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True))
     for line in summary.causes():
         print(line)
     kept = summary.count("ok") < len(summary.outcomes)

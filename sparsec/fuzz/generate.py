@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from sparsec.fuzz.graph import ALIASES, Net, conv_out, pool_out
-from sparsec.fuzz.masks import MaskOptions, random_masks
+from sparsec.fuzz.masks import random_masks
 
 # Opsets where an op the frontend reads changed form: 11 (Clip bounds as inputs), 13 (Softmax
 # axis, Squeeze axes as input), 14 (HardSwish), 18 (ReduceMean axes as input), 21 the newest.
@@ -37,7 +37,7 @@ class Case:
     shapes: dict[str, tuple[int, ...]]
 
 
-def random_case(seed: int, options: MaskOptions = MaskOptions()) -> Case:
+def random_case(seed: int) -> Case:
     """The case of `seed`: the same seed always gives the same model and masks."""
     rng = np.random.default_rng(seed)
     opset = OPSETS[int(rng.integers(len(OPSETS)))]
@@ -53,7 +53,7 @@ def random_case(seed: int, options: MaskOptions = MaskOptions()) -> Case:
     if extra is not None:
         outputs.append(extra)
     model = net.finish(f"fuzz_{seed}", outputs)
-    masks = random_masks(model, rng, net.padded_pointwise, net.hidden_weights, options)
+    masks = random_masks(model, rng, net.hidden_weights)
     return Case(seed, model, masks, net.shapes["input"], {name: net.shapes[name] for name in outputs})
 
 

@@ -46,7 +46,6 @@ class Net:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.shapes: dict[str, Shape] = {"input": in_shape}
-        self.padded_pointwise: set[str] = set()  # weights of 1x1 convs with nonzero pads
         self.hidden_weights: set[str] = set()  # FC weights read through a Transpose node
         self.constants: set[str] = set()  # values the frontend folds (Constant nodes, shape subgraphs)
         self.symbolic_batch = False  # the input's batch dimension as a symbol (bound to 1 at import)
@@ -114,8 +113,6 @@ class Net:
         else:
             attrs["auto_pad"] = auto_pad
             pads = same_pads((h, w), kernel, strides, auto_pad)
-        if kernel == (1, 1) and any(pads):
-            self.padded_pointwise.add(inputs[1])
         out = [conv_out(s, k, st, pads[a], pads[a + 2], d)
                for a, (s, k, st, d) in enumerate(zip((h, w), kernel, strides, dilations))]
         assert min(out) >= 1, (self.shapes[x], kernel, strides, pads, dilations)

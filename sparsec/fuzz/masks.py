@@ -11,8 +11,6 @@ layer may also get no mask or an all-ones mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
@@ -20,17 +18,7 @@ from sparsec.prune import CANDIDATE_PATTERNS, WeightLayer, prune_model, weight_l
 from sparsec.sparsity import N_TAPS
 
 
-@dataclass(frozen=True, slots=True)
-class MaskOptions:
-    """What masks the generator may give. The defaults give every kind sparsec claims to handle."""
-
-    # False: a 1x1 conv with nonzero pads gets no mask, so it never takes the CSR kernel (which
-    # drops the padding: a known bug of issue 6). Only for iterating while that fix is pending.
-    padded_sparse_pointwise: bool = True
-
-
-def random_masks(model: onnx.ModelProto, rng: np.random.Generator, padded_pointwise: set[str],
-                 hidden: set[str], options: MaskOptions = MaskOptions()) -> dict[str, np.ndarray]:
+def random_masks(model: onnx.ModelProto, rng: np.random.Generator, hidden: set[str]) -> dict[str, np.ndarray]:
     """Masks keyed by initializer name for the Conv / Gemm / MatMul weights of `model`, and for
     the `hidden` FC weights that reach their Gemm through a layout op (the pruner misses those)."""
     layers = weight_layers(model)
@@ -44,8 +32,6 @@ def random_masks(model: onnx.ModelProto, rng: np.random.Generator, padded_pointw
         masks = _pruner_masks(model, rng)
     else:
         masks = {}
-    if not options.padded_sparse_pointwise:
-        masks = {name: m for name, m in masks.items() if name not in padded_pointwise}
     return masks
 
 

@@ -28,7 +28,6 @@ import onnx
 from sparsec.check import TOLERANCE, relative_error, require_onnxruntime, seeded_inputs
 from sparsec.errors import NotSupportedError, UserError
 from sparsec.fuzz.generate import Case, random_case
-from sparsec.fuzz.masks import MaskOptions
 
 KINDS = ("ok", "mismatch", "crash", "rejected")
 
@@ -232,14 +231,13 @@ def signature(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", message)
 
 
-def fuzz(seeds: Iterable[int], out: Path | None = None, options: MaskOptions = MaskOptions(),
-         log: Callable[[str], None] = print) -> Summary:
+def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], None] = print) -> Summary:
     """Runs the case of each seed; logs each failure and writes its reproducer under `out`
     (a passing seed's stale reproducer there is removed)."""
     start, outcomes = time.perf_counter(), []
     for seed in seeds:
         try:
-            case = random_case(seed, options)
+            case = random_case(seed)
         except Exception as err:  # noqa: BLE001 - a generator bug is reported like any crash
             outcomes.append(Outcome(seed, "crash", f"the generator failed (a fuzzer bug): {err!r}",
                                     traceback.format_exc()))

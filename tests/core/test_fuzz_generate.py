@@ -13,7 +13,6 @@ from sparsec.check import onnxruntime_outputs
 from sparsec.frontend.convert import ACTIVATIONS
 from sparsec.frontend.convert_tensor import CONVERT
 from sparsec.fuzz.generate import OPSETS, random_case
-from sparsec.fuzz.masks import MaskOptions
 from sparsec.fuzz.runner import case_inputs
 from sparsec.prune import CANDIDATE_PATTERNS, save_masks, weight_layers
 from sparsec.sparsity import kernel_tap_sets
@@ -60,6 +59,10 @@ def _features(case) -> set[str]:
         found.add("symbolic batch")
     if {n.input[0] for n in case.model.graph.node if n.op_type == "Transpose"} & set(case.masks):
         found.add("mask through Transpose")
+    padded_pointwise = {n.input[1] for n in case.model.graph.node if n.op_type == "Conv" and any(
+        a.name == "pads" and any(a.ints) for a in n.attribute) and _init_shape(case, n.input[1])[2:] == (1, 1)}
+    if any(case.masks[w].mean() < 0.5 for w in padded_pointwise & set(case.masks)):
+        found.add("sparse padded 1x1")  # a 1x1 conv with pads never takes the (padding-free) CSR kernel
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in case.model.graph.initializer}
     for node in case.model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -68,6 +71,10 @@ def _features(case) -> set[str]:
     for mask in case.masks.values():
         found |= {f"mask {label}" for label, on in _mask_features(mask).items() if on}
     return found
+
+
+def _init_shape(case, name: str) -> tuple[int, ...]:
+    return next((tuple(t.dims) for t in case.model.graph.initializer if t.name == name), ())
 
 
 def _attribute_features(node, attrs: dict, inits: dict) -> dict[str, bool]:
@@ -137,7 +144,7 @@ def test_every_supported_op_is_generated():
     "AveragePool count_include_pad", "Gemm transB=0", "Gemm alpha", "Gemm beta", "Gemm computed B",
     "MatMul computed B", "Add constant operand", "Mul constant operand", "Clip no bounds", "Clip max only",
     "Softmax axis not last", "ReduceMean keepdims=0", "Concat axis != 1", "Flatten axis != 1", "two outputs",
-    "symbolic batch", "mask through Transpose",
+    "symbolic batch", "mask through Transpose", "sparse padded 1x1",
     "mask pconv 3x3", "mask other tap sets 3x3", "mask empty kernels", "mask empty filters", "mask all ones",
     "mask all zeros", "mask unstructured 1x1", "mask unstructured fc",
     *(f"opset {v}" for v in OPSETS),
@@ -150,18 +157,3 @@ def test_some_cases_have_no_masks_and_some_layers_none():
     cases = [_case(seed) for seed in COVERAGE_SEEDS]
     assert any(not case.masks for case in cases)
     assert any(case.masks and len(case.masks) < len(weight_layers(case.model)) for case in cases)
-
-
-def test_option_keeps_masks_off_padded_1x1_convs():
-    def padded_pointwise(case):
-        return {n.input[1] for n in case.model.graph.node if n.op_type == "Conv"
-                and [a.ints for a in n.attribute if a.name == "kernel_shape"] == [[1, 1]]
-                and any(a.name == "pads" and any(a.ints) for a in n.attribute)}  # SAME pads no 1x1
-
-    hit = False
-    for seed in range(120):
-        masked = set(random_case(seed).masks) & padded_pointwise(random_case(seed))
-        avoided = set(random_case(seed, MaskOptions(padded_sparse_pointwise=False)).masks)
-        hit |= bool(masked)
-        assert not avoided & padded_pointwise(random_case(seed)), seed
-    assert hit  # by default they are generated
