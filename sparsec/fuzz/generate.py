@@ -91,7 +91,7 @@ def conv_unit(net: Net, x: str, *, cout: int | None = None, stride_ok: bool = Tr
         kernel = (1, 1)
     elif kind == "depthwise":
         groups, cout = cin, cin * int(net.pick((1, 2), (3, 1)))
-        kernel = (5, 5) if net.chance(0.15) else (3, 3)
+        kernel = net.pick([(3, 3), (5, 5), (2, 2), (3, 1)], (8, 1, 0.5, 0.5))
     elif kind == "grouped":
         groups = _divisor(cin)
         cout = groups * int(net.rng.integers(1, 5))
@@ -328,7 +328,7 @@ def _matmul_head(net: Net, x: str) -> str:
         attrs = {"alpha": float(net.pick((1.0, 0.5))), "beta": float(net.pick((1.0, 2.0)))}
         bias = net.const("gemm.c", net.normal(net.pick([(c2,), (c, c2)]), 0.1))
         out = net.node("Gemm", [a, b, bias], (c, c2), **attrs)
-    return net.softmax(out, -1) if net.chance(0.3) else out
+    return net.softmax(out, int(net.pick((-1, 0)))) if net.chance(0.3) else out
 
 
 def _extra_output(net: Net, main: str) -> str | None:
