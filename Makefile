@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-core test-tvm bench clean
+.PHONY: demo test test-core test-tvm bench fuzz clean
 
 # A virtual env with sparsec (editable) and the pinned test dependencies.
 $(STAMP): pyproject.toml requirements-test.txt
@@ -27,6 +27,13 @@ test-core: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/write_results.py
+
+# Differential fuzzing: N random small CNNs + masks, each compiled and compared with onnxruntime;
+# every failing case is written to build/fuzz/seed-N/ as a reproducer. `make fuzz N=500 START=1000`
+N     ?= 100
+START ?= 0
+fuzz: $(STAMP)
+	$(VENV)/bin/sparsec fuzz --seeds $(N) --start $(START) --out build/fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info

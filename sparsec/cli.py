@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _targets_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _fuzz_parser):
         register(jobs)
     return parser
 
@@ -455,6 +455,34 @@ def cmd_targets(args) -> int:
     print("--target-json JSON|FILE: sparsec's fields (isa, tvm, vector_registers, threads, cc, ...) "
           "or a raw TVM target")
     return 0
+
+
+# --- sparsec fuzz --------------------------------------------------------------------------------
+
+
+def _fuzz_parser(jobs) -> None:
+    p = jobs.add_parser("fuzz", help="differential fuzzing: random small CNNs + masks, compiled and "
+                        "compared with onnxruntime")
+    p.add_argument("--seeds", type=int, default=100, metavar="N", help="how many cases (default 100)")
+    p.add_argument("--start", type=int, default=0, metavar="S", help="first seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("build/fuzz"),
+                   help="folder for the failing cases' reproducers, OUT/seed-N/ (default build/fuzz)")
+    p.set_defaults(command=cmd_fuzz)
+
+
+def cmd_fuzz(args) -> int:
+    from sparsec.fuzz.runner import fuzz
+
+    if args.seeds < 1 or args.start < 0:
+        raise UserError(f"--seeds {args.seeds} --start {args.start}: need at least one seed and a start >= 0")
+    summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True))
+    for line in summary.causes():
+        print(line)
+    kept = summary.count("ok") < len(summary.outcomes)
+    print(f"fuzz: {summary.seconds:.0f} s ({summary.seconds / len(summary.outcomes):.2f} s per case)"
+          + (f"; reproducers in {args.out}/seed-N/" if kept else ""))
+    print(summary.line())
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -153,6 +153,9 @@ def _check_mask(weight: Weight, where: str) -> None:
 def _pattern_rule(weight: Weight) -> str | None:
     if weight.type.rank != 4 or weight.type.shape[2:] != (3, 3):
         return f"pattern layout needs a 3x3 conv weight, got {weight.type}"
+    sizes = sorted({len(p) for p in weight.layout.patterns})
+    if len(sizes) > 1:  # FKW stores the same number of taps for every kept kernel
+        return f"pattern layout needs patterns of one size, got sizes {sizes}"
     allowed = {sum(1 << t for t in p) for p in weight.layout.patterns} | {0}
     tap_sets = kernel_tap_sets(weight.parts["mask"])
     bad = ~np.isin(tap_sets, list(allowed))

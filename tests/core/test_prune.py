@@ -234,6 +234,12 @@ def test_save_load_round_trip(tmp_path, tiny):
     assert all(loaded[k].dtype == bool and np.array_equal(loaded[k], masks[k]) for k in masks)
 
 
+def test_save_load_round_trip_of_no_masks(tmp_path, tiny):
+    # found by sparsec fuzz: an empty .npz (a zip without members) has no local file header to recognise
+    save_masks({}, tmp_path / "none.npz")
+    assert load_masks(tmp_path / "none.npz", tiny) == {}
+
+
 def test_load_accepts_0_1_numbers_and_partial_masks(tmp_path, tiny):
     path = tmp_path / "m.npz"
     np.savez(path, **{"classifier.weight": np.ones((10, 32), np.float32)})
