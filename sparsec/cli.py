@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _targets_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _calibrate_parser):
         register(jobs)
     return parser
 
@@ -403,6 +403,33 @@ def cmd_targets(args) -> int:
         print(f"  {cpu:12} {core.isa}, {core.l1d_kb}/{core.l2_kb} KiB, qemu {core.qemu_cpu}")
     print("--target-json JSON|FILE: sparsec's fields (isa, tvm, vector_registers, threads, cc, ...) "
           "or a raw TVM target")
+    return 0
+
+
+# --- sparsec calibrate --------------------------------------------------------------------------
+
+
+def _calibrate_parser(jobs) -> None:
+    p = jobs.add_parser("calibrate", help="measure the cost model's kernel throughputs on this machine")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer; medians (default 5)")
+    p.add_argument("--threads", type=int, help="threads (default: TVM_NUM_THREADS, else every core)")
+    p.add_argument("--target-json", metavar="JSON|FILE", help="calibrate another vector shape of this CPU "
+                   "(e.g. '{\"isa\": \"avx2\"}'); default: the host target")
+    p.set_defaults(command=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    import os
+
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
+    from sparsec.lower.target import host, resolve_target
+    from sparsec.runtime.calibrate import calibrate
+
+    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
+    if target.device != "local":
+        raise UserError(f"calibrate measures kernels on this machine; a {target.arch} target cannot run here")
+    calibrate(target, rounds=args.rounds)
     return 0
 
 

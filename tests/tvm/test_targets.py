@@ -108,3 +108,18 @@ def test_model_for_each_target_matches_the_reference(tmp_path, name):
     again = sparsec.load(tmp_path / "m.so")
     assert again.target == target
     assert relative_error(again.run(inputs)["output"], want["output"]) <= 1e-4
+
+
+def test_calibrate_writes_what_the_host_target_reads(tmp_path, monkeypatch):
+    from sparsec.runtime.calibrate import Layer, calibrate
+
+    monkeypatch.setenv("SPARSEC_CALIBRATION_DIR", str(tmp_path))
+    lines = []
+    ratio, path = calibrate(host(), rounds=1, layers=(Layer("pattern", 16, 14, 0.5), Layer("csr", 32, 14, 0.2)),
+                            log=lines.append)
+    assert 0 < ratio["pattern"] <= 4 and 0 < ratio["csr"] <= 4 and "pattern 16x14x14 keep 0.5" in lines[1]
+    record = json.loads(open(path).read())
+    assert record["cpu"] == host().cpu and len(record["layers"]) == 2
+    again = host()
+    assert (again.throughputs.pattern, again.throughputs.csr) == (ratio["pattern"], ratio["csr"])
+    assert again.throughputs.source == f"calibrated ({path})"
