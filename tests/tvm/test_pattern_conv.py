@@ -141,13 +141,15 @@ def test_auto_rows_pad_the_height_least():
     assert rows((1, 8, 56, 56), filters_per_group=2) == 4
     assert rows((1, 8, 56, 56), AVX512) == 14  # 32 registers leave 14
     assert rows((1, 8, 12, 12), AVX512) == 12
-    assert rows((1, 8, 56, 56), ARM64) == 12  # NEON: 2 vectors (8 pixels) x 12 rows = 24 accumulators
+    assert rows((1, 8, 7, 7), AVX512) == 7  # never more rows than the plane has
 
 
 def test_width_and_vectors_come_from_the_target():
-    for target, lanes, vectors in ((AVX2, 8, 1), (AVX512, 16, 1), (ARM64, 4, 2)):
-        knobs = resolve_knobs((1, 8, 56, 56), target=target)
-        assert (knobs.vector_width, knobs.vectors_per_step) == (lanes, vectors)
+    for target, size, lanes, vectors, rows in ((AVX2, 56, 8, 1, 8), (AVX512, 56, 16, 1, 14), (ARM64, 56, 4, 2, 8),
+                                               (ARM64, 28, 4, 1, 14)):
+        knobs = resolve_knobs((1, 8, size, size), target=target)
+        # NEON: the tile (16 accumulators at most) that pads the plane least: 56 = 7 x 8, 28 = 7 x 4
+        assert (knobs.vector_width, knobs.vectors_per_step, knobs.rows_per_step) == (lanes, vectors, rows)
 
 
 def test_unpruned_and_odd_tap_counts():

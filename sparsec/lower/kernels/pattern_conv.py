@@ -200,6 +200,7 @@ class _Ctx:
     order: object
     bias: object | None
     out: object
+    by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -211,6 +212,15 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
         for r in range(g.rows):
             uses.setdefault((r * g.strides[0] + ky * g.dilations[0], kx), []).append((r, t))
     return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
+
+
+def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
+    """w[k, f, tap] in every lane. By lane: the kernel's 4 tap weights are one 128-bit load and
+    each FMA takes its weight from a lane of it (NEON `fmla v.4s, v.4s, v.s[i]`); else a
+    broadcast scalar (x86: a broadcast load folded into the FMA)."""
+    if x.by_lane:
+        return tirx.Shuffle([x.weight[k, f, _ramp(0, 4)]], [tap] * lanes)
+    return tirx.Broadcast(x.weight[k, f, tap], lanes)
 
 
 def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
@@ -225,7 +235,7 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
                 src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
                 for f in range(x.nf):
                     for r, tap in users:
-                        value = acc[f, r, _vec(v, lanes)] + tirx.Broadcast(x.weight[k, f, tap], lanes) * src
+                        value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
 
 
@@ -332,18 +342,29 @@ def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
     height least."""
     if knobs.rows_per_step:
         return knobs.rows_per_step
-    want = max(1, accumulators // (knobs.vectors_per_step * knobs.filters_per_group))
+    want = max(1, min(oh, accumulators // (knobs.vectors_per_step * knobs.filters_per_group)))
     candidates = [r for r in (want, want - 1, want - 2) if r >= 1]
     return min(candidates, key=lambda r: (-(-oh // r) * r - oh, -r))
 
 
 def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
                   knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target) -> PatternConvKnobs:
-    """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`."""
-    knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
-                    vectors_per_step=knobs.vectors_per_step or register_plan.pattern_vectors(target))
-    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1))
-    return replace(knobs, rows_per_step=_auto_rows(g.oh, knobs, register_plan.pattern_accumulators(target)))
+    """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
+    among the register plan's vector counts, the tile (rows x vectors) that pads the output
+    least, then the one with more accumulators."""
+    knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes())
+    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
+    accumulators = register_plan.pattern_accumulators(target)
+    choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
+    tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
+                                                                         accumulators)) for v in choices]
+
+    def padded_area(k: PatternConvKnobs) -> tuple[int, int]:
+        width = k.vector_width * k.vectors_per_step
+        return -(-g.oh // k.rows_per_step) * k.rows_per_step * -(-g.ow // width) * width, \
+            -k.rows_per_step * k.vectors_per_step
+
+    return min(tiles, key=padded_area)
 
 
 def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
@@ -375,14 +396,15 @@ def pattern_conv_kernel(
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)
-    func = _build_func(g, table, knobs, constants, activation, out_shape, name)
+    by_lane = register_plan.weights_by_lane(target) and table.patterns.shape[1] == 4
+    func = _build_func(g, table, knobs, constants, activation, out_shape, name, by_lane)
     return Kernel(func, constants, out_shape, "float32")
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
-def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name):
+def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name, by_lane: bool):
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
@@ -395,6 +417,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, xt, *bufs[:5], bias, out)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane)
             _emit_main(x)
     return ib.get()
