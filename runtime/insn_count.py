@@ -82,8 +82,10 @@ def _run_counter(setup: Arm64Setup, target: Target, tmp: Path) -> list[tuple[int
     counts_file = tmp / "counts.txt"
     command = setup.command(SCRIPT, str(tmp / "kernels.so"), str(tmp / "spec.json"), str(setup.marker),
                             str(tmp / "outputs.npz"), qemu_cpu=target.qemu_cpu, plugin_out=counts_file)
-    # one thread: the kernel runs on the calling thread, and no idle worker spins into the counts
-    done = subprocess.run(command, env=setup.environment(threads=1), capture_output=True, text=True)
+    # one thread: the kernel runs on the calling thread, and no idle worker spins into the counts;
+    # a fixed hash seed: Python's own path between the markers is the same on every run
+    env = {**setup.environment(threads=1), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"counting under qemu ({target.qemu_cpu}) failed: {last}")
@@ -93,3 +95,79 @@ def _run_counter(setup: Arm64Setup, target: Target, tmp: Path) -> list[tuple[int
         if kind == "window":
             windows.append((int(insns), int(fmas)))
     return windows
+
+
+# --- per layer of a model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    """One conv / linear layer: its kernel's counts, and those of sparsec's dense schedule of the
+    same (masked) weight; `error` is the max relative difference of their outputs."""
+
+    result: str
+    op: str
+    format: str
+    sparse: Count
+    dense: Count
+    error: float
+
+    @property
+    def reduction(self) -> float:
+        """Dense-schedule instructions over this kernel's (how many times fewer it executes)."""
+        return self.dense.instructions / self.sparse.instructions if self.sparse.instructions else 0.0
+
+
+def count_model(module, target: Target, setup: Arm64Setup | None = None, seed: int = 0) -> list[LayerCount]:
+    """Count each conv2d / linear layer of an optimised module: its own kernel and the dense
+    schedule of the same weights (a layer compiled dense counts once)."""
+    from sparsec.ir.ops import Conv2d, Linear
+    from sparsec.lower.layers import conv2d_kernel, linear_kernel
+    from sparsec.runtime.bench import densified
+
+    rng, dense_module = np.random.default_rng(seed), densified(module)
+    calls, layers = {}, []
+    for i, op in enumerate(module.ops):
+        if not isinstance(op, (Conv2d, Linear)):
+            continue
+        make = conv2d_kernel if isinstance(op, Conv2d) else linear_kernel
+        kernel, fmt = make(op, module, target)
+        x = rng.standard_normal(module.types[op.input].shape).astype(np.float32)
+        calls[f"layer{i}"] = (kernel, [x])
+        if fmt != "dense":
+            calls[f"layer{i}_dense"] = (make(op, dense_module, target)[0], [x])
+        layers.append((i, op, fmt))
+    counts = count_kernels(calls, target, setup)
+    rows = []
+    for i, op, fmt in layers:
+        sparse = counts[f"layer{i}"]
+        dense = counts.get(f"layer{i}_dense", sparse)
+        scale = max(float(np.abs(dense.output).max()), 1e-30)
+        error = float(np.abs(sparse.output - dense.output).max()) / scale
+        rows.append(LayerCount(op.result, op.name, fmt, sparse, dense, error))
+    return rows
+
+
+def format_counts(rows: list[LayerCount], target: Target, title: str) -> str:
+    """The per-layer table, labelled a proxy."""
+    lines = [f"{title}: {target.name} {target.cpu} (qemu {target.qemu_cpu}), one thread", PROXY_NOTE,
+             f"{'layer':28} {'op':7} {'format':8} {'instructions':>13} {'vector FMAs':>12} {'FMA %':>6} "
+             f"{'dense sched.':>13} {'fewer':>6} {'rel err':>8}"]
+    for r in rows:
+        lines.append(f"{r.result[:28]:28} {r.op:7} {r.format:8} {r.sparse.instructions:13,d} "
+                     f"{r.sparse.vector_fmas:12,d} {100 * r.sparse.fma_share:5.1f}% {r.dense.instructions:13,d} "
+                     f"{r.reduction:5.2f}x {r.error:8.1e}")
+    sparse, dense = (sum(getattr(r, k).instructions for r in rows) for k in ("sparse", "dense"))
+    fmas = sum(r.sparse.vector_fmas for r in rows)
+    lines.append(f"{'total':45} {sparse:13,d} {fmas:12,d} {100 * fmas / max(sparse, 1):5.1f}% {dense:13,d} "
+                 f"{dense / max(sparse, 1):5.2f}x")
+    return "\n".join(lines)
+
+
+def counts_json(rows: list[LayerCount], target: Target) -> dict:
+    return {"proxy": PROXY_NOTE, "target": target.to_dict(), "layers": [
+        {"result": r.result, "op": r.op, "format": r.format, "instructions": r.sparse.instructions,
+         "vector_fmas": r.sparse.vector_fmas, "fma_share": round(r.sparse.fma_share, 4),
+         "dense_schedule_instructions": r.dense.instructions,
+         "dense_schedule_vector_fmas": r.dense.vector_fmas, "fewer_than_dense": round(r.reduction, 3),
+         "max_rel_error_vs_dense": r.error} for r in rows]}
