@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _targets_parser, _fuzz_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _calibrate_parser, _zoo_parser, _fuzz_parser):
         register(jobs)
     return parser
 
@@ -324,16 +324,20 @@ def _prune_parser(jobs) -> None:
     p = jobs.add_parser("prune", help="PCONV masks for an ONNX model: patterns + connectivity pruning")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="masks .npz to write")
+    _pruning_arguments(p, keep_kernels=1.0)
+    p.set_defaults(command=cmd_prune)
+
+
+def _pruning_arguments(p, keep_kernels: float) -> None:
     p.add_argument("--patterns", type=int, default=8, help="number of 4-tap patterns (default 8)")
-    p.add_argument("--keep-kernels", type=float, default=1.0, metavar="F",
-                   help="fraction of 3x3 kernels kept per layer (0.278 = PCONV's 3.6x)")
+    p.add_argument("--keep-kernels", type=float, default=keep_kernels, metavar="F",
+                   help=f"fraction of 3x3 kernels kept per layer (default {keep_kernels:g}; 0.278 = PCONV's 3.6x)")
     p.add_argument("--unstructured", type=float, default=0.0, metavar="F",
                    help="fraction of smallest weights removed from 1x1 convs and FC layers")
     p.add_argument("--prune-first-conv", action="store_true", help="also prune the first conv")
     p.add_argument("--kernel-groups", type=int, default=1, metavar="G",
                    help="G consecutive filters keep or drop each input channel's kernel together, with one "
                         "pattern, so kernels walk G filters at once (default 1; `inspect` reports the cost)")
-    p.set_defaults(command=cmd_prune)
 
 
 def cmd_prune(args) -> int:
@@ -399,11 +403,18 @@ def _bench_parser(jobs) -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="bind an input's shape (symbolic batch defaults to 1)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    _target_arguments(p)
+    p.add_argument("--count-instructions", action="store_true",
+                   help="arm64: per layer, dynamic aarch64 instructions and vector FMAs under qemu (a proxy "
+                        "for speed, not a time), against sparsec's dense schedule of the same weights")
     p.set_defaults(command=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     import os
+
+    if args.count_instructions or args.target != "host" or args.target_json or args.cpu:
+        return _bench_counts(args)
 
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
     from sparsec.frontend import load_onnx
@@ -421,6 +432,77 @@ def cmd_bench(args) -> int:
     print(report.format_report())
     if args.json:
         write_atomically(args.json, lambda path: path.write_text(report.to_json()))
+    return 0
+
+
+def _bench_counts(args) -> int:
+    """`bench --target arm64 --count-instructions`: the ARM cost proxy, per layer."""
+    import json
+
+    from sparsec.driver import optimize
+    from sparsec.ir.files import write_atomically
+
+    target = resolve_target_args(args)
+    if not args.count_instructions:
+        raise UserError(f"bench times engines on this machine; for {target.name} add --count-instructions "
+                        "(instruction counts under qemu: a proxy, since emulated timings are not a phone's)")
+    if target.arch != "aarch64":
+        raise UserError(f"--count-instructions counts aarch64 instructions under qemu; {target.name} is {target.arch}")
+    if args.json:
+        _check_output(args.json, ".json")
+    from sparsec.runtime.insn_count import count_model, counts_json, format_counts
+
+    module = optimize(load_model(args), target=target)
+    rows = count_model(module, target)
+    print(format_counts(rows, target, f"{args.model.stem} ({'masked' if args.masks else 'dense'})"))
+    if args.json:
+        write_atomically(args.json, lambda path: path.write_text(json.dumps(counts_json(rows, target), indent=1)))
+    return 0
+
+
+# --- sparsec zoo --------------------------------------------------------------------------------
+
+
+def _zoo_parser(jobs) -> None:
+    from sparsec.models import ZOO
+
+    p = jobs.add_parser("zoo", help="write a zoo model (VGG-16, ResNet-18/50, MobileNet-V2, ...) and its PCONV masks")
+    p.add_argument("name", help=f"one of: {', '.join(ZOO)}")
+    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX model to write (model.onnx)")
+    p.add_argument("--masks", type=Path, help="also write PCONV masks here (masks.npz)")
+    p.add_argument("--resolution", type=int, help="input height = width (default: the network's, 224; tiny_cnn 32)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the network's, 1000; tiny_cnn 10)")
+    _pruning_arguments(p, keep_kernels=0.278)
+    p.set_defaults(command=cmd_zoo)
+
+
+def cmd_zoo(args) -> int:
+    from sparsec.ir.files import write_atomically
+    from sparsec.models import ZOO
+    from sparsec.prune import prune_model, save_masks
+
+    if args.name not in ZOO:
+        raise UserError(f"unknown zoo model {args.name!r}; the zoo has: {', '.join(ZOO)}")
+    too_small = args.resolution is not None and args.resolution < 32
+    if too_small or (args.num_classes is not None and args.num_classes < 1):
+        raise UserError(f"--resolution must be >= 32 and --num-classes >= 1 (got {args.resolution}, "
+                        f"{args.num_classes})")
+    _check_output(args.output, ".onnx")
+    if args.masks:
+        _check_output(args.masks, ".npz")
+    shape = {k: v for k, v in (("resolution", args.resolution), ("num_classes", args.num_classes)) if v is not None}
+    model = ZOO[args.name](**shape)
+    masks = None
+    if args.masks:
+        masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
+                            unstructured=args.unstructured, prune_first_conv=args.prune_first_conv,
+                            kernel_groups=args.kernel_groups)
+    write_atomically(args.output, lambda path: path.write_bytes(model.SerializeToString()))
+    if masks is not None:
+        save_masks(masks, args.masks)
+    dims = lambda v: "x".join(str(d.dim_value) for d in v.type.tensor_type.shape.dim)  # noqa: E731
+    print(f"wrote {args.output} ({args.name}: {dims(model.graph.input[0])} -> {dims(model.graph.output[0])})"
+          + (f" and {args.masks} ({len(masks)} masked weights)" if masks is not None else ""))
     return 0
 
 
@@ -454,6 +536,33 @@ def cmd_targets(args) -> int:
         print(f"  {cpu:12} {core.isa}, {core.l1d_kb}/{core.l2_kb} KiB, qemu {core.qemu_cpu}")
     print("--target-json JSON|FILE: sparsec's fields (isa, tvm, vector_registers, threads, cc, ...) "
           "or a raw TVM target")
+    return 0
+
+
+# --- sparsec calibrate --------------------------------------------------------------------------
+
+
+def _calibrate_parser(jobs) -> None:
+    p = jobs.add_parser("calibrate", help="measure the cost model's kernel throughputs on this machine")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer; medians (default 5)")
+    p.add_argument("--threads", type=int, help="threads (default: TVM_NUM_THREADS, else every core)")
+    p.add_argument("--target-json", metavar="JSON|FILE", help="calibrate another vector shape of this CPU "
+                   "(e.g. '{\"isa\": \"avx2\"}'); default: the host target")
+    p.set_defaults(command=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    import os
+
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
+    from sparsec.lower.target import host, resolve_target
+    from sparsec.runtime.calibrate import calibrate
+
+    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
+    if target.device != "local":
+        raise UserError(f"calibrate measures kernels on this machine; a {target.arch} target cannot run here")
+    calibrate(target, rounds=args.rounds)
     return 0
 
 
