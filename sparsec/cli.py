@@ -449,7 +449,8 @@ def _bench_counts(args) -> int:
     if target.arch != "aarch64":
         raise UserError(f"--count-instructions counts aarch64 instructions under qemu; {target.name} is {target.arch}")
     if args.json:
-        _check_output(args.json, ".json")
+        _check_suffix(args.json, ".json")
+        check_paths([args.json], [args.model, args.masks])
     from sparsec.runtime.insn_count import count_model, counts_json, format_counts
 
     module = optimize(load_model(args), target=target)
@@ -487,9 +488,10 @@ def cmd_zoo(args) -> int:
     if too_small or (args.num_classes is not None and args.num_classes < 1):
         raise UserError(f"--resolution must be >= 32 and --num-classes >= 1 (got {args.resolution}, "
                         f"{args.num_classes})")
-    _check_output(args.output, ".onnx")
+    _check_suffix(args.output, ".onnx")
     if args.masks:
-        _check_output(args.masks, ".npz")
+        _check_suffix(args.masks, ".npz")
+    check_paths([args.output, args.masks], [])
     shape = {k: v for k, v in (("resolution", args.resolution), ("num_classes", args.num_classes)) if v is not None}
     model = ZOO[args.name](**shape)
     masks = None
