@@ -75,7 +75,6 @@ class TuningLog:
     def __init__(self, path: str | os.PathLike, warn: Callable[[str], None] = _warn):
         self.path, self.warn = Path(path), warn
         self._lock = threading.Lock()
-        self._repaired = False
 
     def records(self) -> list[Record]:
         """Every whole record; a torn last line is skipped with a warning, any other bad line is
@@ -104,30 +103,33 @@ class TuningLog:
         """Add one record: a single write of a whole line, flushed to disk before returning."""
         line = record.to_line().encode()
         with self._lock:
-            self._repair_once()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if not self.path.parent.is_dir():
+                raise UserError(f"{self.path}: cannot write the tuning log, "
+                                f"the folder {self.path.parent} does not exist")
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
+                self._cut_torn_tail(fd)
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
                 os.close(fd)
 
-    def _repair_once(self) -> None:
-        """Cut a torn last line off before the first append, so the new record starts a line."""
-        if self._repaired:
+    def _cut_torn_tail(self, fd: int) -> None:
+        """A last line without its newline (an interrupted write) is cut off, so the new record
+        starts a line of its own."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        self._repaired = True
-        if not self.path.exists():
-            if not self.path.parent.is_dir():
-                raise UserError(f"{self.path}: cannot write the tuning log, "
-                                f"the folder {self.path.parent} does not exist")
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            self.warn(f"{self.path}: cutting off a torn last line ({len(data) - end} bytes) before appending")
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
+        at = size
+        while at > 0:
+            chunk = os.pread(fd, min(4096, at), max(0, at - 4096))
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                at = at - len(chunk) + newline + 1
+                break
+            at -= len(chunk)
+        self.warn(f"{self.path}: cutting off a torn last line ({size - at} bytes) before appending")
+        os.ftruncate(fd, at)
 
 
 def matching(records: list[Record], task: str, device_key: str) -> list[Record]:
