@@ -69,12 +69,15 @@ def tracker_devices(host: str, port: int, key: str) -> int:
     return max(len(servers_by_key(summary).get(key, [])), busy.get("free", 0))
 
 
-def request_device(host: str, port: int, key: str, wait_s: float) -> tuple[str, int, str]:
+def request_device(host: str, port: int, key: str, wait_s: float, sockets: set | None = None) -> tuple[str, int, str]:
     """Ask the tracker for a free device of `key`: (host, port, matchkey) of its server. Unlike
-    `TrackerSession.request` it gives up after `wait_s` (TimeoutError) and says which server it is."""
+    `TrackerSession.request` it gives up after `wait_s` (TimeoutError), says which server it is,
+    and can be cut short from another thread (the socket sits in `sockets` while it waits)."""
     from tvm.rpc import base
 
     sock = socket.create_connection((host, port), timeout=10)
+    if sockets is not None:
+        sockets.add(sock)
     try:
         sock.sendall(np.int32(base.RPC_TRACKER_MAGIC).tobytes())
         if int(np.frombuffer(base.recvall(sock, 4), np.int32)[0]) != base.RPC_TRACKER_MAGIC:
@@ -85,6 +88,8 @@ def request_device(host: str, port: int, key: str, wait_s: float) -> tuple[str, 
     except TimeoutError:
         raise TimeoutError(f"no device of key {key!r} became free within {wait_s:g} s") from None
     finally:
+        if sockets is not None:
+            sockets.discard(sock)
         sock.close()
     if value[0] != base.TrackerCode.SUCCESS:
         raise RuntimeError(f"the tracker refused the request: {value}")
@@ -141,6 +146,7 @@ class RpcRunner:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="device-slot")
         self._closed = False
+        self._sockets: set = set()  # tracker requests waiting for a device
 
     @property
     def device_key(self) -> str:
@@ -173,14 +179,11 @@ class RpcRunner:
     def _attempt(self, build) -> Measurement:
         cfg = self.config
         try:
-            grant = request_device(cfg.tracker_host, cfg.tracker_port, cfg.key, NO_DEVICE_S)
-        except TimeoutError as err:
-            raise UserError(f"{err} at the tracker {cfg.tracker_host}:{cfg.tracker_port}: did every device die? "
-                            "(`sparsec farm status`); the log holds every finished trial: run again to continue") \
-                from None
+            grant = request_device(cfg.tracker_host, cfg.tracker_port, cfg.key, NO_DEVICE_S, self._sockets)
         except OSError as err:
-            raise UserError(f"the tracker at {cfg.tracker_host}:{cfg.tracker_port} stopped answering ({err}); "
-                            "the log holds every finished trial: run again to continue") from None
+            if self._closed:
+                return Measurement(error="interrupted")
+            return self._tracker_error(err)
         device = f"{grant[0]}:{grant[1]}"
         worker = self._worker()
         start = time.monotonic()
@@ -197,10 +200,25 @@ class RpcRunner:
             return Measurement(device=device, error=f"{device}: {reason} after {time.monotonic() - start:.1f} s")
         return Measurement(tuple(times), device, output)
 
+    def _tracker_error(self, err: OSError):
+        cfg = self.config
+        where = f"the tracker {cfg.tracker_host}:{cfg.tracker_port}"
+        if isinstance(err, TimeoutError):
+            raise UserError(f"{err} at {where}: did every device die? (`sparsec farm status`); the log holds every "
+                            "finished trial: run again to continue") from None
+        raise UserError(f"{where} stopped answering ({err}); the log holds every finished trial: run again to "
+                        "continue") from None
+
     def close(self) -> None:
-        """Stop: pending trials are dropped, running ones end with their workers."""
+        """Stop: pending trials are dropped; running ones end with their workers, waiting
+        requests with their sockets, so no thread outlives the tuner."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         with self._lock:
             for worker in self._workers:
                 worker.kill()

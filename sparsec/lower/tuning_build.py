@@ -116,6 +116,7 @@ class LocalBuilder:
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pool = self._new_pool()
         self._calls: dict[str, str] = {}
+        self._closed = False
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -142,13 +143,14 @@ class LocalBuilder:
                 outer.set_result(f.result())
             except BrokenProcessPool:
                 outer.set_result(BuildResult(config, error="build: the builder process crashed"))
-                if self._pool is pool:  # the first of its futures to fail replaces the pool
+                if self._pool is pool and not self._closed:  # the first of its futures to fail replaces it
                     self._pool = self._new_pool()
-            except Exception as err:  # pragma: no cover - build_candidate catches its own errors
+            except BaseException as err:  # noqa: BLE001 - a worker's KeyboardInterrupt too: never a lost future
                 outer.set_result(BuildResult(config, error=f"build: {_last_line(err)}"))
 
         inner.add_done_callback(done)
         return outer
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -21,6 +21,8 @@ from sparsec.tuning.search import SEARCHES
 from sparsec.tuning.space import Space
 from sparsec.tuning.task import Task
 
+POLL_S = 0.25
+
 
 @dataclass
 class TaskResult:
@@ -79,11 +81,11 @@ class Tuner:
         """The default's output, measuring (and logging) the default if the log lacks it."""
         if space.default in search.seen() and not self.check:
             return None
-        build = self.builder.submit(task, space.default).result()
+        build = _result(self.builder.submit(task, space.default))
         if build.error:
             self._record(task, space, search, result, build.config, error=build.error)
             return None
-        measured = self.runner.submit(build).result()
+        measured = _result(self.runner.submit(build))
         _remove(build)
         if space.default not in search.seen():
             self._record(task, space, search, result, build.config, measured, measured.error)
@@ -100,7 +102,7 @@ class Tuner:
                     pending[self.builder.submit(task, config)] = ("build", config, None)
             if not pending:
                 return  # 4. done, or the space holds nothing left to try
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for future in finished:
                 stage, config, build = pending.pop(future)
                 if stage == "build":
@@ -129,6 +131,16 @@ class Tuner:
     def _show(self, result: TaskResult, index: int, count: int, final: bool = False) -> None:
         if self.progress is not None:
             self.progress.update(result, index, count, self.trials, final)
+
+
+def _result(future: Future):
+    """The future's result, waiting in short steps: Ctrl-C reaches the main thread at once even
+    when the signal landed on another thread."""
+    while True:
+        try:
+            return future.result(timeout=POLL_S)
+        except TimeoutError:
+            continue
 
 
 def _mismatch(output: np.ndarray | None, reference: np.ndarray | None) -> str | None:
@@ -177,6 +189,8 @@ class Progress:
             self.stream.write("\r\033[K" + line + ("\n" if final else ""))
         elif final or self._last is None or self._last[0] != index or done - self._last[1] >= max(1, trials // 4):
             self.stream.write(line + "\n")
+        else:
+            return
         self._last = (index, "final") if final else (index, done)
         self.stream.flush()
 

@@ -223,3 +223,75 @@ def test_apply_takes_the_best_record_per_task_and_names_untuned_layers(tiny):
     with pytest.raises(UserError, match="several device keys"):
         device_key_of(records, TARGET, None)
     assert device_key_of(records[:2], TARGET, None) == "host"
+
+
+# --- the tuning loop over a fake builder and runner ----------------------------------------------
+
+
+class _FakeBuilder:
+    workers = 2
+
+    def submit(self, task, config):
+        from concurrent.futures import Future
+        from types import SimpleNamespace
+
+        future = Future()
+        future.set_result(SimpleNamespace(config=config, error=None, library="", arrays=""))
+        return future
+
+
+class _FakeRunner:
+    """Times from the synthetic cost; `bad` configurations crash (on every device)."""
+
+    slots, device_key = 3, "host"
+
+    def __init__(self, bad=frozenset()):
+        self.bad, self.runs = bad, []
+
+    def submit(self, build):
+        from concurrent.futures import Future
+
+        from sparsec.runtime.rpc_runner import Measurement
+
+        self.runs.append(build.config)
+        future = Future()
+        if build.config in self.bad:
+            future.set_result(Measurement(device="d1", error="failed on 2 devices: crashed"))
+        else:
+            future.set_result(Measurement((_cost(build.config),) * 3, "d1", np.zeros(4)))
+        return future
+
+
+def test_tuner_logs_every_trial_blames_crashes_once_and_resumes(tmp_path):
+    from sparsec.tuning.task import KernelCall, Task
+    from sparsec.tuning.tuner import Tuner
+
+    task = Task("k" * 16, KernelCall("synthetic", {}), TARGET, ("y",))
+    bad = {c for c in SPACE.configs() if c["fpg"] == 4}
+    log = TuningLog(tmp_path / "t.jsonl")
+    runner = _FakeRunner(bad)
+    first = Tuner(log, _FakeBuilder(), runner, trials=20, seed=1).tune_task(task, SPACE)
+    records = log.records()
+    assert first.trials == len(records) == 20 and first.new == 20
+    assert records[0].config == SPACE.default and first.default_s == _cost(SPACE.default)
+    assert len({r.config for r in records}) == 20  # no configuration twice
+    assert all(not r.ok for r in records if r.config in bad) and first.failed == sum(r.config in bad for r in records)
+    again = Tuner(log, _FakeBuilder(), _FakeRunner(bad), trials=20, seed=1).tune_task(task, SPACE)
+    assert again.new == 0 and len(log.records()) == 20  # a finished command measures nothing
+    more = Tuner(log, _FakeBuilder(), _FakeRunner(bad), trials=30, seed=1).tune_task(task, SPACE)
+    assert more.new == 10 and len({r.config for r in log.records()}) == 30  # and continues where it stopped
+
+
+def test_a_trial_that_fails_on_a_device_is_retried_on_another():
+    from types import SimpleNamespace
+
+    from sparsec.runtime.rpc_runner import ATTEMPTS, Measurement, RpcRunner
+
+    runner = object.__new__(RpcRunner)
+    runner._closed = False
+    outcomes = iter([Measurement(device="a:1", error="a:1: connection reset"), Measurement((1e-3,), "b:2")])
+    runner._attempt = lambda build: next(outcomes)
+    assert runner._trial(SimpleNamespace()).device == "b:2"
+    runner._attempt = lambda build: Measurement(device="a:1", error="a:1: no answer within 5 s")
+    failed = runner._trial(SimpleNamespace())
+    assert failed.error.startswith(f"failed on {ATTEMPTS} devices")
