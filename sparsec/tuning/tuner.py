@@ -187,7 +187,8 @@ class Progress:
             return
         if self.tty:
             self.stream.write("\r\033[K" + line + ("\n" if final else ""))
-        elif final or self._last is None or self._last[0] != index or done - self._last[1] >= max(1, trials // 4):
+        elif final or (done < trials and (self._last is None or self._last[0] != index
+                                          or done - self._last[1] >= max(1, trials // 4))):
             self.stream.write(line + "\n")
         else:
             return
