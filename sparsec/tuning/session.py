@@ -31,6 +31,7 @@ class TuneOptions:
     min_repeat_ms: int = 40
     cooldown_ms: int = 0
     check: bool = True
+    overlap: bool = True  # build while devices measure (False: devices sharing this machine's cores)
 
 
 def tune_module(module: Module, target: Target, log_path: Path, options: TuneOptions,
@@ -53,7 +54,7 @@ def tune_module(module: Module, target: Target, log_path: Path, options: TuneOpt
         builder = LocalBuilder(Path(tmp), options.builders)
         try:
             tuner = Tuner(log, builder, runner, options.trials, options.search, options.seed,
-                          progress or Progress(sys.stderr), options.check)
+                          progress or Progress(sys.stderr), options.check, options.overlap)
             return tuner.run(tasks)
         finally:
             runner.close()

@@ -53,9 +53,10 @@ class Tuner:
     """Tunes `tasks` (with their spaces) through `builder` and `runner`, logging to `log`."""
 
     def __init__(self, log: TuningLog, builder, runner, trials: int, search: str = "evolutionary", seed: int = 0,
-                 progress=None, check: bool = True):
+                 progress=None, check: bool = True, overlap: bool = True):
         self.log, self.builder, self.runner = log, builder, runner
         self.trials, self.search, self.seed, self.check = trials, search, seed, check
+        self.overlap = overlap  # build while devices measure (devices that share this CPU: don't)
         self.progress = progress
 
     def run(self, tasks: list[tuple[Task, Space]]) -> list[TaskResult]:
@@ -95,13 +96,19 @@ class Tuner:
     def _pipeline(self, task, space, search, result, reference, index, count) -> None:
         capacity = self.runner.slots + self.builder.workers
         pending: dict[Future, tuple[str, Knobs, object]] = {}
+        built: list = []  # built candidates waiting for a device (without overlap: for the batch's last build)
         while True:
-            room = min(self.trials - result.trials, capacity) - len(pending)
-            if room > 0:
-                for config in search.propose(room, {c for _, c, _ in pending.values()}):
+            in_flight = {c for _, c, _ in pending.values()} | {c for c, _ in built}
+            room = min(self.trials - result.trials, capacity) - len(in_flight)
+            if room > 0 and (self.overlap or not in_flight):
+                for config in search.propose(room, in_flight):
                     pending[self.builder.submit(task, config)] = ("build", config, None)
-            if not pending:
+            if not pending and not built:
                 return  # 4. done, or the space holds nothing left to try
+            if built and (self.overlap or not any(stage == "build" for stage, _, _ in pending.values())):
+                for config, build in built:
+                    pending[self.runner.submit(build)] = ("run", config, build)
+                built.clear()
             finished, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for future in finished:
                 stage, config, build = pending.pop(future)
@@ -110,7 +117,7 @@ class Tuner:
                     if build.error:
                         self._record(task, space, search, result, config, error=build.error)
                     else:
-                        pending[self.runner.submit(build)] = ("run", config, build)
+                        built.append((config, build))
                     continue
                 measured = future.result()
                 _remove(build)
