@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-core test-tvm bench clean
+ARM64  := build/arm64
+
+.PHONY: demo test test-core test-tvm test-arm64 arm64-setup bench calibrate fuzz clean
 
 # A virtual env with sparsec (editable) and the pinned test dependencies.
 $(STAMP): pyproject.toml requirements-test.txt
@@ -17,16 +19,38 @@ $(STAMP): pyproject.toml requirements-test.txt
 demo: $(STAMP)
 	$(VENV)/bin/sparsec demo
 
-# Lint, then every test tier: core (no TVM), tvm (host builds), torch exports.
-test: $(STAMP)
+# The emulated arm64 device's set-up, cached under build/arm64: qemu-user and the cross toolchain
+# (apt-get, when root), an aarch64 sysroot with Python 3.11 (Debian arm64 debs), the aarch64 TVM
+# runtime wheels, the instruction-count TCG plugin. See runtime/qemu/setup_arm64.sh.
+arm64-setup: $(ARM64)/ready
+$(ARM64)/ready: runtime/qemu/setup_arm64.sh runtime/qemu/insn_count.c runtime/qemu/marker.c | $(STAMP)
+	PYTHON=$(PY) sh runtime/qemu/setup_arm64.sh $(ARM64)
+	touch $@
+
+# Lint, then every test tier: core (no TVM), tvm (host builds), torch exports, devices (arm64 under qemu).
+test: $(STAMP) $(ARM64)/ready
 	$(VENV)/bin/ruff check sparsec passes runtime grammar tests benchmarks
 	$(PY) -m pytest -q tests
+
+test-arm64: $(STAMP) $(ARM64)/ready
+	$(PY) -m pytest -q tests/devices
+
+# The cost model's throughputs measured on this machine (read by every later host target).
+calibrate: $(STAMP)
+	$(VENV)/bin/sparsec calibrate
 
 test-core: $(STAMP)
 	$(PY) -m pytest -q tests/core
 
 bench: $(STAMP)
 	$(PY) benchmarks/write_results.py
+
+# Differential fuzzing: N random small CNNs + masks, each compiled and compared with onnxruntime;
+# every failing case is written to build/fuzz/seed-N/ as a reproducer. `make fuzz N=500 START=1000`
+N     ?= 100
+START ?= 0
+fuzz: $(STAMP)
+	$(VENV)/bin/sparsec fuzz --seeds $(N) --start $(START) --out build/fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info

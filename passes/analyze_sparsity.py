@@ -34,7 +34,7 @@ def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[st
     kept, total = int(mask.sum()), mask.size
     costs: dict[str, float] = {"dense": total / throughput["dense"]}
     patterns = sorted(pattern_histogram(mask)) if Pattern.kind in legal else []
-    if patterns and len(patterns) <= max_patterns:
+    if patterns and len(patterns) <= max_patterns and len({len(p) for p in patterns}) == 1:  # FKW: one size
         costs["pattern"] = kept / throughput["pattern"]
     if CSR.kind in legal:
         costs["csr"] = kept / throughput["csr"]

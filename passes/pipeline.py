@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import time
@@ -69,9 +70,14 @@ def _option_value(pass_name: str, key: str, text: str, default: object) -> objec
             if text not in ("true", "false"):
                 raise ValueError
             return text == "true"
-        return type(default)(text) if default is not None else text
+        value = type(default)(text) if default is not None else text
     except ValueError:
         raise UserError(f"pass {pass_name}: option {key}={text!r} must be a {type(default).__name__}") from None
+    # Every numeric option is a count (filters, patterns) or a ratio: zero, negative or
+    # non-finite values mean nothing, and would silently turn the pass off.
+    if isinstance(value, (int, float)) and not (0 < value < math.inf):
+        raise UserError(f"pass {pass_name}: option {key}={text!r} must be a positive {type(default).__name__}")
+    return value
 
 
 @dataclass

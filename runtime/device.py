@@ -74,3 +74,27 @@ def run_library(device: RpcDevice, library: Path, inputs: list[np.ndarray], num_
 def _last_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
+
+
+def run_kernel_on(device: RpcDevice, kernel, target, *inputs: np.ndarray) -> np.ndarray:
+    """Build one generated kernel (`sparsec.lower.kernels.common.Kernel`) for `target`, run it on
+    the device with `inputs` + its constants, return its output (the RPC twin of `run_kernel`)."""
+    import tempfile
+
+    from tvm.support import cc
+
+    from sparsec.lower.target import tvm_target
+
+    name = str(kernel.func.attrs["global_symbol"])
+    lib = tvm.compile(kernel.func, target=tvm_target(target))
+    remote = device.connect()
+    with tempfile.TemporaryDirectory(prefix="sparsec-kernel-") as tmp:
+        path = Path(tmp) / f"{name}.so"
+        lib.export_library(str(path), fcompile=cc.cross_compiler(target.cc) if target.cc else None)
+        remote.upload(str(path))
+    dev = remote.cpu(0)
+    func = remote.load_module(path.name)[name]
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (*inputs, *kernel.constants)]
+    out = tvm.runtime.tensor(np.zeros(kernel.out_shape, kernel.out_dtype), dev)
+    func(*args, out)
+    return out.numpy()

@@ -95,6 +95,15 @@ class Arm64Setup:
         return env
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (the OS picks it)."""
     with socket.socket() as sock:
@@ -139,7 +148,8 @@ class EmulatedDevice:
     def _spawn(self, name: str, command: list[str], env: dict | None = None, stdout=None) -> subprocess.Popen:
         log = open(Path(self._logs.name) / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(command, env=env, stdout=stdout or log, stderr=log, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # its own process group: killed as one
+                                start_new_session=True,  # its own process group: killed as one
+                                preexec_fn=_die_with_parent)
         log.close()
         self._procs.append(proc)
         return proc
@@ -152,6 +162,8 @@ class EmulatedDevice:
 
     def _start_tracker(self) -> int:
         port = self.tracker_port or free_port()
+        if not _port_free(port):  # else a stranger answering there would pass for the tracker
+            raise UserError(f"the emulated device's tracker did not start: port {port} is in use")
         proc = self._spawn("tracker", [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                        "--port", str(port), "--port-end", str(port + 1), "--silent"])
         deadline = time.monotonic() + 30
@@ -163,9 +175,11 @@ class EmulatedDevice:
                 raise UserError(f"the emulated device's tracker did not start: {reason}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return port
             except OSError:
                 time.sleep(0.1)
+                continue
+            if proc.poll() is None:
+                return port
         raise UserError(f"the emulated device's tracker did not listen on port {port} within 30 s")
 
     def _start_server(self, tracker_port: int) -> None:
@@ -197,6 +211,17 @@ class EmulatedDevice:
             _kill_group(proc)
         self._procs.clear()
         self.rpc = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies (even killed),
+    so a crashed or killed sparsec leaves no device behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

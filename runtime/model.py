@@ -8,10 +8,9 @@ A model compiled for another architecture (arm64 on an x86 host) runs on a devic
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,46 +20,33 @@ from tvm import relax
 from sparsec.errors import UserError
 from sparsec.ir.files import atomic_outputs
 from sparsec.ir.types import DTYPES, dtype_name
+from sparsec.runtime.manifest import (
+    LibraryFile,
+    Manifest,
+    TensorSpec,
+    check_library,
+    describe_signature,
+    read_manifest,
+)
 from sparsec.target import Target
 
-MANIFEST_VERSION = 1
+__all__ = ["CompiledModel", "Manifest", "TensorSpec", "add_signature", "load", "manifest_path"]
 
 # TVM's x86 pool defaults to half the cores (one thread on a 2-core machine); use them all
 # unless the user chose. It is read once, when the pool starts at the first parallel run.
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+# A function every library carries that returns its `Manifest.signature()`, so that a manifest
+# edited after export (another shape, a renamed or added output) is caught at load.
+SIGNATURE_FUNCTION = "sparsec_signature"
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """What a user of the library needs to know: inputs, outputs, target, per-layer formats."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    target: str
-    target_json: str
-    layers: tuple[dict, ...]
-    target_spec: dict = field(default_factory=dict)  # sparsec's whole Target (`Target.to_dict`)
-
-    def to_json(self) -> str:
-        return json.dumps({"version": MANIFEST_VERSION, "entry": "main", **asdict(self)}, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        specs = lambda key: tuple(TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in data[key])  # noqa: E731
-        return cls(specs("inputs"), specs("outputs"), data["target"], data["target_json"], tuple(data["layers"]),
-                   data.get("target_spec", {}))
-
-    def target_value(self) -> Target | None:
-        """The Target the model was compiled for (None for a manifest written before it was kept)."""
-        return Target.from_dict(self.target_spec) if self.target_spec else None
+def add_signature(mod: tvm.IRModule, manifest: Manifest) -> tvm.IRModule:
+    """`mod` with the function that returns the manifest's signature."""
+    builder = relax.BlockBuilder(mod)
+    with builder.function(SIGNATURE_FUNCTION, []):
+        builder.emit_func_output(tvm.ir.expr.StringImm(manifest.signature()))
+    return builder.get()
 
 
 def manifest_path(library: Path) -> Path:
@@ -95,7 +81,10 @@ class CompiledModel:
         if not self.runs_here:
             raise UserError(self._needs_device())
         if self._vm is None:
-            self._vm = relax.VirtualMachine(self.executable, tvm.cpu(0))
+            # A compiled model is exported from its executable, which a VM must not run (see
+            # `_copy_for_vm`); a loaded one is exported by copying its file, so it may.
+            executable = self.executable if self.library is not None else _copy_for_vm(self.executable)
+            self._vm = relax.VirtualMachine(executable, tvm.cpu(0))
         return self._vm
 
     def _needs_device(self) -> str:
@@ -143,8 +132,9 @@ class CompiledModel:
 
     def _export_library(self, path: Path) -> None:
         """The TVM library, linked by the target's compiler (a cross compiler for arm64)."""
-        if self.executable is None:
-            raise UserError(f"{self.library}: a loaded model for another machine cannot be exported again")
+        if self.library is not None:  # loaded, and checked against its manifest: the file is the library
+            shutil.copyfile(self.library, path)
+            return
         target = self.target
         if target is not None and target.cc:
             from tvm.support import cc
@@ -165,7 +155,7 @@ class CompiledModel:
                 os.replace(lib_path, lib_tmp)
             finally:
                 lib_path.unlink(missing_ok=True)
-            manifest_tmp.write_text(self.manifest.to_json())
+            manifest_tmp.write_text(self.manifest.to_json(LibraryFile.of(lib_tmp)))
 
 
 def _describe(array: np.ndarray) -> str:
@@ -176,21 +166,46 @@ def _describe(array: np.ndarray) -> str:
     return f"{name}[{', '.join(map(str, array.shape))}]"
 
 
+def _copy_for_vm(executable):
+    """A private copy of the VM executable for a VM to run. A TVM 0.27 VM records a memory scope
+    per constant in the executable it runs; exporting that one afterwards would save them, with a
+    "Scope Saving" warning per constant, and every later load would print "Scope Loaded" as often."""
+    module = getattr(executable, "mod", executable)  # tvm.compile's Executable, or a loaded Module
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "executable.bin")
+        module.write_to_file(path)
+        copy = tvm.get_global_func("ffi.Module.load_from_file.relax.VMExecutable")(path)
+    for library in module.imports:  # the kernels
+        copy.import_module(library)
+    return copy
+
+
 def load(path: str | os.PathLike) -> CompiledModel:
-    """Load a library written by `CompiledModel.export` (or `sparsec compile`)."""
+    """Load a library written by `CompiledModel.export` (or `sparsec compile`), after checking it
+    against its manifest: an unchecked library could crash the process when TVM maps it."""
     path = Path(path)
     manifest_file = manifest_path(path)
     if not path.exists() or not manifest_file.exists():
         raise UserError(f"{path}: no compiled model here (need {path.name} and {manifest_file.name}); "
                         "write one with `sparsec compile`")
-    try:
-        manifest = Manifest.from_json(manifest_file.read_text())
-        compiled = CompiledModel(None, manifest, path)
-        if compiled.runs_here:  # a library for another CPU is only read by the device running it
-            compiled.executable = tvm.runtime.load_module(str(path))
-    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # RuntimeError: what TVM raises
-        raise UserError(f"{path}: cannot load the compiled model ({str(err).splitlines()[0]})") from None
+    manifest, library = read_manifest(manifest_file)
+    check_library(path, library)
+    compiled = CompiledModel(None, manifest, path)
+    if compiled.runs_here:  # a library for another CPU is only read by the device running it
+        _load_here(compiled, path, manifest_file)
     return compiled
+
+
+def _load_here(compiled: CompiledModel, path: Path, manifest_file: Path) -> None:
+    """Load the library into this process and check that it has the manifest's signature."""
+    try:
+        compiled.executable = tvm.runtime.load_module(str(path))
+        signature = str(compiled.vm[SIGNATURE_FUNCTION]())
+    except (ValueError, KeyError, AttributeError, RuntimeError) as err:  # RuntimeError: what TVM raises
+        raise UserError(f"{path}: cannot load the compiled model ({str(err).splitlines()[0]})") from None
+    if signature != compiled.manifest.signature():
+        raise UserError(f"{manifest_file}: does not match the library {path.name}, which has "
+                        f"{describe_signature(signature)}; restore the manifest or compile the model again")
 
 
 def _host_arch() -> str:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _targets_parser, _farm_parser, _tune_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _calibrate_parser, _zoo_parser, _fuzz_parser,
+                     _farm_parser, _tune_parser):
         register(jobs)
     return parser
 
@@ -54,8 +55,18 @@ def _import_parser(jobs) -> None:
 def cmd_import(args) -> int:
     from sparsec.ir.files import write_module
 
-    write_module(load_model(args), args.output, args.weights)
+    weights = args.weights or Path(str(args.output) + ".npz")
+    check_paths([args.output, weights], [args.model, args.masks])
+    write_module(load_model(args), args.output, weights)
     return 0
+
+
+def check_paths(outputs: list, inputs: list) -> None:
+    """The outputs can be written and overwrite no input (None entries skipped): before any work."""
+    from sparsec.ir.files import check_outputs, ir_files
+
+    sources = [file for path in inputs if path for file in (ir_files(path) if path.suffix == ".sir" else [path])]
+    check_outputs([Path(p) for p in outputs if p], sources)
 
 
 def load_model(args):
@@ -85,7 +96,7 @@ def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def _opt_parser(jobs) -> None:
     p = jobs.add_parser("opt", help="run passes over IR text")
-    p.add_argument("module", type=Path, help="IR text (.sir)")
+    p.add_argument("module", type=Path, nargs="?", help="IR text (.sir)")
     p.add_argument("-p", "--passes", default="", help="pipeline, e.g. fold-batchnorm,fuse-epilogue "
                    "(or 'default'); see `sparsec opt --list-passes`")
     p.add_argument("--list-passes", action="store_true", help="print the registered passes and exit")
@@ -105,8 +116,12 @@ def cmd_opt(args) -> int:
         for name, cls in sorted(PASSES.items()):
             print(f"{name:28} {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
-    module = read_module(args.module)
+    if args.module is None:
+        raise UserError("opt: give the IR text to optimize (sparsec opt MODULE.sir -p PASSES)")
+    if args.output:
+        check_paths([args.output, Path(str(args.output) + ".npz")], [args.module])
     pipeline = parse_pipeline(args.passes)
+    module = read_module(args.module)
     instrument = PassInstrument(print_after_all=args.print_after_all, verify_each=args.verify_each)
     module = run_pipeline(module, pipeline, instrument)
     if args.timings:
@@ -163,17 +178,19 @@ def resolve_target_args(args):
 
 def _device_arguments(p) -> None:
     p.add_argument("--tracker", metavar="HOST:PORT", help="run on the device registered with this TVM tracker")
-    p.add_argument("--key", help="the device's key at the tracker (with --tracker)")
+    p.add_argument("--key", help="the device's key at the tracker (with --tracker); with --tuning-log, whose "
+                   "records apply")
 
 
 def cmd_compile(args) -> int:
     target = resolve_target_args(args)  # an unknown target or a missing compiler fails before any work
-    _check_output(args.output, ".so")
+    _check_suffix(args.output, ".so")
+    check_paths([args.output, Path(str(args.output) + ".json")], [args.model, args.masks])
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
     from sparsec.passes import PassInstrument
 
-    dump = _ir_dumper(args.output, args.dump_ir_after) if args.dump_ir_after else None
+    dump = _ir_dumper(args.output, args.dump_ir_after, [args.model, args.masks]) if args.dump_ir_after else None
     instrument = PassInstrument(verify_each=args.verify_each, dump=dump)
     if module.passes:
         _print_pass_plan(args.model, module)
@@ -268,15 +285,12 @@ def _print_timings(instrument) -> None:
         print(f"pass {name:28} {seconds * 1000:9.1f} ms", file=sys.stderr)
 
 
-def _check_output(path: Path, suffix: str) -> None:
-    from sparsec.ir.files import check_writable
-
+def _check_suffix(path: Path, suffix: str) -> None:
     if path.suffix != suffix:
         raise UserError(f"{path}: the output must be a {suffix} file")
-    check_writable(path)
 
 
-def _ir_dumper(output: Path, which: str):
+def _ir_dumper(output: Path, which: str, inputs: list):
     """A pass-instrument hook writing `OUTPUT.after-PASS.sir` (+ .npz) for the chosen passes."""
     from sparsec.ir.files import write_module
     from sparsec.passes import PASSES
@@ -287,7 +301,9 @@ def _ir_dumper(output: Path, which: str):
 
     def dump(pass_name, module) -> None:
         if which in ("all", pass_name):
-            write_module(module, output.with_name(f"{output.stem}.{next(counter):02d}-{pass_name}.sir"))
+            path = output.with_name(f"{output.stem}.{next(counter):02d}-{pass_name}.sir")
+            check_paths([path, Path(str(path) + ".npz")], inputs)  # a dump never overwrites the source
+            write_module(module, path)
 
     return dump
 
@@ -307,11 +323,13 @@ def _run_parser(jobs) -> None:
 def cmd_run(args) -> int:
     from sparsec.io import read_inputs, write_outputs
 
+    library_files = [args.module, Path(str(args.module) + ".json")] if args.module.suffix == ".so" else [args.module]
+    check_paths([args.output], [*library_files, args.input])
     if args.module.suffix == ".so":
         from sparsec.driver import load
 
         compiled = load(args.module)
-        inputs = read_inputs(args.input, [s.name for s in compiled.manifest.inputs])
+        inputs = read_inputs(args.input, compiled.manifest.input_types())
         with device_for(compiled, args) as device:
             outputs = (compiled.on(device) if device else compiled).run(inputs)
     else:
@@ -319,7 +337,7 @@ def cmd_run(args) -> int:
         from sparsec.reference import run_reference
 
         module = read_module(args.module)
-        inputs = read_inputs(args.input, [p.name for p in module.inputs])
+        inputs = read_inputs(args.input, {p.name: p.type for p in module.inputs})
         outputs = run_reference(module, inputs)
     write_outputs(args.output, outputs)
     return 0
@@ -332,22 +350,27 @@ def _prune_parser(jobs) -> None:
     p = jobs.add_parser("prune", help="PCONV masks for an ONNX model: patterns + connectivity pruning")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="masks .npz to write")
+    _pruning_arguments(p, keep_kernels=1.0)
+    p.set_defaults(command=cmd_prune)
+
+
+def _pruning_arguments(p, keep_kernels: float) -> None:
     p.add_argument("--patterns", type=int, default=8, help="number of 4-tap patterns (default 8)")
-    p.add_argument("--keep-kernels", type=float, default=1.0, metavar="F",
-                   help="fraction of 3x3 kernels kept per layer (0.278 = PCONV's 3.6x)")
+    p.add_argument("--keep-kernels", type=float, default=keep_kernels, metavar="F",
+                   help=f"fraction of 3x3 kernels kept per layer (default {keep_kernels:g}; 0.278 = PCONV's 3.6x)")
     p.add_argument("--unstructured", type=float, default=0.0, metavar="F",
                    help="fraction of smallest weights removed from 1x1 convs and FC layers")
     p.add_argument("--prune-first-conv", action="store_true", help="also prune the first conv")
     p.add_argument("--kernel-groups", type=int, default=1, metavar="G",
                    help="G consecutive filters keep or drop each input channel's kernel together, with one "
                         "pattern, so kernels walk G filters at once (default 1; `inspect` reports the cost)")
-    p.set_defaults(command=cmd_prune)
 
 
 def cmd_prune(args) -> int:
     from sparsec.frontend import load_onnx
     from sparsec.prune import prune_model, save_masks
 
+    check_paths([args.output], [args.model])
     model = load_onnx(args.model)
     masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
                         unstructured=args.unstructured, prune_first_conv=args.prune_first_conv,
@@ -406,11 +429,18 @@ def _bench_parser(jobs) -> None:
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="bind an input's shape (symbolic batch defaults to 1)")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    _target_arguments(p)
+    p.add_argument("--count-instructions", action="store_true",
+                   help="arm64: per layer, dynamic aarch64 instructions and vector FMAs under qemu (a proxy "
+                        "for speed, not a time), against sparsec's dense schedule of the same weights")
     p.set_defaults(command=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     import os
+
+    if args.count_instructions or args.target != "host" or args.target_json or args.cpu:
+        return _bench_counts(args)
 
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
     from sparsec.frontend import load_onnx
@@ -419,7 +449,8 @@ def cmd_bench(args) -> int:
     from sparsec.runtime.bench import bench_model
 
     if args.json:
-        _check_output(args.json, ".json")  # before minutes of timing, not after
+        _check_suffix(args.json, ".json")
+        check_paths([args.json], [args.model, args.masks])  # before minutes of timing, not after
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else None
     report = bench_model(model, masks, threads=args.threads, rounds=args.rounds, min_time_s=args.min_time,
@@ -427,6 +458,79 @@ def cmd_bench(args) -> int:
     print(report.format_report())
     if args.json:
         write_atomically(args.json, lambda path: path.write_text(report.to_json()))
+    return 0
+
+
+def _bench_counts(args) -> int:
+    """`bench --target arm64 --count-instructions`: the ARM cost proxy, per layer."""
+    import json
+
+    from sparsec.driver import optimize
+    from sparsec.ir.files import write_atomically
+
+    target = resolve_target_args(args)
+    if not args.count_instructions:
+        raise UserError(f"bench times engines on this machine; for {target.name} add --count-instructions "
+                        "(instruction counts under qemu: a proxy, since emulated timings are not a phone's)")
+    if target.arch != "aarch64":
+        raise UserError(f"--count-instructions counts aarch64 instructions under qemu; {target.name} is {target.arch}")
+    if args.json:
+        _check_suffix(args.json, ".json")
+        check_paths([args.json], [args.model, args.masks])
+    from sparsec.runtime.insn_count import count_model, counts_json, format_counts
+
+    module = optimize(load_model(args), target=target)
+    rows = count_model(module, target)
+    print(format_counts(rows, target, f"{args.model.stem} ({'masked' if args.masks else 'dense'})"))
+    if args.json:
+        write_atomically(args.json, lambda path: path.write_text(json.dumps(counts_json(rows, target), indent=1)))
+    return 0
+
+
+# --- sparsec zoo --------------------------------------------------------------------------------
+
+
+def _zoo_parser(jobs) -> None:
+    from sparsec.models import ZOO
+
+    p = jobs.add_parser("zoo", help="write a zoo model (VGG-16, ResNet-18/50, MobileNet-V2, ...) and its PCONV masks")
+    p.add_argument("name", help=f"one of: {', '.join(ZOO)}")
+    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX model to write (model.onnx)")
+    p.add_argument("--masks", type=Path, help="also write PCONV masks here (masks.npz)")
+    p.add_argument("--resolution", type=int, help="input height = width (default: the network's, 224; tiny_cnn 32)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the network's, 1000; tiny_cnn 10)")
+    _pruning_arguments(p, keep_kernels=0.278)
+    p.set_defaults(command=cmd_zoo)
+
+
+def cmd_zoo(args) -> int:
+    from sparsec.ir.files import write_atomically
+    from sparsec.models import ZOO
+    from sparsec.prune import prune_model, save_masks
+
+    if args.name not in ZOO:
+        raise UserError(f"unknown zoo model {args.name!r}; the zoo has: {', '.join(ZOO)}")
+    too_small = args.resolution is not None and args.resolution < 32
+    if too_small or (args.num_classes is not None and args.num_classes < 1):
+        raise UserError(f"--resolution must be >= 32 and --num-classes >= 1 (got {args.resolution}, "
+                        f"{args.num_classes})")
+    _check_suffix(args.output, ".onnx")
+    if args.masks:
+        _check_suffix(args.masks, ".npz")
+    check_paths([args.output, args.masks], [])
+    shape = {k: v for k, v in (("resolution", args.resolution), ("num_classes", args.num_classes)) if v is not None}
+    model = ZOO[args.name](**shape)
+    masks = None
+    if args.masks:
+        masks = prune_model(model, patterns=args.patterns, keep_kernels=args.keep_kernels,
+                            unstructured=args.unstructured, prune_first_conv=args.prune_first_conv,
+                            kernel_groups=args.kernel_groups)
+    write_atomically(args.output, lambda path: path.write_bytes(model.SerializeToString()))
+    if masks is not None:
+        save_masks(masks, args.masks)
+    dims = lambda v: "x".join(str(d.dim_value) for d in v.type.tensor_type.shape.dim)  # noqa: E731
+    print(f"wrote {args.output} ({args.name}: {dims(model.graph.input[0])} -> {dims(model.graph.output[0])})"
+          + (f" and {args.masks} ({len(masks)} masked weights)" if masks is not None else ""))
     return 0
 
 
@@ -559,7 +663,8 @@ def cmd_tune(args) -> int:
 
     target = resolve_target_args(args)
     if args.plot:
-        _check_output(args.plot, ".png")
+        _check_suffix(args.plot, ".png")
+        check_paths([args.plot], [args.model, args.masks])
     options = TuneOptions(parse_tracker(args.tracker), args.key, args.trials, args.timeout, args.search, args.seed,
                           args.builders, args.repeat, args.min_repeat_ms, args.cooldown_ms, overlap=not args.no_overlap)
     module = optimize(_load_source(args), target=target)
@@ -575,6 +680,61 @@ def cmd_tune(args) -> int:
     print(f"apply with: sparsec compile {args.model} ... --target {target.name} --tuning-log {args.log} "
           f"--key {args.key}", file=sys.stderr)
     return 0
+
+
+# --- sparsec calibrate --------------------------------------------------------------------------
+
+
+def _calibrate_parser(jobs) -> None:
+    p = jobs.add_parser("calibrate", help="measure the cost model's kernel throughputs on this machine")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per layer; medians (default 5)")
+    p.add_argument("--threads", type=int, help="threads (default: TVM_NUM_THREADS, else every core)")
+    p.add_argument("--target-json", metavar="JSON|FILE", help="calibrate another vector shape of this CPU "
+                   "(e.g. '{\"isa\": \"avx2\"}'); default: the host target")
+    p.set_defaults(command=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    import os
+
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
+    from sparsec.lower.target import host, resolve_target
+    from sparsec.runtime.calibrate import calibrate
+
+    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
+    if target.device != "local":
+        raise UserError(f"calibrate measures kernels on this machine; a {target.arch} target cannot run here")
+    calibrate(target, rounds=args.rounds)
+    return 0
+
+
+# --- sparsec fuzz --------------------------------------------------------------------------------
+
+
+def _fuzz_parser(jobs) -> None:
+    p = jobs.add_parser("fuzz", help="differential fuzzing: random small CNNs + masks, compiled and "
+                        "compared with onnxruntime")
+    p.add_argument("--seeds", type=int, default=100, metavar="N", help="how many cases (default 100)")
+    p.add_argument("--start", type=int, default=0, metavar="S", help="first seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("build/fuzz"),
+                   help="folder for the failing cases' reproducers, OUT/seed-N/ (default build/fuzz)")
+    p.set_defaults(command=cmd_fuzz)
+
+
+def cmd_fuzz(args) -> int:
+    from sparsec.fuzz.runner import fuzz
+
+    if args.seeds < 1 or args.start < 0:
+        raise UserError(f"--seeds {args.seeds} --start {args.start}: need at least one seed and a start >= 0")
+    summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True))
+    for line in summary.causes():
+        print(line)
+    kept = summary.count("ok") < len(summary.outcomes)
+    print(f"fuzz: {summary.seconds:.0f} s ({summary.seconds / len(summary.outcomes):.2f} s per case)"
+          + (f"; reproducers in {args.out}/seed-N/" if kept else ""))
+    print(summary.line())
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

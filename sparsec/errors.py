@@ -45,9 +45,19 @@ class CompileError(UserError):
             return self.message
         text = f"{self.loc}: {self.message}"
         if self.loc.source_line:
-            caret = " " * (self.loc.column - 1) + "^"
-            text += f"\n  {self.loc.source_line}\n  {caret}"
+            line, column = _window(self.loc.source_line, self.loc.column)
+            text += f"\n  {line}\n  {' ' * (column - 1)}^"
         return text
+
+
+def _window(line: str, column: int, width: int = 160) -> tuple[str, int]:
+    """The part of a long source line around `column` (1-based), and the column within it: a
+    line of 20000 brackets is not worth printing."""
+    if len(line) <= width:
+        return line, column
+    start = max(0, min(column - 1 - width // 2, len(line) - width))
+    prefix, suffix = "..." * (start > 0), "..." * (start + width < len(line))
+    return prefix + line[start:start + width] + suffix, column - start + len(prefix)
 
 
 class VerifyError(CompileError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparsec.errors import UserError
+from sparsec.npz import load_npz
 from sparsec.sparsity import CENTRE_TAP, N_TAPS, bits_of, layer_kind
 
 NON_CENTRE_TAPS = tuple(t for t in range(N_TAPS) if t != CENTRE_TAP)
@@ -214,9 +214,6 @@ def _keep_largest(values: np.ndarray, n_keep: int) -> np.ndarray:
 
 # ---- masks files -----------------------------------------------------------------------------
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_NPY_MAGIC = b"\x93NUMPY"
-
 
 def save_masks(masks: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Writes the masks as bool arrays to an .npz file at exactly `path` (no suffix is added),
@@ -237,39 +234,12 @@ def load_masks(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.
     anything else raises a one-line UserError naming the file and the key. Returns bool arrays.
     """
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    _check_npz_magic(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: not a NumPy .npz file ({_one_line(e)}); save masks with numpy.savez") from e
-    with npz:
-        return {key: _checked_mask(path, key, npz, shapes) for key in npz.files}
+    arrays = load_npz(path, "mask", "save masks as bool arrays with numpy.savez")
+    return {key: _checked_mask(path, key, mask, shapes) for key, mask in arrays.items()}
 
 
-def _check_npz_magic(path: str | os.PathLike) -> None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the masks file ({e.strerror})") from e
-    if head.startswith(_ZIP_MAGIC):
-        return
-    reason = "a single .npy array" if head == _NPY_MAGIC else "empty" if not head else "no zip signature"
-    raise UserError(f"{path}: not a NumPy .npz file ({reason}); save masks with numpy.savez")
-
-
-def _checked_mask(path, key: str, npz, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
+def _checked_mask(path, key: str, mask: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> np.ndarray:
     where = f"{path}: mask '{key}'"
-    try:
-        mask = npz[key]
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UserError(
-                f"{where} is an object (pickled) array, which sparsec does not load; save masks as bool arrays"
-            ) from e
-        raise UserError(f"{where} is not a NumPy array ({_one_line(e)}); save masks with numpy.savez") from e
-    if not isinstance(mask, np.ndarray):  # NpzFile hands back a non-.npy zip member as raw bytes
-        raise UserError(f"{where} is not a NumPy array (a plain zip member); save masks with numpy.savez")
     if key not in shapes:
         raise UserError(f"{where} names no initializer of the model{_did_you_mean(key, shapes)}; "
                         "list the weight names with `sparsec inspect MODEL`")  # fmt: skip
@@ -293,10 +263,6 @@ def _as_bool(where: str, mask: np.ndarray) -> np.ndarray:
 def _did_you_mean(key: str, names: dict[str, tuple[int, ...]]) -> str:
     close = difflib.get_close_matches(key, list(names), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def apply_masks(model: onnx.ModelProto, masks: dict[str, np.ndarray]) -> onnx.ModelProto:

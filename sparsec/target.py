@@ -52,11 +52,12 @@ class Throughputs:
 
 
 # Useful GFLOP/s of each kernel over the dense kernel's, per core. AVX2: measured on znver3
-# (pattern 53-68 vs dense ~88, CSR 1x1 ~49 vs ~85). AVX-512: `make calibrate` on a znver5.
+# (pattern 53-68 vs dense ~88, CSR 1x1 ~49 vs ~85). AVX-512: `sparsec calibrate` on a 2-core
+# znver5 (AMD EPYC, shared machine), medians over its 3 pattern and 3 CSR layers.
 SHIPPED_THROUGHPUTS = {
     "avx2": Throughputs(0.7, 0.55, "shipped defaults (measured on znver3, AVX2)"),
     "sse": Throughputs(0.7, 0.55, "shipped defaults (AVX2's; never measured with SSE)"),
-    "avx512": Throughputs(0.7, 0.55, "shipped defaults (AVX2's; run `make calibrate` on this machine)"),
+    "avx512": Throughputs(0.63, 0.42, "shipped defaults (measured on znver5, AVX-512; `make calibrate` here)"),
     "neon": Throughputs(0.7, 0.55, "shipped defaults (AVX2's; not yet measured on an ARM phone)"),
 }
 

@@ -61,13 +61,16 @@ def _input_type(info: onnx.ValueInfoProto, given: tuple[int, ...] | None, where:
             example = [d if d is not None else 224 for d in dims]
             raise UserError(f"{where}: input {info.name!r} has symbolic dimension {label!r} at axis {axis}; "
                             f"pass its static shape, e.g. --input-shape {info.name}={_dims_text(example)}")
+        if dim < 1:  # a batch of 0 computes nothing
+            raise UserError(f"{where}: input {info.name!r} has size {dim} at axis {axis}; sparsec needs sizes of at "
+                            "least 1: export the model again with a batch of 1")
     return TensorType(dtype, tuple(dims))
 
 
 def _check_given(name: str, dims: list, given: tuple[int, ...], has_shape: bool, where: str) -> tuple[int, ...]:
     shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-    if any(not isinstance(d, (int, np.integer)) or d < 0 for d in given):
-        raise UserError(f"{where}: --input-shape {name}={_dims_text(given)} must be non-negative integers")
+    if any(not isinstance(d, (int, np.integer)) or d < 1 for d in given):
+        raise UserError(f"{where}: --input-shape {name}={_dims_text(given)} must be positive integers")
     if has_shape and len(given) != len(dims):
         raise UserError(f"{where}: --input-shape {name}={_dims_text(given)} has rank {len(given)}, but input "
                         f"{name!r} has rank {len(dims)} {shown}")

@@ -159,6 +159,8 @@ class Context:
             op = dataclasses.replace(op, type=op.infer(self.types))
         except OpError as err:
             self.fail(node, str(err), UserError)
+        if 0 in op.type.shape:  # e.g. a Conv with 0 filters: fail here, where it happens
+            self.fail(node, f"computes an empty tensor {op.type}; sparsec needs every dimension at least 1", UserError)
         self.ops.append(op)
         self.types["%" + result] = op.type
         return "%" + result

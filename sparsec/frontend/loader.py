@@ -68,9 +68,9 @@ def _load_external(tensor: TensorProto, folder: Path, where: str) -> None:
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
     file = _confined(folder, location, tensor.name, where)
-    offset, length = int(info.get("offset") or 0), info.get("length")
+    offset, length = _int_entry(info, "offset", tensor.name, where), _int_entry(info, "length", tensor.name, where)
     size = file.stat().st_size
-    length = size - offset if length is None else int(length)
+    length = size - offset if length is None else length
     if offset < 0 or length < 0 or offset + length > size:
         raise UserError(f"{where}: weight {tensor.name!r} reads bytes {offset}..{offset + length} of "
                         f"{location!r}, which has {size}; the external data file is truncated")
@@ -79,6 +79,18 @@ def _load_external(tensor: TensorProto, folder: Path, where: str) -> None:
         tensor.raw_data = f.read(length)
     tensor.data_location = TensorProto.DEFAULT
     del tensor.external_data[:]
+
+
+def _int_entry(info: dict[str, str], key: str, name: str, where: str) -> int | None:
+    """An external-data `offset` / `length` entry as an integer (None when absent)."""
+    text = info.get(key)
+    if not text:
+        return 0 if key == "offset" else None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{where}: weight {name!r} has external data {key} {text!r}, which is not an integer; "
+                        "export the model again") from None
 
 
 def _confined(folder: Path, location: str, name: str, where: str) -> Path:

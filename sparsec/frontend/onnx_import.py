@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sparsec.errors import NotSupportedError, UserError
+from sparsec.errors import NotSupportedError, UserError, VerifyError
 from sparsec.frontend.bind import apply_masks, bind_inputs
 from sparsec.frontend.context import Context, attributes, describe
 from sparsec.frontend.convert_tensor import CONVERT
@@ -63,7 +63,14 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.
             convert_node(ctx, node)
     outputs = _name_outputs(ctx, graph)                       # graph outputs keep their ONNX names
     module = Module(module_name(graph.name, stem), params, tuple(ctx.ops), outputs, tuple(ctx.weights.values()))
-    return ImportResult(verify(module), zeroed)
+    return ImportResult(_verified(module, where), zeroed)    # what the lowering cannot build fails here
+
+
+def _verified(module: Module, where: str) -> Module:
+    try:
+        return verify(module)
+    except VerifyError as err:  # imported ops carry no text location: name the model instead
+        raise UserError(f"{where}: {err}") from None
 
 
 def _read(model, source) -> tuple[onnx.ModelProto, str, str]:
@@ -161,6 +168,17 @@ def _check_defined(graph: onnx.GraphProto, live: list[onnx.NodeProto], constants
         if output.name not in defined:
             raise UserError(f"{where}: graph output {output.name!r} is defined by no node or input; "
                             "the graph is broken")
+    _check_node_names(graph, where)
+
+
+def _check_node_names(graph: onnx.GraphProto, where: str) -> None:
+    """Node names are unique when given (ONNX requires it, and onnxruntime refuses the model)."""
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.name and node.name in seen:
+            raise UserError(f'{where}: two nodes are named "{node.name}"; ONNX requires unique node names '
+                            "(onnxruntime refuses the model): rename one and export again")
+        seen.add(node.name)
 
 
 def _live_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

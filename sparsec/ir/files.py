@@ -12,7 +12,7 @@ import numpy as np
 
 from sparsec.errors import UserError
 from sparsec.ir.module import Module
-from sparsec.ir.parser import parse_module
+from sparsec.ir.parser import named_weights_file, parse_module
 from sparsec.ir.printer import print_module
 from sparsec.ir.verify import verify
 
@@ -36,6 +36,15 @@ def read_module(path: str | os.PathLike) -> Module:
     return verify(parse_module(text, str(path)))
 
 
+def ir_files(path: str | os.PathLike) -> list[Path]:
+    """The files reading this IR text reads: the text and the weights `.npz` it names."""
+    path = Path(path)
+    try:
+        return [path, named_weights_file(path.read_text(), str(path))]
+    except (OSError, UnicodeDecodeError):
+        return [path]  # read_module says why, when it is read
+
+
 def write_module(module: Module, path: str | os.PathLike, weights_path: str | os.PathLike | None = None) -> None:
     """Write IR text to `path` and its weights to `weights_path` (default `path + ".npz"`)."""
     path = Path(path)
@@ -52,9 +61,9 @@ def write_module(module: Module, path: str | os.PathLike, weights_path: str | os
 def atomic_outputs(paths: list[Path]):
     """Temporary files beside each path, renamed into place only if the block succeeds."""
     temps = []
+    check_outputs(paths)
     try:
         for path in paths:
-            check_writable(path)
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
             os.close(fd)
@@ -73,14 +82,45 @@ def _umask() -> int:
     return mask
 
 
+def check_outputs(outputs: list[Path], inputs: list[Path] = ()) -> None:
+    """Every output can be written, none is named twice and none is an input: the one check of
+    output paths, made before any work so that a bad `-o` never costs a build."""
+    for i, path in enumerate(outputs):
+        check_writable(path)
+        if any(_same_file(path, earlier) for earlier in outputs[:i]):
+            raise UserError(f"{path}: named as two outputs; give each output its own file")
+        clash = next((source for source in inputs if _same_file(path, source)), None)
+        if clash is not None:
+            raise UserError(f"{path}: is also an input ({clash}), which writing would destroy; "
+                            "write the output to another file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and symlinks too
+    except OSError:  # one does not exist yet
+        return a.resolve() == b.resolve()
+
+
 def check_writable(path: Path) -> None:
-    """A UserError unless `path` can be written (its folder exists and is writable)."""
+    """A UserError unless `path` can be written: its folder exists and takes a new file (tried,
+    since root passes access checks that /sys or /proc then refuse), and it is not a folder or
+    a device that a rename would replace."""
     if not path.parent.is_dir():
         raise UserError(f"{path}: cannot write here, the folder {path.parent} does not exist")
     if path.is_dir():
         raise UserError(f"{path}: cannot write here, it is a folder")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: cannot write here, it is not a regular file (a device or a pipe)")
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"{path}: cannot write here, the folder {path.parent} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write here, the folder {path.parent} refuses new files "
+                        f"({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

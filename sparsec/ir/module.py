@@ -73,6 +73,8 @@ class Module:
     outputs: tuple[str, ...]
     weights: tuple[Weight, ...] = ()
     passes: tuple[str, ...] = ()
+    # Where the text returns the outputs: errors about the outputs point there.
+    loc: SourceLoc | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def replace(self, **changes) -> Module:
         return dataclasses.replace(self, **changes)

@@ -3,6 +3,7 @@ each layout's rule in `LAYOUT_RULES`, which layouts each op may read in `sparsec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from sparsec.errors import SourceLoc, VerifyError
 from sparsec.ir.legality import layout_problem
 from sparsec.ir.module import Module, Weight
-from sparsec.ir.ops import Conv2d, Op, OpError
+from sparsec.ir.ops import BatchNorm, Conv2d, Op, OpError
 from sparsec.ir.types import FKW, Pattern
 from sparsec.sparsity import kernel_tap_sets
 
@@ -19,15 +20,14 @@ def verify(module: Module) -> Module:
     """Check every rule; raise `VerifyError` at the first broken one. Returns the module."""
     for weight in module.weights:
         _verify_weight(weight)
-    types = {f"@{w.name}": w.type for w in module.weights}
+    types: dict = {}
+    _declare(types, [(f"@{w.name}", w.type, w.loc) for w in module.weights])
     _declare(types, [(f"%{p.name}", p.type, p.loc) for p in module.inputs])
     for op in module.ops:
         _verify_op(op, types)
         _verify_weight_layouts(op, module)
         _declare(types, [(f"%{op.result}", op.type, op.loc)])
-    for name in module.outputs:
-        if f"%{name}" not in types:
-            raise VerifyError(None, f"output %{name} is not defined in module @{module.name}")
+    _verify_outputs(module, types)
     return module
 
 
@@ -35,7 +35,28 @@ def _declare(types: dict, entries: list[tuple[str, object, SourceLoc | None]]) -
     for ref, type_, loc in entries:
         if ref in types:
             raise VerifyError(loc, f"{ref} is defined twice")
+        _check_size(ref, type_, loc)
         types[ref] = type_
+
+
+def _verify_outputs(module: Module, types: dict) -> None:
+    if not module.outputs:
+        raise VerifyError(module.loc, f"module @{module.name} returns nothing; return at least one value")
+    for name in module.outputs:
+        if f"%{name}" not in types:
+            raise VerifyError(module.loc, f"output %{name} is not defined in module @{module.name}")
+
+
+# The kernels index tensors with 32-bit integers; an empty axis leaves nothing to compute.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def _check_size(ref: str, type_, loc: SourceLoc | None) -> None:
+    if 0 in type_.shape:
+        raise VerifyError(loc, f"{ref} is {type_}, which has no elements; every dimension must be at least 1")
+    if math.prod(type_.shape) > MAX_ELEMENTS:
+        raise VerifyError(loc, f"{ref} is {type_}, {math.prod(type_.shape)} elements; sparsec builds tensors "
+                               f"of at most {MAX_ELEMENTS} elements")
 
 
 def _verify_op(op: Op, types: dict) -> None:
@@ -72,6 +93,16 @@ def _verify_weight_layouts(op: Op, module: Module) -> None:
             raise VerifyError(op.loc, f"{op.name} %{op.result}: weight {ref}: {problem}")
     if isinstance(op, Conv2d) and op.filter_groups is not None:
         _check_filter_groups(op, module.weight(op.weight))
+    if isinstance(op, BatchNorm):
+        _check_variance(op, module.weight(op.var))
+
+
+def _check_variance(op: BatchNorm, var: Weight) -> None:
+    # x / sqrt(var + eps) is NaN or Inf otherwise, in the reference, in onnxruntime and folded into weights
+    bad = np.flatnonzero(~(var.data.astype(np.float64) + op.epsilon > 0))
+    if bad.size:
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: variance {op.var} + epsilon must be > 0; "
+                          f"channel {int(bad[0])} has {float(var.data.reshape(-1)[bad[0]]):g}")
 
 
 def _check_filter_groups(op: Conv2d, weight: Weight) -> None:
@@ -122,6 +153,9 @@ def _check_mask(weight: Weight, where: str) -> None:
 def _pattern_rule(weight: Weight) -> str | None:
     if weight.type.rank != 4 or weight.type.shape[2:] != (3, 3):
         return f"pattern layout needs a 3x3 conv weight, got {weight.type}"
+    sizes = sorted({len(p) for p in weight.layout.patterns})
+    if len(sizes) > 1:  # FKW stores the same number of taps for every kept kernel
+        return f"pattern layout needs patterns of one size, got sizes {sizes}"
     allowed = {sum(1 << t for t in p) for p in weight.layout.patterns} | {0}
     tap_sets = kernel_tap_sets(weight.parts["mask"])
     bad = ~np.isin(tap_sets, list(allowed))

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import tvm
+import tvm_ffi
 
 from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.lower.relax_build import build_relax
 from sparsec.lower.target import tvm_target
-from sparsec.runtime.model import CompiledModel, Manifest, TensorSpec
+from sparsec.runtime.model import CompiledModel, Manifest, TensorSpec, add_signature
 from sparsec.target import Target, require_compiler
+
+# Ctrl-C in a Python callback that TVM's C++ called reaches Python again as a bare RuntimeError
+# unless tvm_ffi knows the exception's name: name it, so an interrupted compile is an interrupt.
+tvm_ffi.register_error("KeyboardInterrupt", KeyboardInterrupt)
 
 
 def compile_module(module: Module, target: Target) -> CompiledModel:
     """Relax module of kernels -> `tvm.compile` -> a runnable, exportable model."""
     require_compiler(target)  # a missing cross compiler fails before minutes of work
     mod, plans = build_relax(module, target)
-    try:
-        executable = tvm.compile(mod, target=tvm_target(target))
-    except (RuntimeError, ValueError) as err:  # what TVM raises
-        raise UserError(_compile_failure(module, plans, str(err))) from None
     manifest = Manifest(
         inputs=tuple(TensorSpec(p.name, p.type.dtype, p.type.shape) for p in module.inputs),
         outputs=tuple(TensorSpec(name, module.types[f"%{name}"].dtype, module.types[f"%{name}"].shape)
@@ -29,6 +30,10 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
         layers=tuple(_layer_entry(p) for p in plans),
         target_spec=target.to_dict(),
     )
+    try:
+        executable = tvm.compile(add_signature(mod, manifest), target=tvm_target(target))
+    except (RuntimeError, ValueError) as err:  # what TVM raises
+        raise UserError(_compile_failure(module, plans, str(err))) from None
     return CompiledModel(executable, manifest)
 
 

@@ -51,7 +51,7 @@ def _space(call: KernelCall, target: Target, knobs: list[Knob], rule) -> Space:
 
 
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
-    """Rows x vectors x filters of the register tile, vector width, channel blocks."""
+    """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies."""
     oh, ow = _out_hw(call, (3, 3))
     channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
@@ -69,6 +69,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         Knob("vector_width", values((lanes // 2, lanes), low=4)),
         Knob("vectors_per_step", values((1, 2, 3, 4))),
         Knob("channel_block", values((0, 16, 32, 64, 128), low=0, high=channels - 1)),
+        Knob("tap_copies", values((1, 3))),
     ], rule)
 
 

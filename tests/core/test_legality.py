@@ -61,6 +61,27 @@ def test_pattern_on_a_grouped_conv_is_a_located_error():
         "m.sir:4:3: conv2d %y: weight @w: conv2d with a pattern weight needs groups = 1, got groups = 2")
 
 
+MIXED_SIZES = [4, 9 + 3, 9 + 4, 9 + 5]  # kernel [0, 0] keeps 1 tap, kernel [0, 1] keeps 3
+
+
+def test_patterns_of_different_sizes_are_a_located_error():
+    # found by sparsec fuzz: FKW (and the pattern kernel) keep the same number of taps per kernel
+    text = _conv_text((2, 2, 3, 3), "pattern(patterns = [[4], [3, 4, 5]])", MIXED_SIZES, "{pads = [1, 1, 1, 1]}",
+                      (1, 2, 4, 4))
+    assert _first_line(text) == "m.sir:2:1: weight @w: pattern layout needs patterns of one size, got sizes [1, 3]"
+
+
+def test_analyze_sparsity_never_picks_patterns_of_different_sizes():
+    from sparsec.passes.registry import AnalyzeSparsity
+
+    def chosen(keep) -> str:
+        text = _conv_text((2, 2, 3, 3), "masked", keep, "{pads = [1, 1, 1, 1]}", (1, 2, 4, 4))
+        return AnalyzeSparsity().apply(verify(parse_module(text))).weight("@w").layout.kind
+
+    assert chosen(MIXED_SIZES) == "dense"  # pattern would be cheapest, were it legal
+    assert chosen([3, 4, 5] + MIXED_SIZES[1:]) == "pattern"
+
+
 def test_sparse_bias_is_a_located_error():
     bias = "const @b : f32[3] csr = {data = f32[1.0, 0.0, 0.0], mask = bool[true, false, false]}\n"
     text = _conv_text((3, 2, 1, 1), "masked", [0, 3], "{}", (1, 3, 4, 4), bias=bias)
@@ -111,3 +132,15 @@ def test_unknown_recorded_pass_is_an_error():
     with pytest.raises(UserError, match="module @m records passes this sparsec does not know: fuse-activation; "
                                         "known passes: analyze-sparsity, "):
         remaining_pipeline(module)
+
+
+def test_batch_norm_variance_must_keep_the_square_root_real():
+    text = ("module @m\n"
+            "const @s : f32[2] dense = {data = f32[1.0, 1.0]}\n"
+            "const @v : f32[2] dense = {data = f32[1.0, -0.5]}\n"
+            "func @main(%x : f32[1, 2, 3, 3]) {\n"
+            "  %y : f32[1, 2, 3, 3] = batch_norm(%x, @s, @s, @s, @v)\n"
+            "  return %y\n"
+            "}\n")
+    assert _first_line(text) == "m.sir:5:3: batch_norm %y: variance @v + epsilon must be > 0; channel 1 has -0.5"
+    verify(parse_module(text.replace("-0.5", "0.0")))  # epsilon keeps a zero variance real

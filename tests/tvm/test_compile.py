@@ -125,8 +125,8 @@ def test_cli_run_rejects_wrong_input_for_library(tiny_files, capsys):
     assert _cli(capsys, "compile", root / "tiny.onnx", "-o", root / "plain.so")[0] == 0
     np.save(root / "bad.npy", np.ones((1, 3, 32, 32), np.float64))
     code, _, err = _cli(capsys, "run", root / "plain.so", "--input", root / "bad.npy", "-o", root / "bad_out.npy")
-    assert code == 2 and err == ("sparsec: error: input 'input' is f64[1, 3, 32, 32] but the model expects "
-                                 "f32[1, 3, 32, 32]\n")
+    assert code == 2 and err == (f"sparsec: error: {root / 'bad.npy'}: input 'input' is f64[1, 3, 32, 32] but the "
+                                 "model expects f32[1, 3, 32, 32]\n")
     assert not (root / "bad_out.npy").exists()
 
 
@@ -150,7 +150,9 @@ def test_run_of_a_broken_library(tmp_path, capsys):
     (tmp_path / "bad.so.json").write_text("{}")
     np.save(tmp_path / "x.npy", np.ones((1, 3, 32, 32), np.float32))
     code, _, err = _cli(capsys, "run", tmp_path / "bad.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
-    assert code == 2 and err.startswith(f"sparsec: error: {tmp_path / 'bad.so'}: cannot load the compiled model (")
+    assert code == 2 and err == (f"sparsec: error: {tmp_path / 'bad.so.json'}: the manifest is damaged or not "
+                                 "sparsec's (version None, this sparsec reads version 2); compile the model again "
+                                 "with `sparsec compile`\n")
     code, _, err = _cli(capsys, "run", tmp_path / "none.so", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
     assert code == 2 and "no compiled model here (need none.so and none.so.json)" in err
 

@@ -94,10 +94,13 @@ def test_odd_width_wider_than_a_vector_and_all_empty_filters():
     check((1, 3, 5, 5), 2, keep=0.0)  # every filter empty: bias-free zeros
 
 
-def test_asymmetric_pads_and_dilation():
-    check((1, 4, 9, 10), 3, pads=(0, 1, 2, 1))
-    check((1, 4, 9, 10), 3, dilations=(2, 2), pads=(2, 2, 2, 2))
-    check((1, 4, 10, 12), 3, strides=(2, 1), pads=(1, 0, 1, 1))
+@pytest.mark.parametrize("copies", [1, 3], ids=["phase-tile", "tap-copies"])
+def test_asymmetric_pads_and_dilation(copies):
+    knobs = PatternConvKnobs(tap_copies=copies)
+    check((1, 4, 9, 10), 3, pads=(0, 1, 2, 1), knobs=knobs)
+    check((1, 4, 9, 10), 3, dilations=(2, 2), pads=(2, 2, 2, 2), knobs=knobs)
+    check((1, 4, 10, 12), 3, strides=(2, 1), pads=(1, 0, 1, 1), knobs=knobs)
+    check((2, 4, 11, 37), 3, strides=(2, 2), pads=(1, 1, 1, 1), knobs=knobs)
 
 
 @pytest.mark.parametrize(
@@ -108,8 +111,10 @@ def test_asymmetric_pads_and_dilation():
         PatternConvKnobs(filters_per_group=3, channel_block=5),  # a short last group
         PatternConvKnobs(rows_per_step=8, channel_block=3, vectors_per_step=2),
         PatternConvKnobs(vector_width=4, rows_per_step=1),
+        PatternConvKnobs(tap_copies=3, vectors_per_step=2),  # an aligned copy per tap column (NEON's)
+        PatternConvKnobs(tap_copies=3, channel_block=4, filters_per_group=2),
     ],
-    ids=["tile", "blocks", "groups", "wide", "narrow"],
+    ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -141,13 +146,15 @@ def test_auto_rows_pad_the_height_least():
     assert rows((1, 8, 56, 56), filters_per_group=2) == 4
     assert rows((1, 8, 56, 56), AVX512) == 14  # 32 registers leave 14
     assert rows((1, 8, 12, 12), AVX512) == 12
-    assert rows((1, 8, 56, 56), ARM64) == 12  # NEON: 2 vectors (8 pixels) x 12 rows = 24 accumulators
+    assert rows((1, 8, 7, 7), AVX512) == 7  # never more rows than the plane has
 
 
 def test_width_and_vectors_come_from_the_target():
-    for target, lanes, vectors in ((AVX2, 8, 1), (AVX512, 16, 1), (ARM64, 4, 2)):
-        knobs = resolve_knobs((1, 8, 56, 56), target=target)
-        assert (knobs.vector_width, knobs.vectors_per_step) == (lanes, vectors)
+    for target, size, lanes, vectors, rows in ((AVX2, 56, 8, 1, 8), (AVX512, 56, 16, 1, 14), (ARM64, 56, 4, 2, 8),
+                                               (ARM64, 28, 4, 1, 14)):
+        knobs = resolve_knobs((1, 8, size, size), target=target)
+        # NEON: the tile (16 accumulators at most) that pads the plane least: 56 = 7 x 8, 28 = 7 x 4
+        assert (knobs.vector_width, knobs.vectors_per_step, knobs.rows_per_step) == (lanes, vectors, rows)
 
 
 def test_unpruned_and_odd_tap_counts():

@@ -108,3 +108,45 @@ def test_model_for_each_target_matches_the_reference(tmp_path, name):
     again = sparsec.load(tmp_path / "m.so")
     assert again.target == target
     assert relative_error(again.run(inputs)["output"], want["output"]) <= 1e-4
+
+
+def test_calibrate_writes_what_the_host_target_reads(tmp_path, monkeypatch):
+    from sparsec.runtime.calibrate import Layer, calibrate
+
+    monkeypatch.setenv("SPARSEC_CALIBRATION_DIR", str(tmp_path))
+    lines = []
+    ratio, path = calibrate(host(), rounds=1, layers=(Layer("pattern", 16, 14, 0.5), Layer("csr", 32, 14, 0.2)),
+                            log=lines.append)
+    assert 0 < ratio["pattern"] <= 4 and 0 < ratio["csr"] <= 4 and "pattern 16x14x14 keep 0.5" in lines[1]
+    record = json.loads(open(path).read())
+    assert record["cpu"] == host().cpu and len(record["layers"]) == 2
+    again = host()
+    assert (again.throughputs.pattern, again.throughputs.csr) == (ratio["pattern"], ratio["csr"])
+    assert again.throughputs.source == f"calibrated ({path})"
+
+
+def test_cli_targets_lists_what_each_implies(capsys):
+    from sparsec.cli import main
+
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    host_target = TARGETS["host"]
+    assert f"host: this machine ({host_target.arch}, {host_target.cpu})" in out
+    assert f"{host_target.lanes()} fp32 lanes, {host_target.vector_registers} registers" in out
+    assert "arm64: aarch64 + NEON, cross-compiled (--cpu, default cortex-a53)" in out
+    assert "neon: 128-bit, 4 fp32 lanes, 32 registers" in out and "cortex-x1" in out
+    assert main(["targets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["arm64"]["lanes"]["float32"] == 4 and listed["host"]["cpu"] == host_target.cpu
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "arm64"], "bench times engines on this machine; for arm64 add --count-instructions"),
+    (["--count-instructions"], "--count-instructions counts aarch64 instructions under qemu; host is "),
+])
+def test_bench_count_errors(tmp_path, capsys, args, message):
+    from sparsec.cli import main
+
+    (tmp_path / "t.onnx").write_bytes(ZOO["tiny_cnn"]().SerializeToString())
+    assert main(["bench", str(tmp_path / "t.onnx"), *args]) == 2
+    assert capsys.readouterr().err.startswith(f"sparsec: error: {message}")

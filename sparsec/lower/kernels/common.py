@@ -62,7 +62,10 @@ def run_kernel(kernel: Kernel, target: Target, *inputs: np.ndarray) -> np.ndarra
 
 
 def _f32(value: float, lanes: int) -> tirx.Expr:
-    return tirx.Broadcast(tirx.const(value, "float32"), lanes) if lanes > 1 else tirx.const(value)
+    # Always say float32: tirx.const infers float64 for a value float32 cannot hold (a clip
+    # bound of +-inf), and a float64 scalar would promote the whole kernel to float64.
+    scalar = tirx.const(value, "float32")
+    return tirx.Broadcast(scalar, lanes) if lanes > 1 else scalar
 
 
 def apply_activation(x: tirx.Expr, act: Activation | None, lanes: int) -> tirx.Expr:

@@ -48,8 +48,12 @@ class PatternConvKnobs:
     vector_width: int = 0  # SIMD lanes (0: the target's fp32 lanes)
     vectors_per_step: int = 0  # output vectors along the width per step (0: the register plan's)
     channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
+    tap_copies: int = 0  # input tile columns: 1 = one copy per stride phase, taps read it shifted;
+    # 3 = one aligned copy per tap column (no unaligned or far loads); 0 = the target's choice
 
     def __post_init__(self) -> None:
+        if self.tap_copies not in (0, 1, 3):
+            raise ValueError(f"knob tap_copies must be 0, 1 or 3, got {self.tap_copies}")
         if self.filters_per_group < 1:
             raise ValueError(f"knob filters_per_group must be >= 1, got {self.filters_per_group}")
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block"):
@@ -71,6 +75,7 @@ class _Geometry:
     rows: int  # output rows per tile
     lanes: int
     vecs: int  # output vectors per tile row
+    tap_copies: int = 1  # 1: one tile copy per stride phase; 3: one aligned copy per tap column
 
     @property
     def oh(self) -> int:
@@ -98,14 +103,26 @@ class _Geometry:
         return (self.rows - 1) * self.strides[0] + 2 * self.dilations[0] + 1
 
     @property
+    def slots(self) -> int:
+        """Column copies of each input tile row: stride phases, or one per tap column."""
+        return 3 if self.tap_copies == 3 else self.strides[1]
+
+    @property
     def qw(self) -> int:
-        """Input columns of one stride phase one tile reads (its columns plus the halo)."""
-        return self.tile_w + (2 * self.dilations[1]) // self.strides[1]
+        """Input columns of one slot: a phase's columns plus the halo, or exactly the tile's."""
+        return self.tile_w if self.tap_copies == 3 else self.tile_w + (2 * self.dilations[1]) // self.strides[1]
 
     def column(self, kx: int) -> tuple[int, int]:
-        """(stride phase, column offset inside the phase) that taps of window column kx read."""
+        """(slot, column offset inside the slot) that taps of window column kx read."""
+        if self.tap_copies == 3:
+            return kx, 0
         col = kx * self.dilations[1]
         return col % self.strides[1], col // self.strides[1]
+
+    def source_col(self, tx, slot, q):
+        """The input column that slot `slot`, column `q` of column tile `tx` holds."""
+        shift = slot * self.dilations[1] if self.tap_copies == 3 else slot
+        return (tx * self.tile_w + q) * self.strides[1] + shift - self.pads[1]
 
 
 @dataclass(frozen=True)
@@ -141,8 +158,8 @@ def _zero(lanes: int):
 
 def _inner_tiles(g: _Geometry) -> tuple[int, int]:
     """Column tiles [lo, hi) whose input columns all lie inside the image (no padding)."""
-    first_col = lambda tx: tx * g.tile_w * g.strides[1] - g.pads[1]  # noqa: E731
-    last_col = lambda tx: (tx * g.tile_w + g.qw) * g.strides[1] - 1 - g.pads[1]  # noqa: E731
+    first_col = lambda tx: g.source_col(tx, 0, 0)  # noqa: E731
+    last_col = lambda tx: g.source_col(tx, g.slots - 1, g.qw - 1)  # noqa: E731
     inside = [tx for tx in range(g.tiles_x) if first_col(tx) >= 0 and last_col(tx) < g.w]
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
@@ -150,9 +167,9 @@ def _inner_tiles(g: _Geometry) -> tuple[int, int]:
 def _emit_tile_row(data, xt, g: _Geometry, n, c, ty, r, y, tiles: range, checked: bool):
     """One input row of the column tiles `tiles`; `checked` guards columns in the padding."""
     with T.serial(tiles.start, tiles.stop) as tx:
-        for ph in range(g.strides[1]):
+        for ph in range(g.slots):
             with T.serial(0, g.qw) as q:
-                x = (tx * g.tile_w + q) * g.strides[1] + ph - g.pads[1]
+                x = g.source_col(tx, ph, q)
                 val = data[n, c, y, x]
                 if checked:
                     val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
@@ -175,9 +192,8 @@ def _emit_tiling(data, xt, g: _Geometry) -> None:
                             if len(tiles):
                                 _emit_tile_row(data, xt, g, n, c, ty, r, y, tiles, checked)
                     with T.Else():
-                        with T.serial(0, g.tiles_x * g.strides[1] * g.qw) as i:
-                            idx = [n, ty, i // (g.strides[1] * g.qw), c, r,
-                                   i // g.qw % g.strides[1], i % g.qw]
+                        with T.serial(0, g.tiles_x * g.slots * g.qw) as i:
+                            idx = [n, ty, i // (g.slots * g.qw), c, r, i // g.qw % g.slots, i % g.qw]
                             T.buffer_store(xt, tirx.const(0.0, "float32"), idx)
 
 
@@ -200,6 +216,7 @@ class _Ctx:
     order: object
     bias: object | None
     out: object
+    by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -211,6 +228,15 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
         for r in range(g.rows):
             uses.setdefault((r * g.strides[0] + ky * g.dilations[0], kx), []).append((r, t))
     return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
+
+
+def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
+    """w[k, f, tap] in every lane. By lane: the kernel's 4 tap weights are one 128-bit load and
+    each FMA takes its weight from a lane of it (NEON `fmla v.4s, v.4s, v.s[i]`); else a
+    broadcast scalar (x86: a broadcast load folded into the FMA)."""
+    if x.by_lane:
+        return tirx.Shuffle([x.weight[k, f, _ramp(0, 4)]], [tap] * lanes)
+    return tirx.Broadcast(x.weight[k, f, tap], lanes)
 
 
 def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
@@ -225,7 +251,7 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
                 src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
                 for f in range(x.nf):
                     for r, tap in users:
-                        value = acc[f, r, _vec(v, lanes)] + tirx.Broadcast(x.weight[k, f, tap], lanes) * src
+                        value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
 
 
@@ -332,24 +358,36 @@ def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
     height least."""
     if knobs.rows_per_step:
         return knobs.rows_per_step
-    want = max(1, accumulators // (knobs.vectors_per_step * knobs.filters_per_group))
+    want = max(1, min(oh, accumulators // (knobs.vectors_per_step * knobs.filters_per_group)))
     candidates = [r for r in (want, want - 1, want - 2) if r >= 1]
     return min(candidates, key=lambda r: (-(-oh // r) * r - oh, -r))
 
 
 def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
                   knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target) -> PatternConvKnobs:
-    """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`."""
+    """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
+    among the register plan's vector counts, the tile (rows x vectors) that pads the output
+    least, then the one with more accumulators."""
     knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
-                    vectors_per_step=knobs.vectors_per_step or register_plan.pattern_vectors(target))
-    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1))
-    return replace(knobs, rows_per_step=_auto_rows(g.oh, knobs, register_plan.pattern_accumulators(target)))
+                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target))
+    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
+    accumulators = register_plan.pattern_accumulators(target)
+    choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
+    tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
+                                                                         accumulators)) for v in choices]
+
+    def padded_area(k: PatternConvKnobs) -> tuple[int, int]:
+        width = k.vector_width * k.vectors_per_step
+        return -(-g.oh // k.rows_per_step) * k.rows_per_step * -(-g.ow // width) * width, \
+            -k.rows_per_step * k.vectors_per_step
+
+    return min(tiles, key=padded_area)
 
 
 def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
     n, c, h, w = (int(d) for d in in_shape)
     return _Geometry(n, c, h, w, tuple(strides), tuple(pads), tuple(dilations),
-                     knobs.rows_per_step, knobs.vector_width, knobs.vectors_per_step)
+                     knobs.rows_per_step, knobs.vector_width, knobs.vectors_per_step, knobs.tap_copies or 1)
 
 
 def pattern_conv_kernel(
@@ -375,14 +413,15 @@ def pattern_conv_kernel(
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)
-    func = _build_func(g, table, knobs, constants, activation, out_shape, name)
+    by_lane = register_plan.weights_by_lane(target) and table.patterns.shape[1] == 4
+    func = _build_func(g, table, knobs, constants, activation, out_shape, name, by_lane)
     return Kernel(func, constants, out_shape, "float32")
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
-def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name):
+def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name, by_lane: bool):
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
@@ -390,11 +429,11 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
             out = T.arg("out", T.buffer(out_shape, "float32"))
-            shape = (g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.strides[1], g.qw)
+            shape = (g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.slots, g.qw)
             xt = T.alloc_buffer(shape, "float32")
             _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, xt, *bufs[:5], bias, out)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane)
             _emit_main(x)
     return ib.get()

@@ -12,11 +12,11 @@ def _pow2_floor(n: int) -> int:
     return 1 << max(0, n.bit_length() - 1)
 
 
-def pattern_vectors(t: Target) -> int:
-    """Pattern conv: output vectors per tile row, so a tile is at least 8 pixels wide (one AVX2 or
-    AVX-512 vector, two NEON vectors): narrower tiles pay their halo columns and loop overhead
-    for too few FMAs."""
-    return max(1, -(-8 // t.lanes()))
+def pattern_vector_choices(t: Target) -> tuple[int, ...]:
+    """Pattern conv: output vectors per tile row to choose from (with the rows, by the padding
+    they leave). x86: one vector (8 or 16 pixels); measured on znver3/znver5, wider tiles lose.
+    NEON's 4-lane vectors: 1 to 4 (4 to 16 pixels), so a 28- or 56-wide plane tiles exactly."""
+    return (1, 2, 3, 4) if t.isa == "neon" else (max(1, -(-8 // t.lanes())),)
 
 
 def pattern_accumulators(t: Target) -> int:
@@ -26,11 +26,28 @@ def pattern_accumulators(t: Target) -> int:
     accumulators (8 FMA chains cover the FMA latency; measured on znver3, 10 won nothing, 12-14
     lost to spills); 32 registers leave room for more independent chains: 14 (measured on
     AVX-512: 14 rows +8-20% over 8; no spills up to ~20). NEON holds the 4 tap weights in one
-    128-bit register (used by lane), so 32 registers leave 24 after ~7 for weights and rows.
+    register (used by lane) but loads each input row once per vector: 16 accumulators; 24
+    spilled (instruction counts under qemu: 12 rows x 2 vectors ran 1.3x the instructions of
+    8 x 2 on the same padded area).
     """
     if t.isa == "neon":
-        return t.vector_registers - 8
+        return t.vector_registers // 2
     return 8 if t.vector_registers <= 16 else 14
+
+
+def pattern_tap_copies(t: Target) -> int:
+    """Pattern conv: copies of each input tile row. NEON: one aligned copy per tap column (3), so
+    every input load is a 16-byte-aligned offset from one base (`ldr q`/`ldp q`, no address
+    arithmetic; the unaligned single copy cost ~10% more instructions on VGG layers). x86: one
+    copy (its loads take any offset; the larger copy measured slower end to end on AVX-512)."""
+    return 3 if t.isa == "neon" else 1
+
+
+def weights_by_lane(t: Target) -> bool:
+    """Pattern conv: load a kernel's 4 tap weights as one 128-bit vector and take each FMA's
+    weight from a lane (NEON's by-element FMLA): one load instead of four, no broadcasts. x86 has
+    no by-lane FMA: its broadcast loads fold into the FMAs as memory operands."""
+    return t.isa == "neon"
 
 
 def gemm_tile(t: Target) -> tuple[int, int]:

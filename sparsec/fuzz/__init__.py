@@ -1,0 +1,1 @@
+"""The differential fuzzer: random small CNNs + masks, compiled and compared with onnxruntime."""
