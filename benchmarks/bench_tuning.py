@@ -115,15 +115,19 @@ def _best(rs: list[dict]) -> dict:
 def quality(work: Path) -> dict:
     result = {}
     with Farm(work / "farm-q", "--host", "1") as farm:
-        for key in ("L1", "L2"):
+        for key in SETTINGS["cases"]:
             model, masks = case_files(key, work)
             base = [str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host", "--no-overlap"]
             evo, rnd = work / f"{key}-evo.jsonl", work / f"{key}-random.jsonl"
             t_evo, _ = sh(["tune", *base, "--trials", "64", "--log", str(evo), "--plot", str(OUT / f"{key}-evo.png")])
             t_r64, _ = sh(["tune", *base, "--search", "random", "--trials", "64", "--log", str(rnd)])
-            t_r512, _ = sh(["tune", *base, "--search", "random", "--trials", "512", "--log", str(rnd)])
+            t_r512 = 0.0
+            if key in SETTINGS["reference"]:
+                t_r512, _ = sh(["tune", *base, "--search", "random", "--trials", "512", "--log", str(rnd)])
             e, r = records(evo), records(rnd)
-            picks = {"default": e[0], "evolutionary-64": _best(e), "random-64": _best(r[:64]), "random-512": _best(r)}
+            picks = {"default": e[0], "evolutionary-64": _best(e), "random-64": _best(r[:64])}
+            if len(r) > 64:
+                picks["random-512"] = _best(r)
             again = remeasure(key, farm.tracker, {name: rec["knobs"] for name, rec in picks.items()})
             result[key] = {"logged_ms": {name: rec["median_s"] * 1e3 for name, rec in picks.items()},
                            "remeasured_ms": {k: v * 1e3 for k, v in again.items()},
@@ -163,12 +167,14 @@ def gain(work: Path) -> dict:
     log = work / "M1.jsonl"
     with Farm(work / "farm-g", "--host", "1") as farm:
         wall, _ = sh(["tune", str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host",
-                      "--no-overlap", "--trials", "16", "--log", str(log), "--plot", str(OUT / "M1.png")])
+                      "--no-overlap", "--trials", str(SETTINGS["m1_trials"]), "--log", str(log),
+                      "--plot", str(OUT / "M1.png")])
     default, tuned = work / "M1-default.so", work / "M1-tuned.so"
     sh(["compile", str(model), "--masks", str(masks), "-o", str(default)])
     _, done = sh(["compile", str(model), "--masks", str(masks), "-o", str(tuned), "--tuning-log", str(log),
                   "--key", "host"])
-    result["M1"] = {"tune_wall_s": wall, "trials": len(records(log)), "compile_message": done.stderr.strip()
+    result["M1"] = {"tune_wall_s": wall, "trials": len(records(log)), "trials_per_task": SETTINGS["m1_trials"],
+                    "compile_message": done.stderr.strip()
                     .splitlines()[0], "ms": _time_models({"default": default, "tuned": tuned})}
     (OUT / "gain.json").write_text(json.dumps(result, indent=1))
     return result
@@ -261,21 +267,21 @@ def _quality_lines(q: dict) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for key, r in q.items():
         m = r["remeasured_ms"]
-        best512 = min(m["random-512"], m["evolutionary-64"])
+        ref = f"{m['random-512']:.2f} ms" if "random-512" in m else "not run"
+        versus = f"{m['evolutionary-64'] / m['random-512'] - 1:+.1%}" if "random-512" in m else "-"
         lines.append(f"| {key} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | {m['random-64']:.2f} ms | "
-                     f"{m['random-512']:.2f} ms | {m['evolutionary-64'] / m['random-512'] - 1:+.1%} | "
-                     f"{m['default'] / m['evolutionary-64']:.2f}x |")
-        _ = best512
+                     f"{ref} | {versus} | {m['default'] / m['evolutionary-64']:.2f}x |")
     lines += ["", "As logged during the search (each configuration measured once, while nothing else ran on the "
               "device):", "", "| case | default | evolutionary 64 | random 64 | random 512 | wall time evo 64 / "
               "random 512 |", "|---|---:|---:|---:|---:|---|"]
     for key, r in q.items():
         m, w = r["logged_ms"], r["wall_s"]
+        ref = f"{m['random-512']:.2f} ms" if "random-512" in m else "not run"
         lines.append(f"| {key} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | {m['random-64']:.2f} ms | "
-                     f"{m['random-512']:.2f} ms | {w['evolutionary-64']:.0f} s / "
-                     f"{w['random-64'] + w['random-512 (resumed)']:.0f} s |")
-    lines += [""] + [f"- {key} winners: evolutionary `{r['knobs']['evolutionary-64']}`, random 512 "
-                     f"`{r['knobs']['random-512']}`, default `{r['knobs']['default']}`" for key, r in q.items()]
+                     f"{ref} | {w['evolutionary-64']:.0f} s / {w['random-64'] + w['random-512 (resumed)']:.0f} s |")
+    lines += [""] + [f"- {key} winners: evolutionary `{r['knobs']['evolutionary-64']}`, best random "
+                     f"`{r['knobs'].get('random-512', r['knobs']['random-64'])}`, default `{r['knobs']['default']}`"
+                     for key, r in q.items()]
     return lines + [""]
 
 
@@ -284,7 +290,8 @@ def _other_lines(gain: dict | None, scaling: dict | None, kill: dict | None, arm
     if gain:
         g = gain["M1"]
         lines += ["### Whole model: M1 (VGG-16 224, PCONV masks)", "",
-                  f"`sparsec tune M1.onnx --masks M1.npz --tracker T --key host --no-overlap --trials 16` "
+                  f"`sparsec tune M1.onnx --masks M1.npz --tracker T --key host --no-overlap --trials "
+                  f"{g['trials_per_task']}` "
                   f"({g['trials']} trials over its tasks, {g['tune_wall_s'] / 60:.0f} min), then `sparsec compile` "
                   f"with and without `--tuning-log` ({g['compile_message']}); the two libraries timed interleaved "
                   f"(9 rounds, median): default {g['ms']['default']:.1f} ms, tuned {g['ms']['tuned']:.1f} ms "
@@ -344,6 +351,7 @@ def write_section(path: Path) -> None:
     path.write_text(text)
 
 
+SETTINGS = {"cases": ("L1", "L2"), "reference": ("L1", "L2"), "m1_trials": 16}
 FIGURES = {"quality": quality, "gain": gain, "scaling": scaling, "kill": kill, "arm64": arm64}
 
 
@@ -352,7 +360,12 @@ def main() -> None:
     p.add_argument("figures", nargs="*", help=f"any of {', '.join(FIGURES)}")
     p.add_argument("--write", action="store_true", help="write RESULTS.md's tuning section from benchmarks/tuning/")
     p.add_argument("--work", type=Path, help="where logs and farms go (default: a temporary folder)")
+    p.add_argument("--cases", default="L1,L2", help="quality: the cases (default L1,L2)")
+    p.add_argument("--reference", default="L1,L2", help="quality: the cases that also get 512 random trials")
+    p.add_argument("--m1-trials", type=int, default=16, help="gain: trials per task of M1 (default 16)")
     args = p.parse_args()
+    SETTINGS.update(cases=tuple(args.cases.split(",")), reference=tuple(args.reference.split(",")),
+                    m1_trials=args.m1_trials)
     unknown = sorted(set(args.figures) - set(FIGURES))
     if unknown:
         p.error(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
