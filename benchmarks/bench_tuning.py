@@ -113,7 +113,7 @@ def _best(rs: list[dict]) -> dict:
 
 
 def quality(work: Path) -> dict:
-    result = {}
+    result = _load("quality") or {}  # cases measured by earlier runs stay
     with Farm(work / "farm-q", "--host", "1") as farm:
         for key in SETTINGS["cases"]:
             model, masks = case_files(key, work)
@@ -123,7 +123,8 @@ def quality(work: Path) -> dict:
             t_r64, _ = sh(["tune", *base, "--search", "random", "--trials", "64", "--log", str(rnd)])
             t_r512 = 0.0
             if key in SETTINGS["reference"]:
-                t_r512, _ = sh(["tune", *base, "--search", "random", "--trials", "512", "--log", str(rnd)])
+                t_r512, _ = sh(["tune", *base, "--search", "random", "--trials", str(SETTINGS["reference_trials"]),
+                                "--log", str(rnd)])
             e, r = records(evo), records(rnd)
             picks = {"default": e[0], "evolutionary-64": _best(e), "random-64": _best(r[:64])}
             if len(r) > 64:
@@ -134,7 +135,7 @@ def quality(work: Path) -> dict:
                            "knobs": {name: rec["knobs"] for name, rec in picks.items()},
                            "failed": {"evolutionary": len(e) - len(_ok(e)), "random": len(r) - len(_ok(r))},
                            "wall_s": {"evolutionary-64": t_evo, "random-64": t_r64, "random-512 (resumed)": t_r512},
-                           "trials": {"evolutionary": len(e), "random": len(r)}}
+                           "trials": {"evolutionary": len(e), "random": len(r)}, "reference_trials": len(r)}
             (OUT / "quality.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -263,17 +264,18 @@ def _quality_lines(q: dict) -> list[str]:
              "`sparsec tune CASE.onnx --masks CASE.npz --tracker T --key host --no-overlap --trials 64 "
              "[--search random] --log LOG` on one host device (both cores); random 512 resumes random 64's log "
              "(`--trials 512`). The winners and the default re-measured interleaved (5 rounds, median):", "",
-             "| case | default | evolutionary 64 | random 64 | random 512 | evo vs best of 512 | gain over default |",
+             "| case | default | evolutionary 64 | random 64 | random reference (N trials) | evo vs reference | "
+             "gain over default |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for key, r in q.items():
         m = r["remeasured_ms"]
-        ref = f"{m['random-512']:.2f} ms" if "random-512" in m else "not run"
+        ref = f"{m['random-512']:.2f} ms ({r['reference_trials']})" if "random-512" in m else "not run"
         versus = f"{m['evolutionary-64'] / m['random-512'] - 1:+.1%}" if "random-512" in m else "-"
         lines.append(f"| {key} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | {m['random-64']:.2f} ms | "
                      f"{ref} | {versus} | {m['default'] / m['evolutionary-64']:.2f}x |")
     lines += ["", "As logged during the search (each configuration measured once, while nothing else ran on the "
-              "device):", "", "| case | default | evolutionary 64 | random 64 | random 512 | wall time evo 64 / "
-              "random 512 |", "|---|---:|---:|---:|---:|---|"]
+              "device):", "", "| case | default | evolutionary 64 | random 64 | random reference | wall time evo 64 / "
+              "random |", "|---|---:|---:|---:|---:|---|"]
     for key, r in q.items():
         m, w = r["logged_ms"], r["wall_s"]
         ref = f"{m['random-512']:.2f} ms" if "random-512" in m else "not run"
@@ -351,7 +353,7 @@ def write_section(path: Path) -> None:
     path.write_text(text)
 
 
-SETTINGS = {"cases": ("L1", "L2"), "reference": ("L1", "L2"), "m1_trials": 16}
+SETTINGS = {"cases": ("L1", "L2"), "reference": ("L1", "L2"), "m1_trials": 16, "reference_trials": 512}
 FIGURES = {"quality": quality, "gain": gain, "scaling": scaling, "kill": kill, "arm64": arm64}
 
 
@@ -362,10 +364,11 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="where logs and farms go (default: a temporary folder)")
     p.add_argument("--cases", default="L1,L2", help="quality: the cases (default L1,L2)")
     p.add_argument("--reference", default="L1,L2", help="quality: the cases that also get 512 random trials")
+    p.add_argument("--reference-trials", type=int, default=512, help="quality: random trials of the reference")
     p.add_argument("--m1-trials", type=int, default=16, help="gain: trials per task of M1 (default 16)")
     args = p.parse_args()
     SETTINGS.update(cases=tuple(args.cases.split(",")), reference=tuple(args.reference.split(",")),
-                    m1_trials=args.m1_trials)
+                    m1_trials=args.m1_trials, reference_trials=args.reference_trials)
     unknown = sorted(set(args.figures) - set(FIGURES))
     if unknown:
         p.error(f"unknown figures {unknown}; choose from {', '.join(FIGURES)}")
