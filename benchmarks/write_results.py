@@ -189,6 +189,17 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def kept_sections(path: Path) -> str:
+    """Sections other scripts own in RESULTS.md (between their `<!-- ... -->` markers: the tuning
+    figures of bench_tuning.py), carried over when the file is written again."""
+    from bench_tuning import BEGIN, END
+
+    text = path.read_text() if path.exists() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return "\n" + text[text.index(BEGIN):text.index(END) + len(END)] + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = args.cases.split(",")
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # reported in the file like a failed case
             storage = f"{type(err).__name__}: {err}"
     command = " ".join(["python benchmarks/write_results.py", *(argv if argv is not None else sys.argv[1:])])
-    text = render(results, storage, command)
+    text = render(results, storage, command) + kept_sections(args.output)
     write_atomically(args.output, lambda path: path.write_text(text))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
