@@ -136,6 +136,24 @@ def _text_array(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(), dtype=np.uint8)
 
 
+def library_bytes(library: Path) -> bytes:
+    """The bytes of a library as deployed: a .so as it is, a .tar's members one after another."""
+    import tarfile
+
+    if library.suffix != ".tar":
+        return library.read_bytes()
+    with tarfile.open(library) as tar:
+        return b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
+
+
+def require_source_in(library: Path, program: GpuProgram) -> None:
+    """The bundle's OpenCL source must be the library's own (it is embedded verbatim in it), so
+    `--emulate` runs the artifact's kernels, not a stale copy."""
+    if program.source.encode() not in library_bytes(library):
+        raise UserError(f"{library}: its GPU bundle's OpenCL source (sha256 {program.source_sha256[:12]}) is not the "
+                        "library's; compile the model again")
+
+
 def bundle_path(library: Path) -> Path:
     """Where the GPU bundle of `model.tar` / `model.so` lies: `model.tar.gpu.npz`."""
     return Path(str(library) + ".gpu.npz")

@@ -127,21 +127,23 @@ def _compile_parser(jobs) -> None:
     p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
     _target_arguments(p)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
-    p.add_argument("-o", "--output", type=Path, required=True, help="library to write (model.so)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="library to write (model.so; GPU targets: model.so or model.tar)")
     p.add_argument("--dump-ir-after", metavar="PASS|all",
                    help="write the IR text after that pass (or every pass) beside the output")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
     p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("--check", action="store_true",
                    help="run the compiled model against the reference interpreter and onnxruntime "
-                        "(an arm64 model runs on the emulated device, or the --tracker one)")
+                        "(an arm64 model runs on the emulated device, or the --tracker one; a GPU model's "
+                        "kernels run layer by layer on PoCL)")
     _device_arguments(p)
     p.set_defaults(command=cmd_compile)
 
 
 def _target_arguments(p) -> None:
-    p.add_argument("--target", default="host", help="target to compile for: host (default) or arm64; "
-                   "see `sparsec targets`")
+    p.add_argument("--target", default="host", help="target to compile for: host (default), arm64, mali or "
+                   "opencl (OpenCL GPU kernels + aarch64 host code); see `sparsec targets`")
     p.add_argument("--cpu", help="the core of an arm64 target (default cortex-a53; see `sparsec targets`)")
     p.add_argument("--target-json", metavar="JSON|FILE",
                    help="a target as JSON (sparsec's fields or a raw TVM target), instead of --target")
@@ -156,6 +158,10 @@ def resolve_target_args(args):
 
     target = resolve_target(args.target, args.cpu, args.target_json, args.cc)
     require_compiler(target)
+    if target.kind == "gpu":  # its kernels are built by an OpenCL compiler (PoCL here) at compile time
+        from sparsec.runtime.opencl import device
+
+        device(f"--target {target.name} (its kernels are checked by an OpenCL compiler)")
     return target
 
 
@@ -166,7 +172,7 @@ def _device_arguments(p) -> None:
 
 def cmd_compile(args) -> int:
     target = resolve_target_args(args)  # an unknown target or a missing compiler fails before any work
-    _check_output(args.output, ".so")
+    _check_library(args.output, target)
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
     from sparsec.passes import PassInstrument
@@ -178,7 +184,9 @@ def cmd_compile(args) -> int:
     compiled = compile_model(module, target=target, instrument=instrument)
     if args.timings:
         _print_timings(instrument)
-    if args.check:
+    if args.check and compiled.is_gpu:
+        _check_gpu(compiled.gpu_bundle, module)
+    elif args.check:
         from sparsec.check import check_compiled
 
         with device_for(compiled, args) as device:
@@ -186,6 +194,25 @@ def cmd_compile(args) -> int:
             print(check_compiled(checked, module, args.model if args.model.suffix == ".onnx" else None, args.masks))
     compiled.export(args.output)
     return 0
+
+
+def _check_library(path: Path, target) -> None:
+    from sparsec.ir.files import check_writable
+    from sparsec.runtime.model import check_library_suffix
+
+    check_library_suffix(path, target)
+    check_writable(path)
+
+
+def _check_gpu(bundle, module, inputs=None):
+    """Run a GPU model's kernels layer by layer on PoCL against the reference; print the table."""
+    from sparsec.check import random_inputs
+    from sparsec.runtime.gpu_check import check_bundle, require_passed
+
+    check = check_bundle(bundle, inputs if inputs is not None else random_inputs(module))
+    print(check.format())
+    require_passed(check)
+    return check
 
 
 def device_for(compiled, args):
@@ -201,6 +228,8 @@ def device_for(compiled, args):
         return contextlib.nullcontext(RpcDevice(*parse_tracker(args.tracker), args.key))
     if compiled.runs_here:
         return contextlib.nullcontext(None)
+    if compiled.is_gpu:  # no local OpenCL TVM runtime: only a phone runs it, or PoCL checks its kernels
+        raise UserError(compiled._needs_device())
     return _emulated(compiled.target)
 
 
@@ -272,8 +301,11 @@ def _ir_dumper(output: Path, which: str):
 
 
 def _run_parser(jobs) -> None:
-    p = jobs.add_parser("run", help="run a compiled model (.so) or IR text (.sir, reference interpreter)")
-    p.add_argument("module", type=Path, help="model.so from `sparsec compile`, or IR text (.sir)")
+    p = jobs.add_parser("run", help="run a compiled model (.so/.tar) or IR text (.sir, reference interpreter)")
+    p.add_argument("module", type=Path, help="model.so / model.tar from `sparsec compile`, or IR text (.sir)")
+    p.add_argument("--emulate", action="store_true",
+                   help="GPU models: run the OpenCL kernels layer by layer on PoCL and compare every layer with "
+                        "the reference interpreter (correctness only; PoCL timings are not Mali timings)")
     p.add_argument("--input", type=Path, required=True, help=".npy (one input) or .npz keyed by input name")
     p.add_argument("-o", "--output", type=Path, required=True, help=".npy (one output) or .npz keyed by name")
     _device_arguments(p)
@@ -283,13 +315,26 @@ def _run_parser(jobs) -> None:
 def cmd_run(args) -> int:
     from sparsec.io import read_inputs, write_outputs
 
-    if args.module.suffix == ".so":
+    if args.module.suffix in (".so", ".tar"):
         from sparsec.driver import load
 
         compiled = load(args.module)
         inputs = read_inputs(args.input, [s.name for s in compiled.manifest.inputs])
-        with device_for(compiled, args) as device:
-            outputs = (compiled.on(device) if device else compiled).run(inputs)
+        if args.emulate:
+            if not compiled.is_gpu:
+                raise UserError(f"{args.module}: --emulate runs GPU models' OpenCL kernels on PoCL; this model is "
+                                f"for {compiled.manifest.target} (a CPU)")
+            from sparsec.runtime.opencl import device
+
+            device("--emulate")
+            bundle = compiled.gpu_bundle
+            from sparsec.ir.parser import parse_module
+
+            module = parse_module(bundle.ir_text, str(args.module), arrays=bundle.weights)
+            outputs = _check_gpu(bundle, module, inputs).outputs
+        else:
+            with device_for(compiled, args) as device:
+                outputs = (compiled.on(device) if device else compiled).run(inputs)
     else:
         from sparsec.ir.files import read_module
         from sparsec.reference import run_reference

@@ -16,10 +16,16 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
     """Relax module of kernels -> `tvm.compile` -> a runnable, exportable model."""
     require_compiler(target)  # a missing cross compiler fails before minutes of work
     mod, plans = build_relax(module, target)
-    try:
-        executable = tvm.compile(mod, target=tvm_target(target))
-    except (RuntimeError, ValueError) as err:  # what TVM raises
-        raise UserError(_compile_failure(module, plans, str(err))) from None
+    bundle = None
+    if target.kind == "gpu":
+        from sparsec.lower.gpu.program import compile_gpu
+
+        executable, bundle = compile_gpu(module, mod, plans, target, lambda err: _compile_failure(module, plans, err))
+    else:
+        try:
+            executable = tvm.compile(mod, target=tvm_target(target))
+        except (RuntimeError, ValueError) as err:  # what TVM raises
+            raise UserError(_compile_failure(module, plans, str(err))) from None
     manifest = Manifest(
         inputs=tuple(TensorSpec(p.name, p.type.dtype, p.type.shape) for p in module.inputs),
         outputs=tuple(TensorSpec(name, module.types[f"%{name}"].dtype, module.types[f"%{name}"].shape)
@@ -29,8 +35,17 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
         layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel,
                       "constant_bytes": p.constant_bytes, "kept_macs": p.kept_macs} for p in plans),
         target_spec=target.to_dict(),
+        device_kind=target.device_kind,
+        gpu=_gpu_summary(bundle) if bundle else {},
     )
-    return CompiledModel(executable, manifest)
+    return CompiledModel(executable, manifest, gpu_bundle=bundle)
+
+
+def _gpu_summary(bundle) -> dict:
+    """What the manifest says of a GPU model's kernels (the bundle beside it holds the rest)."""
+    program = bundle.program
+    return {"opencl_source_sha256": program.source_sha256, "kernels": sum(len(la.launches) for la in program.layers),
+            "checked_with": "PoCL (correctness only; PoCL timings are not Mali timings)"}
 
 
 def _compile_failure(module: Module, plans, message: str) -> str:

@@ -71,6 +71,6 @@ def _emit_channel(t: ConvTile, w, tile, acc, ids, first, c, cc) -> None:
     for m in range(t.m):
         for ky in range(t.kh):
             for kx in range(t.kw):
-                weight = w[first + m, c, ky, kx]
+                weight = T.bind(w[first + m, c, ky, kx])  # one load, R float4 FMAs
                 for r in range(t.rows):
                     tiles.fma(acc, m, r, weight, tiles.tap_input(tile, t, ids, cc, r, ky, kx))

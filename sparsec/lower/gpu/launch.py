@@ -44,50 +44,61 @@ def lower(func: tirx.PrimFunc, target: tvm.target.Target) -> Lowered:
     device = {gv.name_hint: f for dm in device_mods.values() for gv, f in dm.functions.items()}
     params = tuple(str(p.name) for p in func.params)
     (host,) = [f for f in host_mod.functions.values() if f.attrs and "tirx.is_entry_func" in f.attrs]
-    temps: dict[str, int] = {}
-    calls: list = []
-    _walk(host.body, temps, calls)
-    launches = tuple(_launch(call, params, list(temps)) for call in calls)
-    return Lowered(launches, tuple(temps.values()), device, tuple(temps), params)
+    walk = _HostWalk(params)
+    walk.visit(host.body)
+    return Lowered(tuple(walk.launches), tuple(walk.temps.values()), device, tuple(walk.temps), params)
 
 
-def _walk(node, temps: dict[str, int], calls: list) -> None:
-    """Collect the host's scratch allocations and kernel calls, in program order."""
-    if isinstance(node, tirx.SeqStmt):
-        for stmt in node.seq:
-            _walk(stmt, temps, calls)
-    elif isinstance(node, (tirx.AttrStmt, tirx.For)):
-        _walk(node.body, temps, calls)
-    elif isinstance(node, tirx.IfThenElse):
-        _walk(node.then_case, temps, calls)
-        if node.else_case is not None:
-            _walk(node.else_case, temps, calls)
-    elif isinstance(node, tirx.AllocBuffer):
-        buf = node.buffer
-        temps[str(buf.name)] = int(np.prod([int(d) for d in buf.shape])) * tvm.DataType(buf.dtype).bits // 8
-    elif isinstance(node, tirx.Evaluate) and type(node.value).__name__ == "Call":
-        if getattr(node.value.op, "name", "") == "tirx.call_ffi_kernel":
-            calls.append(node.value)
+class _HostWalk:
+    """The host function's scratch allocations and kernel calls, in program order. Buffers are
+    traced to what they hold by their data variables: a parameter (declared on the pointer the
+    caller passed), a view of another buffer, or a scratch allocation."""
 
+    def __init__(self, params: tuple[str, ...]):
+        self.params = params
+        self.temps: dict[str, int] = {}
+        self.roots: dict = {}  # buffer var -> "param:i" | "temp:j"
+        self.launches: list[Launch] = []
 
-def _buffer_name(arg) -> str | None:
-    """`x.data` (the data pointer of buffer x) -> "x"; None for a scalar."""
-    text = str(arg)
-    return text[: -len(".data")] if text.endswith(".data") else None
+    def visit(self, node) -> None:
+        if isinstance(node, tirx.SeqStmt):
+            for stmt in node.seq:
+                self.visit(stmt)
+        elif isinstance(node, (tirx.AttrStmt, tirx.For)):
+            self.visit(node.body)
+        elif isinstance(node, tirx.IfThenElse):
+            self.visit(node.then_case)
+            if node.else_case is not None:
+                self.visit(node.else_case)
+        elif isinstance(node, tirx.DeclBuffer):
+            self._declare(node)
+        elif isinstance(node, tirx.AllocBuffer):
+            buf = node.buffer
+            self.roots[buf] = f"temp:{len(self.temps)}"
+            self.temps[str(buf.name)] = int(np.prod([int(d) for d in buf.shape])) * tvm.DataType(buf.dtype).bits // 8
+        elif isinstance(node, tirx.Evaluate) and getattr(getattr(node.value, "op", None), "name", "") == \
+                "tirx.call_ffi_kernel":
+            self.launches.append(self._launch(node.value))
 
+    def _declare(self, node) -> None:
+        data = node.data
+        if getattr(getattr(data, "op", None), "name", "") == "tirx.buffer_data":  # a view
+            self.roots[node.buffer] = self.roots[data.args[0]]
+        elif str(node.buffer.name) in self.params:  # the caller's pointer
+            self.roots[node.buffer] = f"param:{self.params.index(str(node.buffer.name))}"
 
-def _launch(call, params: tuple[str, ...], temps: list[str]) -> Launch:
-    names = [str(p) for p in call.attrs.launch_params]
-    assert not any("dyn_shared" in n for n in names), "dynamic shared memory is not used by sparsec kernels"
-    args = list(call.args[1:])
-    extents, args = args[len(args) - len(names):], args[: len(args) - len(names)]
-    grid, block = [1, 1, 1], [1, 1, 1]
-    for name, extent in zip(names, extents):
-        scope, axis = name.split(".")
-        (grid if scope == "blockIdx" else block)[_AXES[axis]] = int(extent)
-    refs = []
-    for arg in args:
-        name = _buffer_name(arg)
-        assert name is not None, f"kernel {call.args[0]}: scalar argument {arg} (sparsec kernels have static shapes)"
-        refs.append(f"param:{params.index(name)}" if name in params else f"temp:{temps.index(name)}")
-    return Launch(str(call.args[0].value), tuple(refs), tuple(g * b for g, b in zip(grid, block)), tuple(block))
+    def _launch(self, call) -> Launch:
+        names = [str(p) for p in call.attrs.launch_params]
+        assert not any("dyn_shared" in n for n in names), "sparsec kernels use no dynamic shared memory"
+        args = list(call.args[1:])
+        extents, args = args[len(args) - len(names):], args[: len(args) - len(names)]
+        grid, block = [1, 1, 1], [1, 1, 1]
+        for name, extent in zip(names, extents):
+            scope, axis = name.split(".")
+            (grid if scope == "blockIdx" else block)[_AXES[axis]] = int(extent)
+        refs = []
+        for arg in args:
+            assert getattr(getattr(arg, "op", None), "name", "") == "tirx.buffer_data", \
+                f"kernel {call.args[0]}: scalar argument {arg} (sparsec kernels have static shapes)"
+            refs.append(self.roots[arg.args[0]])
+        return Launch(str(call.args[0].value), tuple(refs), tuple(g * b for g, b in zip(grid, block)), tuple(block))

@@ -143,11 +143,12 @@ def _emit(t: ConvTile, patterns: np.ndarray, data, bufs, out, act) -> None:
 def _emit_pattern_loop(t: ConvTile, arrays, tile, acc, wv, ids, slot, run, blk, taps) -> None:
     """acc += the kernels of one (channel block, pattern) run of stored filter `slot`."""
     offset, stride, index, weight = arrays
-    lo = offset[slot] + stride[slot, run]
-    count = stride[slot, run + 1] - stride[slot, run]
+    start = T.bind(stride[slot, run])
+    lo = T.bind(offset[slot] + start)
+    count = T.bind(stride[slot, run + 1] - start)
     with T.serial(0, count) as i:  # from 0, offset added: see tvm-0.27 notes on non-zero starts
         k = lo + i
-        cc = tirx.Cast("int32", index[k]) - blk * t.cb
+        cc = T.bind(tirx.Cast("int32", index[k]) - blk * t.cb)  # one load of the channel per kernel
         if len(taps) == LANES:
             T.buffer_store(wv, weight[k, tirx.Ramp(0, 1, LANES)], [tirx.Ramp(0, 1, LANES)])
         else:
