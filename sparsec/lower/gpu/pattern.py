@@ -30,7 +30,7 @@ from sparsec.lower.gpu.tiles import LANES, ConvTile
 from sparsec.lower.kernels.common import Kernel
 from sparsec.target import Target
 
-FILTERS_SIDE_BY_SIDE = 4
+FILTERS_SIDE_BY_SIDE = 8  # filters sharing each input tile: the input's global loads per FMA fall with it
 ROWS = 4
 
 
@@ -94,7 +94,7 @@ def group_table(fkw: FKW, in_channels: int, width: int, block: int) -> GroupTabl
 
 def plan(in_shape, num_filters: int, strides, pads, dilations, target: Target) -> ConvTile:
     return tiles.plan(in_shape, (num_filters, int(in_shape[1]), 3, 3), strides, pads, dilations, 1, target,
-                      max_filters=FILTERS_SIDE_BY_SIDE, rows=ROWS, max_items=32, side_by_side=True)
+                      max_filters=FILTERS_SIDE_BY_SIDE, rows=ROWS, max_items=16, side_by_side=True)
 
 
 def pattern_conv_kernel(fkw: FKW, in_shape, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
@@ -128,24 +128,24 @@ def _emit(t: ConvTile, patterns: np.ndarray, data, bufs, out, act) -> None:
         tile = T.alloc_buffer((t.cb, t.tr, t.tc), "float32", scope="shared")
         acc = T.alloc_buffer((t.m, t.rows, LANES), "float32", scope="local")
         wv = T.alloc_buffer((patterns.shape[1],), "float32", scope="local")
-        slot = ids.fb * t.fz + ids.fz
+        slot = T.bind(ids.fb * t.fz + ids.fz)
+        first = T.bind(offset[slot])  # the filter's first kernel: one load per work-item
         tiles.zero(acc, t)
         with T.serial(0, t.blocks) as blk:
             tiles.barrier()
             tiles.load_tile(data, tile, t, ids, blk * t.cb, tirx.min(t.cb, t.c - blk * t.cb))
             tiles.barrier()
-            for p, taps in enumerate(patterns):
-                run = blk * len(patterns) + p
-                _emit_pattern_loop(t, (offset, stride, index, weight), tile, acc, wv, ids, slot, run, blk, taps)
+            start = T.bind(stride[slot, blk * len(patterns)])
+            for p, taps in enumerate(patterns):  # each run's end is the next run's start: P + 1 loads a block
+                end = T.bind(stride[slot, blk * len(patterns) + p + 1])
+                _emit_pattern_loop(t, (index, weight), tile, acc, wv, ids, first + start, end - start, blk, taps)
+                start = end
         tiles.store(out, acc, t, ids, lambda m: order[slot], bias, act)
 
 
-def _emit_pattern_loop(t: ConvTile, arrays, tile, acc, wv, ids, slot, run, blk, taps) -> None:
-    """acc += the kernels of one (channel block, pattern) run of stored filter `slot`."""
-    offset, stride, index, weight = arrays
-    start = T.bind(stride[slot, run])
-    lo = T.bind(offset[slot] + start)
-    count = T.bind(stride[slot, run + 1] - start)
+def _emit_pattern_loop(t: ConvTile, arrays, tile, acc, wv, ids, lo, count, blk, taps) -> None:
+    """acc += the kernels lo .. lo + count of one (channel block, pattern) run."""
+    index, weight = arrays
     with T.serial(0, count) as i:  # from 0, offset added: see tvm-0.27 notes on non-zero starts
         k = lo + i
         cc = T.bind(tirx.Cast("int32", index[k]) - blk * t.cb)  # one load of the channel per kernel

@@ -109,8 +109,8 @@ def plan(in_shape, weight_shape, strides, pads, dilations, groups: int, target: 
          rows: int = 2, max_items: int = 64, side_by_side: bool = False) -> ConvTile:
     """The tiling for a conv on `target`: the work-group (<= max_items work-items) that best trades
     its size (up to 32 work-items) against the padding its tile adds to the output, M the largest
-    divisor of the group's filters <= max_filters, as many channels per block as half the local
-    memory holds."""
+    divisor of the group's filters <= max_filters, as many channels per block as the local memory
+    holds (less 1 KiB)."""
     n, c, h, w = (int(d) for d in in_shape)
     o, _, kh, kw = (int(d) for d in weight_shape)
     og = o // groups
@@ -118,7 +118,7 @@ def plan(in_shape, weight_shape, strides, pads, dilations, groups: int, target: 
     m, fz = (1, m) if side_by_side else (m, 1)
     base = ConvTile(n, c, h, w, o, kh, kw, tuple(strides), tuple(pads), tuple(dilations), groups, m, fz, rows,
                     1, 1, 1)
-    budget = min(target.local_memory_bytes // 2, target.local_memory_bytes - 1024)
+    budget = target.local_memory_bytes - 1024  # the rest: the kernel's other local arrays, driver use
     fits = [t for t in (_with(base, vx=vx, ry=ry) for vx in (1, 2, 4, 8) for ry in (1, 2, 4, 8, 16, 32))
             if t.vx * t.ry <= max_items and t.work_items <= target.work_group_size and t.tr * t.tc * 4 <= budget]
     waste = {t: t.tiles_y * t.th * t.tiles_x * t.tw / (t.oh * t.ow) for t in fits}
