@@ -382,12 +382,17 @@ def _inspect_parser(jobs) -> None:
     p.add_argument("model", type=Path)
     p.add_argument("--masks", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--target", help="a GPU target (mali, opencl): the static GPU report of its compiled kernels "
+                   "instead (work-groups, work-items, local memory, global loads per useful FMA, divergence)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
     p.set_defaults(command=cmd_inspect)
 
 
 def cmd_inspect(args) -> int:
     import json
 
+    if args.target:
+        return _inspect_gpu(args)
     from sparsec.frontend import load_onnx
     from sparsec.prune import load_masks
     from sparsec.report import format_report, inspect_model, report_json
@@ -396,6 +401,22 @@ def cmd_inspect(args) -> int:
     masks = load_masks(args.masks, model) if args.masks else {}
     stats = inspect_model(model, masks)
     print(json.dumps(report_json(stats), indent=2) if args.json else format_report(stats))
+    return 0
+
+
+def _inspect_gpu(args) -> int:
+    import json
+
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.gpu.report import format_gpu_report, gpu_report
+    from sparsec.lower.target import resolve_target
+
+    target = resolve_target(args.target)
+    if target.kind != "gpu":
+        raise UserError(f"inspect --target {args.target}: the static report is for GPU targets (mali, opencl)")
+    module = optimize(import_model(args.model, args.masks, parse_input_shapes(args.input_shape)), target=target)
+    reports = gpu_report(module, target)
+    print(json.dumps([r.to_json() for r in reports], indent=1) if args.json else format_gpu_report(reports, target))
     return 0
 
 
@@ -466,14 +487,16 @@ def cmd_targets(args) -> int:
     from sparsec import target as targets
     from sparsec.lower.target import host
 
-    listed = {"host": host(), "arm64": targets.arm64()}
+    listed = {"host": host(), "arm64": targets.arm64(), "mali": targets.gpu("mali"), "opencl": targets.gpu("opencl")}
     if args.json:
         print(json.dumps({name: t.to_dict() for name, t in listed.items()} | {"arm64 --cpu": list(targets.ARM_CPUS)},
                          indent=1))
         return 0
     for name, target in listed.items():
         title = {"host": f"host: this machine ({target.arch}, {target.cpu})",
-                 "arm64": f"arm64: aarch64 + NEON, cross-compiled (--cpu, default {targets.ARM64_BASELINE})"}[name]
+                 "arm64": f"arm64: aarch64 + NEON, cross-compiled (--cpu, default {targets.ARM64_BASELINE})",
+                 "mali": "mali: OpenCL kernels for a Mali GPU + aarch64 host code (kernels checked on PoCL)",
+                 "opencl": "opencl: OpenCL 1.2 kernels for any OpenCL GPU + aarch64 host code"}[name]
         print(title)
         print("\n".join(f"  {line}" for line in targets.describe(target)))
     print("arm64 --cpu choices (core: ISA, L1d/L2, emulated as):")
