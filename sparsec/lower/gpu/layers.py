@@ -36,9 +36,9 @@ from sparsec.lower.gpu.conv import dense_conv_kernel
 from sparsec.lower.gpu.csr import csr_conv1x1_kernel, csr_dense_kernel
 from sparsec.lower.gpu.pattern import pattern_conv_kernel
 from sparsec.lower.kernels.common import Kernel
-from sparsec.lower.layers import _bias, _legal_weight, _original_order
 from sparsec.passes.compress_fkw import fkw_of
 from sparsec.target import Target
+from sparsec.tuning.task import bias_data, legal_weight, original_order
 
 
 @dataclass(frozen=True)
@@ -53,27 +53,27 @@ def _shape(module: Module, ref: str) -> tuple[int, ...]:
 
 
 def _conv2d(op: Conv2d, module: Module, target: Target) -> GpuKernel:
-    weight = _legal_weight(op, module)
+    weight = legal_weight(op, module)
     in_shape = _shape(module, op.input)
-    common = dict(bias=_bias(op, module), activation=op.activation, target=target)
+    common = dict(bias=bias_data(op, module), activation=op.activation, target=target)
     geometry = dict(strides=op.strides, pads=op.pads, dilations=op.dilations)
     if isinstance(weight.layout, Pattern):
         return GpuKernel(pattern_conv_kernel(fkw_of(op, weight), in_shape, **geometry, **common), (op.input,),
                          "pattern")
-    data = _original_order(op, weight)
+    data = original_order(op, weight)
     if isinstance(weight.layout, CSR):
         return GpuKernel(csr_conv1x1_kernel(data, in_shape, strides=op.strides, **common), (op.input,), "csr")
     return GpuKernel(dense_conv_kernel(data, in_shape, **geometry, groups=op.groups, **common), (op.input,))
 
 
 def _linear(op: Linear, module: Module, target: Target) -> GpuKernel:
-    weight = _legal_weight(op, module)
+    weight = legal_weight(op, module)
     in_shape = _shape(module, op.input)
     if isinstance(weight.layout, CSR):
-        kernel = csr_dense_kernel(weight.data, in_shape, bias=_bias(op, module), activation=op.activation,
+        kernel = csr_dense_kernel(weight.data, in_shape, bias=bias_data(op, module), activation=op.activation,
                                   target=target)
         return GpuKernel(kernel, (op.input,), "csr")
-    return GpuKernel(dk.dense_kernel(weight.data, in_shape, _bias(op, module), op.activation, target=target),
+    return GpuKernel(dk.dense_kernel(weight.data, in_shape, bias_data(op, module), op.activation, target=target),
                      (op.input,))
 
 

@@ -15,10 +15,10 @@ from sparsec.ir.ops import Conv2d
 from sparsec.lower.gpu.conv import dense_conv_kernel
 from sparsec.lower.gpu.launch import lower
 from sparsec.lower.gpu.static import KernelCounts, count_kernel
-from sparsec.lower.layers import _bias, _original_order
 from sparsec.lower.relax_build import build_relax
 from sparsec.lower.target import tvm_target
 from sparsec.target import Target
+from sparsec.tuning.task import bias_data, original_order
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,9 @@ def gpu_report(module: Module, target: Target) -> list[GpuLayerReport]:
 
 
 def _dense_loads(op: Conv2d, module: Module, target: Target) -> int:
-    weight = _original_order(op, module.weight(op.weight))
+    weight = original_order(op, module.weight(op.weight))
     kernel = dense_conv_kernel(weight, module.types[op.input].shape, strides=op.strides, pads=op.pads,
-                               dilations=op.dilations, bias=_bias(op, module), activation=op.activation, target=target,
+                               dilations=op.dilations, bias=bias_data(op, module), activation=op.activation, target=target,
                                name="dense_baseline")
     return sum(k.loads for k in _counts(kernel.func, target, kernel.constants))
 
