@@ -69,7 +69,8 @@ def test_target_json_from_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="cuda"), "unknown target 'cuda'; known targets: host, arm64, mali, opencl (or --target-json); see `sparsec targets`"),
+    (dict(name="cuda"), "unknown target 'cuda'; known targets: host, arm64, mali, opencl (or --target-json); "
+                        "see `sparsec targets`"),
     (dict(name="arm64", cpu="cortex-z9"), f"unknown --cpu 'cortex-z9' for arm64; known: {', '.join(ARM_CPUS)}"),
     (dict(name="host", cpu="cortex-a53"), "--cpu applies to --target arm64; the host target is this machine's CPU"),
     (dict(spec="{not json"), "--target-json: not valid JSON"),
