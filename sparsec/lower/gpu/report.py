@@ -71,8 +71,8 @@ def gpu_report(module: Module, target: Target) -> list[GpuLayerReport]:
 def _dense_loads(op: Conv2d, module: Module, target: Target) -> int:
     weight = original_order(op, module.weight(op.weight))
     kernel = dense_conv_kernel(weight, module.types[op.input].shape, strides=op.strides, pads=op.pads,
-                               dilations=op.dilations, bias=bias_data(op, module), activation=op.activation, target=target,
-                               name="dense_baseline")
+                               dilations=op.dilations, bias=bias_data(op, module), activation=op.activation,
+                               target=target, name="dense_baseline")
     return sum(k.loads for k in _counts(kernel.func, target, kernel.constants))
 
 
