@@ -142,7 +142,7 @@ def _lower_gpu(op: Op, ctx: _Ctx) -> relax.Expr:
 
     gk = GPU_KERNELS[type(op)](op, ctx.module, ctx.target)
     if gk is None:
-        ctx.plans.append(LayerPlan(op.result, op.name, "view", "", 0, 0, (op.input,)))
+        ctx.plans.append(LayerPlan(op.result, op.name, "view", "", 0, 0, inputs=(op.input,)))
         return relax.op.reshape(ctx.ref(op.input), op.type.shape)
     call = _call_kernel(ctx, op, gk.kernel, [ctx.ref(r) for r in gk.inputs], gk.format)
     ctx.plans[-1] = dataclasses.replace(ctx.plans[-1], inputs=gk.inputs, constants=gk.kernel.constants)
