@@ -19,6 +19,7 @@ from sparsec.target import Target
 MANIFEST_VERSION = 2
 ELF_MAGIC = b"\x7fELF"
 TAR_MAGIC = (257, b"ustar")  # a GPU model without a cross compiler is a .tar the phone links
+GZIP_MAGIC = b"\x1f\x8b"  # TVM's export_library writes that .tar gzip-compressed
 DEVICE_KINDS = ("cpu", "opencl")
 _RECOMPILE = "compile the model again with `sparsec compile`"
 
@@ -175,7 +176,7 @@ def check_library(path: Path, recorded: LibraryFile) -> None:
         raise UserError(f"{path}: the library has {actual.size} bytes but its manifest records {recorded.size} "
                         f"(truncated or replaced); {_RECOMPILE}")
     if path.suffix == ".tar":
-        if head[TAR_MAGIC[0]:] != TAR_MAGIC[1]:
+        if not head.startswith(GZIP_MAGIC) and head[TAR_MAGIC[0]:] != TAR_MAGIC[1]:
             raise UserError(f"{path}: not a tar archive of object files; {_RECOMPILE}")
     elif not head.startswith(ELF_MAGIC):
         raise UserError(f"{path}: not a shared library (no ELF header); {_RECOMPILE}")
