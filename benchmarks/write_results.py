@@ -169,6 +169,27 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _host_target() -> str:
+    """The host target the cases compiled for: its CPU and vector shape (`sparsec targets`)."""
+    from sparsec.lower.target import host
+
+    t = host(THREADS)
+    return (f"host = {t.cpu} ({t.isa}: {t.lanes()} fp32 lanes, {t.vector_registers} vector registers); "
+            f"cost model pattern {t.throughputs.pattern:g}, csr {t.throughputs.csr:g} ({t.throughputs.source})")
+
+
+def _kept_sections(path: Path) -> str:
+    """Sections other scripts write into RESULTS.md (benchmarks/arm64.py), kept across rewrites."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    start, end = text.find(ARM64_BEGIN), text.find(ARM64_END)
+    return "\n" + text[start:end + len(ARM64_END)] + "\n" if 0 <= start < end else ""
+
+
+ARM64_BEGIN, ARM64_END = "<!-- arm64: written by benchmarks/arm64.py -->", "<!-- /arm64 -->"
+
+
 def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
     machine, found = machine_info(), versions()
     first = next((r for r in results.values() if isinstance(r, BenchReport)), None)
@@ -178,6 +199,7 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "interleaved rounds in one process (see `runtime/bench.py`).", "",
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
              f"{machine['platform']}",
+             f"- Target: {_host_target()}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
              "- \"others' CPU\": the share of all cores that other processes used while a case was measured. "
              "The machine is shared: a busy neighbour inflates the engines' times unevenly, "
@@ -200,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # reported in the file like a failed case
             storage = f"{type(err).__name__}: {err}"
     command = " ".join(["python benchmarks/write_results.py", *(argv if argv is not None else sys.argv[1:])])
-    text = render(results, storage, command)
+    text = render(results, storage, command) + _kept_sections(args.output)
     write_atomically(args.output, lambda path: path.write_text(text))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
