@@ -178,15 +178,6 @@ def _host_target() -> str:
             f"cost model pattern {t.throughputs.pattern:g}, csr {t.throughputs.csr:g} ({t.throughputs.source})")
 
 
-def _kept_sections(path: Path) -> str:
-    """Sections other scripts write into RESULTS.md (benchmarks/arm64.py), kept across rewrites."""
-    if not path.exists():
-        return ""
-    text = path.read_text()
-    start, end = text.find(ARM64_BEGIN), text.find(ARM64_END)
-    return "\n" + text[start:end + len(ARM64_END)] + "\n" if 0 <= start < end else ""
-
-
 ARM64_BEGIN, ARM64_END = "<!-- arm64: written by benchmarks/arm64.py -->", "<!-- /arm64 -->"
 
 
@@ -211,6 +202,18 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def kept_sections(path: Path) -> str:
+    """Sections other scripts own in RESULTS.md (between their `<!-- ... -->` markers: the tuning
+    figures of bench_tuning.py, the ARM64 figures of arm64.py), carried over when the file is
+    written again."""
+    from bench_tuning import BEGIN, END
+
+    text = path.read_text() if path.exists() else ""
+    kept = [text[text.index(begin):text.index(end) + len(end)]
+            for begin, end in ((BEGIN, END), (ARM64_BEGIN, ARM64_END)) if begin in text and end in text]
+    return "".join(f"\n{section}\n" for section in kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = args.cases.split(",")
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # reported in the file like a failed case
             storage = f"{type(err).__name__}: {err}"
     command = " ".join(["python benchmarks/write_results.py", *(argv if argv is not None else sys.argv[1:])])
-    text = render(results, storage, command) + _kept_sections(args.output)
+    text = render(results, storage, command) + kept_sections(args.output)
     write_atomically(args.output, lambda path: path.write_text(text))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsec", description=__doc__.splitlines()[0])
     jobs = parser.add_subparsers(required=True, metavar="COMMAND")
     for register in (_import_parser, _opt_parser, _compile_parser, _run_parser, _prune_parser, _inspect_parser,
-                     _demo_parser, _bench_parser, _targets_parser, _calibrate_parser, _zoo_parser, _fuzz_parser):
+                     _demo_parser, _bench_parser, _targets_parser, _calibrate_parser, _zoo_parser, _fuzz_parser,
+                     _farm_parser, _tune_parser):
         register(jobs)
     return parser
 
@@ -150,6 +151,8 @@ def _compile_parser(jobs) -> None:
                    help="run the compiled model against the reference interpreter and onnxruntime "
                         "(an arm64 model runs on the emulated device, or the --tracker one)")
     _device_arguments(p)
+    p.add_argument("--tuning-log", type=Path, metavar="TUNE.jsonl",
+                   help="apply the best record of each layer's task (for the target and --key) from this log")
     p.set_defaults(command=cmd_compile)
 
 
@@ -175,7 +178,8 @@ def resolve_target_args(args):
 
 def _device_arguments(p) -> None:
     p.add_argument("--tracker", metavar="HOST:PORT", help="run on the device registered with this TVM tracker")
-    p.add_argument("--key", help="the device's key at the tracker (with --tracker)")
+    p.add_argument("--key", help="the device's key at the tracker (with --tracker); with --tuning-log, whose "
+                   "records apply")
 
 
 def cmd_compile(args) -> int:
@@ -190,6 +194,8 @@ def cmd_compile(args) -> int:
     instrument = PassInstrument(verify_each=args.verify_each, dump=dump)
     if module.passes:
         _print_pass_plan(args.model, module)
+    if args.tuning_log:
+        module = _apply_tuning_log(module, args, target, instrument)
     compiled = compile_model(module, target=target, instrument=instrument)
     if args.timings:
         _print_timings(instrument)
@@ -203,6 +209,26 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _apply_tuning_log(module, args, target, instrument):
+    """The optimised module with each layer's knobs from the log's best record; says which
+    layers had none."""
+    from sparsec.driver import optimize
+    from sparsec.tuning.apply import apply_records, device_key_of
+    from sparsec.tuning.log import TuningLog
+
+    if not args.tuning_log.exists():
+        raise UserError(f"--tuning-log {args.tuning_log}: no such file (write one with `sparsec tune`)")
+    records = TuningLog(args.tuning_log).records()
+    key = device_key_of(records, target, args.key)
+    module, applied = apply_records(optimize(module, target=target, instrument=instrument), records, target, key)
+    print(f"sparsec: {applied.summary(key)}", file=sys.stderr)
+    if args.dump_ir_after:  # the knobs are in the IR text from here on
+        from sparsec.ir.files import write_module
+
+        write_module(module, args.output.with_name(f"{args.output.stem}.tuned.sir"))
+    return module
+
+
 def device_for(compiled, args):
     """A context manager giving the device to run `compiled` on: the --tracker one, None for this
     CPU, or an emulated device started for it (and stopped after)."""
@@ -210,7 +236,7 @@ def device_for(compiled, args):
 
     from sparsec.runtime.device import RpcDevice, parse_tracker
 
-    if (args.tracker is None) != (args.key is None):
+    if args.tracker is not None and args.key is None:
         raise UserError("--tracker and --key go together: --tracker HOST:PORT --key KEY")
     if args.tracker:
         return contextlib.nullcontext(RpcDevice(*parse_tracker(args.tracker), args.key))
@@ -538,6 +564,121 @@ def cmd_targets(args) -> int:
         print(f"  {cpu:12} {core.isa}, {core.l1d_kb}/{core.l2_kb} KiB, qemu {core.qemu_cpu}")
     print("--target-json JSON|FILE: sparsec's fields (isa, tvm, vector_registers, threads, cc, ...) "
           "or a raw TVM target")
+    return 0
+
+
+# --- sparsec farm -------------------------------------------------------------------------------
+
+
+def _farm_parser(jobs) -> None:
+    p = jobs.add_parser("farm", help="a local device farm: a TVM tracker and RPC servers on 127.0.0.1")
+    actions = p.add_subparsers(required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="start a tracker and N host / M emulated arm64 RPC servers")
+    up.add_argument("--host", type=int, default=1, metavar="N", help="RPC servers on this CPU (default 1)")
+    up.add_argument("--arm64", type=int, default=0, metavar="M", help="emulated arm64 servers (qemu-user)")
+    up.add_argument("--tracker-port", type=int, metavar="P", help="the tracker's port (default: a free one)")
+    up.add_argument("--host-key", default="host", help="key of the host servers (default host)")
+    up.add_argument("--arm64-key", default="arm64", help="key of the arm64 servers (default arm64)")
+    up.add_argument("--threads", type=int, help="threads per server (default: every core)")
+    up.set_defaults(command=cmd_farm_up)
+    status = actions.add_parser("status", help="the devices per key as the tracker sees them")
+    status.set_defaults(command=cmd_farm_status)
+    down = actions.add_parser("down", help="stop exactly what `farm up` started")
+    down.set_defaults(command=cmd_farm_down)
+    for action in (up, status, down):
+        action.add_argument("--state-dir", type=Path, help="where the farm's state and logs live "
+                            "(default $SPARSEC_FARM_DIR or build/farm)")
+
+
+def _farm_dir(args) -> Path:
+    from sparsec.runtime.farm import default_state_dir
+
+    return args.state_dir or default_state_dir()
+
+
+def cmd_farm_up(args) -> int:
+    from sparsec.runtime import farm
+
+    if args.host < 0 or args.arm64 < 0 or args.host + args.arm64 < 1:
+        raise UserError("farm up: --host N and --arm64 M are counts, at least one device in all")
+    counts = {kind: n for kind, n in (("host", args.host), ("arm64", args.arm64)) if n}
+    state = farm.up(_farm_dir(args), counts, {"host": args.host_key, "arm64": args.arm64_key}, args.tracker_port,
+                    args.threads)
+    print(f"tracker 127.0.0.1:{state.tracker_port}")
+    for proc in state.procs:
+        if proc.role != "tracker":
+            print(f"{proc.role} server key {proc.key} on 127.0.0.1:{proc.port} (pid {proc.pid})")
+    print(f"tune with: sparsec tune MODEL.onnx --tracker 127.0.0.1:{state.tracker_port} --key KEY ...; "
+          "stop with: sparsec farm down")
+    return 0
+
+
+def cmd_farm_status(args) -> int:
+    from sparsec.runtime import farm
+
+    print("\n".join(farm.status(_farm_dir(args))))
+    return 0
+
+
+def cmd_farm_down(args) -> int:
+    from sparsec.runtime import farm
+
+    stopped = farm.down(_farm_dir(args))
+    print(f"stopped {len(stopped)} process group(s)")
+    return 0
+
+
+# --- sparsec tune --------------------------------------------------------------------------------
+
+
+def _tune_parser(jobs) -> None:
+    p = jobs.add_parser("tune", help="tune each layer's kernel knobs on the devices of a TVM tracker")
+    p.add_argument("model", type=Path, help="ONNX model, or IR text (.sir)")
+    p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
+    _target_arguments(p)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
+    p.add_argument("--tracker", required=True, metavar="HOST:PORT", help="the TVM tracker (`sparsec farm up`)")
+    p.add_argument("--key", required=True, help="the devices' key at the tracker")
+    p.add_argument("--trials", type=int, default=64, metavar="N",
+                   help="trials per task in all, counting those the log holds (default 64)")
+    p.add_argument("--log", type=Path, default=Path("tune.jsonl"), help="the tuning log (default tune.jsonl)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="seconds one trial may take on a device (default 60; phones: 60-180)")
+    p.add_argument("--search", choices=("evolutionary", "random"), default="evolutionary")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--builders", type=int, metavar="J", help="candidates built at once here (default: cores, <= 4)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per trial (the median is kept; default 5)")
+    p.add_argument("--min-repeat-ms", type=int, default=40, help="each timed run lasts at least this long")
+    p.add_argument("--cooldown-ms", type=int, default=0, help="idle device time between runs (phones throttle)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="never build while devices measure (for devices that share this machine's cores)")
+    p.add_argument("--plot", type=Path, metavar="TUNE.png", help="draw the best-so-far curve of each task")
+    p.set_defaults(command=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    from sparsec.driver import optimize
+    from sparsec.runtime.device import parse_tracker
+    from sparsec.tuning.session import TuneOptions, plot, summary, tune_module
+
+    target = resolve_target_args(args)
+    if args.plot:
+        _check_suffix(args.plot, ".png")
+        check_paths([args.plot], [args.model, args.masks])
+    options = TuneOptions(parse_tracker(args.tracker), args.key, args.trials, args.timeout, args.search, args.seed,
+                          args.builders, args.repeat, args.min_repeat_ms, args.cooldown_ms, overlap=not args.no_overlap)
+    module = optimize(_load_source(args), target=target)
+    try:
+        results = tune_module(module, target, args.log, options)
+    except KeyboardInterrupt:
+        print(f"\nsparsec: interrupted; {args.log} holds every finished trial: run the same command again to "
+              "continue", file=sys.stderr)
+        return 130
+    print(summary(results))
+    if args.plot:
+        plot(results, args.plot, f"sparsec tune {args.model.name} on {args.key} ({target.name})")
+    print(f"apply with: sparsec compile {args.model} ... --target {target.name} --tuning-log {args.log} "
+          f"--key {args.key}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from sparsec.errors import SourceLoc
 from sparsec.ir.activation import Activation
+from sparsec.ir.knobs import Knobs
 from sparsec.ir.types import TensorType
 
 
@@ -108,6 +109,7 @@ class Conv2d(Op):
     the op still writes channel filter_order[i], so outputs keep their original order.
     The bias is indexed by output channel (it is not permuted).
     `filter_groups`: sizes of consecutive stored-filter groups that share input loads.
+    `knobs`: the kernel's schedule knobs (set from a tuning log); none = the generator's defaults.
     """
 
     name: ClassVar[str] = "conv2d"
@@ -122,6 +124,7 @@ class Conv2d(Op):
     activation: Activation | None = None
     filter_order: tuple[int, ...] | None = None
     filter_groups: tuple[int, ...] | None = None
+    knobs: Knobs | None = None
 
     def infer(self, types):
         x, w = types[self.input], types[self.weight]
@@ -149,7 +152,8 @@ class Conv2d(Op):
 
 @dataclass(frozen=True, slots=True)
 class Linear(Op):
-    """Fully connected: `y[m, n] = sum_k x[m, k] * weight[n, k] + bias[n]`, activation fused."""
+    """Fully connected: `y[m, n] = sum_k x[m, k] * weight[n, k] + bias[n]`, activation fused;
+    `knobs` as on conv2d."""
 
     name: ClassVar[str] = "linear"
     weight_operands: ClassVar[tuple[str, ...]] = ("weight", "bias")
@@ -157,6 +161,7 @@ class Linear(Op):
     weight: str = operand()
     bias: str | None = operand(default=None)
     activation: Activation | None = None
+    knobs: Knobs | None = None
 
     def infer(self, types):
         x, w = types[self.input], types[self.weight]

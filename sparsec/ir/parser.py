@@ -19,6 +19,7 @@ from sparsec.errors import CompileError, SourceLoc, UserError
 from sparsec.grammar import GRAMMAR_PATH
 from sparsec.ir import ops as ops_module
 from sparsec.ir.activation import ACTIVATION_PARAMS, Activation
+from sparsec.ir.knobs import Knobs
 from sparsec.ir.module import Module, Param, Weight
 from sparsec.ir.ops import OPS, Op
 from sparsec.ir.types import DTYPES, LAYOUTS, Layout, TensorType
@@ -308,6 +309,16 @@ class _Builder:
         except (ValueError, TypeError, OverflowError) as err:  # ragged, not numbers, out of the dtype's range
             raise CompileError(self.loc(tree), f"bad {dtype} array: {err}") from None
 
+    def _dict(self, attrs: list) -> dict:
+        """`{name = literal, ...}`; a name given twice is an error at its second place."""
+        out = {}
+        for attr in attrs:
+            key, value_tree = attr.children
+            if str(key) in out:
+                raise CompileError(self.loc(key), f"{str(key)!r} is given twice")
+            out[str(key)] = self.literal(value_tree)
+        return out
+
     def _convert(self, hint, value, loc: SourceLoc, key: str):
         """Check a literal against the field's annotation and build the field's value."""
         is_union = typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType"
@@ -334,6 +345,8 @@ class _Builder:
             return Name(str(kids[0]))
         if kind == "typed_list":
             return self._typed_array(tree, kids)
+        if kind == "dict":
+            return self._dict(kids)
         name, *args = kids
         positional = tuple(self.literal(a.children[0]) for a in args if a.data == "positional")
         keywords = {str(a.children[0]): _tuples(self.literal(a.children[1])) for a in args if a.data == "keyword"}
@@ -378,7 +391,18 @@ def _convert_to(option, value):
         return _NO if any(i is _NO for i in items) else tuple(items)
     if option is Activation:
         return _activation(value)
+    if option is Knobs:
+        return _knobs(value)
     return _NO
+
+
+def _knobs(value):
+    if not isinstance(value, dict):
+        return _NO
+    try:
+        return Knobs.of(value)
+    except ValueError:
+        return _NO
 
 
 def _activation(value):
@@ -406,5 +430,5 @@ def _activation_problem(value: Name | Call) -> str:
 
 
 def _describe(hint) -> str:
-    text = str(hint).replace("typing.", "").replace("sparsec.ir.activation.", "")
+    text = str(hint).replace("typing.", "").replace("sparsec.ir.activation.", "").replace("sparsec.ir.knobs.", "")
     return text.replace("NoneType", "none")

@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 import numpy as np
 
 from sparsec.ir.activation import Activation
+from sparsec.ir.knobs import Knobs
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Op
 from sparsec.ir.types import Layout, dtype_name
@@ -43,6 +44,8 @@ def format_literal(value: object) -> str:
         return _format_call(value.kind, [format_literal(p) for p in value.params])
     if isinstance(value, np.ndarray):
         return format_array(value)
+    if isinstance(value, Knobs):
+        return "{" + ", ".join(f"{k} = {format_literal(v)}" for k, v in value.pairs) + "}"
     if isinstance(value, Layout):
         options = value.options()
         return _format_call(value.kind, [f"{k} = {format_literal(v)}" for k, v in sorted(options.items())])

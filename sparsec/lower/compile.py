@@ -27,8 +27,7 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
                       for name in module.outputs),
         target=target.name,
         target_json=str(tvm_target(target)),  # TVM prints targets as their JSON
-        layers=tuple({"result": p.result, "op": p.op, "format": p.format, "kernel": p.kernel,
-                      "constant_bytes": p.constant_bytes, "kept_macs": p.kept_macs} for p in plans),
+        layers=tuple(_layer_entry(p) for p in plans),
         target_spec=target.to_dict(),
     )
     try:
@@ -36,6 +35,15 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
     except (RuntimeError, ValueError) as err:  # what TVM raises
         raise UserError(_compile_failure(module, plans, str(err))) from None
     return CompiledModel(executable, manifest)
+
+
+def _layer_entry(plan) -> dict:
+    """One layer of the manifest: its kernel, format and, for tunable kernels, task key and knobs."""
+    entry = {"result": plan.result, "op": plan.op, "format": plan.format, "kernel": plan.kernel,
+             "constant_bytes": plan.constant_bytes, "kept_macs": plan.kept_macs}
+    if plan.task:
+        entry.update(task=plan.task, knobs=plan.knobs)
+    return entry
 
 
 def _compile_failure(module: Module, plans, message: str) -> str:

@@ -1,80 +1,130 @@
-"""Which kernel generator each layer gets, from its op and its weight's layout.
+"""Which kernel generator each layer gets, and with which knobs.
 
-The layout says what the weight is; this table picks the generator that exploits it:
-pattern / fkw -> pattern-sparse conv, csr -> sparse 1x1 conv or sparse FC, dense -> dense kernels.
-Before picking, it asks the legality table again (the verifier already did): a layout with no
-generator for the op's geometry is an error naming the layer, never a kernel that computes
-something else.
+The layout says what the weight is (`sparsec.tuning.task.kernel_call` reads it and asks the
+legality table again); this table calls the generator that exploits it: pattern / fkw ->
+pattern-sparse conv, csr -> sparse 1x1 conv or sparse FC, dense -> dense kernels. The op's
+`knobs` (from a tuning log) reach the generator; without them it uses its defaults.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+from collections.abc import Callable, Mapping
 
 from sparsec.errors import UserError
-from sparsec.ir.legality import layout_problem
-from sparsec.ir.module import Module, Weight
+from sparsec.fkw import FKW
+from sparsec.ir.knobs import Knobs
+from sparsec.ir.module import Module
 from sparsec.ir.ops import AvgPool, Conv2d, GlobalAvgPool, Linear, MaxPool
-from sparsec.ir.types import CSR, Pattern
 from sparsec.lower.kernels import pool
 from sparsec.lower.kernels.common import Kernel
-from sparsec.lower.kernels.csr import csr_conv1x1_kernel, csr_dense_kernel
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel
-from sparsec.lower.kernels.dense_matmul import dense_kernel
+from sparsec.lower.kernels.csr import CsrKnobs, csr_conv1x1_kernel, csr_dense_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
+from sparsec.lower.kernels.dense_matmul import MatmulKnobs, dense_kernel
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
-from sparsec.passes.compress_fkw import fkw_of
 from sparsec.target import Target
+from sparsec.tuning.task import FORMATS, KernelCall, conv2d_call, kernel_call, linear_call, structural_key
+
+KNOB_CLASSES = {"pattern_conv": PatternConvKnobs, "csr_conv1x1": CsrKnobs, "csr_dense": CsrKnobs,
+                "dense_conv": DenseConvKnobs, "dense": MatmulKnobs}
 
 
-def _bias(op, module: Module) -> np.ndarray | None:
-    return module.weight(op.bias).data if op.bias else None
+def generator_knobs(call: KernelCall, knobs: Mapping | None):
+    """The generator's knobs dataclass: its defaults (pattern conv: the IR's filter groups),
+    overridden by `knobs`; a name the generator does not know is a ValueError."""
+    cls = KNOB_CLASSES[call.generator]
+    base = {"filters_per_group": call.params["filters_per_group"]} if call.generator == "pattern_conv" else {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(knobs or {}) - names)
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a knob of {call.generator} (its knobs: {', '.join(sorted(names))})")
+    return cls(**{**base, **dict(knobs or {})})
 
 
-def _original_order(op: Conv2d, weight: Weight) -> np.ndarray:
-    """Weight rows in output-channel order (undoing a recorded filter permutation)."""
-    if not op.filter_order:
-        return weight.data
-    data = np.empty_like(weight.data)
-    data[list(op.filter_order)] = weight.data
-    return data
+def _fkw(call: KernelCall) -> FKW:
+    return FKW(**call.structure, weight=call.values["weight"])
 
 
-def _pattern_knobs(op: Conv2d) -> PatternConvKnobs:
-    """Knobs from the IR's decisions: filter groups set by eliminate-redundant-loads."""
-    width = max(op.filter_groups) if op.filter_groups else 1
-    return PatternConvKnobs(filters_per_group=width)
+def _common(call: KernelCall, target: Target) -> dict:
+    return dict(bias=call.values.get("bias"), activation=call.activation, target=target)
 
 
-def _legal_weight(op: Conv2d | Linear, module: Module) -> Weight:
-    weight = module.weight(op.weight)
-    problem = layout_problem(op, "weight", weight.type, weight.layout)
-    if problem:
-        raise UserError(f"layer %{op.result} ({op.name}): {problem}")
-    return weight
+def _geometry(call: KernelCall) -> dict:
+    return {k: tuple(call.params[k]) for k in ("strides", "pads", "dilations")}
+
+
+def _pattern_conv(call: KernelCall, knobs, target: Target) -> Kernel:
+    return pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call), **_common(call, target),
+                               knobs=knobs)
+
+
+def _csr_conv1x1(call: KernelCall, knobs, target: Target) -> Kernel:
+    return csr_conv1x1_kernel(call.values["weight"], tuple(call.params["in_shape"]),
+                              strides=tuple(call.params["strides"]), knobs=knobs, **_common(call, target))
+
+
+def _dense_conv(call: KernelCall, knobs, target: Target) -> Kernel:
+    return dense_conv_kernel(call.values["weight"], tuple(call.params["in_shape"]), **_geometry(call),
+                             groups=call.params["groups"], knobs=knobs, **_common(call, target))
+
+
+def _csr_dense(call: KernelCall, knobs, target: Target) -> Kernel:
+    return csr_dense_kernel(call.values["weight"], tuple(call.params["in_shape"]), knobs=knobs, **_common(call, target))
+
+
+def _dense(call: KernelCall, knobs, target: Target) -> Kernel:
+    return dense_kernel(call.values["weight"], tuple(call.params["in_shape"]), knobs=knobs, **_common(call, target))
+
+
+GENERATORS: dict[str, Callable[[KernelCall, object, Target], Kernel]] = {
+    "pattern_conv": _pattern_conv,
+    "csr_conv1x1": _csr_conv1x1,
+    "dense_conv": _dense_conv,
+    "csr_dense": _csr_dense,
+    "dense": _dense,
+}
+
+
+def build_kernel(call: KernelCall, knobs: Mapping | None, target: Target) -> Kernel:
+    """The generator's kernel for `call` with `knobs` (None: its defaults)."""
+    return GENERATORS[call.generator](call, generator_knobs(call, knobs), target)
+
+
+def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target) -> tuple[Kernel, str]:
+    try:
+        knobs = generator_knobs(call, op.knobs)
+    except ValueError as err:
+        raise UserError(f"layer %{op.result} ({op.name}): knobs {dict(op.knobs)}: {err}") from None
+    return GENERATORS[call.generator](call, knobs, target), FORMATS[call.generator]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKernel:
+    """A conv2d's or linear's kernel, the format it reads, its task key and the knobs it used."""
+
+    kernel: Kernel
+    format: str
+    task: str
+    knobs: Knobs
+
+
+def layer_kernel(op: Conv2d | Linear, module: Module, target: Target) -> LayerKernel:
+    """The kernel of a conv2d or linear with what the manifest records about its tuning."""
+    from sparsec.lower.spaces import knobs_used, space_for
+
+    call = kernel_call(op, module)
+    kernel, fmt = _layer_kernel(op, call, target)
+    used = knobs_used(call, op.knobs, target, space_for(call, target).names)
+    return LayerKernel(kernel, fmt, structural_key(call, target), used)
 
 
 def conv2d_kernel(op: Conv2d, module: Module, target: Target) -> tuple[Kernel, str]:
     """The kernel for a conv2d and the name of the format it reads."""
-    weight = _legal_weight(op, module)
-    in_shape = module.types[op.input].shape
-    common = dict(bias=_bias(op, module), activation=op.activation, target=target)
-    geometry = dict(strides=op.strides, pads=op.pads, dilations=op.dilations)
-    if isinstance(weight.layout, Pattern):  # pattern and fkw: the FKW arrays derive from the data
-        fkw = fkw_of(op, weight)
-        return pattern_conv_kernel(fkw, in_shape, **geometry, **common, knobs=_pattern_knobs(op)), "pattern"
-    data = _original_order(op, weight)
-    if isinstance(weight.layout, CSR):
-        return csr_conv1x1_kernel(data, in_shape, strides=op.strides, **common), "csr"
-    return dense_conv_kernel(data, in_shape, **geometry, groups=op.groups, **common), "dense"
+    return _layer_kernel(op, conv2d_call(op, module), target)
 
 
 def linear_kernel(op: Linear, module: Module, target: Target) -> tuple[Kernel, str]:
-    weight = _legal_weight(op, module)
-    in_shape = module.types[op.input].shape
-    common = dict(bias=_bias(op, module), activation=op.activation, target=target)
-    if isinstance(weight.layout, CSR):
-        return csr_dense_kernel(weight.data, in_shape, **common), "csr"
-    return dense_kernel(weight.data, in_shape, **common), "dense"
+    return _layer_kernel(op, linear_call(op, module), target)
 
 
 def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module, target: Target) -> Kernel:
@@ -86,3 +136,4 @@ def pool_kernel(op: MaxPool | AvgPool | GlobalAvgPool, module: Module, target: T
                                     ceil_mode=op.ceil_mode, dilations=op.dilations)
     return pool.avg_pool_kernel(in_shape, kernel=op.kernel, strides=op.strides, pads=op.pads,
                                 ceil_mode=op.ceil_mode, count_include_pad=op.count_include_pad)
+

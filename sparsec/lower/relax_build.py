@@ -36,7 +36,7 @@ from sparsec.ir.ops import (
 from sparsec.lower.kernels.activation import activation_kernel
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.dense_matmul import matmul_kernel
-from sparsec.lower.layers import conv2d_kernel, linear_kernel, pool_kernel
+from sparsec.lower.layers import LayerKernel, layer_kernel, pool_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
 from sparsec.sparsity import conv_macs, fc_macs
 from sparsec.target import Target
@@ -52,6 +52,8 @@ class LayerPlan:
     kernel: str
     constant_bytes: int  # what the kernel embeds: FKW / CSR arrays, dense weights, bias
     kept_macs: int  # useful multiply-adds (nonzero weights x output positions); 0 for ops without weights
+    task: str = ""  # the kernel's tuning task key (conv2d, linear; `sparsec.tuning.task`)
+    knobs: dict | None = None  # the knobs its generator used
 
 
 @dataclass
@@ -111,14 +113,16 @@ def _hint(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name) or "v"
 
 
-def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str) -> relax.Expr:
+def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str,
+                 tuned: LayerKernel | None = None) -> relax.Expr:
     _check_kernel_type(op, kernel)
     name = ctx.kernel_name(op)
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
     args = inputs + [relax.const(np.ascontiguousarray(c)) for c in kernel.constants]
     embedded = sum(int(c.nbytes) for c in kernel.constants)
-    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, embedded, _kept_macs(op, ctx.module)))
+    tuning = dict(task=tuned.task, knobs=tuned.knobs.as_dict()) if tuned else {}
+    ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, embedded, _kept_macs(op, ctx.module), **tuning))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
 
 
@@ -159,14 +163,10 @@ def _require_type(op: Op, shape: tuple[int, ...], dtype: str) -> None:
 # --- one lowering per op -------------------------------------------------------------------------
 
 
-def _conv2d(op: Conv2d, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = conv2d_kernel(op, ctx.module, ctx.target)
-    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
-
-
-def _linear(op: Linear, ctx: _Ctx) -> relax.Expr:
-    kernel, fmt = linear_kernel(op, ctx.module, ctx.target)
-    return _call_kernel(ctx, op, kernel, [ctx.ref(op.input)], fmt)
+def _tunable(op: Conv2d | Linear, ctx: _Ctx) -> relax.Expr:
+    """conv2d, linear: a generated kernel with knobs (the op's, or the generator's defaults)."""
+    tuned = layer_kernel(op, ctx.module, ctx.target)
+    return _call_kernel(ctx, op, tuned.kernel, [ctx.ref(op.input)], tuned.format, tuned)
 
 
 def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:
@@ -195,8 +195,8 @@ def _batch_norm(op: BatchNorm, ctx: _Ctx) -> relax.Expr:
 
 
 LOWERINGS: dict[type[Op], Callable[[Op, _Ctx], relax.Expr]] = {
-    Conv2d: _conv2d,
-    Linear: _linear,
+    Conv2d: _tunable,
+    Linear: _tunable,
     MaxPool: _pool,
     AvgPool: _pool,
     GlobalAvgPool: _pool,

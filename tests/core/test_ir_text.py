@@ -199,7 +199,7 @@ def test_unknown_op_and_attribute():
         "m.sir:4:26: unknown op 'conv3d'; known: activation, add,")
     assert _error(TINY_TEXT.replace("{pads", "{padz")).splitlines()[0] == (
         "m.sir:4:42: conv2d has no attribute 'padz'; it has: activation, dilations, filter_groups, "
-        "filter_order, groups, pads, strides")
+        "filter_order, groups, knobs, pads, strides")
 
 
 def test_bad_attribute_type():

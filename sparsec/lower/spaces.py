@@ -1,0 +1,154 @@
+"""Each kernel generator's knob space for one task on one target (`sparsec.tuning.space.Space`).
+
+The default of every space is what the generator picks with no knobs (its register plan for the
+target), so the default is always a point of the space and always measured. The rules keep the
+register tiles within the target's vector registers (a tile that spills is legal code, but never
+the fastest: it is not worth a trial) and the tiles within the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+from sparsec.ir.knobs import Knobs
+from sparsec.lower.kernels.common import ceil_div
+from sparsec.lower.kernels.pattern_conv import resolve_knobs
+from sparsec.lower.layers import generator_knobs
+from sparsec.target import Target
+from sparsec.tuning.space import Knob, Space, values
+from sparsec.tuning.task import KernelCall
+
+
+def _resolved(call: KernelCall, knobs, target: Target):
+    if call.generator == "pattern_conv":
+        p = call.params
+        return resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]),
+                             knobs, target=target)
+    return knobs.resolved(target)
+
+
+def knobs_used(call: KernelCall, knobs: Mapping | None, target: Target, names: tuple[str, ...]) -> Knobs:
+    """The values of `names` the generator really uses for `call` with `knobs` (0 = auto resolved)."""
+    resolved = dataclasses.asdict(_resolved(call, generator_knobs(call, knobs), target))
+    return Knobs.of({n: resolved[n] for n in names})
+
+
+def _out_hw(call: KernelCall, kernel: tuple[int, int]) -> tuple[int, int]:
+    p = call.params
+    (_, _, h, w), (sh, sw) = p["in_shape"], p["strides"]
+    pads, dil = p.get("pads", [0, 0, 0, 0]), p.get("dilations", [1, 1])
+    oh = (h + pads[0] + pads[2] - dil[0] * (kernel[0] - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dil[1] * (kernel[1] - 1) - 1) // sw + 1
+    return oh, ow
+
+
+def _space(call: KernelCall, target: Target, knobs: list[Knob], rule) -> Space:
+    names = tuple(k.name for k in knobs)
+    default = knobs_used(call, None, target, names)
+    widened = [Knob(k.name, values(k.values, default[k.name])) for k in knobs]
+    return Space(call.generator, tuple(widened), default, rule)
+
+
+def pattern_conv_space(call: KernelCall, target: Target) -> Space:
+    """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies."""
+    oh, ow = _out_hw(call, (3, 3))
+    channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
+    accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
+
+    def rule(c: dict) -> str | None:
+        if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] > accumulators:
+            return f"more than {accumulators} accumulators"
+        if c["vector_width"] * (c["vectors_per_step"] - 1) >= ow:
+            return "a tile vector lies wholly past the output width"
+        return None
+
+    return _space(call, target, [
+        Knob("filters_per_group", values((1, 2, 4), high=filters)),
+        Knob("rows_per_step", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16), high=oh)),
+        Knob("vector_width", values((lanes // 2, lanes), low=4)),
+        Knob("vectors_per_step", values((1, 2, 3, 4))),
+        Knob("channel_block", values((0, 16, 32, 64, 128), low=0, high=channels - 1)),
+        Knob("tap_copies", values((1, 3))),
+    ], rule)
+
+
+def csr_conv1x1_space(call: KernelCall, target: Target) -> Space:
+    """Pixel vectors per tile (the accumulators), lanes, output-channel groups, channel blocks."""
+    channels, lanes = call.params["in_shape"][1], target.lanes()
+    oh, ow = _out_hw(call, (1, 1))
+
+    def rule(c: dict) -> str | None:
+        if c["vectors"] > target.vector_registers - 2:
+            return f"more than {target.vector_registers - 2} accumulators"
+        if c["lanes"] * (c["vectors"] - 1) >= oh * ow:
+            return "a tile vector lies wholly past the pixels"
+        return None
+
+    return _space(call, target, [
+        Knob("vectors", values((2, 4, 6, 8, 12, 16, 24))),
+        Knob("lanes", values((lanes // 2, lanes), low=4)),
+        Knob("out_groups", values((1, 2, 4, 8), high=call.params["weight_shape"][0])),
+        Knob("channel_block", values((16, 32, 64, 128, 256), high=channels)),
+    ], rule)
+
+
+def csr_dense_space(call: KernelCall, target: Target) -> Space:
+    """Nonzeros per step of the sparse dot products."""
+    return _space(call, target, [Knob("chunk", values((2, 4, 8, 16, 32)))], lambda c: None)
+
+
+def dense_conv_space(call: KernelCall, target: Target) -> Space:
+    """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups;
+    depthwise convs: vectors of one output row."""
+    o, cg = call.params["weight_shape"][:2]
+    if cg == 1:
+        return _space(call, target, [Knob("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
+
+    def rule(c: dict) -> str | None:
+        if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
+            return "the register tile takes more than the vector registers"
+        return None
+
+    return _space(call, target, [
+        Knob("out_block", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14), high=o)),
+        Knob("vectors", values((1, 2, 3, 4))),
+        Knob("tiles_per_block", values((1, 2, 4, 8))),
+        Knob("channel_block", values((8, 16, 32, 64, 128), high=max(8, cg))),
+        Knob("out_groups", values((1, 2, 4))),
+    ], rule)
+
+
+def dense_space(call: KernelCall, target: Target) -> Space:
+    """One-row products (batch 1): vectors per step; else the register tile, k blocks, column tiles."""
+    m, k = call.params["in_shape"]
+    n = call.params["weight_shape"][0]
+    if m == 1:
+        return _space(call, target, [Knob("gemv_vectors", values((1, 2, 4, 8, 16), high=ceil_div(n, target.lanes())))],
+                      lambda c: None)
+
+    def rule(c: dict) -> str | None:
+        if c["row_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
+            return "the register tile takes more than the vector registers"
+        return None
+
+    return _space(call, target, [
+        Knob("row_block", values((1, 2, 4, 6, 8, 10, 12, 14), high=m)),
+        Knob("vectors", values((1, 2, 3, 4))),
+        Knob("k_block", values((64, 128, 256, 512), high=max(64, k))),
+        Knob("col_tiles", values((1, 2, 4, 8))),
+    ], rule)
+
+
+SPACES: dict[str, Callable[[KernelCall, Target], Space]] = {
+    "pattern_conv": pattern_conv_space,
+    "csr_conv1x1": csr_conv1x1_space,
+    "csr_dense": csr_dense_space,
+    "dense_conv": dense_conv_space,
+    "dense": dense_space,
+}
+
+
+def space_for(call: KernelCall, target: Target) -> Space:
+    """The knob space of `call`'s generator on `target`."""
+    return SPACES[call.generator](call, target)
