@@ -44,7 +44,9 @@ def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def records(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """The trials of a log in order (the tuner's confirmations left out)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [r for line in lines if not (r := json.loads(line)).get("confirm")]
 
 
 class Farm:
