@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 ARM64  := build/arm64
 
-.PHONY: demo test test-core test-tvm test-arm64 test-mali arm64-setup pocl-setup bench calibrate fuzz clean
+.PHONY: demo test test-core test-tvm test-arm64 test-mali arm64-setup pocl-setup bench bench-tuning calibrate fuzz clean
 
 # A virtual env with sparsec (editable) and the pinned test dependencies.
 $(STAMP): pyproject.toml requirements-test.txt
@@ -55,6 +55,10 @@ test-core: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/write_results.py
+
+# The tuning figures of RESULTS.md (device farms on 127.0.0.1; the arm64 one needs arm64-setup).
+bench-tuning: $(STAMP) $(ARM64)/ready
+	$(PY) benchmarks/bench_tuning.py quality gain scaling kill arm64 --write
 
 # Differential fuzzing: N random small CNNs + masks, each compiled and compared with onnxruntime;
 # every failing case is written to build/fuzz/seed-N/ as a reproducer. `make fuzz N=500 START=1000`

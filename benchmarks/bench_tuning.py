@@ -44,7 +44,9 @@ def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def records(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """The trials of a log in order (the tuner's confirmations left out)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [r for line in lines if not (r := json.loads(line)).get("confirm")]
 
 
 class Farm:
@@ -117,7 +119,8 @@ def quality(work: Path) -> dict:
     with Farm(work / "farm-q", "--host", "1") as farm:
         for key in SETTINGS["cases"]:
             model, masks = case_files(key, work)
-            base = [str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host", "--no-overlap"]
+            base = [str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host", "--no-overlap",
+                    "--repeat", "7"]
             evo, rnd = work / f"{key}-evo.jsonl", work / f"{key}-random.jsonl"
             t_evo, _ = sh(["tune", *base, "--trials", "64", "--log", str(evo), "--plot", str(OUT / f"{key}-evo.png")])
             t_r64, _ = sh(["tune", *base, "--search", "random", "--trials", "64", "--log", str(rnd)])
@@ -261,7 +264,7 @@ def _load(name: str) -> dict | None:
 
 def _quality_lines(q: dict) -> list[str]:
     lines = ["### Search quality: 64 trials per task (L1, L2)", "",
-             "`sparsec tune CASE.onnx --masks CASE.npz --tracker T --key host --no-overlap --trials 64 "
+             "`sparsec tune CASE.onnx --masks CASE.npz --tracker T --key host --no-overlap --repeat 7 --trials 64 "
              "[--search random] --log LOG` on one host device (both cores); random 512 resumes random 64's log "
              "(`--trials 512`). The winners and the default re-measured interleaved (5 rounds, median):", "",
              "| case | default | evolutionary 64 | random 64 | random reference (N trials) | evo vs reference | "

@@ -713,6 +713,8 @@ def _tune_parser(jobs) -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed runs per trial (the median is kept; default 5)")
     p.add_argument("--min-repeat-ms", type=int, default=40, help="each timed run lasts at least this long")
     p.add_argument("--cooldown-ms", type=int, default=0, help="idle device time between runs (phones throttle)")
+    p.add_argument("--confirm", type=int, default=3, metavar="K",
+                   help="re-measure the K fastest and the default at the end of each task (default 3; 0: never)")
     p.add_argument("--no-overlap", action="store_true",
                    help="never build while devices measure (for devices that share this machine's cores)")
     p.add_argument("--plot", type=Path, metavar="TUNE.png", help="draw the best-so-far curve of each task")
@@ -729,7 +731,8 @@ def cmd_tune(args) -> int:
         _check_suffix(args.plot, ".png")
         check_paths([args.plot], [args.model, args.masks])
     options = TuneOptions(parse_tracker(args.tracker), args.key, args.trials, args.timeout, args.search, args.seed,
-                          args.builders, args.repeat, args.min_repeat_ms, args.cooldown_ms, overlap=not args.no_overlap)
+                          args.builders, args.repeat, args.min_repeat_ms, args.cooldown_ms, overlap=not args.no_overlap,
+                          confirm=args.confirm)
     module = optimize(_load_source(args), target=target)
     try:
         results = tune_module(module, target, args.log, options)

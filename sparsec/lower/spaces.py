@@ -43,10 +43,11 @@ def _out_hw(call: KernelCall, kernel: tuple[int, int]) -> tuple[int, int]:
     return oh, ow
 
 
-def _space(call: KernelCall, target: Target, knobs: list[Knob], rule) -> Space:
-    names = tuple(k.name for k in knobs)
-    default = knobs_used(call, None, target, names)
-    widened = [Knob(k.name, values(k.values, default[k.name])) for k in knobs]
+def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, ...]]], rule) -> Space:
+    """The space of (knob name, candidate values) pairs, each widened by the generator's default
+    (so a knob whose candidates all fall outside a small layer keeps its default)."""
+    default = knobs_used(call, None, target, tuple(name for name, _ in knobs))
+    widened = [Knob(name, values(candidates, default[name])) for name, candidates in knobs]
     return Space(call.generator, tuple(widened), default, rule)
 
 
@@ -64,12 +65,12 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         return None
 
     return _space(call, target, [
-        Knob("filters_per_group", values((1, 2, 4), high=filters)),
-        Knob("rows_per_step", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16), high=oh)),
-        Knob("vector_width", values((lanes // 2, lanes), low=4)),
-        Knob("vectors_per_step", values((1, 2, 3, 4))),
-        Knob("channel_block", values((0, 16, 32, 64, 128), low=0, high=channels - 1)),
-        Knob("tap_copies", values((1, 3))),
+        ("filters_per_group", values((1, 2, 4), high=filters)),
+        ("rows_per_step", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16), high=oh)),
+        ("vector_width", values((lanes // 2, lanes), low=4)),
+        ("vectors_per_step", values((1, 2, 3, 4))),
+        ("channel_block", values((0, 16, 32, 64, 128), low=0, high=channels - 1)),
+        ("tap_copies", values((1, 3))),
     ], rule)
 
 
@@ -86,16 +87,16 @@ def csr_conv1x1_space(call: KernelCall, target: Target) -> Space:
         return None
 
     return _space(call, target, [
-        Knob("vectors", values((2, 4, 6, 8, 12, 16, 24))),
-        Knob("lanes", values((lanes // 2, lanes), low=4)),
-        Knob("out_groups", values((1, 2, 4, 8), high=call.params["weight_shape"][0])),
-        Knob("channel_block", values((16, 32, 64, 128, 256), high=channels)),
+        ("vectors", values((2, 4, 6, 8, 12, 16, 24))),
+        ("lanes", values((lanes // 2, lanes), low=4)),
+        ("out_groups", values((1, 2, 4, 8), high=call.params["weight_shape"][0])),
+        ("channel_block", values((16, 32, 64, 128, 256), high=channels)),
     ], rule)
 
 
 def csr_dense_space(call: KernelCall, target: Target) -> Space:
     """Nonzeros per step of the sparse dot products."""
-    return _space(call, target, [Knob("chunk", values((2, 4, 8, 16, 32)))], lambda c: None)
+    return _space(call, target, [("chunk", values((2, 4, 8, 16, 32)))], lambda c: None)
 
 
 def dense_conv_space(call: KernelCall, target: Target) -> Space:
@@ -103,7 +104,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
     depthwise convs: vectors of one output row."""
     o, cg = call.params["weight_shape"][:2]
     if cg == 1:
-        return _space(call, target, [Knob("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
+        return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
@@ -111,11 +112,11 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         return None
 
     return _space(call, target, [
-        Knob("out_block", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14), high=o)),
-        Knob("vectors", values((1, 2, 3, 4))),
-        Knob("tiles_per_block", values((1, 2, 4, 8))),
-        Knob("channel_block", values((8, 16, 32, 64, 128), high=max(8, cg))),
-        Knob("out_groups", values((1, 2, 4))),
+        ("out_block", values((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14), high=o)),
+        ("vectors", values((1, 2, 3, 4))),
+        ("tiles_per_block", values((1, 2, 4, 8))),
+        ("channel_block", values((8, 16, 32, 64, 128), high=max(8, cg))),
+        ("out_groups", values((1, 2, 4))),
     ], rule)
 
 
@@ -124,7 +125,7 @@ def dense_space(call: KernelCall, target: Target) -> Space:
     m, k = call.params["in_shape"]
     n = call.params["weight_shape"][0]
     if m == 1:
-        return _space(call, target, [Knob("gemv_vectors", values((1, 2, 4, 8, 16), high=ceil_div(n, target.lanes())))],
+        return _space(call, target, [("gemv_vectors", values((1, 2, 4, 8, 16), high=ceil_div(n, target.lanes())))],
                       lambda c: None)
 
     def rule(c: dict) -> str | None:
@@ -133,10 +134,10 @@ def dense_space(call: KernelCall, target: Target) -> Space:
         return None
 
     return _space(call, target, [
-        Knob("row_block", values((1, 2, 4, 6, 8, 10, 12, 14), high=m)),
-        Knob("vectors", values((1, 2, 3, 4))),
-        Knob("k_block", values((64, 128, 256, 512), high=max(64, k))),
-        Knob("col_tiles", values((1, 2, 4, 8))),
+        ("row_block", values((1, 2, 4, 6, 8, 10, 12, 14), high=m)),
+        ("vectors", values((1, 2, 3, 4))),
+        ("k_block", values((64, 128, 256, 512), high=max(64, k))),
+        ("col_tiles", values((1, 2, 4, 8))),
     ], rule)
 
 

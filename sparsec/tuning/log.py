@@ -4,7 +4,9 @@
      "knobs": {"rows_per_step": 14, ...}, "median_s": 0.0071, "spread_s": 0.0002, "runs": 5,
      "device": "127.0.0.1:9191", "time": "2026-12-02T10:00:00Z", "error": null}
 
-A record with an `error` is a configuration that failed (it did not build, crashed or hung on
+A record with `"confirm": true` re-measures a configuration already tried (the tuner's last step
+per task: the few fastest and the default again); it is not a trial. A configuration's time is the
+median over its records. A record with an `error` is a configuration that failed (it did not build, crashed or hung on
 two devices, or computed something else); it is never proposed again. Each record is appended
 with one `write` of a whole line on a file opened for appending, then flushed to disk, so a crash
 or Ctrl-C leaves at worst a torn last line: readers skip it with a warning, and the next writer
@@ -19,8 +21,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import median
 
 from sparsec.errors import UserError
 from sparsec.ir.knobs import Knobs
@@ -45,6 +48,7 @@ class Record:
     device: str = ""  # the RPC server (host:port as the tracker knows it) that measured it
     time: str = field(default_factory=_now)
     error: str | None = None
+    confirm: bool = False  # a re-measurement of a configuration already tried (not a trial)
 
     @property
     def ok(self) -> bool:
@@ -137,7 +141,21 @@ def matching(records: list[Record], task: str, device_key: str) -> list[Record]:
     return [r for r in records if r.task == task and r.device_key == device_key]
 
 
+def trials(records: list[Record]) -> list[Record]:
+    """The trials among records: confirmations left out."""
+    return [r for r in records if not r.confirm]
+
+
 def best(records: list[Record]) -> Record | None:
-    """The fastest successful record (None if none succeeded)."""
-    ok = [r for r in records if r.ok]
-    return min(ok, key=lambda r: r.median_s) if ok else None
+    """The fastest configuration (None if none succeeded): each configuration's time is the median
+    over all its successful records (its trial and its confirmations), so one lucky measurement
+    on a noisy device does not win alone."""
+    times: dict = {}
+    for record in records:
+        if record.ok:
+            times.setdefault(record.config, []).append(record)
+    if not times:
+        return None
+    medians = {config: float(median([r.median_s for r in rs])) for config, rs in times.items()}
+    config = min(medians, key=medians.get)
+    return replace(times[config][0], median_s=medians[config])

@@ -32,6 +32,7 @@ class TuneOptions:
     cooldown_ms: int = 0
     check: bool = True
     overlap: bool = True  # build while devices measure (False: devices sharing this machine's cores)
+    confirm: int = 3  # the fastest few re-measured with the default at the end of each task
 
 
 def tune_module(module: Module, target: Target, log_path: Path, options: TuneOptions,
@@ -54,7 +55,7 @@ def tune_module(module: Module, target: Target, log_path: Path, options: TuneOpt
         builder = LocalBuilder(Path(tmp), options.builders)
         try:
             tuner = Tuner(log, builder, runner, options.trials, options.search, options.seed,
-                          progress or Progress(sys.stderr), options.check, options.overlap)
+                          progress or Progress(sys.stderr), options.check, options.overlap, options.confirm)
             return tuner.run(tasks)
         finally:
             runner.close()

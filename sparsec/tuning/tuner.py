@@ -4,7 +4,9 @@ Per task: 1. rebuild the search from the log's records of the task and device ke
 `trials` counts them, configurations already there are never measured again)  2. measure the
 default (the reference output every candidate must match; on resume it is run again, unlogged)
 3. keep the builder and every device busy: propose, build locally, measure remotely, append each
-record to the log as it lands  4. stop at `trials` records, or when the space is exhausted.
+record to the log as it lands  4. stop at `trials` records, or when the space is exhausted
+5. if this run measured anything, re-measure the few fastest and the default, interleaved
+(`confirm` records, not trials): one lucky measurement on a noisy device does not win alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsec.ir.knobs import Knobs
-from sparsec.tuning.log import Record, TuningLog, matching
+from sparsec.tuning.log import Record, TuningLog, best, matching
 from sparsec.tuning.search import SEARCHES
 from sparsec.tuning.space import Space
 from sparsec.tuning.task import Task
@@ -53,10 +55,11 @@ class Tuner:
     """Tunes `tasks` (with their spaces) through `builder` and `runner`, logging to `log`."""
 
     def __init__(self, log: TuningLog, builder, runner, trials: int, search: str = "evolutionary", seed: int = 0,
-                 progress=None, check: bool = True, overlap: bool = True):
+                 progress=None, check: bool = True, overlap: bool = True, confirm: int = 3):
         self.log, self.builder, self.runner = log, builder, runner
         self.trials, self.search, self.seed, self.check = trials, search, seed, check
         self.overlap = overlap  # build while devices measure (devices that share this CPU: don't)
+        self.confirm = confirm  # the best few re-measured with the default at the end of a task
         self.progress = progress
 
     def run(self, tasks: list[tuple[Task, Space]]) -> list[TaskResult]:
@@ -68,15 +71,42 @@ class Tuner:
     def tune_task(self, task: Task, space: Space, index: int = 0, count: int = 1) -> TaskResult:
         result, search = TaskResult(task), SEARCHES[self.search](space, self.seed)
         for record in matching(self.log.records(), task.key, self.runner.device_key):  # 1. resume
-            if record.config not in search.seen():
+            if not record.confirm and record.config not in search.seen():
                 search.observe(record.config, record.median_s if record.ok else None)
                 result.add(record, space)
         if result.trials < self.trials and search.propose(1):
             self._show(result, index, count)
             reference = self._reference(task, space, search, result, index, count)  # 2. the default
             self._pipeline(task, space, search, result, reference, index, count)  # 3.
+            if result.new and self.confirm:
+                self._confirm(task, space, result)  # 5.
         self._show(result, index, count, final=True)
         return result
+
+    def _confirm(self, task: Task, space: Space, result: TaskResult, rounds: int = 2) -> None:
+        """5. The `confirm` fastest configurations and the default measured again, interleaved
+        (records marked confirm): the best of the log is then a median over several measurements."""
+        records = [r for r in matching(self.log.records(), task.key, self.runner.device_key) if r.ok]
+        ranked = sorted({r.config: r.median_s for r in records if not r.confirm}.items(), key=lambda kv: kv[1])
+        configs = [c for c, _ in ranked[: self.confirm]]
+        configs += [space.default] if space.default not in configs and any(r.config == space.default
+                                                                           for r in records) else []
+        builds = [_result(self.builder.submit(task, c)) for c in configs]
+        for _ in range(rounds):
+            for build in builds:
+                if build.error is None:
+                    measured = _result(self.runner.submit(build))
+                    if measured.error is None:
+                        self.log.append(Record(task.key, task.generator, task.target.name, self.runner.device_key,
+                                               build.config.as_dict(), measured.median, measured.spread,
+                                               len(measured.times), measured.device, confirm=True))
+        for build in builds:
+            _remove(build)
+        final = matching(self.log.records(), task.key, self.runner.device_key)
+        top = best(final)
+        result.best, result.best_s = top.config, top.median_s
+        default = best([r for r in final if r.config == space.default])
+        result.default_s = default.median_s if default else result.default_s
 
     def _reference(self, task, space, search, result, index, count) -> np.ndarray | None:
         """The default's output, measuring (and logging) the default if the log lacks it."""

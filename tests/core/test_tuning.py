@@ -18,7 +18,7 @@ from sparsec.models import conv_layer, tiny_cnn
 from sparsec.prune import prune_model
 from sparsec.target import host
 from sparsec.tuning.apply import apply_records, device_key_of
-from sparsec.tuning.log import Record, TuningLog, best, matching
+from sparsec.tuning.log import Record, TuningLog, best, matching, trials
 from sparsec.tuning.search import EvolutionarySearch, RandomSearch
 from sparsec.tuning.space import Knob, Space
 from sparsec.tuning.task import extract_tasks, kernel_call, structural_key
@@ -181,6 +181,9 @@ def test_log_appends_whole_lines_and_reads_them_back(tmp_path):
     assert all(json.loads(line)["task"] == "t1" for line in text.splitlines())
     assert log.records() == records
     assert best(matching(log.records(), "t1", "host")).knobs == {"a": 1}
+    log.append(dataclasses.replace(records[0], median_s=9e-3, confirm=True))  # a = 1 again: slower this time
+    log.append(dataclasses.replace(records[0], median_s=8e-3, confirm=True))
+    assert best(matching(log.records(), "t1", "host")).knobs == {"a": 2}  # a median over each config's records
     assert matching(log.records(), "t1", "phone") == []
 
 
@@ -271,15 +274,18 @@ def test_tuner_logs_every_trial_blames_crashes_once_and_resumes(tmp_path):
     log = TuningLog(tmp_path / "t.jsonl")
     runner = _FakeRunner(bad)
     first = Tuner(log, _FakeBuilder(), runner, trials=20, seed=1).tune_task(task, SPACE)
-    records = log.records()
+    records = trials(log.records())
+    confirmations = [r for r in log.records() if r.confirm]
+    assert {r.config for r in confirmations} >= {SPACE.default} and len(confirmations) == 2 * 4
     assert first.trials == len(records) == 20 and first.new == 20
     assert records[0].config == SPACE.default and first.default_s == _cost(SPACE.default)
     assert len({r.config for r in records}) == 20  # no configuration twice
     assert all(not r.ok for r in records if r.config in bad) and first.failed == sum(r.config in bad for r in records)
     again = Tuner(log, _FakeBuilder(), _FakeRunner(bad), trials=20, seed=1).tune_task(task, SPACE)
-    assert again.new == 0 and len(log.records()) == 20  # a finished command measures nothing
+    assert again.new == 0 and len(log.records()) == 28  # a finished command measures nothing
     more = Tuner(log, _FakeBuilder(), _FakeRunner(bad), trials=30, seed=1).tune_task(task, SPACE)
-    assert more.new == 10 and len({r.config for r in log.records()}) == 30  # and continues where it stopped
+    assert more.new == 10 and len({r.config for r in trials(log.records())}) == 30  # and continues where it stopped
+    assert len(trials(log.records())) == 30
 
 
 def test_a_trial_that_fails_on_a_device_is_retried_on_another():
