@@ -89,7 +89,8 @@ def csr_conv1x1_space(call: KernelCall, target: Target) -> Space:
         Knob("vectors", values((2, 4, 6, 8, 12, 16, 24))),
         Knob("lanes", values((lanes // 2, lanes), low=4)),
         Knob("out_groups", values((1, 2, 4, 8), high=call.params["weight_shape"][0])),
-        Knob("channel_block", values((16, 32, 64, 128, 256), high=channels)),
+        # a block may hold more channels than there are (as the default does): never no value at all
+        Knob("channel_block", values((16, 32, 64, 128, 256), high=max(16, channels))),
     ], rule)
 
 
