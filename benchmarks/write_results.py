@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -203,14 +204,11 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
 
 
 def kept_sections(path: Path) -> str:
-    """Sections other scripts own in RESULTS.md (between their `<!-- ... -->` markers: the tuning
-    figures of bench_tuning.py, the ARM64 figures of arm64.py), carried over when the file is
-    written again."""
-    from bench_tuning import BEGIN, END
-
+    """Sections other scripts (or people) own in RESULTS.md, each between `<!-- NAME ... -->` and
+    `<!-- /NAME -->` (the tuning figures of bench_tuning.py, the ARM64 figures of arm64.py, the GPU
+    figures of gpu_static.py, what was tried and lost), carried over when the file is written again."""
     text = path.read_text() if path.exists() else ""
-    kept = [text[text.index(begin):text.index(end) + len(end)]
-            for begin, end in ((BEGIN, END), (ARM64_BEGIN, ARM64_END)) if begin in text and end in text]
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+)\b[^>]*-->.*?<!-- /\1 -->", text, flags=re.S)]
     return "".join(f"\n{section}\n" for section in kept)
 
 
