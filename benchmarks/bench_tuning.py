@@ -201,6 +201,7 @@ def scaling(work: Path) -> dict:
     for devices in (1, 3):
         with Farm(work / f"farm-s{devices}", "--host", str(devices), "--threads", "1") as farm:
             log = work / f"scaling-{devices}.jsonl"
+            log.unlink(missing_ok=True)  # a fresh run: a finished log would measure nothing
             wall, _ = sh(["tune", str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host",
                           "--trials", "30", "--repeat", "3", "--cooldown-ms", "1000", "--log", str(log)])
             rs = records(log)
@@ -217,6 +218,7 @@ def scaling(work: Path) -> dict:
 def kill(work: Path) -> dict:
     model, masks = _layer(work)
     log = work / "kill.jsonl"
+    log.unlink(missing_ok=True)
     with Farm(work / "farm-k", "--host", "3", "--threads", "1") as farm:
         args = [*PY, "tune", str(model), "--masks", str(masks), "--tracker", farm.tracker, "--key", "host",
                 "--trials", "30", "--cooldown-ms", "150", "--log", str(log)]
@@ -239,6 +241,7 @@ def kill(work: Path) -> dict:
 def arm64(work: Path) -> dict:
     model, masks = _layer(work)
     log = work / "arm64.jsonl"
+    log.unlink(missing_ok=True)
     with Farm(work / "farm-a", "--arm64", "1", "--host", "0", "--threads", "1") as farm:
         args = [str(model), "--masks", str(masks), "--target", "arm64"]
         wall, _ = sh(["tune", *args, "--tracker", farm.tracker, "--key", "arm64", "--trials", "8", "--timeout", "180",
