@@ -22,8 +22,9 @@ import tvm
 from tvm import relax
 
 from sparsec.errors import UserError
+from sparsec.io import describe
 from sparsec.ir.files import atomic_outputs
-from sparsec.ir.types import DTYPES, dtype_name
+from sparsec.ir.types import DTYPES
 from sparsec.runtime.manifest import (
     LibraryFile,
     Manifest,
@@ -134,7 +135,7 @@ class CompiledModel:
                 raise UserError(f"input {spec.name!r} is missing; the model's inputs are: {', '.join(names)}")
             array = np.asarray(inputs[spec.name])
             if array.shape != spec.shape or array.dtype != DTYPES[spec.dtype]:
-                raise UserError(f"input {spec.name!r} is {_describe(array)} but the model expects "
+                raise UserError(f"input {spec.name!r} is {describe(array)} but the model expects "
                                 f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
             ordered.append(np.ascontiguousarray(array))
         return ordered
@@ -214,14 +215,6 @@ def bundle_path_of(path: Path) -> Path:
     from sparsec.runtime.gpu_program import bundle_path
 
     return bundle_path(path)
-
-
-def _describe(array: np.ndarray) -> str:
-    try:
-        name = dtype_name(array.dtype)
-    except ValueError:
-        name = str(array.dtype)
-    return f"{name}[{', '.join(map(str, array.shape))}]"
 
 
 def _copy_for_vm(executable):

@@ -36,10 +36,11 @@ def _check_inputs(path: Path, loaded: dict[str, np.ndarray], expected: Mapping[s
         if name not in loaded:
             raise UserError(f"{path}: input {name!r} is missing; the model's inputs are: {names}")
         if loaded[name].shape != type_.shape or loaded[name].dtype != type_.np_dtype:
-            raise UserError(f"{path}: input {name!r} is {_describe(loaded[name])} but the model expects {type_}")
+            raise UserError(f"{path}: input {name!r} is {describe(loaded[name])} but the model expects {type_}")
 
 
-def _describe(array: np.ndarray) -> str:
+def describe(array: np.ndarray) -> str:
+    """`f32[1, 3, 32, 32]`: an array's IR dtype and shape, for messages."""
     try:
         name = dtype_name(array.dtype)
     except ValueError:

@@ -9,8 +9,7 @@ import json
 import shutil
 
 import pytest
-
-pytest.importorskip("tornado")
+import tornado  # noqa: E402,F401 - pinned test dependency: missing must fail
 
 from sparsec.cli import main  # noqa: E402
 from sparsec.models import conv_layer  # noqa: E402

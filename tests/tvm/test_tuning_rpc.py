@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import cloudpickle  # noqa: E402,F401 - pinned test dependency: missing must fail
 import numpy as np
+import psutil  # noqa: E402,F401 - pinned test dependency: missing must fail
 import pytest
-
-pytest.importorskip("tornado")
-pytest.importorskip("psutil")
-pytest.importorskip("cloudpickle")
+import tornado  # noqa: E402,F401 - pinned test dependency: missing must fail
 
 from sparsec.cli import main  # noqa: E402
 from sparsec.models import conv_layer  # noqa: E402
