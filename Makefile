@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 ARM64  := build/arm64
 
-.PHONY: demo test test-core test-tvm test-arm64 arm64-setup bench bench-tuning calibrate fuzz clean
+.PHONY: demo test test-core test-tvm test-arm64 test-mali arm64-setup pocl-setup bench bench-tuning calibrate fuzz clean
 
 # A virtual env with sparsec (editable) and the pinned test dependencies.
 $(STAMP): pyproject.toml requirements-test.txt
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml requirements-test.txt
 demo: $(STAMP)
 	$(VENV)/bin/sparsec demo
 
+# PoCL (an OpenCL implementation on this CPU) for the mali tier: apt-installs when root and it is
+# missing; pyopencl comes with requirements-test.txt.
+pocl-setup:
+	@if ! ls /etc/OpenCL/vendors/*.icd >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq pocl-opencl-icd ocl-icd-opencl-dev clinfo; \
+	  else echo "make pocl-setup: as root, or: sudo apt-get install pocl-opencl-icd ocl-icd-opencl-dev clinfo"; exit 1; fi; fi
+
 # The emulated arm64 device's set-up, cached under build/arm64: qemu-user and the cross toolchain
 # (apt-get, when root), an aarch64 sysroot with Python 3.11 (Debian arm64 debs), the aarch64 TVM
 # runtime wheels, the instruction-count TCG plugin. See runtime/qemu/setup_arm64.sh.
@@ -27,17 +34,21 @@ $(ARM64)/ready: runtime/qemu/setup_arm64.sh runtime/qemu/insn_count.c runtime/qe
 	PYTHON=$(PY) sh runtime/qemu/setup_arm64.sh $(ARM64)
 	touch $@
 
-# Lint, then every test tier: core (no TVM), tvm (host builds), torch exports, devices (arm64 under qemu).
-test: $(STAMP) $(ARM64)/ready
+# Lint, then every test tier: core (no TVM), tvm (host builds), torch exports, devices (arm64 under qemu,
+# mali on PoCL).
+test: $(STAMP) $(ARM64)/ready pocl-setup
 	$(VENV)/bin/ruff check sparsec passes runtime grammar tests benchmarks
 	$(PY) -m pytest -q tests
 
 test-arm64: $(STAMP) $(ARM64)/ready
-	$(PY) -m pytest -q tests/devices
+	$(PY) -m pytest -q tests/devices -m "arm64 and not mali"
 
 # The cost model's throughputs measured on this machine (read by every later host target).
 calibrate: $(STAMP)
 	$(VENV)/bin/sparsec calibrate
+
+test-mali: $(STAMP) pocl-setup
+	$(PY) -m pytest -q tests/devices/test_mali.py
 
 test-core: $(STAMP)
 	$(PY) -m pytest -q tests/core

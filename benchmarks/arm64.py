@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default="cortex-a53,cortex-a76")
     p.add_argument("--resolution", type=int, default=224, help="zoo models' input size (tiny_cnn: 32)")
     p.add_argument("--markdown", type=Path, help="write the tables here")
+    p.add_argument("--results", type=Path, help="put them in this RESULTS.md's ARM64 section")
     args = p.parse_args(argv)
     cpus, parts = args.cpus.split(","), args.parts.split(",")
     out = []
@@ -106,7 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
+    if args.results:
+        put_section(args.results, text)
     return 0
+
+
+def put_section(results: Path, text: str) -> None:
+    """Replace (or append) RESULTS.md's ARM64 section, which write_results.py keeps."""
+    from write_results import ARM64_BEGIN, ARM64_END
+
+    old = results.read_text() if results.exists() else ""
+    section = f"{ARM64_BEGIN}\n## ARM64 on the emulated device (qemu user-mode; no phone)\n\n{text}{ARM64_END}"
+    start, end = old.find(ARM64_BEGIN), old.find(ARM64_END)
+    new = old[:start] + section + old[end + len(ARM64_END):] if 0 <= start < end else old.rstrip() + "\n\n" + section
+    results.write_text(new.rstrip() + "\n")
 
 
 if __name__ == "__main__":

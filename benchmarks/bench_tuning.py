@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 OUT = HERE / "tuning"
 PY = [sys.executable, "-m", "sparsec.cli"]
-BEGIN, END = "<!-- tuning figures: benchmarks/bench_tuning.py --write -->", "<!-- end of tuning figures -->"
+BEGIN, END = "<!-- tuning figures: benchmarks/bench_tuning.py --write -->", "<!-- /tuning -->"
 
 
 def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:

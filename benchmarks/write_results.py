@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -169,6 +170,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _host_target() -> str:
+    """The host target the cases compiled for: its CPU and vector shape (`sparsec targets`)."""
+    from sparsec.lower.target import host
+
+    t = host(THREADS)
+    return (f"host = {t.cpu} ({t.isa}: {t.lanes()} fp32 lanes, {t.vector_registers} vector registers); "
+            f"cost model pattern {t.throughputs.pattern:g}, csr {t.throughputs.csr:g} ({t.throughputs.source})")
+
+
+ARM64_BEGIN, ARM64_END = "<!-- arm64: written by benchmarks/arm64.py -->", "<!-- /arm64 -->"
+
+
 def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
     machine, found = machine_info(), versions()
     first = next((r for r in results.values() if isinstance(r, BenchReport)), None)
@@ -178,6 +191,7 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "interleaved rounds in one process (see `runtime/bench.py`).", "",
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
              f"{machine['platform']}",
+             f"- Target: {_host_target()}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
              "- \"others' CPU\": the share of all cores that other processes used while a case was measured. "
              "The machine is shared: a busy neighbour inflates the engines' times unevenly, "
@@ -190,14 +204,12 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
 
 
 def kept_sections(path: Path) -> str:
-    """Sections other scripts own in RESULTS.md (between their `<!-- ... -->` markers: the tuning
-    figures of bench_tuning.py), carried over when the file is written again."""
-    from bench_tuning import BEGIN, END
-
+    """Sections other scripts (or people) own in RESULTS.md, each between `<!-- NAME ... -->` and
+    `<!-- /NAME -->` (the tuning figures of bench_tuning.py, the ARM64 figures of arm64.py, the GPU
+    figures of gpu_static.py, what was tried and lost), carried over when the file is written again."""
     text = path.read_text() if path.exists() else ""
-    if BEGIN not in text or END not in text:
-        return ""
-    return "\n" + text[text.index(BEGIN):text.index(END) + len(END)] + "\n"
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+)\b[^>]*-->.*?<!-- /\1 -->", text, flags=re.S)]
+    return "".join(f"\n{section}\n" for section in kept)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,9 @@ from sparsec.target import Target
 # 2: the library's size and sha256 are recorded, and the library carries its own signature.
 MANIFEST_VERSION = 2
 ELF_MAGIC = b"\x7fELF"
+TAR_MAGIC = (257, b"ustar")  # a GPU model without a cross compiler is a .tar the phone links
+GZIP_MAGIC = b"\x1f\x8b"  # TVM's export_library writes that .tar gzip-compressed
+DEVICE_KINDS = ("cpu", "opencl")
 _RECOMPILE = "compile the model again with `sparsec compile`"
 
 
@@ -58,6 +61,8 @@ class Manifest:
     target_json: str
     layers: tuple[dict, ...]
     target_spec: dict = field(default_factory=dict)  # sparsec's whole Target (`Target.to_dict`)
+    device_kind: str = "cpu"  # what runs the kernels: cpu | opencl
+    gpu: dict = field(default_factory=dict)  # GPU models: the OpenCL source's sha256, kernel count
 
     def to_json(self, library: LibraryFile) -> str:
         return json.dumps({"version": MANIFEST_VERSION, "entry": "main", **asdict(self),
@@ -111,9 +116,13 @@ def _manifest(data) -> tuple[Manifest, LibraryFile]:
     version = data.get("version")
     _want(version == MANIFEST_VERSION, f"version {version!r}, this sparsec reads version {MANIFEST_VERSION}")
     _want(data.get("entry") == "main", "its entry is not main")
+    device_kind = data.get("device_kind", "cpu")
+    _want(device_kind in DEVICE_KINDS, f"device_kind {device_kind!r} is not one of {', '.join(DEVICE_KINDS)}")
+    gpu = data.get("gpu", {})
+    _want(type(gpu) is dict, "gpu is not an object")
     manifest = Manifest(_specs(data, "inputs"), _specs(data, "outputs"), _get(data, "target", str),
                         _get(data, "target_json", str), tuple(_get(data, "layers", list)),
-                        _get(data, "target_spec", dict))
+                        _get(data, "target_spec", dict), device_kind, gpu)
     _target(manifest)
     library = _get(data, "library", dict)
     size, sha256 = _get(library, "size", int), _get(library, "sha256", str)
@@ -159,14 +168,17 @@ def check_library(path: Path, recorded: LibraryFile) -> None:
         raise UserError(f"{path}: is not a file; {_RECOMPILE}")
     try:
         with open(path, "rb") as f:
-            head = f.read(len(ELF_MAGIC))
+            head = f.read(TAR_MAGIC[0] + len(TAR_MAGIC[1]))
         actual = LibraryFile.of(path)
     except OSError as err:
         raise UserError(f"{path}: cannot read the library ({err.strerror})") from None
     if actual.size != recorded.size:
         raise UserError(f"{path}: the library has {actual.size} bytes but its manifest records {recorded.size} "
                         f"(truncated or replaced); {_RECOMPILE}")
-    if head != ELF_MAGIC:
+    if path.suffix == ".tar":
+        if not head.startswith(GZIP_MAGIC) and head[TAR_MAGIC[0]:] != TAR_MAGIC[1]:
+            raise UserError(f"{path}: not a tar archive of object files; {_RECOMPILE}")
+    elif not head.startswith(ELF_MAGIC):
         raise UserError(f"{path}: not a shared library (no ELF header); {_RECOMPILE}")
     if actual.sha256 != recorded.sha256:
         raise UserError(f"{path}: the library's sha256 differs from the one its manifest records "

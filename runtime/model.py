@@ -3,7 +3,11 @@
 On disk: `model.so` (loadable by any TVM 0.27 runtime: `relax.VirtualMachine(
 tvm.runtime.load_module("model.so"), tvm.cpu())["main"](...)`) and `model.so.json` beside it.
 A model compiled for another architecture (arm64 on an x86 host) runs on a device
-(`sparsec.runtime.device`): the emulated one, or one registered with a TVM tracker.
+(`sparsec.runtime.device`): the emulated one, or one registered with a TVM tracker. A model for a
+GPU target (mali, opencl) is `model.so` (aarch64 host code linked by the cross compiler) or
+`model.tar` (without one; the phone links it), loadable by a TVM runtime built with OpenCL, plus
+`model.tar.gpu.npz`: its kernels' launch records, constants and IR, which `sparsec run --emulate`
+replays on PoCL (`sparsec.runtime.opencl`).
 """
 
 from __future__ import annotations
@@ -57,10 +61,31 @@ class CompiledModel:
     """Runs on this CPU, or on `device` (`on(device)`) when it was compiled for another one;
     `export` writes the library and its manifest atomically."""
 
-    def __init__(self, executable, manifest: Manifest, library: Path | None = None, device=None):
+    def __init__(self, executable, manifest: Manifest, library: Path | None = None, device=None, gpu_bundle=None):
         self.executable, self.manifest = executable, manifest
         self.library, self.device = library, device  # library: the .so on disk, if any
+        self._gpu_bundle = gpu_bundle  # GPU models: the `GpuBundle` (loaded from beside the library on demand)
         self._vm = None
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.manifest.device_kind != "cpu"
+
+    @property
+    def gpu_bundle(self):
+        """A GPU model's emulation bundle (`sparsec.runtime.gpu_program.GpuBundle`)."""
+        if self._gpu_bundle is None and self.is_gpu and self.library is not None:
+            from sparsec.runtime.gpu_program import GpuBundle, bundle_path
+
+            path = bundle_path(self.library)
+            if not path.exists():
+                raise UserError(f"{self.library}: its GPU bundle {path.name} is missing (compile it again)")
+            from sparsec.runtime.gpu_program import require_source_in
+
+            bundle = GpuBundle.load(path)
+            require_source_in(self.library, bundle.program)
+            self._gpu_bundle = bundle
+        return self._gpu_bundle
 
     @property
     def target(self) -> Target | None:
@@ -70,7 +95,7 @@ class CompiledModel:
     def runs_here(self) -> bool:
         """Whether this machine's CPU can run the library (same architecture)."""
         target = self.target
-        return target is None or target.device == "local"
+        return target is None or (not self.is_gpu and target.device == "local")
 
     def on(self, device) -> CompiledModel:
         """The same model, run on `device` (a `sparsec.runtime.device.RpcDevice`)."""
@@ -89,6 +114,10 @@ class CompiledModel:
 
     def _needs_device(self) -> str:
         target, where = self.target, f"{self.library}: " if self.library else ""
+        if self.is_gpu:
+            return (f"{where}compiled for the {target.name} GPU (OpenCL): run it on a phone whose TVM runtime has "
+                    "OpenCL (--tracker HOST:PORT --key K), or check its kernels here on PoCL with "
+                    "`sparsec run MODEL --emulate`")
         return (f"{where}compiled for {target.name} ({target.arch}, {target.cpu}) but this machine is "
                 f"{_host_arch()}: run it on a device (`sparsec run` starts the emulated one; "
                 "or --tracker HOST:PORT --key K)")
@@ -123,6 +152,9 @@ class CompiledModel:
     def _run_on_device(self, ordered: list[np.ndarray]) -> list[np.ndarray]:
         from sparsec.runtime.device import run_library
 
+        if self.is_gpu:
+            raise UserError(f"{self.library or 'this model'}: running a GPU model over RPC needs a phone whose TVM "
+                            "runtime has OpenCL; not done by sparsec yet (check its kernels with --emulate)")
         if self.library is not None:
             return run_library(self.device, self.library, ordered, len(self.manifest.outputs))
         with tempfile.TemporaryDirectory(prefix="sparsec-") as tmp:
@@ -136,7 +168,9 @@ class CompiledModel:
             shutil.copyfile(self.library, path)
             return
         target = self.target
-        if target is not None and target.cc:
+        if path.suffix == ".tar":  # object files, linked where the model runs
+            self.executable.export_library(str(path))
+        elif target is not None and target.cc:
             from tvm.support import cc
 
             self.executable.export_library(str(path), fcompile=cc.cross_compiler(target.cc))
@@ -144,18 +178,42 @@ class CompiledModel:
             self.executable.export_library(str(path))
 
     def export(self, path: str | os.PathLike) -> None:
-        """Write `path` (the TVM library) and `path.json` (the manifest), both or neither."""
+        """Write `path` (the TVM library) and `path.json` (the manifest), both or neither (GPU
+        models: and `path.gpu.npz`, the emulation bundle)."""
         path = Path(path)
-        if path.suffix != ".so":
-            raise UserError(f"{path}: a compiled model is written as a .so library; name it model.so")
-        with atomic_outputs([path, manifest_path(path)]) as (lib_tmp, manifest_tmp):
-            lib_path = lib_tmp.with_suffix(".so")  # export_library picks the format from the suffix
+        check_library_suffix(path, self.target)
+        extra = [bundle_path_of(path)] if self.is_gpu else []
+        with atomic_outputs([path, manifest_path(path), *extra]) as (lib_tmp, manifest_tmp, *bundle_tmp):
+            lib_path = lib_tmp.with_suffix(path.suffix)  # export_library picks the format from the suffix
             try:
                 self._export_library(lib_path)
                 os.replace(lib_path, lib_tmp)
             finally:
                 lib_path.unlink(missing_ok=True)
             manifest_tmp.write_text(self.manifest.to_json(LibraryFile.of(lib_tmp)))
+            if bundle_tmp:
+                self.gpu_bundle.save(bundle_tmp[0])
+
+
+def check_library_suffix(path: Path, target: Target | None) -> None:
+    """CPU models are .so libraries; GPU models .so (linked by the cross compiler) or .tar."""
+    if target is not None and target.kind == "gpu":
+        from sparsec.target import ARM64_CC_PACKAGE, cross_compiler_present
+
+        if path.suffix not in (".so", ".tar"):
+            raise UserError(f"{path}: a {target.name} model is written as model.so (linked by {target.cc}) or "
+                            "model.tar (linked on the phone)")
+        if path.suffix == ".so" and not cross_compiler_present(target):
+            raise UserError(f"{path}: linking a {target.name} model into a .so needs the cross compiler {target.cc} "
+                            f"(apt-get install {ARM64_CC_PACKAGE}); or write model.tar, which the phone links")
+    elif path.suffix != ".so":
+        raise UserError(f"{path}: a compiled model is written as a .so library; name it model.so")
+
+
+def bundle_path_of(path: Path) -> Path:
+    from sparsec.runtime.gpu_program import bundle_path
+
+    return bundle_path(path)
 
 
 def _describe(array: np.ndarray) -> str:

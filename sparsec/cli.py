@@ -142,14 +142,16 @@ def _compile_parser(jobs) -> None:
     p.add_argument("--masks", type=Path, help="pruning masks .npz keyed by initializer name")
     _target_arguments(p)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
-    p.add_argument("-o", "--output", type=Path, required=True, help="library to write (model.so)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="library to write (model.so; GPU targets: model.so or model.tar)")
     p.add_argument("--dump-ir-after", metavar="PASS|all",
                    help="write the IR text after that pass (or every pass) beside the output")
     p.add_argument("--verify-each", action="store_true", help="verify the IR after each pass")
     p.add_argument("--timings", action="store_true", help="print each pass's time to stderr")
     p.add_argument("--check", action="store_true",
                    help="run the compiled model against the reference interpreter and onnxruntime "
-                        "(an arm64 model runs on the emulated device, or the --tracker one)")
+                        "(an arm64 model runs on the emulated device, or the --tracker one; a GPU model's "
+                        "kernels run layer by layer on PoCL)")
     _device_arguments(p)
     p.add_argument("--tuning-log", type=Path, metavar="TUNE.jsonl",
                    help="apply the best record of each layer's task (for the target and --key) from this log")
@@ -157,8 +159,8 @@ def _compile_parser(jobs) -> None:
 
 
 def _target_arguments(p) -> None:
-    p.add_argument("--target", default="host", help="target to compile for: host (default) or arm64; "
-                   "see `sparsec targets`")
+    p.add_argument("--target", default="host", help="target to compile for: host (default), arm64, mali or "
+                   "opencl (OpenCL GPU kernels + aarch64 host code); see `sparsec targets`")
     p.add_argument("--cpu", help="the core of an arm64 target (default cortex-a53; see `sparsec targets`)")
     p.add_argument("--target-json", metavar="JSON|FILE",
                    help="a target as JSON (sparsec's fields or a raw TVM target), instead of --target")
@@ -173,6 +175,10 @@ def resolve_target_args(args):
 
     target = resolve_target(args.target, args.cpu, args.target_json, args.cc)
     require_compiler(target)
+    if target.kind == "gpu":  # its kernels are built by an OpenCL compiler (PoCL here) at compile time
+        from sparsec.runtime.opencl import device
+
+        device(f"--target {target.name} (its kernels are checked by an OpenCL compiler)")
     return target
 
 
@@ -183,8 +189,10 @@ def _device_arguments(p) -> None:
 
 
 def cmd_compile(args) -> int:
+    from sparsec.runtime.model import check_library_suffix
+
     target = resolve_target_args(args)  # an unknown target or a missing compiler fails before any work
-    _check_suffix(args.output, ".so")
+    check_library_suffix(args.output, target)
     check_paths([args.output, Path(str(args.output) + ".json")], [args.model, args.masks])
     module = _load_source(args)
     from sparsec.driver import compile as compile_model
@@ -199,7 +207,9 @@ def cmd_compile(args) -> int:
     compiled = compile_model(module, target=target, instrument=instrument)
     if args.timings:
         _print_timings(instrument)
-    if args.check:
+    if args.check and compiled.is_gpu:
+        _check_gpu(compiled.gpu_bundle, module)
+    elif args.check:
         from sparsec.check import check_compiled
 
         with device_for(compiled, args) as device:
@@ -229,6 +239,17 @@ def _apply_tuning_log(module, args, target, instrument):
     return module
 
 
+def _check_gpu(bundle, module, inputs=None):
+    """Run a GPU model's kernels layer by layer on PoCL against the reference; print the table."""
+    from sparsec.check import random_inputs
+    from sparsec.runtime.gpu_check import check_bundle, require_passed
+
+    check = check_bundle(bundle, inputs if inputs is not None else random_inputs(module))
+    print(check.format())
+    require_passed(check)
+    return check
+
+
 def device_for(compiled, args):
     """A context manager giving the device to run `compiled` on: the --tracker one, None for this
     CPU, or an emulated device started for it (and stopped after)."""
@@ -242,6 +263,8 @@ def device_for(compiled, args):
         return contextlib.nullcontext(RpcDevice(*parse_tracker(args.tracker), args.key))
     if compiled.runs_here:
         return contextlib.nullcontext(None)
+    if compiled.is_gpu:  # no local OpenCL TVM runtime: only a phone runs it, or PoCL checks its kernels
+        raise UserError(compiled._needs_device())
     return _emulated(compiled.target)
 
 
@@ -312,8 +335,11 @@ def _ir_dumper(output: Path, which: str, inputs: list):
 
 
 def _run_parser(jobs) -> None:
-    p = jobs.add_parser("run", help="run a compiled model (.so) or IR text (.sir, reference interpreter)")
-    p.add_argument("module", type=Path, help="model.so from `sparsec compile`, or IR text (.sir)")
+    p = jobs.add_parser("run", help="run a compiled model (.so/.tar) or IR text (.sir, reference interpreter)")
+    p.add_argument("module", type=Path, help="model.so / model.tar from `sparsec compile`, or IR text (.sir)")
+    p.add_argument("--emulate", action="store_true",
+                   help="GPU models: run the OpenCL kernels layer by layer on PoCL and compare every layer with "
+                        "the reference interpreter (correctness only; PoCL timings are not Mali timings)")
     p.add_argument("--input", type=Path, required=True, help=".npy (one input) or .npz keyed by input name")
     p.add_argument("-o", "--output", type=Path, required=True, help=".npy (one output) or .npz keyed by name")
     _device_arguments(p)
@@ -323,15 +349,29 @@ def _run_parser(jobs) -> None:
 def cmd_run(args) -> int:
     from sparsec.io import read_inputs, write_outputs
 
-    library_files = [args.module, Path(str(args.module) + ".json")] if args.module.suffix == ".so" else [args.module]
+    library_files = [args.module, Path(str(args.module) + ".json")] if args.module.suffix in (".so", ".tar") \
+        else [args.module]
     check_paths([args.output], [*library_files, args.input])
-    if args.module.suffix == ".so":
+    if args.module.suffix in (".so", ".tar"):
         from sparsec.driver import load
 
         compiled = load(args.module)
         inputs = read_inputs(args.input, compiled.manifest.input_types())
-        with device_for(compiled, args) as device:
-            outputs = (compiled.on(device) if device else compiled).run(inputs)
+        if args.emulate:
+            if not compiled.is_gpu:
+                raise UserError(f"{args.module}: --emulate runs GPU models' OpenCL kernels on PoCL; this model is "
+                                f"for {compiled.manifest.target} (a CPU)")
+            from sparsec.runtime.opencl import device
+
+            device("--emulate")
+            bundle = compiled.gpu_bundle
+            from sparsec.ir.parser import parse_module
+
+            module = parse_module(bundle.ir_text, str(args.module), arrays=bundle.weights)
+            outputs = _check_gpu(bundle, module, inputs).outputs
+        else:
+            with device_for(compiled, args) as device:
+                outputs = (compiled.on(device) if device else compiled).run(inputs)
     else:
         from sparsec.ir.files import read_module
         from sparsec.reference import run_reference
@@ -384,12 +424,17 @@ def _inspect_parser(jobs) -> None:
     p.add_argument("model", type=Path)
     p.add_argument("--masks", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--target", help="a GPU target (mali, opencl): the static GPU report of its compiled kernels "
+                   "instead (work-groups, work-items, local memory, global loads per useful FMA, divergence)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
     p.set_defaults(command=cmd_inspect)
 
 
 def cmd_inspect(args) -> int:
     import json
 
+    if args.target:
+        return _inspect_gpu(args)
     from sparsec.frontend import load_onnx
     from sparsec.prune import load_masks
     from sparsec.report import format_report, inspect_model, report_json
@@ -398,6 +443,22 @@ def cmd_inspect(args) -> int:
     masks = load_masks(args.masks, model) if args.masks else {}
     stats = inspect_model(model, masks)
     print(json.dumps(report_json(stats), indent=2) if args.json else format_report(stats))
+    return 0
+
+
+def _inspect_gpu(args) -> int:
+    import json
+
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.gpu.report import format_gpu_report, gpu_report
+    from sparsec.lower.target import resolve_target
+
+    target = resolve_target(args.target)
+    if target.kind != "gpu":
+        raise UserError(f"inspect --target {args.target}: the static report is for GPU targets (mali, opencl)")
+    module = optimize(import_model(args.model, args.masks, parse_input_shapes(args.input_shape)), target=target)
+    reports = gpu_report(module, target)
+    print(json.dumps([r.to_json() for r in reports], indent=1) if args.json else format_gpu_report(reports, target))
     return 0
 
 
@@ -549,14 +610,16 @@ def cmd_targets(args) -> int:
     from sparsec import target as targets
     from sparsec.lower.target import host
 
-    listed = {"host": host(), "arm64": targets.arm64()}
+    listed = {"host": host(), "arm64": targets.arm64(), "mali": targets.gpu("mali"), "opencl": targets.gpu("opencl")}
     if args.json:
         print(json.dumps({name: t.to_dict() for name, t in listed.items()} | {"arm64 --cpu": list(targets.ARM_CPUS)},
                          indent=1))
         return 0
     for name, target in listed.items():
         title = {"host": f"host: this machine ({target.arch}, {target.cpu})",
-                 "arm64": f"arm64: aarch64 + NEON, cross-compiled (--cpu, default {targets.ARM64_BASELINE})"}[name]
+                 "arm64": f"arm64: aarch64 + NEON, cross-compiled (--cpu, default {targets.ARM64_BASELINE})",
+                 "mali": "mali: OpenCL kernels for a Mali GPU + aarch64 host code (kernels checked on PoCL)",
+                 "opencl": "opencl: OpenCL 1.2 kernels for any OpenCL GPU + aarch64 host code"}[name]
         print(title)
         print("\n".join(f"  {line}" for line in targets.describe(target)))
     print("arm64 --cpu choices (core: ISA, L1d/L2, emulated as):")

@@ -29,6 +29,13 @@ Env = dict[str, np.ndarray]
 def run_reference(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run `module` on `inputs` (keyed by input name); returns its outputs keyed by output name,
     in `module.outputs` order. Raises `UserError` when the inputs do not fit the module."""
+    env = reference_values(module, inputs)
+    return {name: env[f"%{name}"] for name in module.outputs}
+
+
+def reference_values(module: Module, inputs: Mapping[str, np.ndarray]) -> Env:
+    """Every value of `module` on `inputs`, keyed by reference (`%value`, `@weight`): what a
+    layer-by-layer check compares each layer with."""
     env: Env = {f"@{w.name}": w.data for w in module.weights}
     env.update({f"%{name}": value for name, value in check_inputs(module, inputs).items()})
     for op in module.ops:
@@ -37,7 +44,7 @@ def run_reference(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str,
         assert out.shape == op.type.shape and out.dtype == op.type.np_dtype, (
             f"{op.name} %{op.result}: computed {out.dtype}{list(out.shape)}, declared {op.type}")
         env[f"%{op.result}"] = out
-    return {name: env[f"%{name}"] for name in module.outputs}
+    return env
 
 
 def check_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

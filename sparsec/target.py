@@ -7,6 +7,8 @@ take the same value; none guesses the machine on its own. Named targets:
 
 - `host`: this machine's CPU through LLVM, as it really is (AVX2, AVX-512, NEON on an ARM host);
 - `arm64`: aarch64 + NEON, cross-compiled (`--cpu cortex-a53` baseline, or any CPU of ARM_CPUS);
+- `mali` / `opencl`: OpenCL kernels for a Mali (or any OpenCL 1.2) GPU plus aarch64 host code
+  (kind `gpu`; checked here on PoCL, see `sparsec.runtime.opencl`);
 - `--target-json`: a JSON object, sparsec's fields (`isa`, `tvm`, `vector_registers`, ...) or a raw
   TVM target (`{"kind": "llvm", "mtriple": ...}`), filled in from the named target it resembles.
 
@@ -29,7 +31,7 @@ from sparsec.errors import NotSupportedError, UserError
 # isa -> (vector bits, architectural vector registers)
 ISAS = {"sse": (128, 16), "avx2": (256, 16), "avx512": (512, 32), "neon": (128, 32)}
 DTYPE_BITS = {"float32": 32, "float16": 16, "int8": 8}
-NAMED = ("host", "arm64")
+NAMED = ("host", "arm64", "mali", "opencl")
 ARM64_CC = "aarch64-linux-gnu-g++"
 ARM64_CC_PACKAGE = "g++-aarch64-linux-gnu"
 
@@ -105,12 +107,16 @@ class Target:
     cc: str  # the compiler that links the artifact ("" = TVM's default host compiler)
     throughputs: Throughputs
     qemu_cpu: str = ""  # the qemu CPU model that emulates this core ("" = none)
+    # GPU targets only (kind gpu): the most work-items of one work-group and the local memory one
+    # work-group may use; the CPU fields above then describe the host code.
+    work_group_size: int = 0
+    local_memory_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ("cpu", "gpu"):
             raise UserError(f"target {self.name}: kind {self.kind!r} must be cpu or gpu")
         if self.kind == "gpu":
-            raise NotSupportedError(f"target {self.name}: GPU targets (kind gpu) are not supported yet")
+            _check_gpu(self)
         if self.isa not in ISAS:
             raise UserError(f"target {self.name}: unknown isa {self.isa!r}; known: {', '.join(ISAS)}")
         if self.vector_bits not in (128, 256, 512) or not 8 <= self.vector_registers <= 64:
@@ -129,8 +135,16 @@ class Target:
         return json.loads(self.tvm)
 
     @property
+    def device_kind(self) -> str:
+        """What executes the kernels: `cpu`, or `opencl` for GPU targets."""
+        return "opencl" if self.kind == "gpu" else "cpu"
+
+    @property
     def device(self) -> str:
         """What runs the artifact when no device is named: this CPU, or an emulated one."""
+        if self.kind == "gpu":
+            return (f"an OpenCL GPU ({self.name}) through a TVM runtime built with OpenCL (a phone, over --tracker); "
+                    "here its kernels run on PoCL with `sparsec run --emulate`")
         if self.arch == _machine():
             return "local"
         if self.arch == "aarch64" and self.qemu_cpu and "android" not in self.tvm_dict().get("mtriple", ""):
@@ -152,6 +166,15 @@ class Target:
         values["tvm"] = _canonical(values["tvm"])
         values["throughputs"] = Throughputs(**values["throughputs"])
         return cls(**values)
+
+
+def _check_gpu(target: Target) -> None:
+    tvm = target.tvm_dict()
+    if tvm.get("kind") != "opencl":
+        raise NotSupportedError(f"target {target.name}: GPU targets are OpenCL only (got TVM kind {tvm.get('kind')!r})")
+    if not 1 <= target.work_group_size <= 1024 or target.local_memory_bytes < 1024:
+        raise UserError(f"target {target.name}: a GPU target needs work_group_size 1..1024 and local_memory_bytes "
+                        f">= 1024 (got {target.work_group_size}, {target.local_memory_bytes})")
 
 
 def _canonical(tvm: dict | str) -> str:
@@ -267,9 +290,38 @@ def arm64(cpu: str | None = None, cc: str | None = None, threads: int = 4) -> Ta
                   core.l2_kb * 1024, threads, cc, throughputs_for("aarch64", cpu, "neon"), core.qemu_cpu)
 
 
+# --- mali / opencl ------------------------------------------------------------------------------
+
+# TVM's own limits for its mali and opencl targets (max_num_threads, max_shared_memory_per_block):
+# Mali Bifrost/Valhall run 256-work-item work-groups (384 on some, 1024 on Valhall, but 256 is
+# safe everywhere); OpenCL 1.2 guarantees 16 KiB of local memory.
+GPU_WORK_GROUP_SIZE = 256
+GPU_LOCAL_MEMORY = 16384
+
+
+def gpu(name: str = "mali", cc: str | None = None) -> Target:
+    """OpenCL kernels for a Mali GPU (`mali`) or any OpenCL 1.2 GPU (`opencl`), with aarch64 host
+    code (the phone's CPU, cortex-a53 baseline). The artifact is a `.so` when the cross compiler
+    `cc` is present, else a `.tar` (linked on the phone)."""
+    if name not in ("mali", "opencl"):
+        raise UserError(f"unknown GPU target {name!r}; known: mali, opencl")
+    host = arm64(None, cc)
+    device = {"kind": "opencl", "max_num_threads": GPU_WORK_GROUP_SIZE,
+              "max_shared_memory_per_block": GPU_LOCAL_MEMORY, "host": host.tvm_dict()}
+    if name == "mali":
+        device["device"] = "mali"
+    return dataclasses.replace(host, name=name, kind="gpu", tvm=_canonical(device), qemu_cpu="",
+                               work_group_size=GPU_WORK_GROUP_SIZE, local_memory_bytes=GPU_LOCAL_MEMORY)
+
+
+def cross_compiler_present(target: Target) -> bool:
+    return bool(target.cc) and shutil.which(target.cc) is not None
+
+
 def require_compiler(target: Target) -> None:
-    """A cross target's compiler must exist before any work: say which package provides it."""
-    if not target.cc or shutil.which(target.cc):
+    """A cross target's compiler must exist before any work: say which package provides it.
+    GPU targets need none (without one the artifact is a .tar, linked on the phone)."""
+    if not target.cc or shutil.which(target.cc) or target.kind == "gpu":
         return
     if target.cc == ARM64_CC:
         raise UserError(f"--target {target.name} needs the cross compiler {ARM64_CC}: install the Debian package "
@@ -300,6 +352,8 @@ def from_json(text: str, host_cpu: str) -> Target:
     tvm = spec.get("tvm", {})
     if not isinstance(tvm, dict):
         raise UserError("--target-json: 'tvm' must be a TVM target object")
+    if spec.get("kind") == "gpu" or tvm.get("kind") == "opencl":
+        return _override(gpu("mali" if tvm.get("device") == "mali" else "opencl"), spec)
     aarch64 = "aarch64" in str(tvm.get("mtriple", "")) or spec.get("arch") == "aarch64"
     base = arm64(tvm.get("mcpu") if tvm.get("mcpu") in ARM_CPUS else None) if aarch64 else host(host_cpu)
     return _override(base, spec)
@@ -316,11 +370,12 @@ def _override(base: Target, spec: dict) -> Target:
         values.setdefault("vector_bits", ISAS[isa][0])
         values.setdefault("vector_registers", ISAS[isa][1])
     tvm = {**base.tvm_dict(), **values.get("tvm", {})}
-    tvm["num-cores"] = values.get("threads", tvm.get("num-cores", base.threads))
+    cores = tvm["host"] if base.kind == "gpu" else tvm  # a GPU target's threads are its host's
+    cores["num-cores"] = values.get("threads", cores.get("num-cores", base.threads))
     values["tvm"] = _canonical(tvm)
     values.setdefault("name", "json")
-    values.setdefault("cpu", str(tvm.get("mcpu", base.cpu)))
-    values.setdefault("threads", tvm["num-cores"])
+    values.setdefault("cpu", str(cores.get("mcpu", base.cpu)))
+    values.setdefault("threads", cores["num-cores"])
     if isinstance(values.get("throughputs"), dict):
         values["throughputs"] = Throughputs(**{"source": "--target-json", **values["throughputs"]})
     elif "throughputs" not in values and isa != base.isa:
@@ -346,12 +401,25 @@ def resolve(name: str = "host", cpu: str | None = None, spec: str | None = None,
         return host(host_cpu)
     if name == "arm64":
         return arm64(cpu, cc)
+    if name in ("mali", "opencl"):
+        if cpu is not None:
+            raise UserError(f"--cpu applies to --target arm64; --target {name} runs aarch64 host code on the "
+                            "phone's CPU (cortex-a53 baseline)")
+        return gpu(name, cc)
     raise UserError(f"unknown target {name!r}; known targets: {', '.join(NAMED)} (or --target-json); "
                     "see `sparsec targets`")
 
 
 def describe(target: Target) -> list[str]:
     """What a target implies, one fact a line (for `sparsec targets`)."""
+    if target.kind == "gpu":
+        return [
+            f"tvm target      {json.dumps(target.tvm_dict(), sort_keys=True)}",
+            f"kernels         OpenCL C 1.2; work-groups of at most {target.work_group_size} work-items, "
+            f"{target.local_memory_bytes // 1024} KiB local memory; float{target.lanes()} vectors",
+            f"host code       aarch64 ({target.cpu}), linked by {target.cc} into a .so (else a .tar)",
+            f"runs on         {target.device}",
+        ]
     return [
         f"tvm target      {json.dumps(target.tvm_dict(), sort_keys=True)}",
         f"vector          {target.isa}: {target.vector_bits}-bit, {target.lanes()} fp32 lanes, "

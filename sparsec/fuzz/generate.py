@@ -66,9 +66,9 @@ def _channels(net: Net) -> int:
     return int(net.rng.integers(low, high))
 
 
-def _axis_window(net: Net, size: int, k: int, stride_ok: bool) -> tuple[int, int, int, int]:
+def _axis_window(net: Net, size: int, k: int) -> tuple[int, int, int, int]:
     """(stride, dilation, pad_begin, pad_end) for one axis; the window always fits."""
-    stride = int(net.pick((1, 2, 3), (6, 3, 1))) if stride_ok and size >= 6 else 1
+    stride = int(net.pick((1, 2, 3), (6, 3, 1))) if size >= 6 else 1
     dilation = 2 if k > 1 and net.chance(0.2) else 1
     if net.chance(0.4):  # "same"-style symmetric pads
         begin = end = dilation * (k - 1) // 2
@@ -80,13 +80,12 @@ def _axis_window(net: Net, size: int, k: int, stride_ok: bool) -> tuple[int, int
     return stride, dilation, begin, end
 
 
-def conv_unit(net: Net, x: str, *, cout: int | None = None, stride_ok: bool = True) -> str:
-    """A Conv of a random kind (3x3, 1x1, depthwise, grouped, other kernel sizes), then maybe
-    BatchNormalization and an activation, in either order."""
+def conv_unit(net: Net, x: str) -> str:
+    """A Conv of a random kind (3x3, 1x1, depthwise, grouped, other kernel sizes) and window, then
+    maybe BatchNormalization and an activation, in either order."""
     cin, h, w = net.shapes[x][1:]
     kind = net.pick(("3x3", "1x1", "depthwise", "grouped", "other"), (4, 3, 2, 1 if _divisor(cin) else 0, 1))
-    groups, kernel = 1, (3, 3)
-    cout = cout or _channels(net)
+    groups, kernel, cout = 1, (3, 3), _channels(net)
     if kind == "1x1":
         kernel = (1, 1)
     elif kind == "depthwise":
@@ -98,9 +97,16 @@ def conv_unit(net: Net, x: str, *, cout: int | None = None, stride_ok: bool = Tr
         kernel = net.pick([(3, 3), (1, 1)])
     elif kind == "other":
         kernel = net.pick([(5, 5), (2, 2), (1, 3), (3, 1), (4, 4)])
-    same_both = net.chance(0.85)
-    first = _axis_window(net, h, kernel[0], stride_ok)
-    second = _axis_window(net, w, kernel[1], stride_ok)
+    strides, pads, dilations, auto = _window(net, (h, w), kernel)
+    y = net.conv(x, cout, kernel, strides, pads, dilations, groups, bias=net.chance(0.7), auto_pad=auto)
+    return _epilogue(net, y)
+
+
+def _window(net: Net, size: tuple[int, int], kernel: tuple[int, int]):
+    """strides, pads, dilations and (sometimes) auto_pad of a conv: mostly the same on both axes."""
+    (h, w), same_both = size, net.chance(0.85)
+    first = _axis_window(net, h, kernel[0])
+    second = _axis_window(net, w, kernel[1])
     if same_both and kernel[0] == kernel[1] and conv_out(w, kernel[1], first[0], first[2], first[3], first[1]) >= 1:
         second = first
     (sh, dh, pt, pb), (sw, dw, pl, pr) = first, second
@@ -108,8 +114,7 @@ def conv_unit(net: Net, x: str, *, cout: int | None = None, stride_ok: bool = Tr
     if (dh, dw) == (1, 1) and net.chance(0.1):
         valid = conv_out(h, kernel[0], sh, 0, 0, 1) >= 1 and conv_out(w, kernel[1], sw, 0, 0, 1) >= 1
         auto = net.pick(["SAME_UPPER", "SAME_LOWER"] + ["VALID"] * valid)
-    y = net.conv(x, cout, kernel, (sh, sw), (pt, pl, pb, pr), (dh, dw), groups, bias=net.chance(0.7), auto_pad=auto)
-    return _epilogue(net, y)
+    return (sh, sw), (pt, pl, pb, pr), (dh, dw), auto
 
 
 def _divisor(c: int) -> int:
@@ -241,7 +246,7 @@ def tied_block(net: Net, x: str) -> str:
     first = net.conv(x, c, (k, k), (1, 1), (k // 2,) * 4, (1, 1), bias=net.chance(0.5))
     shared = net.nodes[-1].input[1]
     y = _epilogue(net, first)
-    stride, dilation, begin, end = _axis_window(net, min(net.shapes[y][2:]), k, True)
+    stride, dilation, begin, end = _axis_window(net, min(net.shapes[y][2:]), k)
     return net.conv(y, c, (k, k), (stride, stride), (begin, begin, end, end), (dilation, dilation),
                     bias=net.chance(0.5), weight=shared)
 

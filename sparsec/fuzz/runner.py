@@ -69,19 +69,28 @@ def run_case(case: Case) -> Outcome:
 
 def _check(case: Case, inputs: dict[str, np.ndarray]) -> None:
     """Raises `_Failed` unless every engine matches onnxruntime on every output."""
+    want = _stage("onnxruntime", lambda: _onnxruntime(case, inputs))
+    _compare(want, _engines(case, inputs))
+
+
+def _engines(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The outputs of the compiled model, and of the reference interpreter before and after the
+    passes (what tells a kernel bug from a pass bug)."""
     from sparsec.driver import compile as compile_model
     from sparsec.driver import import_model
     from sparsec.reference import run_reference
 
-    want = _stage("onnxruntime", lambda: _onnxruntime(case, inputs))
     module = _stage("import", lambda: import_model(case.model, case.masks))
-    last = {}  # the module after the last pass, for the reference interpreter
+    last = {}  # the module after the last pass
     compiled = _stage("compile", lambda: compile_model(module, verify_each=True, dump=lambda _, m: last.update(ir=m)))
-    engines = {
+    return {
         "sparsec": _stage("run", lambda: compiled.run(inputs)),
         "reference": _stage("reference", lambda: run_reference(module, inputs)),
         "reference after passes": _stage("reference", lambda: run_reference(last["ir"], inputs)),
     }
+
+
+def _compare(want: dict[str, np.ndarray], engines: dict[str, dict[str, np.ndarray]]) -> None:
     for engine, got in engines.items():
         for name, value in want.items():
             if np.shape(got.get(name)) != value.shape:
@@ -234,6 +243,7 @@ def signature(message: str) -> str:
 def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], None] = print) -> Summary:
     """Runs the case of each seed; logs each failure and writes its reproducer under `out`
     (a passing seed's stale reproducer there is removed)."""
+    require_onnxruntime("sparsec fuzz compares with onnxruntime")  # one clean error, not a crash per case
     start, outcomes = time.perf_counter(), []
     for seed in seeds:
         try:

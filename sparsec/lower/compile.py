@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import tvm
 import tvm_ffi
 
@@ -29,12 +31,26 @@ def compile_module(module: Module, target: Target) -> CompiledModel:
         target_json=str(tvm_target(target)),  # TVM prints targets as their JSON
         layers=tuple(_layer_entry(p) for p in plans),
         target_spec=target.to_dict(),
+        device_kind=target.device_kind,
     )
+    if target.kind == "gpu":
+        from sparsec.lower.gpu.program import compile_gpu
+
+        executable, bundle = compile_gpu(module, add_signature(mod, manifest), plans, target,
+                                         lambda err: _compile_failure(module, plans, err))
+        return CompiledModel(executable, dataclasses.replace(manifest, gpu=_gpu_summary(bundle)), gpu_bundle=bundle)
     try:
         executable = tvm.compile(add_signature(mod, manifest), target=tvm_target(target))
     except (RuntimeError, ValueError) as err:  # what TVM raises
         raise UserError(_compile_failure(module, plans, str(err))) from None
     return CompiledModel(executable, manifest)
+
+
+def _gpu_summary(bundle) -> dict:
+    """What the manifest says of a GPU model's kernels (the bundle beside it holds the rest)."""
+    program = bundle.program
+    return {"opencl_source_sha256": program.source_sha256, "kernels": sum(len(la.launches) for la in program.layers),
+            "checked_with": "PoCL (correctness only; PoCL timings are not Mali timings)"}
 
 
 def _layer_entry(plan) -> dict:

@@ -2,11 +2,14 @@
 
 Kernels come from `sparsec.lower.kernels` (scheduled by their generators); the few ops left to
 Relax (reshape, concat, softmax, broadcast arithmetic) are legalised and then given the generic
-CPU schedule of `schedule_generic`, so no op runs on TVM's unscheduled default.
+CPU schedule of `schedule_generic`, so no op runs on TVM's unscheduled default. For a GPU target
+every op but reshapes gets a GPU kernel of its own (`sparsec.lower.gpu.layers`), so each layer is
+one PrimFunc whose OpenCL kernels can be replayed and checked alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +57,9 @@ class LayerPlan:
     kept_macs: int  # useful multiply-adds (nonzero weights x output positions); 0 for ops without weights
     task: str = ""  # the kernel's tuning task key (conv2d, linear; `sparsec.tuning.task`)
     knobs: dict | None = None  # the knobs its generator used
+    # GPU targets: the IR values the kernel reads first, then its constants (the emulation bundle's)
+    inputs: tuple[str, ...] = ()
+    constants: tuple = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -96,6 +102,8 @@ def build_relax(module: Module, target: Target) -> tuple[tvm.IRModule, list[Laye
             outs = [ctx.env[name] for name in module.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
+    if target.kind == "gpu":  # every op is a scheduled kernel or a reshape (a view once lowered)
+        return bb.get(), ctx.plans
     mod = relax.transform.LegalizeOps()(bb.get())
     return schedule_unscheduled(mod, target), ctx.plans
 
@@ -103,6 +111,8 @@ def build_relax(module: Module, target: Target) -> tuple[tvm.IRModule, list[Laye
 def _lower_op(op: Op, ctx: _Ctx) -> relax.Expr:
     """The op's Relax expression; a kernel TVM cannot build is reported against its layer."""
     try:
+        if ctx.target.kind == "gpu":
+            return _lower_gpu(op, ctx)
         return LOWERINGS[type(op)](op, ctx)
     except (RuntimeError, ValueError) as err:  # TVM raises RuntimeError subclasses
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
@@ -124,6 +134,19 @@ def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fm
     tuning = dict(task=tuned.task, knobs=tuned.knobs.as_dict()) if tuned else {}
     ctx.plans.append(LayerPlan(op.result, op.name, fmt, name, embedded, _kept_macs(op, ctx.module), **tuning))
     return relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.out_shape, kernel.out_dtype))
+
+
+def _lower_gpu(op: Op, ctx: _Ctx) -> relax.Expr:
+    """The op's GPU kernel (or a reshape view), recorded with what it reads for the emulator."""
+    from sparsec.lower.gpu.layers import GPU_KERNELS
+
+    gk = GPU_KERNELS[type(op)](op, ctx.module, ctx.target)
+    if gk is None:
+        ctx.plans.append(LayerPlan(op.result, op.name, "view", "", 0, 0, inputs=(op.input,)))
+        return relax.op.reshape(ctx.ref(op.input), op.type.shape)
+    call = _call_kernel(ctx, op, gk.kernel, [ctx.ref(r) for r in gk.inputs], gk.format)
+    ctx.plans[-1] = dataclasses.replace(ctx.plans[-1], inputs=gk.inputs, constants=gk.kernel.constants)
+    return call
 
 
 def _kept_macs(op: Op, module: Module) -> int:

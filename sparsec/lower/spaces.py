@@ -90,7 +90,8 @@ def csr_conv1x1_space(call: KernelCall, target: Target) -> Space:
         ("vectors", values((2, 4, 6, 8, 12, 16, 24))),
         ("lanes", values((lanes // 2, lanes), low=4)),
         ("out_groups", values((1, 2, 4, 8), high=call.params["weight_shape"][0])),
-        ("channel_block", values((16, 32, 64, 128, 256), high=channels)),
+        # a block may hold more channels than there are (as the default does): never no value at all
+        ("channel_block", values((16, 32, 64, 128, 256), high=max(16, channels))),
     ], rule)
 
 

@@ -78,7 +78,7 @@ def _activation(op: Conv2d | Linear) -> list | None:
     return [op.activation.kind, *op.activation.params] if op.activation else None
 
 
-def _legal_weight(op: Conv2d | Linear, module: Module) -> Weight:
+def legal_weight(op: Conv2d | Linear, module: Module) -> Weight:
     weight = module.weight(op.weight)
     problem = layout_problem(op, "weight", weight.type, weight.layout)
     if problem:
@@ -86,13 +86,18 @@ def _legal_weight(op: Conv2d | Linear, module: Module) -> Weight:
     return weight
 
 
-def _original_order(op: Conv2d, weight: Weight) -> np.ndarray:
+def original_order(op: Conv2d, weight: Weight) -> np.ndarray:
     """Weight rows in output-channel order (undoing a recorded filter permutation)."""
     if not op.filter_order:
         return weight.data
     data = np.empty_like(weight.data)
     data[list(op.filter_order)] = weight.data
     return data
+
+
+def bias_data(op: Conv2d | Linear, module: Module) -> np.ndarray | None:
+    """The layer's bias values, or None without one."""
+    return module.weight(op.bias).data if op.bias else None
 
 
 def _values(weight: np.ndarray, op: Conv2d | Linear, module: Module) -> dict[str, np.ndarray]:
@@ -108,7 +113,7 @@ def conv2d_call(op: Conv2d, module: Module) -> KernelCall:
     """The generator call of a conv2d, picked by its weight's layout (pattern / csr / dense)."""
     from sparsec.passes.compress_fkw import fkw_of
 
-    weight = _legal_weight(op, module)
+    weight = legal_weight(op, module)
     params = {"in_shape": list(module.types[op.input].shape), "activation": _activation(op),
               "bias": op.bias is not None, "strides": list(op.strides)}
     if isinstance(weight.layout, Pattern):  # pattern and fkw: the FKW arrays derive from the data
@@ -117,7 +122,7 @@ def conv2d_call(op: Conv2d, module: Module) -> KernelCall:
         params.update(pads=list(op.pads), dilations=list(op.dilations),
                       filters_per_group=max(op.filter_groups) if op.filter_groups else 1)
         return KernelCall("pattern_conv", params, structure, _values(fkw.weight, op, module))
-    data = _original_order(op, weight)
+    data = original_order(op, weight)
     if isinstance(weight.layout, CSR):
         params["weight_shape"] = list(data.shape)
         return KernelCall("csr_conv1x1", params, _mask(data), _values(data, op, module))
@@ -126,7 +131,7 @@ def conv2d_call(op: Conv2d, module: Module) -> KernelCall:
 
 
 def linear_call(op: Linear, module: Module) -> KernelCall:
-    weight = _legal_weight(op, module)
+    weight = legal_weight(op, module)
     params = {"in_shape": list(module.types[op.input].shape), "weight_shape": list(weight.data.shape),
               "activation": _activation(op), "bias": op.bias is not None}
     if isinstance(weight.layout, CSR):

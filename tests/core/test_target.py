@@ -69,7 +69,8 @@ def test_target_json_from_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="cuda"), "unknown target 'cuda'; known targets: host, arm64 (or --target-json); see `sparsec targets`"),
+    (dict(name="cuda"),
+     "unknown target 'cuda'; known targets: host, arm64, mali, opencl (or --target-json); see `sparsec targets`"),
     (dict(name="arm64", cpu="cortex-z9"), f"unknown --cpu 'cortex-z9' for arm64; known: {', '.join(ARM_CPUS)}"),
     (dict(name="host", cpu="cortex-a53"), "--cpu applies to --target arm64; the host target is this machine's CPU"),
     (dict(spec="{not json"), "--target-json: not valid JSON"),
@@ -85,9 +86,14 @@ def test_bad_targets(kwargs, message):
     assert str(info.value).startswith(message)
 
 
-def test_gpu_targets_are_not_supported_yet():
-    with pytest.raises(NotSupportedError, match="GPU targets"):
-        _resolve(spec='{"kind": "opencl", "device": "mali"}')
+def test_gpu_targets_are_opencl_with_aarch64_host_code():
+    t = _resolve(spec='{"kind": "opencl", "device": "mali"}')
+    assert (t.kind, t.name, t.device_kind, t.lanes()) == ("gpu", "json", "opencl", 4)
+    assert t.tvm_dict()["device"] == "mali"
+    assert t.tvm_dict()["host"]["mtriple"] == "aarch64-linux-gnu" and t.work_group_size == 256
+    assert _resolve("opencl").tvm_dict().get("device") is None
+    with pytest.raises(NotSupportedError, match="OpenCL only"):
+        _resolve(spec='{"kind": "gpu", "tvm": {"kind": "cuda"}}')
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch):

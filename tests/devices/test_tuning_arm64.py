@@ -35,7 +35,8 @@ def test_tune_and_apply_on_the_emulated_arm64_device(tmp_path, capsys):
         assert main(["tune", *args, "--tracker", state.tracker, "--key", "arm64", "--trials", "3", "--log", str(log),
                      "--timeout", "120", "--min-repeat-ms", "2", "--repeat", "2", "--builders", "2"]) == 0
         records = [json.loads(line) for line in log.read_text().splitlines()]
-        assert len(records) == 3 and all(r["error"] is None and r["target"] == "arm64" for r in records)
+        trials = [r for r in records if not r["confirm"]]  # the rest re-measure the best and the default
+        assert len(trials) == 3 and all(r["error"] is None and r["target"] == "arm64" for r in records)
         assert main(["compile", *args, "--tuning-log", str(log), "--tracker", state.tracker, "--key", "arm64",
                      "-o", str(tmp_path / "layer.so"), "--check"]) == 0
         captured = capsys.readouterr()

@@ -101,7 +101,7 @@ def test_cli_compile_check_run_dump(tiny_files, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target", "cuda"], "unknown target 'cuda'; known targets: host, arm64 (or --target-json); "
+    (["--target", "cuda"], "unknown target 'cuda'; known targets: host, arm64, mali, opencl (or --target-json); "
                            "see `sparsec targets`"),
     (["--target", "arm64", "--cpu", "cortex-z9"], "unknown --cpu 'cortex-z9' for arm64; known: cortex-a53, "
      "cortex-a55, cortex-a72, cortex-a73, cortex-a75, cortex-a76, cortex-a77, cortex-a78, cortex-x1, neoverse-n1"),
@@ -110,7 +110,7 @@ def test_cli_compile_check_run_dump(tiny_files, capsys):
     (["--target-json", '{"isa": "avx9"}'], "target json: unknown isa 'avx9'; known: sse, avx2, avx512, neon"),
     (["-o", "/nonexistent/dir/m.so"],
      "/nonexistent/dir/m.so: cannot write here, the folder /nonexistent/dir does not exist"),
-    (["-o", "m.txt"], "m.txt: the output must be a .so file"),
+    (["-o", "m.txt"], "m.txt: a compiled model is written as a .so library; name it model.so"),
 ])
 def test_cli_compile_errors(tiny_files, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tiny_files)

@@ -94,3 +94,21 @@ def test_dense_bias_and_activation(act, ref):
     x = np.random.default_rng(6).standard_normal((2, 30)).astype(np.float32)
     got = run_kernel(csr_dense_kernel(weight, x.shape, bias=bias, activation=act, target=HOST), HOST, x)
     np.testing.assert_allclose(got, ref(x @ weight.T + bias), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 15, 16])
+def test_sparse_1x1_conv_layer_with_few_input_channels(channels):
+    # found by sparsec fuzz: under 16 input channels the CSR kernel's knob space had no
+    # channel_block value at all, so the layer failed to build
+    from sparsec.driver import compile, import_model
+    from sparsec.models import conv1x1_layer
+    from sparsec.reference import run_reference
+
+    model = conv1x1_layer((1, channels, 6, 5), 8)
+    mask = np.zeros((8, channels, 1, 1), bool)
+    mask[::3] = True
+    module = import_model(model, {"conv.weight": mask})
+    compiled = compile(module)
+    assert [layer["format"] for layer in compiled.manifest.layers] == ["csr"]
+    x = {"input": np.random.default_rng(0).standard_normal((1, channels, 6, 5), dtype=np.float32)}
+    np.testing.assert_allclose(compiled.run(x)["output"], run_reference(module, x)["output"], rtol=1e-5, atol=1e-5)

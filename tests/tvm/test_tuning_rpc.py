@@ -165,7 +165,8 @@ def test_devices_that_hang_or_die_cost_only_their_trial(farm, work):
     state, _ = farm
     log = work / "faults.jsonl"
     servers = [p for p in state.procs if p.role == "host"]
-    proc = _spawn(work, _tune(work, state.tracker, log, "--trials", "14", "--cooldown-ms", "80", "--timeout", "8"))
+    # a trial's timeout well above a loaded 2-core machine's slowest build+run, so only the stopped device times out
+    proc = _spawn(work, _tune(work, state.tracker, log, "--trials", "14", "--cooldown-ms", "80", "--timeout", "20"))
     _wait_lines(log, 3, proc)
     os.killpg(servers[0].pid, signal.SIGSTOP)
     _wait_lines(log, 6, proc)
