@@ -299,8 +299,9 @@ def _quality_lines(q: dict) -> list[str]:
         lines.append(f"| {key} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | {m['random-64']:.2f} ms | "
                      f"{ref} | {versus} | {m['default'] / m['evolutionary-64']:.2f}x |")
     lines += ["", "As the log holds them (the median over each configuration's records, as `compile --tuning-log` "
-              "reads them):", "", "| case | default | evolutionary 64 | random 64 | random reference | wall time evo 64 / "
-              "random |", "|---|---:|---:|---:|---:|---|"]
+              "reads them):", "",
+              "| case | default | evolutionary 64 | random 64 | random reference | wall time evo 64 / random |",
+              "|---|---:|---:|---:|---:|---|"]
     for key, r in q.items():
         m, w = r["logged_ms"], r["wall_s"]
         ref = f"{m['random-512']:.2f} ms" if "random-512" in m else "not run"
