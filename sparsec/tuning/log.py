@@ -148,11 +148,14 @@ def trials(records: list[Record]) -> list[Record]:
 
 def best(records: list[Record]) -> Record | None:
     """The fastest configuration (None if none succeeded): each configuration's time is the median
-    over all its successful records (its trial and its confirmations), so one lucky measurement
-    on a noisy device does not win alone."""
+    over all its successful records (its trial and its confirmations), and once the tuner has
+    confirmed some (the few fastest and the default, measured again side by side) only those
+    compete: one lucky measurement on a noisy device does not win alone, and the default stays
+    unless a candidate beats it in the same rounds."""
+    confirmed = {r.config for r in records if r.confirm and r.ok}
     times: dict = {}
     for record in records:
-        if record.ok:
+        if record.ok and (not confirmed or record.config in confirmed):
             times.setdefault(record.config, []).append(record)
     if not times:
         return None

@@ -183,7 +183,9 @@ def test_log_appends_whole_lines_and_reads_them_back(tmp_path):
     assert best(matching(log.records(), "t1", "host")).knobs == {"a": 1}
     log.append(dataclasses.replace(records[0], median_s=9e-3, confirm=True))  # a = 1 again: slower this time
     log.append(dataclasses.replace(records[0], median_s=8e-3, confirm=True))
-    assert best(matching(log.records(), "t1", "host")).knobs == {"a": 2}  # a median over each config's records
+    log.append(dataclasses.replace(records[2], median_s=7e-3, confirm=True))
+    # once confirmed, only confirmed configurations compete, each by the median of its records
+    assert best(matching(log.records(), "t1", "host")).knobs == {"a": 3}
     assert matching(log.records(), "t1", "phone") == []
 
 
