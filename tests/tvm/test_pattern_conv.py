@@ -147,6 +147,8 @@ def test_auto_rows_pad_the_height_least():
     assert rows((1, 8, 56, 56), AVX512) == 14  # 32 registers leave 14
     assert rows((1, 8, 12, 12), AVX512) == 12
     assert rows((1, 8, 7, 7), AVX512) == 7  # never more rows than the plane has
+    assert rows((1, 8, 56, 56), AVX512, filters_per_group=4) == 4  # groups: 16 accumulators
+    assert rows((1, 8, 56, 56), AVX512, filters_per_group=2) == 8
 
 
 def test_width_and_vectors_come_from_the_target():

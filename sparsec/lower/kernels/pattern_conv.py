@@ -371,7 +371,7 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
                     tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target))
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
-    accumulators = register_plan.pattern_accumulators(target)
+    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
                                                                          accumulators)) for v in choices]
