@@ -5,8 +5,9 @@
      "device": "127.0.0.1:9191", "time": "2026-12-02T10:00:00Z", "error": null}
 
 A record with `"confirm": true` re-measures a configuration already tried (the tuner's last step
-per task: the few fastest and the default again); it is not a trial. A configuration's time is the
-median over its records. A record with an `error` is a configuration that failed (it did not build, crashed or hung on
+per task: the few fastest and the default again, side by side); it is not a trial, and the
+default's confirmations say `"baseline": true`. A configuration's time is the median over its
+records. A record with an `error` is a configuration that failed (it did not build, crashed or hung on
 two devices, or computed something else); it is never proposed again. Each record is appended
 with one `write` of a whole line on a file opened for appending, then flushed to disk, so a crash
 or Ctrl-C leaves at worst a torn last line: readers skip it with a warning, and the next writer
@@ -49,6 +50,7 @@ class Record:
     time: str = field(default_factory=_now)
     error: str | None = None
     confirm: bool = False  # a re-measurement of a configuration already tried (not a trial)
+    baseline: bool = False  # a confirmation of the generator's default configuration
 
     @property
     def ok(self) -> bool:
@@ -146,12 +148,18 @@ def trials(records: list[Record]) -> list[Record]:
     return [r for r in records if not r.confirm]
 
 
+# A candidate replaces the default only when it is this much faster in the same confirmation
+# rounds: on a shared machine two equal configurations differ by a few percent round to round
+# (L1 on znver5: the default re-measured 7% apart), and a tie must keep the default.
+BASELINE_MARGIN = 0.03
+
+
 def best(records: list[Record]) -> Record | None:
     """The fastest configuration (None if none succeeded): each configuration's time is the median
     over all its successful records (its trial and its confirmations), and once the tuner has
     confirmed some (the few fastest and the default, measured again side by side) only those
-    compete: one lucky measurement on a noisy device does not win alone, and the default stays
-    unless a candidate beats it in the same rounds."""
+    compete: one lucky measurement on a noisy device does not win alone. The default then stays
+    unless the winner's confirmations beat the default's by BASELINE_MARGIN."""
     confirmed = {r.config for r in records if r.confirm and r.ok}
     times: dict = {}
     for record in records:
@@ -160,5 +168,15 @@ def best(records: list[Record]) -> Record | None:
     if not times:
         return None
     medians = {config: float(median([r.median_s for r in rs])) for config, rs in times.items()}
-    config = min(medians, key=medians.get)
+    config = _keep_baseline(min(medians, key=medians.get), records)
     return replace(times[config][0], median_s=medians[config])
+
+
+def _keep_baseline(winner, records: list[Record]):
+    """`winner`, or the default when the winner is not clearly faster side by side."""
+    side_by_side = lambda config: [r.median_s for r in records if r.confirm and r.ok and r.config == config]  # noqa: E731
+    baseline = next((r.config for r in records if r.baseline and r.ok), None)
+    if baseline is None or winner == baseline or not side_by_side(winner):
+        return winner
+    faster = median(side_by_side(winner)) <= median(side_by_side(baseline)) * (1 - BASELINE_MARGIN)
+    return winner if faster else baseline

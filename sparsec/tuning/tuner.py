@@ -99,7 +99,8 @@ class Tuner:
                     if measured.error is None:
                         self.log.append(Record(task.key, task.generator, task.target.name, self.runner.device_key,
                                                build.config.as_dict(), measured.median, measured.spread,
-                                               len(measured.times), measured.device, confirm=True))
+                                               len(measured.times), measured.device, confirm=True,
+                                               baseline=build.config == space.default))
         for build in builds:
             _remove(build)
         final = matching(self.log.records(), task.key, self.runner.device_key)

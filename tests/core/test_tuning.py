@@ -189,6 +189,18 @@ def test_log_appends_whole_lines_and_reads_them_back(tmp_path):
     assert matching(log.records(), "t1", "phone") == []
 
 
+def test_the_default_stays_unless_beaten_clearly_side_by_side():
+    default, rival = _record(knobs={"a": 1}, median=10e-3), _record(knobs={"a": 2}, median=8e-3)
+    rounds = lambda d, r: [dataclasses.replace(default, median_s=d, confirm=True, baseline=True),  # noqa: E731
+                           dataclasses.replace(rival, median_s=r, confirm=True)]
+    # 1% faster in the confirmation rounds: a tie on a noisy machine, the default stays
+    assert best([default, rival, *rounds(10e-3, 9.9e-3), *rounds(10e-3, 9.9e-3)]).knobs == {"a": 1}
+    # 5% faster side by side: the rival wins
+    assert best([default, rival, *rounds(10e-3, 9.5e-3), *rounds(10e-3, 9.5e-3)]).knobs == {"a": 2}
+    # a log without baseline marks (older logs) keeps the plain rule: the fastest median
+    assert best([default, rival, *[dataclasses.replace(r, baseline=False) for r in rounds(10e-3, 9.9e-3)]]).knobs == {"a": 2}
+
+
 def test_torn_last_line_is_skipped_with_a_warning_and_cut_before_appending(tmp_path):
     path = tmp_path / "t.jsonl"
     warnings: list[str] = []
@@ -279,6 +291,7 @@ def test_tuner_logs_every_trial_blames_crashes_once_and_resumes(tmp_path):
     records = trials(log.records())
     confirmations = [r for r in log.records() if r.confirm]
     assert {r.config for r in confirmations} >= {SPACE.default} and len(confirmations) == 2 * 4
+    assert {r.config for r in confirmations if r.baseline} == {SPACE.default}
     assert first.trials == len(records) == 20 and first.new == 20
     assert records[0].config == SPACE.default and first.default_s == _cost(SPACE.default)
     assert len({r.config for r in records}) == 20  # no configuration twice
