@@ -113,8 +113,11 @@ def test_asymmetric_pads_and_dilation(copies):
         PatternConvKnobs(vector_width=4, rows_per_step=1),
         PatternConvKnobs(tap_copies=3, vectors_per_step=2),  # an aligned copy per tap column (NEON's)
         PatternConvKnobs(tap_copies=3, channel_block=4, filters_per_group=2),
+        PatternConvKnobs(prefetch=3, channel_block=4),  # prefetches past the last kernel are clamped
+        PatternConvKnobs(prefetch=1, filters_per_group=2, tap_copies=3),
     ],
-    ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks"],
+    ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks", "prefetch",
+         "prefetch-groups"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -133,6 +136,26 @@ def test_output_keeps_original_channel_order():
 def test_bad_knob():
     with pytest.raises(ValueError, match="rows_per_step"):
         PatternConvKnobs(rows_per_step=-1)
+    with pytest.raises(ValueError, match="prefetch"):
+        PatternConvKnobs(prefetch=-2)
+
+
+def test_prefetch_comes_from_the_register_plan():
+    prefetch = lambda target, **knobs: resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(**knobs),  # noqa: E731
+                                                     target=target).prefetch
+    assert prefetch(AVX512) == 2 and prefetch(AVX2) == 2  # one filter per group: two kernels ahead
+    assert prefetch(AVX512, filters_per_group=4) == 0 and prefetch(ARM64) == 0
+    assert prefetch(AVX512, prefetch=0) == 0 and prefetch(ARM64, prefetch=3) == 3
+
+
+def test_prefetch_is_in_the_code():
+    from sparsec.fkw import build_fkw
+
+    w = pruned(np.random.default_rng(0), 4, 3)
+    kernel = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=2))
+    assert "llvm.prefetch" in kernel.func.script()
+    off = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=0))
+    assert "llvm.prefetch" not in off.func.script()
 
 
 def test_auto_rows_pad_the_height_least():

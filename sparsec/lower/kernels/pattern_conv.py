@@ -50,6 +50,8 @@ class PatternConvKnobs:
     channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
     tap_copies: int = 0  # input tile columns: 1 = one copy per stride phase, taps read it shifted;
     # 3 = one aligned copy per tap column (no unaligned or far loads); 0 = the target's choice
+    prefetch: int = -1  # the input tile of the kernel this many iterations ahead is prefetched into L1
+    # (its channel is data, so no hardware prefetcher guesses it); 0 = none; -1 = the register plan's
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -59,6 +61,8 @@ class PatternConvKnobs:
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
+        if self.prefetch < -1:
+            raise ValueError(f"knob prefetch must be >= 0 (or -1: the target's choice), got {self.prefetch}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,7 @@ class _Ctx:
     bias: object | None
     out: object
     by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
+    prefetch: int = 0  # kernels ahead whose input tile is prefetched
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -245,6 +250,8 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
     base = _i32(x.offset[grp])
     with T.serial(base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])) as k:
         c = _i32(x.index[k])
+        if x.prefetch:
+            _emit_prefetch(x, tirx.min(k + x.prefetch, x.index.shape[0] - 1), t)
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             ph, dq = g.column(kx)
             for v in range(g.vecs):
@@ -253,6 +260,18 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
                     for r, tap in users:
                         value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
+
+
+def _emit_prefetch(x: _Ctx, k, t: _Tile):
+    """Prefetch into L1 the input tile (every line of it) of kernel k's channel: the channels a
+    filter's kernels read jump by data, so the hardware prefetchers cannot run ahead of them."""
+    g = x.g
+    c = _i32(x.index[k])
+    row = g.slots * g.qw
+    for first in range(0, g.in_rows * row, 16):  # one float32 cache line (64 bytes) at a time
+        addr = tirx.call_intrin("handle", "tirx.address_of",
+                                x.xt[t.n, t.ty, t.tx, c, first // row, first // g.qw % g.slots, first % g.qw])
+        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
 
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
@@ -369,7 +388,9 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     among the register plan's vector counts, the tile (rows x vectors) that pads the output
     least, then the one with more accumulators."""
     knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
-                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target))
+                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
+                    prefetch=knobs.prefetch if knobs.prefetch >= 0 else
+                    register_plan.pattern_prefetch(target, knobs.filters_per_group))
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
@@ -434,6 +455,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch)
             _emit_main(x)
     return ib.get()
