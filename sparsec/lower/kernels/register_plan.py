@@ -74,13 +74,24 @@ def gemm_tile(t: Target) -> tuple[int, int]:
     return max(1, (t.vector_registers - vectors - 2) // vectors), vectors
 
 
+def _x86_wide(t: Target) -> bool:
+    """x86 with 32 vector registers (AVX-512)."""
+    return t.isa != "neon" and t.vector_registers >= 32
+
+
 def csr_vectors(t: Target) -> int:
     """CSR 1x1 conv: pixel vectors per tile (one accumulator each, plus one broadcast weight);
-    half the registers, so the loads of the next nonzero overlap the FMAs of this one."""
-    return t.vector_registers // 2
+    half the registers, so the loads of the next nonzero overlap the FMAs of this one. AVX-512:
+    8 (a quarter), so twice the channels fit a block and each output channel's pass over a
+    block (its sums loaded and stored once) covers twice the nonzeros: measured on znver5,
+    8 vectors x 64-channel blocks ran 1.2-2.5x faster than 16 x 16 on four 80-90% sparse
+    1x1 layers (L4 1.6x)."""
+    return 8 if _x86_wide(t) else t.vector_registers // 2
 
 
 def csr_channel_block(t: Target, tile_pixels: int) -> int:
     """CSR 1x1 conv: input channels per block, so one block's input tile fills half of L1
-    (64 channels of a 64-pixel tile on a 32 KiB L1)."""
-    return max(8, min(256, _pow2_floor(t.l1d_bytes // 2 // (4 * tile_pixels))))
+    (64 channels of a 64-pixel tile on a 32 KiB L1); AVX-512: two thirds (measured with
+    `csr_vectors`: 32 KiB of a 48 KiB L1 beat 16 and 64 KiB)."""
+    share = t.l1d_bytes * 2 // 3 if _x86_wide(t) else t.l1d_bytes // 2
+    return max(8, min(256, _pow2_floor(share // (4 * tile_pixels))))
