@@ -115,9 +115,12 @@ def test_asymmetric_pads_and_dilation(copies):
         PatternConvKnobs(tap_copies=3, channel_block=4, filters_per_group=2),
         PatternConvKnobs(prefetch=3, channel_block=4),  # prefetches past the last kernel are clamped
         PatternConvKnobs(prefetch=1, filters_per_group=2, tap_copies=3),
+        PatternConvKnobs(filter_splits=3),  # 7 filters in slices of 3, 3 and 1
+        PatternConvKnobs(filter_splits=2, channel_block=4, filters_per_group=2),  # slices of blocked tiles
+        PatternConvKnobs(filter_splits=9),  # more slices than filters: the last ones have none
     ],
     ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks", "prefetch",
-         "prefetch-groups"],
+         "prefetch-groups", "splits", "splits-blocks", "splits-empty"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -138,6 +141,17 @@ def test_bad_knob():
         PatternConvKnobs(rows_per_step=-1)
     with pytest.raises(ValueError, match="prefetch"):
         PatternConvKnobs(prefetch=-2)
+
+
+def test_filter_slices_keep_every_thread_busy():
+    splits = lambda shape, filters=256, **knobs: resolve_knobs(  # noqa: E731
+        shape, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=filters).filter_splits
+    threads = AVX512.threads
+    assert splits((1, 8, 56, 56)) == (1 if 16 >= 4 * threads else -(-4 * threads // 16))  # 16 tiles of 14 x 16
+    assert splits((1, 8, 14, 14)) == 4 * threads  # one tile: the filters are sliced instead
+    assert splits((1, 8, 14, 14), filters=3) == 3  # never more slices than groups
+    assert splits((1, 8, 14, 14), filter_splits=2) == 2
+    assert resolve_knobs((1, 8, 14, 14), target=AVX512).filter_splits == 0  # no filter count: left to the kernel
 
 
 def test_prefetch_comes_from_the_register_plan():

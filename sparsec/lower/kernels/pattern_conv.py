@@ -50,6 +50,8 @@ class PatternConvKnobs:
     channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
     tap_copies: int = 0  # input tile columns: 1 = one copy per stride phase, taps read it shifted;
     # 3 = one aligned copy per tap column (no unaligned or far loads); 0 = the target's choice
+    filter_splits: int = 0  # slices of the filter groups per output tile in the parallel loop (0: enough
+    # tasks for the target's threads)
     prefetch: int = -1  # the input tile of the kernel this many iterations ahead is prefetched into L1
     # (its channel is data, so no hardware prefetcher guesses it); 0 = none; -1 = the register plan's
 
@@ -58,7 +60,7 @@ class PatternConvKnobs:
             raise ValueError(f"knob tap_copies must be 0, 1 or 3, got {self.tap_copies}")
         if self.filters_per_group < 1:
             raise ValueError(f"knob filters_per_group must be >= 1, got {self.filters_per_group}")
-        for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block"):
+        for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
         if self.prefetch < -1:
@@ -329,46 +331,70 @@ def _local_acc(x: _Ctx):
     return T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32")
 
 
-def _emit_tile_unblocked(x: _Ctx, t: _Tile):
+def _emit_tile_unblocked(x: _Ctx, t: _Tile, groups: _Groups):
     """One channel block: accumulators start at zero and go straight to the epilogue."""
-    with T.serial(0, x.num_groups) as grp:
+    # loops over groups start at 0 (plus an offset): TVM 0.27 miscompiles a loop whose start is
+    # not constant when nested loops' bounds use its variable
+    with T.serial(0, groups.count) as gi:
+        grp = groups.first + gi
         acc = _local_acc(x)
         _emit_copy(acc, None, x)
         _emit_block(x, acc, 0, grp, t)
         _emit_epilogue(x, acc, grp, t)
 
 
-def _emit_tile_blocked(x: _Ctx, t: _Tile):
+def _emit_tile_blocked(x: _Ctx, t: _Tile, groups: _Groups):
     """Channel blocks outside, groups inside: a block's input tiles stay in L1 while every
     group uses them; partial sums wait in a per-tile buffer between blocks."""
-    part = T.alloc_buffer((x.num_groups, x.nf, x.g.rows, x.g.tile_w), "float32")
-    with T.serial(0, x.num_groups) as grp:
-        _emit_copy(part, None, x, dst_pre=(grp,))
+    part = T.alloc_buffer((groups.most, x.nf, x.g.rows, x.g.tile_w), "float32")
+    with T.serial(0, groups.count) as gi:
+        _emit_copy(part, None, x, dst_pre=(gi,))
     with T.serial(0, x.num_blocks) as blk:
-        with T.serial(0, x.num_groups) as grp:
+        with T.serial(0, groups.count) as gi:
             acc = _local_acc(x)
-            _emit_copy(acc, part, x, src_pre=(grp,))
-            _emit_block(x, acc, blk, grp, t)
-            _emit_copy(part, acc, x, dst_pre=(grp,))
-    with T.serial(0, x.num_groups) as grp:
+            _emit_copy(acc, part, x, src_pre=(gi,))
+            _emit_block(x, acc, blk, groups.first + gi, t)
+            _emit_copy(part, acc, x, dst_pre=(gi,))
+    with T.serial(0, groups.count) as gi:
         acc = _local_acc(x)
-        _emit_copy(acc, part, x, src_pre=(grp,))
-        _emit_epilogue(x, acc, grp, t)
+        _emit_copy(acc, part, x, src_pre=(gi,))
+        _emit_epilogue(x, acc, groups.first + gi, t)
 
 
-def _emit_main(x: _Ctx):
-    """Parallel over output tiles: each thread reads its own input tiles. (Tasks of several
-    column tiles sharing each pass over the weights measured 5-35% slower: the weights
-    stream well, the extra input tiles crowd L2.)"""
+@dataclass(frozen=True)
+class _Groups:
+    """The filter groups one parallel task computes: [first, first + count), count <= most."""
+
+    first: object
+    count: object
+    most: int
+
+
+def _emit_main(x: _Ctx, splits: int):
+    """Parallel over output tiles x `splits` slices of the filter groups: each task reads its
+    own input tile. Slices keep both cores busy when a plane has fewer tiles than threads
+    (a 14x14 plane is one tile). (Tasks of several column tiles sharing each pass over the
+    weights measured 5-35% slower: the weights stream well, the extra input tiles crowd L2.)"""
     g = x.g
     per_image = g.tiles_y * g.tiles_x
-    with T.parallel(0, g.n * per_image) as tile:
+    most = -(-x.num_groups // splits)
+    with T.parallel(0, g.n * per_image * splits) as task:
+        tile, part = task // splits, task % splits
         rest = tile % per_image
         t = _Tile(tile // per_image, rest // g.tiles_x, rest % g.tiles_x)
+        groups = _Groups(part * most, tirx.max(tirx.min(most, x.num_groups - part * most), 0), most)
         if x.num_blocks == 1:
-            _emit_tile_unblocked(x, t)
+            _emit_tile_unblocked(x, t, groups)
         else:
-            _emit_tile_blocked(x, t)
+            _emit_tile_blocked(x, t, groups)
+
+
+def auto_filter_splits(tasks: int, groups: int, threads: int) -> int:
+    """Slices of the filter groups per tile: none while the tiles alone give every thread at
+    least 4 tasks (load balance), else the fewest slices that do, at most one group each."""
+    if tasks >= 4 * threads:
+        return 1
+    return max(1, min(groups, -(-4 * threads // max(tasks, 1))))
 
 
 def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
@@ -383,10 +409,21 @@ def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
 
 
 def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
-                  knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target) -> PatternConvKnobs:
+                  knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target,
+                  filters: int | None = None) -> PatternConvKnobs:
     """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
     among the register plan's vector counts, the tile (rows x vectors) that pads the output
-    least, then the one with more accumulators."""
+    least, then the one with more accumulators; filter slices for `filters` filters (left 0
+    without them)."""
+    tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target)
+    if tile.filter_splits or filters is None:
+        return tile
+    g = _geometry(in_shape, strides, pads, dilations, tile)
+    groups = -(-filters // tile.filters_per_group)
+    return replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
+
+
+def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> PatternConvKnobs:
     knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
                     tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
                     prefetch=knobs.prefetch if knobs.prefetch >= 0 else
@@ -429,7 +466,7 @@ def pattern_conv_kernel(
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
     """
-    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target)
+    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target, filters=fkw.num_filters)
     g = _geometry(in_shape, strides, pads, dilations, knobs)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
@@ -456,5 +493,5 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch)
-            _emit_main(x)
+            _emit_main(x, knobs.filter_splits)
     return ib.get()
