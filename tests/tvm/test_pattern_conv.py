@@ -3,6 +3,8 @@ empty filters, widths that are no multiple of the vector width, and every schedu
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -77,11 +79,17 @@ def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+# the two ways the input gets tiled: each task copies its own tile (one slice of filters per
+# tile), or a prologue copies every tile (filters sliced across tasks)
+COPIES = {"task-copy": PatternConvKnobs(filter_splits=1), "prologue": PatternConvKnobs(filter_splits=2)}
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("pad", [0, 1])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_strides_pads_batch(stride, pad, batch):
-    check((batch, 6, 11, 13), 5, strides=(stride, stride), pads=(pad,) * 4)
+@pytest.mark.parametrize("copy", list(COPIES))
+def test_strides_pads_batch(stride, pad, batch, copy):
+    check((batch, 6, 11, 13), 5, strides=(stride, stride), pads=(pad,) * 4, knobs=COPIES[copy])
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS)[1:], ids=lambda a: a.kind)
@@ -95,8 +103,9 @@ def test_odd_width_wider_than_a_vector_and_all_empty_filters():
 
 
 @pytest.mark.parametrize("copies", [1, 3], ids=["phase-tile", "tap-copies"])
-def test_asymmetric_pads_and_dilation(copies):
-    knobs = PatternConvKnobs(tap_copies=copies)
+@pytest.mark.parametrize("copy", list(COPIES))
+def test_asymmetric_pads_and_dilation(copies, copy):
+    knobs = dataclasses.replace(COPIES[copy], tap_copies=copies)
     check((1, 4, 9, 10), 3, pads=(0, 1, 2, 1), knobs=knobs)
     check((1, 4, 9, 10), 3, dilations=(2, 2), pads=(2, 2, 2, 2), knobs=knobs)
     check((1, 4, 10, 12), 3, strides=(2, 1), pads=(1, 0, 1, 1), knobs=knobs)

@@ -1,11 +1,13 @@
 """A pattern-sparse 3x3 convolution kernel (PatDNN style), written with the tirx IRBuilder.
 
 Data flow:
-1. The input is copied once into zero-padded *tiles*: for every output tile (R rows x W
-   columns) and channel, the input rows and columns it reads (halo included, split by stride
-   phase) lie contiguous. The hot loop then has no bounds checks for any stride, padding or
-   dilation, and a block of channels of one tile packs densely into L1 (few lines, few pages).
-2. Parallel over output tiles. Per tile, (per block of input channels,) per group of
+1. The input is copied into zero-padded *tiles*: for every output tile (R rows x W columns)
+   and channel, the input rows and columns it reads (halo included, split by stride phase) lie
+   contiguous. The hot loop then has no bounds checks for any stride, padding or dilation, and
+   a block of channels of one tile packs densely into L1 (few lines, few pages). The task that
+   computes a tile copies it just before (it stays in cache), unless the filters are sliced
+   across tasks (small planes): then a prologue copies every tile once.
+2. Parallel over output tiles (x slices of the filter groups). Per tile, (per block of input channels,) per group of
    filters: one loop per pattern runs over that pattern's kernels (bounds from the FKW
    `stride` at run time); tap offsets are compile-time constants, so each distinct input
    vector is loaded once and feeds every tap that reads it (kernel-level load-redundancy
@@ -170,16 +172,43 @@ def _inner_tiles(g: _Geometry) -> tuple[int, int]:
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
 
+def _copy_row(data, g: _Geometry, n, c, y, tx, checked: bool, store) -> None:
+    """store(slot, q, value) for every column of column tile tx's input row y; `checked`
+    guards columns in the padding."""
+    for ph in range(g.slots):
+        with T.serial(0, g.qw) as q:
+            x = g.source_col(tx, ph, q)
+            val = data[n, c, y, x]
+            if checked:
+                val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
+            store(ph, q, val)
+
+
 def _emit_tile_row(data, xt, g: _Geometry, n, c, ty, r, y, tiles: range, checked: bool):
-    """One input row of the column tiles `tiles`; `checked` guards columns in the padding."""
+    """One input row of the column tiles `tiles`."""
     with T.serial(tiles.start, tiles.stop) as tx:
-        for ph in range(g.slots):
-            with T.serial(0, g.qw) as q:
-                x = g.source_col(tx, ph, q)
-                val = data[n, c, y, x]
-                if checked:
-                    val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
-                T.buffer_store(xt, val, [n, ty, tx, c, r, ph, q])
+        _copy_row(data, g, n, c, y, tx, checked, lambda ph, q, v: T.buffer_store(xt, v, [n, ty, tx, c, r, ph, q]))
+
+
+def _emit_tile_copy(data, xt, g: _Geometry, t: "_Tile") -> None:
+    """xt[0, 0, 0, c, r, ph, q]: one output tile's input rows for every channel, copied by the task
+    that computes the tile, just before it does (they stay in its cache: a prologue copying all
+    tiles writes them to memory and reads them back)."""
+    lo, hi = _inner_tiles(g)
+    with T.serial(0, g.c) as c:
+        with T.serial(0, g.in_rows) as r:
+            y = t.ty * g.rows * g.strides[0] + r - g.pads[0]
+            store = lambda ph, q, v: T.buffer_store(xt, v, [0, 0, 0, c, r, ph, q])  # noqa: E731
+            with T.If(tirx.all(y >= 0, y < g.h)):
+                with T.Then():
+                    with T.If(tirx.all(t.tx >= lo, t.tx < hi)):
+                        with T.Then():
+                            _copy_row(data, g, t.n, c, y, t.tx, False, store)
+                        with T.Else():
+                            _copy_row(data, g, t.n, c, y, t.tx, True, store)
+                with T.Else():
+                    with T.serial(0, g.slots * g.qw) as i:
+                        store(i // g.qw, i % g.qw, tirx.const(0.0, "float32"))
 
 
 def _emit_tiling(data, xt, g: _Geometry) -> None:
@@ -224,6 +253,13 @@ class _Ctx:
     out: object
     by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
     prefetch: int = 0  # kernels ahead whose input tile is prefetched
+    data: object = None  # the input: set when each task copies its own tile (xt then holds one tile)
+
+    def input(self, t: _Tile, c, row, slot, q):
+        """The tiled input at (channel, row, slot, column) of tile t."""
+        if self.data is not None:
+            return self.xt[0, 0, 0, c, row, slot, q]
+        return self.xt[t.n, t.ty, t.tx, c, row, slot, q]
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -257,7 +293,7 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             ph, dq = g.column(kx)
             for v in range(g.vecs):
-                src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
+                src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
                 for f in range(x.nf):
                     for r, tap in users:
                         value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
@@ -272,7 +308,7 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
     row = g.slots * g.qw
     for first in range(0, g.in_rows * row, 16):  # one float32 cache line (64 bytes) at a time
         addr = tirx.call_intrin("handle", "tirx.address_of",
-                                x.xt[t.n, t.ty, t.tx, c, first // row, first // g.qw % g.slots, first % g.qw])
+                                x.input(t, c, first // row, first // g.qw % g.slots, first % g.qw))
         T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
 
 
@@ -383,6 +419,9 @@ def _emit_main(x: _Ctx, splits: int):
         rest = tile % per_image
         t = _Tile(tile // per_image, rest // g.tiles_x, rest % g.tiles_x)
         groups = _Groups(part * most, tirx.max(tirx.min(most, x.num_groups - part * most), 0), most)
+        if x.data is not None:
+            x = replace(x, xt=T.alloc_buffer((1, 1, 1, g.c, g.in_rows, g.slots, g.qw), "float32"))
+            _emit_tile_copy(x.data, x.xt, g, t)
         if x.num_blocks == 1:
             _emit_tile_unblocked(x, t, groups)
         else:
@@ -487,11 +526,17 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
             out = T.arg("out", T.buffer(out_shape, "float32"))
-            shape = (g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.slots, g.qw)
-            xt = T.alloc_buffer(shape, "float32")
-            _emit_tiling(data, xt, g)
+            # one task per tile: it copies its own tile (measured on znver5, 1.04-1.28x over a
+            # prologue copying every tile: VGG-16 conv1_2's shape 1.27x); sliced filters would copy it
+            # once per slice, so they share a prologue's copy
+            local = knobs.filter_splits == 1
+            xt = None
+            if not local:
+                xt = T.alloc_buffer((g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.slots, g.qw), "float32")
+                _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
+                     data if local else None)
             _emit_main(x, knobs.filter_splits)
     return ib.get()
