@@ -11,7 +11,7 @@ import pytest
 from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
-from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel, resolve_knobs
+from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, auto_filter_splits, pattern_conv_kernel, resolve_knobs
 from sparsec.lower.target import host, resolve_target
 
 pytestmark = pytest.mark.tvm
@@ -153,12 +153,14 @@ def test_bad_knob():
 
 
 def test_filter_slices_keep_every_thread_busy():
+    assert auto_filter_splits(16, 256, threads=2) == 1  # L1: 16 tiles of 14 x 16
+    assert auto_filter_splits(4, 512, threads=2) == 1  # L2: 4 tiles, 2 per thread
+    assert auto_filter_splits(3, 256, threads=2) == 3  # 3 tiles on 2 threads: 9 tasks balance better
+    assert auto_filter_splits(1, 256, threads=2) == 8  # L3: one tile, its filters sliced 8 ways
+    assert auto_filter_splits(1, 3, threads=2) == 3  # never more slices than groups
     splits = lambda shape, filters=256, **knobs: resolve_knobs(  # noqa: E731
         shape, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=filters).filter_splits
-    threads = AVX512.threads
-    assert splits((1, 8, 56, 56)) == (1 if 16 >= 4 * threads else -(-4 * threads // 16))  # 16 tiles of 14 x 16
-    assert splits((1, 8, 14, 14)) == 4 * threads  # one tile: the filters are sliced instead
-    assert splits((1, 8, 14, 14), filters=3) == 3  # never more slices than groups
+    assert splits((1, 8, 14, 14)) == auto_filter_splits(1, 256, AVX512.threads)
     assert splits((1, 8, 14, 14), filter_splits=2) == 2
     assert resolve_knobs((1, 8, 14, 14), target=AVX512).filter_splits == 0  # no filter count: left to the kernel
 
