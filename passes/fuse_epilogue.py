@@ -1,4 +1,4 @@
-"""fuse-epilogue: bias adds and activations after a conv2d / linear move into its epilogue."""
+"""fuse-epilogue: bias adds, residual adds and activations after a conv2d / linear move into its epilogue."""
 
 from __future__ import annotations
 
@@ -79,9 +79,11 @@ RESIDUAL_RULES: list[Rule] = [
 @register
 @dataclass(frozen=True)
 class FuseEpilogue(Pass):
-    """Fuse per-channel bias adds, residual adds (ResNet shortcuts) and activations into the
-    preceding conv2d / linear. `residual=false` leaves residual adds alone (GPU targets: their
-    kernels have no residual input)."""
+    """Fuse bias adds, residual adds and activations into the preceding conv2d / linear.
+
+    Bias adds are per-channel weights; residual adds (ResNet shortcuts) add a value of the conv's
+    own type. `residual=false` leaves residual adds alone (GPU targets: their conv kernels have
+    no residual input)."""
 
     name = "fuse-epilogue"
     residual: bool = True
