@@ -24,7 +24,7 @@ def _resolved(call: KernelCall, knobs, target: Target):
     if call.generator == "pattern_conv":
         p = call.params
         return resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]),
-                             knobs, target=target)
+                             knobs, target=target, filters=len(call.structure["filter_order"]))
     return knobs.resolved(target)
 
 
@@ -52,7 +52,8 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
 
 
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
-    """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies."""
+    """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
+    prefetch distance, filter slices per tile."""
     oh, ow = _out_hw(call, (3, 3))
     channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
@@ -71,6 +72,8 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("vectors_per_step", values((1, 2, 3, 4))),
         ("channel_block", values((0, 16, 32, 64, 128), low=0, high=channels - 1)),
         ("tap_copies", values((1, 3))),
+        ("prefetch", values((0, 1, 2, 4), low=0)),
+        ("filter_splits", values((1, 2, 4, 8), high=filters)),
     ], rule)
 
 

@@ -20,7 +20,7 @@ from sparsec.lower.gpu.csr import csr_conv1x1_kernel, csr_dense_kernel
 from sparsec.lower.gpu.launch import lower
 from sparsec.lower.gpu.pattern import group_table, pattern_conv_kernel
 from sparsec.lower.gpu.program import opencl_source
-from sparsec.lower.gpu.report import gpu_report
+from sparsec.lower.gpu.report import gpu_report, kernel_counts
 from sparsec.lower.target import resolve_target, tvm_target
 from sparsec.models import ZOO, conv_layer
 from sparsec.prune import prune_model
@@ -147,6 +147,32 @@ def test_pattern_layer_loads_and_divergence():
     assert layer.vs_dense <= 1 / 3
     assert sum(k.divergent_groups for k in layer.kernels) == 0
     assert all(k.local_bytes <= MALI.local_memory_bytes for k in layer.kernels)
+
+
+def _uneven_csr(rows, cols):
+    """A sparse matrix whose rows keep from none to all of their columns (CSR loops of every length)."""
+    keep = RNG.random((rows, cols)) < np.linspace(0, 1, rows)[:, None]
+    return (RNG.standard_normal((rows, cols)) * keep).astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [
+    # several pattern classes, odd sizes, padded tiles, a partial last channel block, batch 2
+    lambda: pattern_conv_kernel(build_fkw(pattern_weight(20, 24)), (2, 24, 19, 13), bias=np.ones(20, np.float32),
+                                target=MALI),
+    lambda: pattern_conv_kernel(build_fkw(pattern_weight(20, 40, keep=0.3)), (1, 40, 21, 17), strides=(2, 2),
+                                target=MALI),
+    lambda: dense_conv_kernel(RNG.standard_normal((12, 30, 3, 3)).astype(np.float32), (1, 30, 23, 15),
+                              pads=(1, 1, 1, 1), target=MALI),
+    lambda: csr_conv1x1_kernel(_uneven_csr(12, 16)[:, :, None, None], (1, 16, 9, 11), strides=(2, 2), target=MALI),
+    lambda: csr_dense_kernel(_uneven_csr(40, 150), (2, 150), target=MALI),
+], ids=["pattern", "pattern-stride2", "dense", "csr-conv1x1", "csr-fc"])
+def test_static_counts_shortcut_equals_every_iteration(make):
+    """The report counts a loop without branches once and multiplies by its trip counts; visiting
+    every iteration of every loop must give the same integers."""
+    kernel = make()
+    fast = kernel_counts(kernel.func, MALI, kernel.constants)
+    assert fast == kernel_counts(kernel.func, MALI, kernel.constants, exhaustive=True)
+    assert all(k.loads > 0 for k in fast)
 
 
 def test_cli_compile_tar_emulate_and_inspect(tmp_path, capsys):

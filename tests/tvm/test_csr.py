@@ -131,3 +131,13 @@ def test_sparse_1x1_conv_layer_with_few_input_channels(channels):
     assert [layer["format"] for layer in compiled.manifest.layers] == ["csr"]
     x = {"input": np.random.default_rng(0).standard_normal((1, channels, 6, 5), dtype=np.float32)}
     np.testing.assert_allclose(compiled.run(x)["output"], run_reference(module, x)["output"], rtol=1e-5, atol=1e-5)
+
+
+def test_conv1x1_register_plan_comes_from_the_target():
+    from sparsec.lower.target import resolve_target
+
+    avx512 = resolve_target(spec='{"name": "avx512", "isa": "avx512", "tvm": {"mcpu": "skylake-avx512"}}')
+    avx2 = resolve_target(spec='{"name": "avx2", "isa": "avx2", "tvm": {"mcpu": "haswell"}}')
+    plan = lambda target: (lambda k: (k.vectors, k.lanes, k.channel_block))(CsrKnobs().resolved(target))  # noqa: E731
+    assert plan(avx512) == (8, 16, 64)  # 32 registers: 8 vectors, blocks filling 2/3 of a 48 KiB L1
+    assert plan(avx2) == (8, 8, 64)  # 16 registers: half of them, blocks filling half of L1

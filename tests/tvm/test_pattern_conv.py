@@ -3,6 +3,8 @@ empty filters, widths that are no multiple of the vector width, and every schedu
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -81,11 +83,17 @@ def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+# the two ways the input gets tiled: each task copies its own tile (one slice of filters per
+# tile), or a prologue copies every tile (filters sliced across tasks)
+COPIES = {"task-copy": PatternConvKnobs(filter_splits=1), "prologue": PatternConvKnobs(filter_splits=2)}
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("pad", [0, 1])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_strides_pads_batch(stride, pad, batch):
-    check((batch, 6, 11, 13), 5, strides=(stride, stride), pads=(pad,) * 4)
+@pytest.mark.parametrize("copy", list(COPIES))
+def test_strides_pads_batch(stride, pad, batch, copy):
+    check((batch, 6, 11, 13), 5, strides=(stride, stride), pads=(pad,) * 4, knobs=COPIES[copy])
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS)[1:], ids=lambda a: a.kind)
@@ -99,8 +107,9 @@ def test_odd_width_wider_than_a_vector_and_all_empty_filters():
 
 
 @pytest.mark.parametrize("copies", [1, 3], ids=["phase-tile", "tap-copies"])
-def test_asymmetric_pads_and_dilation(copies):
-    knobs = PatternConvKnobs(tap_copies=copies)
+@pytest.mark.parametrize("copy", list(COPIES))
+def test_asymmetric_pads_and_dilation(copies, copy):
+    knobs = dataclasses.replace(COPIES[copy], tap_copies=copies)
     check((1, 4, 9, 10), 3, pads=(0, 1, 2, 1), knobs=knobs)
     check((1, 4, 9, 10), 3, dilations=(2, 2), pads=(2, 2, 2, 2), knobs=knobs)
     check((1, 4, 10, 12), 3, strides=(2, 1), pads=(1, 0, 1, 1), knobs=knobs)
@@ -117,8 +126,14 @@ def test_asymmetric_pads_and_dilation(copies):
         PatternConvKnobs(vector_width=4, rows_per_step=1),
         PatternConvKnobs(tap_copies=3, vectors_per_step=2),  # an aligned copy per tap column (NEON's)
         PatternConvKnobs(tap_copies=3, channel_block=4, filters_per_group=2),
+        PatternConvKnobs(prefetch=3, channel_block=4),  # prefetches past the last kernel are clamped
+        PatternConvKnobs(prefetch=1, filters_per_group=2, tap_copies=3),
+        PatternConvKnobs(filter_splits=3),  # 7 filters in slices of 3, 3 and 1
+        PatternConvKnobs(filter_splits=2, channel_block=4, filters_per_group=2),  # slices of blocked tiles
+        PatternConvKnobs(filter_splits=9),  # more slices than filters: the last ones have none
     ],
-    ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks"],
+    ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks", "prefetch",
+         "prefetch-groups", "splits", "splits-blocks", "splits-empty"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -133,8 +148,10 @@ def test_knobs(knobs):
         PatternConvKnobs(filters_per_group=3, channel_block=5),  # a short last group
         PatternConvKnobs(tap_copies=3, filters_per_group=2),
         PatternConvKnobs(vector_width=4, rows_per_step=3, vectors_per_step=2),
+        PatternConvKnobs(filter_splits=1, prefetch=2),  # each task copies its own input tile
+        PatternConvKnobs(filter_splits=3, channel_block=4),  # filters sliced across tasks, a prologue copy
     ],
-    ids=["default", "blocks", "groups", "tap-copies", "narrow"],
+    ids=["default", "blocks", "groups", "tap-copies", "narrow", "task-copy", "splits-blocks"],
 )
 def test_residual_epilogue(knobs):
     """act(conv + bias + residual), the residual read at each stored filter's original channel:
@@ -157,6 +174,37 @@ def test_output_keeps_original_channel_order():
 def test_bad_knob():
     with pytest.raises(ValueError, match="rows_per_step"):
         PatternConvKnobs(rows_per_step=-1)
+    with pytest.raises(ValueError, match="prefetch"):
+        PatternConvKnobs(prefetch=-2)
+
+
+def test_filter_slices_keep_every_thread_busy():
+    splits = lambda shape, filters=256, **knobs: resolve_knobs(  # noqa: E731
+        shape, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=filters).filter_splits
+    threads = AVX512.threads
+    assert splits((1, 8, 56, 56)) == (1 if 16 >= 4 * threads else -(-4 * threads // 16))  # 16 tiles of 14 x 16
+    assert splits((1, 8, 14, 14)) == 4 * threads  # one tile: the filters are sliced instead
+    assert splits((1, 8, 14, 14), filters=3) == 3  # never more slices than groups
+    assert splits((1, 8, 14, 14), filter_splits=2) == 2
+    assert resolve_knobs((1, 8, 14, 14), target=AVX512).filter_splits == 0  # no filter count: left to the kernel
+
+
+def test_prefetch_comes_from_the_register_plan():
+    prefetch = lambda target, **knobs: resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(**knobs),  # noqa: E731
+                                                     target=target).prefetch
+    assert prefetch(AVX512) == 2 and prefetch(AVX2) == 2  # one filter per group: two kernels ahead
+    assert prefetch(AVX512, filters_per_group=4) == 0 and prefetch(ARM64) == 0
+    assert prefetch(AVX512, prefetch=0) == 0 and prefetch(ARM64, prefetch=3) == 3
+
+
+def test_prefetch_is_in_the_code():
+    from sparsec.fkw import build_fkw
+
+    w = pruned(np.random.default_rng(0), 4, 3)
+    kernel = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=2))
+    assert "llvm.prefetch" in kernel.func.script()
+    off = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=0))
+    assert "llvm.prefetch" not in off.func.script()
 
 
 def test_auto_rows_pad_the_height_least():

@@ -47,11 +47,15 @@ class GpuLayerReport:
         return {**asdict(self), "loads": self.loads, "loads_per_fma": self.loads_per_fma, "vs_dense": self.vs_dense}
 
 
-def _counts(func, target: Target, constants: tuple[np.ndarray, ...]) -> tuple[KernelCounts, ...]:
+def kernel_counts(func, target: Target, constants: tuple[np.ndarray, ...], *,
+                  exhaustive: bool = False) -> tuple[KernelCounts, ...]:
+    """The counts of each OpenCL kernel of `func` (a sparsec kernel: its constants are the
+    parameters before the output); `exhaustive`: see `static.count_kernel`."""
     lowered = lower(func, tvm_target(target))
     names = lowered.param_names[len(lowered.param_names) - 1 - len(constants): -1]
     consts = dict(zip(names, constants))
-    return tuple(count_kernel(lowered.device[la.kernel], la, consts) for la in lowered.launches)
+    return tuple(count_kernel(lowered.device[la.kernel], la, consts, exhaustive=exhaustive)
+                 for la in lowered.launches)
 
 
 def gpu_report(module: Module, target: Target) -> list[GpuLayerReport]:
@@ -62,7 +66,7 @@ def gpu_report(module: Module, target: Target) -> list[GpuLayerReport]:
     for plan in plans:
         if not plan.kernel:
             continue
-        kernels = _counts(mod[plan.kernel], target, tuple(plan.constants))
+        kernels = kernel_counts(mod[plan.kernel], target, tuple(plan.constants))
         dense = _dense_loads(ops[plan.result], module, target) if plan.format == "pattern" else 0
         reports.append(GpuLayerReport(plan.result, plan.op, plan.format, kernels, plan.kept_macs, dense))
     return reports
@@ -73,7 +77,7 @@ def _dense_loads(op: Conv2d, module: Module, target: Target) -> int:
     kernel = dense_conv_kernel(weight, module.types[op.input].shape, strides=op.strides, pads=op.pads,
                                dilations=op.dilations, bias=bias_data(op, module), activation=op.activation,
                                target=target, name="dense_baseline")
-    return sum(k.loads for k in _counts(kernel.func, target, kernel.constants))
+    return sum(k.loads for k in kernel_counts(kernel.func, target, kernel.constants))
 
 
 def format_gpu_report(reports: list[GpuLayerReport], target: Target) -> str:

@@ -2,11 +2,18 @@
 
 For each kernel, TVM's lowered device code (what its OpenCL code generator prints) is executed
 symbolically over the whole NDRange, every work-item at once as NumPy arrays: loop bounds, branch
-conditions and indices are evaluated, with the kernel's constant arrays (FKW / CSR arrays) as the
-only memory read; every load from global memory is counted where it executes (a float4 load is one
-load of 16 bytes). It reports work-groups, work-items, local memory, global loads per useful FMA
-(kept multiply-adds of the layer) and the work-groups whose work-items disagree on a data-dependent
-loop's trip count (divergence: different pattern sequences inside one work-group).
+conditions and indices are evaluated, with the kernel's integer constant arrays (FKW / CSR arrays)
+as the only memory read (float weights and biases are data, never control); every load from global
+memory is counted where it executes (a float4 load is one load of 16 bytes). It reports
+work-groups, work-items, local memory, global loads per useful FMA (kept multiply-adds of the
+layer) and the work-groups whose work-items disagree on a data-dependent loop's trip count
+(divergence: different pattern sequences inside one work-group).
+
+One shortcut spares visiting most loop iterations: a loop whose body has no loop or branch
+(`_straight`) executes the same loads every iteration, so its body is visited once and its loads
+multiplied by the trip counts, summed over the work-items that run it. Counts are Python integers.
+`count_kernel(..., exhaustive=True)` visits every iteration instead: the definition the shortcut is
+tested against.
 """
 
 from __future__ import annotations
@@ -39,16 +46,18 @@ class KernelCounts:
     divergent_groups: int  # work-groups whose work-items run a data-dependent loop a different number of times
 
 
-def count_kernel(func: tirx.PrimFunc, launch: Launch, constants: dict[str, np.ndarray]) -> KernelCounts:
-    """Execute `func` (a device PrimFunc) symbolically over `launch`'s NDRange."""
-    sim = _Sim(launch, constants)
+def count_kernel(func: tirx.PrimFunc, launch: Launch, constants: dict[str, np.ndarray], *,
+                 exhaustive: bool = False) -> KernelCounts:
+    """Execute `func` (a device PrimFunc) symbolically over `launch`'s NDRange; `exhaustive`: visit
+    every iteration of every loop (slow; the straight-body shortcut's reference)."""
+    sim = _Sim(launch, constants, exhaustive)
     sim.visit(func.body, np.ones(sim.items, bool))
-    return KernelCounts(launch.kernel, launch.work_groups, launch.work_items, sim.local_bytes, int(sim.loads),
-                        int(sim.load_bytes), sim.data_loops, int(sim.divergent.sum()))
+    return KernelCounts(launch.kernel, launch.work_groups, launch.work_items, sim.local_bytes, sim.loads,
+                        sim.load_bytes, sim.data_loops, int(sim.divergent.sum()))
 
 
 class _Sim:
-    def __init__(self, launch: Launch, constants: dict[str, np.ndarray]):
+    def __init__(self, launch: Launch, constants: dict[str, np.ndarray], exhaustive: bool = False):
         grid = np.indices(launch.global_size).reshape(3, -1)
         local = np.asarray(launch.local_size)[:, None]
         self.ids = {"group": grid // local, "local": grid % local}
@@ -59,7 +68,9 @@ class _Sim:
         self.constants = {k: np.asarray(v).reshape(-1) for k, v in constants.items()}
         self.env: dict = {}
         self.buffers: dict = {}  # buffer var -> name (for constant lookups)
-        self.loads = self.load_bytes = 0.0
+        self.exhaustive = exhaustive
+        self.loads = self.load_bytes = 0  # Python ints: exact at any size
+        self.load_counts: dict = {}  # expression -> its (loads, bytes); loop bodies are visited many times
         self.local_bytes = 0
         self.data_loops = 0
         self.divergent = np.zeros(int(np.prod(groups)), bool)
@@ -115,18 +126,16 @@ class _Sim:
             self.data_loops += 1
             self._divergence(np.broadcast_to(extent, mask.shape), mask)
         extent = np.where(mask, extent, 0) if varying else extent
-        if _straight(node.body):  # what the body counts does not depend on the iteration: count it once
+        if _straight(node.body) and not self.exhaustive:  # the same loads every iteration: count them once
             self.env[node.loop_var] = lo
             runs = mask & (extent > 0) if varying else mask
+            active = int(runs.sum())
+            trips = int(np.where(runs, extent, 0).sum()) if varying else int(extent) * active
             before = (self.loads, self.load_bytes)
             self.visit(node.body, runs)
-            active = int(runs.sum())
-            if varying:
-                scale = float(np.where(runs, extent, 0).sum()) / active if active else 0.0
-            else:
-                scale = float(extent)
-            self.loads = before[0] + (self.loads - before[0]) * scale
-            self.load_bytes = before[1] + (self.load_bytes - before[1]) * scale
+            if active:  # the body added (per work-item count) x active: scale it to the trips
+                self.loads = before[0] + (self.loads - before[0]) // active * trips
+                self.load_bytes = before[1] + (self.load_bytes - before[1]) // active * trips
             return
         for i in range(int(np.max(extent, initial=0))):
             self.env[node.loop_var] = lo + i
@@ -143,7 +152,9 @@ class _Sim:
     # --- expressions --------------------------------------------------------------------------
 
     def _loads(self, expr, mask) -> None:
-        count, nbytes = _global_loads(expr)
+        if expr not in self.load_counts:
+            self.load_counts[expr] = _global_loads(expr)
+        count, nbytes = self.load_counts[expr]
         if count:
             active = int(mask.sum())
             self.loads += count * active
@@ -169,9 +180,10 @@ class _Sim:
             return np.where(self.eval(e.condition), self.eval(e.true_value), self.eval(e.false_value))
         if isinstance(e, tvm.ir.TensorLoad):
             name = self.buffers.get(e.source, str(e.source.name))
-            if name not in self.constants or len(e.indices) != 1 or isinstance(e.indices[0], tirx.Ramp):
+            data = self.constants.get(name)
+            # float weights and biases are data, never a bound, a condition or an index: not evaluated
+            if data is None or data.dtype.kind == "f" or len(e.indices) != 1 or isinstance(e.indices[0], tirx.Ramp):
                 raise _Unknown
-            data = self.constants[name]
             return data[np.clip(np.asarray(self.eval(e.indices[0])), 0, len(data) - 1)].astype(np.int64)
         if type(e).__name__ == "Call" and getattr(e.op, "name", "") == "tirx.if_then_else":
             return np.where(self.eval(e.args[0]), self.eval(e.args[1]), self.eval(e.args[2]))

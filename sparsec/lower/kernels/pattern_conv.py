@@ -1,11 +1,13 @@
 """A pattern-sparse 3x3 convolution kernel (PatDNN style), written with the tirx IRBuilder.
 
 Data flow:
-1. The input is copied once into zero-padded *tiles*: for every output tile (R rows x W
-   columns) and channel, the input rows and columns it reads (halo included, split by stride
-   phase) lie contiguous. The hot loop then has no bounds checks for any stride, padding or
-   dilation, and a block of channels of one tile packs densely into L1 (few lines, few pages).
-2. Parallel over output tiles. Per tile, (per block of input channels,) per group of
+1. The input is copied into zero-padded *tiles*: for every output tile (R rows x W columns)
+   and channel, the input rows and columns it reads (halo included, split by stride phase) lie
+   contiguous. The hot loop then has no bounds checks for any stride, padding or dilation, and
+   a block of channels of one tile packs densely into L1 (few lines, few pages). The task that
+   computes a tile copies it just before (it stays in cache), unless the filters are sliced
+   across tasks (small planes): then a prologue copies every tile once.
+2. Parallel over output tiles (x slices of the filter groups). Per tile, (per block of input channels,) per group of
    filters: one loop per pattern runs over that pattern's kernels (bounds from the FKW
    `stride` at run time); tap offsets are compile-time constants, so each distinct input
    vector is loaded once and feeds every tap that reads it (kernel-level load-redundancy
@@ -50,15 +52,21 @@ class PatternConvKnobs:
     channel_block: int = 0  # input channels per L1-sized block (0: one block of all channels)
     tap_copies: int = 0  # input tile columns: 1 = one copy per stride phase, taps read it shifted;
     # 3 = one aligned copy per tap column (no unaligned or far loads); 0 = the target's choice
+    filter_splits: int = 0  # slices of the filter groups per output tile in the parallel loop (0: enough
+    # tasks for the target's threads)
+    prefetch: int = -1  # the input tile of the kernel this many iterations ahead is prefetched into L1
+    # (its channel is data, so no hardware prefetcher guesses it); 0 = none; -1 = the register plan's
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
             raise ValueError(f"knob tap_copies must be 0, 1 or 3, got {self.tap_copies}")
         if self.filters_per_group < 1:
             raise ValueError(f"knob filters_per_group must be >= 1, got {self.filters_per_group}")
-        for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block"):
+        for name in ("rows_per_step", "vector_width", "vectors_per_step", "channel_block", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
+        if self.prefetch < -1:
+            raise ValueError(f"knob prefetch must be >= 0 (or -1: the target's choice), got {self.prefetch}")
 
 
 @dataclass(frozen=True)
@@ -164,16 +172,43 @@ def _inner_tiles(g: _Geometry) -> tuple[int, int]:
     return (inside[0], inside[-1] + 1) if inside else (0, 0)
 
 
+def _copy_row(data, g: _Geometry, n, c, y, tx, checked: bool, store) -> None:
+    """store(slot, q, value) for every column of column tile tx's input row y; `checked`
+    guards columns in the padding."""
+    for ph in range(g.slots):
+        with T.serial(0, g.qw) as q:
+            x = g.source_col(tx, ph, q)
+            val = data[n, c, y, x]
+            if checked:
+                val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
+            store(ph, q, val)
+
+
 def _emit_tile_row(data, xt, g: _Geometry, n, c, ty, r, y, tiles: range, checked: bool):
-    """One input row of the column tiles `tiles`; `checked` guards columns in the padding."""
+    """One input row of the column tiles `tiles`."""
     with T.serial(tiles.start, tiles.stop) as tx:
-        for ph in range(g.slots):
-            with T.serial(0, g.qw) as q:
-                x = g.source_col(tx, ph, q)
-                val = data[n, c, y, x]
-                if checked:
-                    val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
-                T.buffer_store(xt, val, [n, ty, tx, c, r, ph, q])
+        _copy_row(data, g, n, c, y, tx, checked, lambda ph, q, v: T.buffer_store(xt, v, [n, ty, tx, c, r, ph, q]))
+
+
+def _emit_tile_copy(data, xt, g: _Geometry, t: "_Tile") -> None:
+    """xt[0, 0, 0, c, r, ph, q]: one output tile's input rows for every channel, copied by the task
+    that computes the tile, just before it does (they stay in its cache: a prologue copying all
+    tiles writes them to memory and reads them back)."""
+    lo, hi = _inner_tiles(g)
+    with T.serial(0, g.c) as c:
+        with T.serial(0, g.in_rows) as r:
+            y = t.ty * g.rows * g.strides[0] + r - g.pads[0]
+            store = lambda ph, q, v: T.buffer_store(xt, v, [0, 0, 0, c, r, ph, q])  # noqa: E731
+            with T.If(tirx.all(y >= 0, y < g.h)):
+                with T.Then():
+                    with T.If(tirx.all(t.tx >= lo, t.tx < hi)):
+                        with T.Then():
+                            _copy_row(data, g, t.n, c, y, t.tx, False, store)
+                        with T.Else():
+                            _copy_row(data, g, t.n, c, y, t.tx, True, store)
+                with T.Else():
+                    with T.serial(0, g.slots * g.qw) as i:
+                        store(i // g.qw, i % g.qw, tirx.const(0.0, "float32"))
 
 
 def _emit_tiling(data, xt, g: _Geometry) -> None:
@@ -217,7 +252,15 @@ class _Ctx:
     bias: object | None
     out: object
     by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
+    prefetch: int = 0  # kernels ahead whose input tile is prefetched
+    data: object = None  # the input: set when each task copies its own tile (xt then holds one tile)
     residual: object | None = None  # [N, O, OH, OW] like `out`: added before the activation
+
+    def input(self, t: _Tile, c, row, slot, q):
+        """The tiled input at (channel, row, slot, column) of tile t."""
+        if self.data is not None:
+            return self.xt[0, 0, 0, c, row, slot, q]
+        return self.xt[t.n, t.ty, t.tx, c, row, slot, q]
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -246,14 +289,28 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
     base = _i32(x.offset[grp])
     with T.serial(base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])) as k:
         c = _i32(x.index[k])
+        if x.prefetch:
+            _emit_prefetch(x, tirx.min(k + x.prefetch, x.index.shape[0] - 1), t)
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             ph, dq = g.column(kx)
             for v in range(g.vecs):
-                src = x.xt[t.n, t.ty, t.tx, c, dy, ph, _ramp(v * lanes + dq, lanes)]
+                src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
                 for f in range(x.nf):
                     for r, tap in users:
                         value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
+
+
+def _emit_prefetch(x: _Ctx, k, t: _Tile):
+    """Prefetch into L1 the input tile (every line of it) of kernel k's channel: the channels a
+    filter's kernels read jump by data, so the hardware prefetchers cannot run ahead of them."""
+    g = x.g
+    c = _i32(x.index[k])
+    row = g.slots * g.qw
+    for first in range(0, g.in_rows * row, 16):  # one float32 cache line (64 bytes) at a time
+        addr = tirx.call_intrin("handle", "tirx.address_of",
+                                x.input(t, c, first // row, first // g.qw % g.slots, first % g.qw))
+        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
 
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
@@ -314,46 +371,73 @@ def _local_acc(x: _Ctx):
     return T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32")
 
 
-def _emit_tile_unblocked(x: _Ctx, t: _Tile):
+def _emit_tile_unblocked(x: _Ctx, t: _Tile, groups: _Groups):
     """One channel block: accumulators start at zero and go straight to the epilogue."""
-    with T.serial(0, x.num_groups) as grp:
+    # loops over groups start at 0 (plus an offset): TVM 0.27 miscompiles a loop whose start is
+    # not constant when nested loops' bounds use its variable
+    with T.serial(0, groups.count) as gi:
+        grp = groups.first + gi
         acc = _local_acc(x)
         _emit_copy(acc, None, x)
         _emit_block(x, acc, 0, grp, t)
         _emit_epilogue(x, acc, grp, t)
 
 
-def _emit_tile_blocked(x: _Ctx, t: _Tile):
+def _emit_tile_blocked(x: _Ctx, t: _Tile, groups: _Groups):
     """Channel blocks outside, groups inside: a block's input tiles stay in L1 while every
     group uses them; partial sums wait in a per-tile buffer between blocks."""
-    part = T.alloc_buffer((x.num_groups, x.nf, x.g.rows, x.g.tile_w), "float32")
-    with T.serial(0, x.num_groups) as grp:
-        _emit_copy(part, None, x, dst_pre=(grp,))
+    part = T.alloc_buffer((groups.most, x.nf, x.g.rows, x.g.tile_w), "float32")
+    with T.serial(0, groups.count) as gi:
+        _emit_copy(part, None, x, dst_pre=(gi,))
     with T.serial(0, x.num_blocks) as blk:
-        with T.serial(0, x.num_groups) as grp:
+        with T.serial(0, groups.count) as gi:
             acc = _local_acc(x)
-            _emit_copy(acc, part, x, src_pre=(grp,))
-            _emit_block(x, acc, blk, grp, t)
-            _emit_copy(part, acc, x, dst_pre=(grp,))
-    with T.serial(0, x.num_groups) as grp:
+            _emit_copy(acc, part, x, src_pre=(gi,))
+            _emit_block(x, acc, blk, groups.first + gi, t)
+            _emit_copy(part, acc, x, dst_pre=(gi,))
+    with T.serial(0, groups.count) as gi:
         acc = _local_acc(x)
-        _emit_copy(acc, part, x, src_pre=(grp,))
-        _emit_epilogue(x, acc, grp, t)
+        _emit_copy(acc, part, x, src_pre=(gi,))
+        _emit_epilogue(x, acc, groups.first + gi, t)
 
 
-def _emit_main(x: _Ctx):
-    """Parallel over output tiles: each thread reads its own input tiles. (Tasks of several
-    column tiles sharing each pass over the weights measured 5-35% slower: the weights
-    stream well, the extra input tiles crowd L2.)"""
+@dataclass(frozen=True)
+class _Groups:
+    """The filter groups one parallel task computes: [first, first + count), count <= most."""
+
+    first: object
+    count: object
+    most: int
+
+
+def _emit_main(x: _Ctx, splits: int):
+    """Parallel over output tiles x `splits` slices of the filter groups: each task reads its
+    own input tile. Slices keep both cores busy when a plane has fewer tiles than threads
+    (a 14x14 plane is one tile). (Tasks of several column tiles sharing each pass over the
+    weights measured 5-35% slower: the weights stream well, the extra input tiles crowd L2.)"""
     g = x.g
     per_image = g.tiles_y * g.tiles_x
-    with T.parallel(0, g.n * per_image) as tile:
+    most = -(-x.num_groups // splits)
+    with T.parallel(0, g.n * per_image * splits) as task:
+        tile, part = task // splits, task % splits
         rest = tile % per_image
         t = _Tile(tile // per_image, rest // g.tiles_x, rest % g.tiles_x)
+        groups = _Groups(part * most, tirx.max(tirx.min(most, x.num_groups - part * most), 0), most)
+        if x.data is not None:
+            x = replace(x, xt=T.alloc_buffer((1, 1, 1, g.c, g.in_rows, g.slots, g.qw), "float32"))
+            _emit_tile_copy(x.data, x.xt, g, t)
         if x.num_blocks == 1:
-            _emit_tile_unblocked(x, t)
+            _emit_tile_unblocked(x, t, groups)
         else:
-            _emit_tile_blocked(x, t)
+            _emit_tile_blocked(x, t, groups)
+
+
+def auto_filter_splits(tasks: int, groups: int, threads: int) -> int:
+    """Slices of the filter groups per tile: none while the tiles alone give every thread at
+    least 4 tasks (load balance), else the fewest slices that do, at most one group each."""
+    if tasks >= 4 * threads:
+        return 1
+    return max(1, min(groups, -(-4 * threads // max(tasks, 1))))
 
 
 def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
@@ -368,12 +452,25 @@ def _auto_rows(oh: int, knobs: PatternConvKnobs, accumulators: int) -> int:
 
 
 def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
-                  knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target) -> PatternConvKnobs:
+                  knobs: PatternConvKnobs = PatternConvKnobs(), *, target: Target,
+                  filters: int | None = None) -> PatternConvKnobs:
     """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
     among the register plan's vector counts, the tile (rows x vectors) that pads the output
-    least, then the one with more accumulators."""
+    least, then the one with more accumulators; filter slices for `filters` filters (left 0
+    without them)."""
+    tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target)
+    if tile.filter_splits or filters is None:
+        return tile
+    g = _geometry(in_shape, strides, pads, dilations, tile)
+    groups = -(-filters // tile.filters_per_group)
+    return replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
+
+
+def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> PatternConvKnobs:
     knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
-                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target))
+                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
+                    prefetch=knobs.prefetch if knobs.prefetch >= 0 else
+                    register_plan.pattern_prefetch(target, knobs.filters_per_group))
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
@@ -414,7 +511,7 @@ def pattern_conv_kernel(
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
     """
-    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target)
+    knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target, filters=fkw.num_filters)
     g = _geometry(in_shape, strides, pads, dilations, knobs)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
@@ -437,11 +534,17 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             res = T.arg("residual", T.buffer(out_shape, "float32")) if residual else None
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
             out = T.arg("out", T.buffer(out_shape, "float32"))
-            shape = (g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.slots, g.qw)
-            xt = T.alloc_buffer(shape, "float32")
-            _emit_tiling(data, xt, g)
+            # one task per tile: it copies its own tile (measured on znver5, 1.04-1.28x over a
+            # prologue copying every tile: VGG-16 conv1_2's shape 1.27x); sliced filters would copy it
+            # once per slice, so they share a prologue's copy
+            local = knobs.filter_splits == 1
+            xt = None
+            if not local:
+                xt = T.alloc_buffer((g.n, g.tiles_y, g.tiles_x, g.c, g.in_rows, g.slots, g.qw), "float32")
+                _emit_tiling(data, xt, g)
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
-                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, res)
-            _emit_main(x)
+                     table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
+                     data if local else None, res)
+            _emit_main(x, knobs.filter_splits)
     return ib.get()
