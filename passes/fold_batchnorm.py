@@ -17,7 +17,8 @@ from sparsec.passes.rewrite import Fused, Rule, fresh_weight_name, fuse_pairs
 def _fold(producer: Conv2d | Linear, bn: BatchNorm, module: Module) -> Fused | None:
     # before: %c = conv2d(%x, @w, @b); %y = batch_norm(%c, @s, @t, @m, @v)
     # after:  %y = conv2d(%x, @w', @b')   with w' = w * s/sqrt(v+eps), b' = (b - m) * s/sqrt(v+eps) + t
-    if producer.activation is not None:
+    # BN(act(y)) and BN(y + residual) are no scaled conv: only a bare conv / linear folds
+    if producer.activation is not None or getattr(producer, "residual", None) is not None:
         return None
     get = lambda ref: module.weight(ref).data.astype(np.float64)  # noqa: E731 - fold in float64
     factor = get(bn.scale) / np.sqrt(get(bn.var) + bn.epsilon)

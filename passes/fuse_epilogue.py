@@ -1,4 +1,4 @@
-"""fuse-epilogue: bias adds and activations after a conv2d / linear move into its epilogue."""
+"""fuse-epilogue: bias adds, residual adds and activations after a conv2d / linear move into its epilogue."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def _fuse_activation(producer: Conv2d | Linear, act: Activate, module: Module) -
 def _fuse_bias(producer: Conv2d | Linear, add: Add, module: Module) -> Fused | None:
     # before: %c = conv2d(%x, @w); %y = add(%c, @t)   with @t one value per output channel
     # after:  %y = conv2d(%x, @w, @t')                (also when a bias exists: the two are summed)
-    if producer.activation is not None or not add.b.startswith("@") or add.type != producer.type:
+    if producer.activation is not None or add.a != f"%{producer.result}" or not add.b.startswith("@") \
+            or add.type != producer.type:
         return None
     channels = producer.type.shape[1]
     term = module.weight(add.b).data
@@ -38,6 +39,19 @@ def _fuse_bias(producer: Conv2d | Linear, add: Add, module: Module) -> Fused | N
     new_bias = Weight(name, TensorType("f32", (channels,)), bias)
     return Fused(dataclasses.replace(producer, result=add.result, type=add.type, bias=f"@{name}", loc=add.loc),
                  (new_bias,))
+
+
+def _fuse_residual(producer: Conv2d, add: Add, module: Module) -> Fused | None:
+    # before: %c = conv2d(%x, @w, @b); ...; %r = ...; %s = add(%c, %r)   (or add(%r, %c))
+    # after:  ...; %r = ...; %s = conv2d(%x, @w, @b, %r)   where the add was: %r may come after the conv
+    # Only onto a bare conv: the residual is added before the activation, and one residual per conv.
+    conv = f"%{producer.result}"
+    other = add.b if add.a == conv else add.a
+    if producer.activation is not None or producer.residual is not None or not other.startswith("%"):
+        return None
+    if other == conv or module.types[other] != producer.type or add.type != producer.type:
+        return None  # the epilogue reads the residual like the output: no broadcasting either way
+    return Fused(dataclasses.replace(producer, result=add.result, type=add.type, residual=other, loc=add.loc))
 
 
 def _channel_axis_shape(term: np.ndarray, producer: Conv2d | Linear) -> tuple | None:
@@ -57,14 +71,22 @@ RULES: list[Rule] = [
     (Conv2d, Activate, _fuse_activation),
     (Linear, Activate, _fuse_activation),
 ]
+RESIDUAL_RULES: list[Rule] = [
+    (Conv2d, Add, _fuse_residual),
+]
 
 
 @register
 @dataclass(frozen=True)
 class FuseEpilogue(Pass):
-    """Fuse per-channel bias adds and activations into the preceding conv2d / linear."""
+    """Fuse bias adds, residual adds and activations into the preceding conv2d / linear.
+
+    Bias adds are per-channel weights; residual adds (ResNet shortcuts) add a value of the conv's
+    own type. `residual=false` leaves residual adds alone (GPU targets: their conv kernels have
+    no residual input)."""
 
     name = "fuse-epilogue"
+    residual: bool = True
 
     def apply(self, module: Module) -> Module:
-        return fuse_pairs(module, RULES)
+        return fuse_pairs(module, RULES + (RESIDUAL_RULES if self.residual else []))

@@ -1,8 +1,11 @@
 """Local rewrites as data: (producer class, consumer class, fn) rules over producer -> consumer pairs.
 
 `fn(producer, consumer, module)` returns a `Fused` (the op replacing the consumer plus weights to add
-or replace) or None when the rule does not apply. The producer must have the consumer as its only
-user and not be a graph output, so removing it loses nothing.
+or replace) or None when the rule does not apply. A rule is tried along every `%value` operand of the
+consumer, so `fn` checks which operand the producer is (either side of an `add` may be the conv).
+The producer must have the consumer as its only user and not be a graph output, so removing it
+loses nothing. The fused op takes the consumer's place: every other operand of the consumer (a
+residual computed after the producer, say) is defined by then.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def fuse_pairs(module: Module, rules: list[Rule]) -> Module:
 def _fuse_once(module: Module, rules: list[Rule]) -> Module | None:
     producers, users = module.producers(), module.users()
     for consumer in module.ops:
-        for ref in consumer.operands()[:1]:  # rules fuse along the first (data) operand
+        for ref in consumer.operands():  # each rule checks which operand it fuses along
             producer = producers.get(ref[1:]) if ref.startswith("%") else None
             if producer is None or len(users.get(ref, [])) != 1 or producer.result in module.outputs:
                 continue

@@ -132,10 +132,11 @@ def count_model(module, target: Target, setup: Arm64Setup | None = None, seed: i
             continue
         make = conv2d_kernel if isinstance(op, Conv2d) else linear_kernel
         kernel, fmt = make(op, module, target)
-        x = rng.standard_normal(module.types[op.input].shape).astype(np.float32)
-        calls[f"layer{i}"] = (kernel, [x])
+        x = [rng.standard_normal(module.types[ref].shape).astype(np.float32)  # data, then a fused residual
+             for ref in (op.input, getattr(op, "residual", None)) if ref]
+        calls[f"layer{i}"] = (kernel, x)
         if fmt != "dense":
-            calls[f"layer{i}_dense"] = (make(op, dense_module, target)[0], [x])
+            calls[f"layer{i}_dense"] = (make(op, dense_module, target)[0], x)
         layers.append((i, op, fmt))
     counts = count_kernels(calls, target, setup)
     rows = []

@@ -27,13 +27,15 @@ def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, 
 
 
 def for_target(steps: list, target: Target | None) -> list:
-    """The passes with analyze-sparsity's throughputs set from the target."""
-    from sparsec.passes.registry import AnalyzeSparsity
+    """The passes with analyze-sparsity's throughputs set from the target; for a GPU target,
+    fuse-epilogue leaves residual adds alone (its conv kernels take no residual input)."""
+    from sparsec.passes.registry import AnalyzeSparsity, FuseEpilogue
 
     if target is None:
         return steps
     speeds = dict(pattern_throughput=target.throughputs.pattern, csr_throughput=target.throughputs.csr)
-    return [dataclasses.replace(p, **speeds) if isinstance(p, AnalyzeSparsity) else p for p in steps]
+    options = {AnalyzeSparsity: speeds, FuseEpilogue: dict(residual=False) if target.kind == "gpu" else {}}
+    return [dataclasses.replace(p, **options[type(p)]) if type(p) in options else p for p in steps]
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,

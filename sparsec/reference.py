@@ -129,7 +129,7 @@ def _pad_widths(shape, kernel, strides, pads, dilations, out_hw) -> list[tuple[i
 
 
 def _conv2d(op: ops.Conv2d, env: Env) -> np.ndarray:
-    """Grouped, strided, dilated, padded NCHW x OIHW convolution + bias + activation.
+    """Grouped, strided, dilated, padded NCHW x OIHW convolution + bias + residual, then the activation.
 
     `filter_order`: stored weight row i is the original filter `filter_order[i]`; it writes output
     channel `filter_order[i]` and reads the input channels of that output channel's group. The
@@ -151,6 +151,8 @@ def _conv2d(op: ops.Conv2d, env: Env) -> np.ndarray:
     y = np.matmul(cols, rows).reshape(g, n, oh, ow, o // g).transpose(1, 0, 4, 2, 3).reshape(n, o, oh, ow)
     if op.bias is not None:
         y = y + env[op.bias].reshape(1, o, 1, 1)
+    if op.residual is not None:  # a ResNet shortcut, added before the activation
+        y = y + env[op.residual]
     return np.ascontiguousarray(apply_activation(y, op.activation))
 
 

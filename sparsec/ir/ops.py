@@ -40,6 +40,8 @@ class Op:
     name: ClassVar[str] = ""
     # Operand fields that must reference weights (`@name`): their data is known at compile time.
     weight_operands: ClassVar[tuple[str, ...]] = ()
+    # Operand fields that must reference values (`%name`): computed at run time, never constants.
+    value_operands: ClassVar[tuple[str, ...]] = ()
     result: str
     type: TensorType
     loc: SourceLoc | None = field(default=None, compare=False, repr=False, kw_only=True)
@@ -103,8 +105,12 @@ def _window_shape(x: TensorType, kernel, strides, pads, dilations, ceil: bool) -
 
 @dataclass(frozen=True, slots=True)
 class Conv2d(Op):
-    """2-D convolution, NCHW / OIHW, with bias and activation fused as an epilogue.
+    """2-D convolution, NCHW / OIHW, with bias, residual and activation fused as an epilogue:
+    `out = activation(conv(input, weight) + bias + residual)`.
 
+    `residual` (set by fuse-epilogue from a ResNet shortcut add): a value of exactly the output's
+    type, added elementwise before the activation; text form `conv2d(%x, @w, @b, %r)` or
+    `conv2d(%x, @w, none, %r)` without a bias. It is indexed by output channel like the bias.
     `filter_order` (set by reorder-filters): weight row i holds original filter filter_order[i];
     the op still writes channel filter_order[i], so outputs keep their original order.
     The bias is indexed by output channel (it is not permuted).
@@ -114,9 +120,11 @@ class Conv2d(Op):
 
     name: ClassVar[str] = "conv2d"
     weight_operands: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    value_operands: ClassVar[tuple[str, ...]] = ("residual",)
     input: str = operand()
     weight: str = operand()
     bias: str | None = operand(default=None)
+    residual: str | None = operand(default=None)
     strides: tuple[int, ...] = (1, 1)
     pads: tuple[int, ...] = (0, 0, 0, 0)
     dilations: tuple[int, ...] = (1, 1)
@@ -139,7 +147,10 @@ class Conv2d(Op):
             require(types[self.bias].shape == (o,), f"bias must be f32[{o}], got {types[self.bias]}")
         self._check_filter_order(o)
         n, _, oh, ow = _window_shape(x, (kh, kw), self.strides, self.pads, self.dilations, False)
-        return TensorType("f32", (n, o, oh, ow))
+        out = TensorType("f32", (n, o, oh, ow))
+        if self.residual is not None:  # no broadcasting: the epilogue reads it like the output
+            require(types[self.residual] == out, f"residual {self.residual} must be {out}, got {types[self.residual]}")
+        return out
 
     def _check_filter_order(self, filters: int) -> None:
         if self.filter_order is not None:

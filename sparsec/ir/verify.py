@@ -77,6 +77,9 @@ def _check_operand(op: Op, field_name: str, ref: str | None, types: dict) -> Non
         return
     if field_name in op.weight_operands and not ref.startswith("@"):
         raise VerifyError(op.loc, f"{op.name} %{op.result}: operand {field_name} must be a weight (@name), got {ref}")
+    if field_name in op.value_operands and not ref.startswith("%"):
+        raise VerifyError(op.loc, f"{op.name} %{op.result}: operand {field_name} must be a value (%name) computed "
+                                  f"at run time, got {ref}")
     if ref not in types:
         raise VerifyError(op.loc, f"{op.name} %{op.result}: {ref} is not defined before its use")
 

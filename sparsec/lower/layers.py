@@ -49,23 +49,28 @@ def _common(call: KernelCall, target: Target) -> dict:
     return dict(bias=call.values.get("bias"), activation=call.activation, target=target)
 
 
+def _conv_common(call: KernelCall, target: Target) -> dict:
+    """A conv generator's epilogue: bias, activation and, after a fused shortcut add, a residual input."""
+    return dict(_common(call, target), residual=call.residual)
+
+
 def _geometry(call: KernelCall) -> dict:
     return {k: tuple(call.params[k]) for k in ("strides", "pads", "dilations")}
 
 
 def _pattern_conv(call: KernelCall, knobs, target: Target) -> Kernel:
-    return pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call), **_common(call, target),
-                               knobs=knobs)
+    return pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
+                               **_conv_common(call, target), knobs=knobs)
 
 
 def _csr_conv1x1(call: KernelCall, knobs, target: Target) -> Kernel:
     return csr_conv1x1_kernel(call.values["weight"], tuple(call.params["in_shape"]),
-                              strides=tuple(call.params["strides"]), knobs=knobs, **_common(call, target))
+                              strides=tuple(call.params["strides"]), knobs=knobs, **_conv_common(call, target))
 
 
 def _dense_conv(call: KernelCall, knobs, target: Target) -> Kernel:
     return dense_conv_kernel(call.values["weight"], tuple(call.params["in_shape"]), **_geometry(call),
-                             groups=call.params["groups"], knobs=knobs, **_common(call, target))
+                             groups=call.params["groups"], knobs=knobs, **_conv_common(call, target))
 
 
 def _csr_dense(call: KernelCall, knobs, target: Target) -> Kernel:

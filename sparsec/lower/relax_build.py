@@ -187,9 +187,11 @@ def _require_type(op: Op, shape: tuple[int, ...], dtype: str) -> None:
 
 
 def _tunable(op: Conv2d | Linear, ctx: _Ctx) -> relax.Expr:
-    """conv2d, linear: a generated kernel with knobs (the op's, or the generator's defaults)."""
+    """conv2d, linear: a generated kernel with knobs (the op's, or the generator's defaults); a
+    conv's fused residual is its second input."""
     tuned = layer_kernel(op, ctx.module, ctx.target)
-    return _call_kernel(ctx, op, tuned.kernel, [ctx.ref(op.input)], tuned.format, tuned)
+    inputs = [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
+    return _call_kernel(ctx, op, tuned.kernel, [ctx.ref(r) for r in inputs], tuned.format, tuned)
 
 
 def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:

@@ -26,8 +26,9 @@ INPUT_SEED = 0  # every candidate of a task reads the same input
 
 @dataclass(frozen=True)
 class BuildResult:
-    """A built candidate: the library, its function, the `.npz` of its arguments (inputs then
-    constants, `arg0`, `arg1`, ...), the output's shape; or the error that stopped the build."""
+    """A built candidate: the library, its function, the `.npz` of its arguments (inputs, then a
+    residual shaped like the output when the call has one, then constants: `arg0`, `arg1`, ...),
+    the output's shape; or the error that stopped the build."""
 
     config: Knobs
     library: str = ""
@@ -94,12 +95,22 @@ def build_candidate(call_path: str, target_spec: dict, pairs: tuple, out_dir: st
         library, arrays = f"{stem}.so", f"{stem}.npz"
         fcompile = export_function(target)
         lib.export_library(library, **({"fcompile": fcompile} if fcompile else {}))
-        inputs = [np.random.default_rng(INPUT_SEED).standard_normal(call.params["in_shape"]).astype(np.float32)]
+        inputs = candidate_inputs(call, kernel.out_shape)
         np.savez(arrays, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate([*inputs, *kernel.constants])})
     except Exception as err:  # a configuration TVM or the generator rejects is a failed trial
         return BuildResult(config, error=f"build: {_last_line(err)}", seconds=time.perf_counter() - start)
     return BuildResult(config, library, name, arrays, tuple(kernel.out_shape), kernel.out_dtype,
                        seconds=time.perf_counter() - start)
+
+
+def candidate_inputs(call: KernelCall, out_shape) -> list[np.ndarray]:
+    """The kernel's run-time inputs in parameter order: the data, and a residual of the output's
+    shape when the call has one (seeded: every candidate of a task reads the same)."""
+    rng = np.random.default_rng(INPUT_SEED)
+    inputs = [rng.standard_normal(call.params["in_shape"]).astype(np.float32)]
+    if call.residual:
+        inputs.append(rng.standard_normal(tuple(out_shape)).astype(np.float32))
+    return inputs
 
 
 def _last_line(err: Exception) -> str:

@@ -32,7 +32,7 @@ class KernelCall:
     """What one layer's kernel generator is called with (see the module docstring)."""
 
     generator: str
-    params: dict  # JSON values: in_shape, strides, pads, activation, ...
+    params: dict  # JSON values: in_shape, strides, pads, activation, residual (when true), ...
     structure: dict[str, np.ndarray] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -40,6 +40,11 @@ class KernelCall:
     def activation(self) -> Activation | None:
         act = self.params.get("activation")
         return Activation(act[0], tuple(act[1:])) if act else None
+
+    @property
+    def residual(self) -> bool:
+        """Whether the kernel reads a residual (an input shaped like its output, after the data)."""
+        return bool(self.params.get("residual"))
 
 
 def structural_key(call: KernelCall, target: Target) -> str:
@@ -116,6 +121,8 @@ def conv2d_call(op: Conv2d, module: Module) -> KernelCall:
     weight = legal_weight(op, module)
     params = {"in_shape": list(module.types[op.input].shape), "activation": _activation(op),
               "bias": op.bias is not None, "strides": list(op.strides)}
+    if op.residual is not None:  # only then: the keys (and tuning logs) of other layers stay as they were
+        params["residual"] = True
     if isinstance(weight.layout, Pattern):  # pattern and fkw: the FKW arrays derive from the data
         fkw = fkw_of(op, weight)
         structure = {name: getattr(fkw, name) for name in ("patterns", "filter_order", "offset", "stride", "index")}

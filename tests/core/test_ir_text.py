@@ -84,6 +84,14 @@ def conv_step(b: ModuleBuilder) -> None:
                   strides=(stride, stride), pads=(1, 1, 1, 1), activation=b.draw(ACTIVATIONS)))
 
 
+def residual_conv_step(b: ModuleBuilder) -> None:
+    """A shape-keeping conv whose epilogue adds the current value (a ResNet shortcut)."""
+    n, c, h, w = b.type.shape
+    bias = b.weight((c,)) if b.draw(st.booleans()) else None
+    b.emit(Conv2d(b.name(), b.type, "%" + b.current, b.weight((c, c, 3, 3)), bias, "%" + b.current,
+                  pads=(1, 1, 1, 1), activation=b.draw(ACTIVATIONS)))
+
+
 def activation_step(b: ModuleBuilder) -> None:
     fn = b.draw(ACTIVATIONS.filter(lambda a: a is not None))
     b.emit(Activate(b.name(), b.type, "%" + b.current, fn))
@@ -120,7 +128,8 @@ def head_step(b: ModuleBuilder) -> None:
 @st.composite
 def modules(draw) -> Module:
     b = ModuleBuilder(draw, draw(st.integers(1, 3)), draw(st.integers(2, 6)))
-    for step in draw(st.lists(st.sampled_from([conv_step, activation_step, add_step, pool_step, concat_step]),
+    for step in draw(st.lists(st.sampled_from([conv_step, residual_conv_step, activation_step, add_step, pool_step,
+                                               concat_step]),
                               max_size=5)):
         step(b)
     if draw(st.booleans()):
@@ -211,6 +220,31 @@ def test_weight_must_be_a_weight():
     text = TINY_TEXT.replace("conv2d(%x, @w)", "conv2d(%x, %x)")
     assert _error(text).splitlines()[0] == (
         "m.sir:4:3: conv2d %y: operand weight must be a weight (@name), got %x")
+
+
+RESIDUAL_TEXT = TINY_TEXT.replace("func @main(%x : f32[1, 2, 4, 4]) {",
+                                  "func @main(%x : f32[1, 2, 4, 4], %r : f32[1, 3, 4, 4]) {") \
+    .replace("conv2d(%x, @w)", "conv2d(%x, @w, none, %r)")
+
+
+def test_residual_operand_text_round_trip():
+    module = verify(parse_module(RESIDUAL_TEXT))
+    (conv,) = module.ops
+    assert (conv.bias, conv.residual) == (None, "%r")
+    text = print_module(module, inline_weights=True)
+    assert "= conv2d(%x, @w, none, %r) {pads = [1, 1, 1, 1]}" in text
+    assert parse_module(text) == module
+    with_bias = Conv2d("y", conv.type, "%x", "@w", "@w", "%r")  # the bias slot filled: no `none`
+    assert "conv2d(%x, @w, @w, %r)" in print_module(module.replace(ops=(with_bias,)))
+
+
+def test_residual_must_be_a_value_of_the_output_type():
+    weight_there = RESIDUAL_TEXT.replace("none, %r)", "none, @w)")
+    assert _error(weight_there).splitlines()[0] == (
+        "m.sir:4:3: conv2d %y: operand residual must be a value (%name) computed at run time, got @w")
+    broadcast = RESIDUAL_TEXT.replace("%r : f32[1, 3, 4, 4]", "%r : f32[1, 3, 1, 1]")
+    assert _error(broadcast).splitlines()[0] == (
+        "m.sir:4:3: conv2d %y: residual %r must be f32[1, 3, 4, 4], got f32[1, 3, 1, 1]")
 
 
 def test_nonzero_outside_mask_and_bad_pattern():

@@ -24,7 +24,7 @@ from sparsec.ir import (
     verify,
 )
 from sparsec.ir.files import weight_arrays
-from sparsec.ir.ops import BatchNorm, Conv2d
+from sparsec.ir.ops import Activate, Add, BatchNorm, Conv2d
 from sparsec.passes import PASSES, default_pipeline, run_pipeline
 from sparsec.passes.compress_fkw import fkw_of
 from sparsec.reference import run_reference
@@ -58,13 +58,16 @@ def _batch_norm(rng, layer: int, t: TensorType, current: str) -> tuple[BatchNorm
 @st.composite
 def conv_stacks(draw) -> Module:
     """Masked modules as `sparsec import` makes them: 3x3 convs pruned to patterns, 1x1 convs
-    pruned unstructured (sometimes padded, which CSR cannot do), batch norm after some."""
+    pruned unstructured (sometimes padded, which CSR cannot do), a residual add (+ relu) after
+    some whose shape allows it, batch norm after some."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     channels, size = draw(st.integers(1, 6)), draw(st.integers(3, 9))
     x = Param("x", TensorType("f32", (1, channels, size, size)))
     ops, weights, current = [], [], "x"
+    in_type = x.type
     for layer in range(draw(st.integers(1, 3))):
-        out_ch, stride = draw(st.integers(1, 9)), draw(st.sampled_from([1, 2]))
+        out_ch = channels if draw(st.booleans()) else draw(st.integers(1, 9))  # same width: shortcuts fit
+        stride = draw(st.sampled_from([1, 2]))
         if draw(st.booleans()):
             w, pad = _pattern_weight(rng, out_ch, channels, draw(st.integers(1, 6)), draw(st.floats(0.0, 1.0))), 1
             size = (size + 2 - 3) // stride + 1
@@ -74,16 +77,26 @@ def conv_stacks(draw) -> Module:
             size = (size + 2 * pad - 1) // stride + 1
         weights.append(Weight(f"w{layer}", TensorType("f32", w.shape), w, Masked(), {"mask": w != 0}))
         t = TensorType("f32", (1, out_ch, size, size))
-        act = draw(st.sampled_from([None, Activation("relu"), Activation("clip", (0.0, 6.0))]))
+        residual = in_type == t and draw(st.booleans())  # a ResNet shortcut (mostly onto a bare conv)
+        acts = [None, None, None, Activation("relu")] if residual else [None, Activation("relu"),
+                                                                       Activation("clip", (0.0, 6.0))]
+        act = draw(st.sampled_from(acts))
         ops.append(Conv2d(f"c{layer}", t, f"%{current}", f"@w{layer}", strides=(stride, stride), pads=(pad,) * 4,
                           activation=act))
-        current = f"c{layer}"
+        shortcut, current = current, f"c{layer}"
+        if residual:  # either operand order, sometimes a relu after
+            pair = (f"%{current}", f"%{shortcut}")
+            ops.append(Add(f"a{layer}", t, *(pair if draw(st.booleans()) else pair[::-1])))
+            current = f"a{layer}"
+            if draw(st.booleans()):
+                ops.append(Activate(f"r{layer}", t, f"%{current}", Activation("relu")))
+                current = f"r{layer}"
         if draw(st.integers(0, 3)) and act is None:
             bn, bn_weights = _batch_norm(rng, layer, t, current)
             ops.append(bn)
             weights += bn_weights
             current = bn.result
-        channels = out_ch
+        in_type, channels = t, out_ch
     return verify(Module("stack", (x,), tuple(ops), (current,), tuple(weights)))
 
 

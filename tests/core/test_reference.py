@@ -189,6 +189,26 @@ def test_filter_order_permuted_conv_equals_the_original(groups):
     np.testing.assert_array_equal(ours, plain)
 
 
+@pytest.mark.parametrize("act", [None, ACTS[0], ACTS[3]], ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_residual_is_added_before_the_activation(act, bias):
+    """conv2d(%x, @w, @b, %r) {activation} = act(Conv(x) + b + r): the ONNX Conv -> Add -> act chain."""
+    x, w, b = rand(1, 3, 7, 7), rand(4, 3, 3, 3, seed=1), rand(4, seed=2)
+    r = rand(1, 4, 4, 4, seed=3, scale=2.0)
+    weights = {"w": w} | ({"b": b} if bias else {})
+    op = ir.Conv2d("y", PENDING, input="%x", weight="@w", bias="@b" if bias else None, residual="%r",
+                   strides=(2, 2), pads=(1, 1, 1, 1), activation=act, filter_order=(2, 0, 3, 1))
+    stored = {"w": w[[2, 0, 3, 1]]} | ({"b": b} if bias else {})  # filter_order: rows stored permuted
+    nodes = [helper.make_node("Conv", ["x", *weights], ["conv"], kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["conv", "r"], ["sum" if act else "y"])]
+    inits = dict(weights)
+    if act is not None:
+        act_nodes, act_inits = onnx_activation(act, "sum", "y")
+        nodes, inits = nodes + act_nodes, inits | act_inits
+    assert_close(run_ir(op, {"x": x, "r": r}, stored), run_onnx(nodes, {"x": x, "r": r}, inits))
+
+
 # --- linear, matmul, batch_norm ------------------------------------------------------------------
 
 

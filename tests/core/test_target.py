@@ -151,3 +151,19 @@ def test_the_cost_model_reads_the_targets_throughputs():
     assert (step.pattern_throughput, step.csr_throughput) == (0.7, 0.4)
     assert pointwise_layout(_resolve(spec='{"isa": "avx2"}')) == "csr"
     assert pointwise_layout(slow) == "dense"
+
+
+def test_gpu_targets_keep_residual_adds():
+    """ResNet-18's 8 shortcut adds fuse into conv epilogues on CPU targets; on GPU targets (whose
+    conv kernels take no residual) fuse-epilogue leaves them layers of their own."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.models import resnet18
+    from sparsec.passes.registry import FuseEpilogue
+
+    module = import_model(resnet18(resolution=32, num_classes=10), None)
+    for name, adds, residuals in (("host", 0, 8), ("arm64", 0, 8), ("mali", 8, 0), ("opencl", 8, 0)):
+        optimized = optimize(module, target=_resolve(name))
+        assert sum(op.name == "add" for op in optimized.ops) == adds, name
+        assert sum(getattr(op, "residual", None) is not None for op in optimized.ops) == residuals, name
+    step = next(p for p in for_target(default_pipeline(), _resolve("mali")) if isinstance(p, FuseEpilogue))
+    assert step.residual is False

@@ -220,3 +220,25 @@ def test_every_value_checked_is_the_reference_one():
     module = import_model(model, None)
     env = reference_values(module, {"input": np.ones((1, 3, 16, 16), np.float32)})
     assert all(f"%{op.result}" in env for op in module.ops)
+
+
+def test_a_module_with_fused_residuals_is_refused_for_the_gpu_naming_the_layer(tmp_path, capsys):
+    """An IR module optimised without a target (`sparsec opt -p default`: residual adds fused into
+    conv epilogues, which only the CPU kernels read) compiled for mali: one clear error, not a
+    kernel that drops the shortcut. From the ONNX model, mali keeps the adds and compiles."""
+    import onnx
+
+    from sparsec.models import resnet18
+
+    model = tmp_path / "r18.onnx"
+    onnx.save(resnet18(resolution=32, num_classes=10), model)
+    assert main(["import", str(model), "-o", str(tmp_path / "r18.sir")]) == 0
+    assert main(["opt", str(tmp_path / "r18.sir"), "-p", "default", "-o", str(tmp_path / "o.sir")]) == 0
+    capsys.readouterr()
+    assert main(["compile", str(tmp_path / "o.sir"), "--target", "mali", "-o", str(tmp_path / "o.tar")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("sparsec: error: layer %layer1.0.relu (conv2d): it adds the residual %maxpool in its epilogue "
+                   "(a shortcut add fused for a CPU target), which mali's GPU kernels cannot; recompile from the ONNX "
+                   "model with --target mali (that pipeline keeps the add a layer of its own)")
+    compiled = compile_model(model, None, target=MALI)
+    assert sum(layer["op"] == "add" for layer in compiled.manifest.layers) == 8

@@ -68,6 +68,25 @@ def test_conv1x1_bias_activation_and_knobs():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("in_shape, strides, knobs", [
+    ((1, 12, 5, 7), (1, 1), CsrKnobs()),  # 35 pixels: whole vectors, then a tail of shorter ones
+    ((2, 10, 9, 9), (2, 2), CsrKnobs()),  # strided (a ResNet downsample), batch 2
+    ((1, 16, 10, 10), (1, 1), CsrKnobs(vectors=1, out_groups=3, channel_block=5)),  # partial sums between blocks
+], ids=["tail", "stride2", "blocks"])
+def test_conv1x1_residual_before_the_activation(in_shape, strides, knobs):
+    weight = sparse((7, in_shape[1], 1, 1), 0.3, empty_rows=(0, 6))
+    bias = np.linspace(-1, 1, 7).astype(np.float32)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(in_shape).astype(np.float32)
+    xs = x[:, :, ::strides[0], ::strides[1]]
+    r = (2 * rng.standard_normal((in_shape[0], 7, *xs.shape[2:]))).astype(np.float32)
+    kernel = csr_conv1x1_kernel(weight, in_shape, strides, bias=bias, activation=Activation("relu"), knobs=knobs,
+                                residual=True, target=HOST)
+    got = run_kernel(kernel, HOST, x, r)
+    want = np.maximum(np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], xs) + bias.reshape(1, -1, 1, 1) + r, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_conv1x1_all_zero_weight():
     x = np.ones((1, 4, 3, 3), np.float32)
     got = run_kernel(csr_conv1x1_kernel(np.zeros((5, 4, 1, 1), np.float32), x.shape, target=HOST), HOST, x)

@@ -43,17 +43,18 @@ def reference_conv(x, w, strides, pads, dilations, groups):
 
 
 def check(in_shape, w_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1,
-          bias=False, act=None, knobs=DenseConvKnobs(), target=HOST):
+          bias=False, act=None, knobs=DenseConvKnobs(), target=HOST, residual=False):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(in_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias else None
     activation, act_ref = ACTIVATIONS[act] if act else (None, lambda y: y)
-    kernel = dense_conv_kernel(w, in_shape, strides=strides, pads=pads, dilations=dilations,
-                               groups=groups, bias=b, activation=activation, knobs=knobs, target=target)
-    got = run_kernel(kernel, target, x)
+    kernel = dense_conv_kernel(w, in_shape, strides=strides, pads=pads, dilations=dilations, groups=groups,
+                               bias=b, activation=activation, residual=residual, knobs=knobs, target=target)
     want = reference_conv(x, w, strides, pads, dilations, groups)
-    want = act_ref(want + (b.reshape(1, -1, 1, 1) if bias else 0))
+    r = (2 * rng.standard_normal(want.shape)).astype(np.float32) if residual else 0
+    got = run_kernel(kernel, target, x, *([r] if residual else []))
+    want = act_ref(want + (b.reshape(1, -1, 1, 1) if bias else 0) + r)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -103,6 +104,27 @@ def test_bias_and_activation(act):
 
 def test_depthwise_bias_and_activation():
     check((1, 6, 7, 7), (6, 1, 3, 3), strides=(2, 2), pads=(1, 1, 1, 1), groups=6, bias=True, act="clip")
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 8, 14, 14), (16, 8, 3, 3), (1, 1), (1, 1, 1, 1), 1),  # epilogue after each block of whole rows
+    ((2, 8, 9, 13), (12, 8, 3, 3), (1, 1), (1, 1, 1, 1), 1),  # odd width, batch: a separate epilogue pass
+    ((1, 8, 15, 15), (10, 8, 1, 1), (2, 2), (0, 0, 0, 0), 1),  # a ResNet downsample 1x1, stride 2
+    ((1, 6, 11, 11), (6, 6, 3, 3), (2, 2), (1, 1, 1, 1), 1),
+    ((1, 8, 9, 9), (12, 4, 3, 3), (1, 1), (1, 1, 1, 1), 2),  # grouped
+    ((1, 6, 10, 13), (6, 1, 3, 3), (1, 1), (1, 1, 1, 1), 6),  # depthwise
+    ((2, 6, 11, 11), (6, 1, 3, 3), (2, 2), (1, 1, 1, 1), 6),  # depthwise, stride 2
+], ids=["rows", "odd", "1x1-s2", "s2", "grouped", "depthwise", "depthwise-s2"])
+def test_residual_epilogue(case):
+    """act(conv + bias + residual): the residual is added before the activation on every path."""
+    in_shape, w_shape, strides, pads, groups = case
+    check(in_shape, w_shape, strides=strides, pads=pads, groups=groups, bias=True, act="relu", residual=True)
+
+
+def test_residual_is_the_second_parameter():
+    kernel = dense_conv_kernel(np.ones((6, 4, 3, 3), np.float32), (1, 4, 8, 8), pads=(1, 1, 1, 1), residual=True,
+                               target=HOST)
+    assert [str(p) for p in kernel.func.params] == ["x", "residual", "w", "out"]  # data, residual, constants, out
 
 
 def test_kernel_interface():

@@ -63,19 +63,23 @@ ACTIVATIONS = {
 
 
 def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), bias=False,
-          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0, target=HOST):
+          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0, target=HOST, residual=False, filter_order=None):
     rng = np.random.default_rng(seed)
     w = pruned(rng, filters, x_shape[1], keep)
     x = rng.standard_normal(x_shape).astype(np.float32)
     b = rng.standard_normal(filters).astype(np.float32) if bias else None
-    kernel = pattern_conv_kernel(build_fkw(w), x_shape, strides=strides, pads=pads,
-                                 dilations=dilations, bias=b, activation=act, knobs=knobs, target=target)
+    fkw = build_fkw(w, filter_order=None if filter_order is None else np.array(filter_order))
+    kernel = pattern_conv_kernel(fkw, x_shape, strides=strides, pads=pads, dilations=dilations, bias=b,
+                                 activation=act, residual=residual, knobs=knobs, target=target)
     want = reference_conv(x, w, strides, pads, dilations)
     if b is not None:
         want += b[None, :, None, None]
+    r = (2 * rng.standard_normal(want.shape)).astype(np.float32) if residual else None
+    if r is not None:
+        want += r  # a ResNet shortcut: before the activation, at the original channel
     want = ACTIVATIONS[act](want)
     assert kernel.out_shape == want.shape and kernel.out_dtype == "float32"
-    got = run_kernel(kernel, target, x)
+    got = run_kernel(kernel, target, x, *([r] if residual else []))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -134,6 +138,28 @@ def test_asymmetric_pads_and_dilation(copies, copy):
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
     check((1, 11, 10, 17), 7, knobs=knobs)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        PatternConvKnobs(),
+        PatternConvKnobs(channel_block=4),  # partial sums wait between blocks; the residual only at the end
+        PatternConvKnobs(filters_per_group=3, channel_block=5),  # a short last group
+        PatternConvKnobs(tap_copies=3, filters_per_group=2),
+        PatternConvKnobs(vector_width=4, rows_per_step=3, vectors_per_step=2),
+        PatternConvKnobs(filter_splits=1, prefetch=2),  # each task copies its own input tile
+        PatternConvKnobs(filter_splits=3, channel_block=4),  # filters sliced across tasks, a prologue copy
+    ],
+    ids=["default", "blocks", "groups", "tap-copies", "narrow", "task-copy", "splits-blocks"],
+)
+def test_residual_epilogue(knobs):
+    """act(conv + bias + residual), the residual read at each stored filter's original channel:
+    17 columns run the vector stores and the per-element tail; stride 2 (9 columns) the tail alone."""
+    order = (4, 0, 6, 2, 1, 5, 3)
+    check((1, 11, 10, 17), 7, bias=True, act=Activation("relu"), knobs=knobs, residual=True, filter_order=order)
+    check((2, 11, 10, 17), 7, strides=(2, 2), act=Activation("clip", (0.0, 6.0)), knobs=knobs, residual=True,
+          filter_order=order, seed=1)
 
 
 def test_output_keeps_original_channel_order():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.ir.ops import (
     Activate,
@@ -53,6 +54,10 @@ def _shape(module: Module, ref: str) -> tuple[int, ...]:
 
 
 def _conv2d(op: Conv2d, module: Module, target: Target) -> GpuKernel:
+    if op.residual is not None:  # the GPU kernels have no residual input; for_target turns the fusion off
+        raise UserError(f"layer %{op.result} (conv2d): it adds the residual {op.residual} in its epilogue (a shortcut "
+                        f"add fused for a CPU target), which {target.name}'s GPU kernels cannot; recompile from the "
+                        f"ONNX model with --target {target.name} (that pipeline keeps the add a layer of its own)")
     weight = legal_weight(op, module)
     in_shape = _shape(module, op.input)
     common = dict(bias=bias_data(op, module), activation=op.activation, target=target)

@@ -156,6 +156,7 @@ class _ConvCtx:
     col: object
     val: object
     bias: object | None
+    residual: object | None = None  # [N, O, pixels] like `out`: added before the activation
 
 
 def _pieces(width: int, lanes: int) -> list[tuple[int, int]]:
@@ -173,8 +174,8 @@ def _pieces(width: int, lanes: int) -> list[tuple[int, int]]:
 def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
     """out[n, o, p0:p0+width] += sum over row o's nonzeros in channel block `blk` of
     w * x[n, c, p0:...] (a narrower last tile ends in shorter vectors, see `_pieces`). The
-    first block starts from zero, the last one adds the bias and applies the activation; in
-    between the partial sums wait in `out` (in cache: one tile of every channel)."""
+    first block starts from zero, the last one adds the bias and the residual and applies the
+    activation; in between the partial sums wait in `out` (in cache: one tile of every channel)."""
     pieces = _pieces(width, cx.lanes)
     acc = T.alloc_buffer((width,), "float32", scope="local")
     for at, size in pieces:
@@ -190,6 +191,8 @@ def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
     for at, size in pieces:
         value = acc[_ramp(at, size)]
         if blk == cx.blocks - 1:
+            if cx.residual is not None:
+                value = value + cx.residual[n, o, _ramp(p0 + at, size)]
             value = _epilogue(value, cx.bias, o, cx.act, size)
         T.buffer_store(cx.out, value, [n, o, _ramp(p0 + at, size)])
 
@@ -239,10 +242,12 @@ def csr_conv1x1_kernel(
     knobs: CsrKnobs = CsrKnobs(),
     name: str = "csr_conv1x1",
     *,
+    residual: bool = False,
     target: Target,
 ) -> Kernel:
-    """The TIR kernel of `act(conv1x1(x, weight) + bias)` (no padding), NCHW float32, with the
-    weight's zeros skipped; params (x, rowptr, cols, vals, [bias], out)."""
+    """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)` (no padding), NCHW float32,
+    with the weight's zeros skipped; params (x, [residual], rowptr, cols, vals, [bias], out), the
+    residual shaped like out."""
     knobs = knobs.resolved(target)
     n, c, h, w = (int(d) for d in in_shape)
     o = int(weight.shape[0])
@@ -257,6 +262,7 @@ def csr_conv1x1_kernel(
             T.func_name(name)
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            res = T.arg("residual", T.buffer((n, o, oh, ow), "float32")) if residual else None
             rp, col, val, b = _csr_args(csr, bias_arr)
             out = T.arg("out", T.buffer((n, o, oh, ow), "float32"))
             if strides == (1, 1) or (oh, ow) == (h, w):
@@ -265,8 +271,9 @@ def csr_conv1x1_kernel(
                 xs = T.alloc_buffer((n * c * oh * ow,), "float32")
                 _emit_subsample(x, xs, n, c, oh, ow, strides)
             flat_out = T.decl_buffer((n, o, oh * ow), "float32", data=out.data)
+            flat_res = T.decl_buffer((n, o, oh * ow), "float32", data=res.data) if residual else None
             cx = _ConvCtx(o, c, oh * ow, knobs.lanes, csr.blocks, csr.block, activation, xs,
-                          flat_out, rp, col, val, b)
+                          flat_out, rp, col, val, b, flat_res)
             _emit_conv_main(cx, n, tile, min(knobs.out_groups, o))
     consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
     return Kernel(ib.get(), consts, (n, o, oh, ow), "float32")

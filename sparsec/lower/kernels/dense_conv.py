@@ -9,7 +9,7 @@ Data flow, three TE stages scheduled with `tvm.s_tir.Schedule`:
    tiles so no loop has a tail. Register tile: `out_block` filters (weights broadcast from a
    compile-time packing [O/ob, I/g, KH, KW, ob]) x `vectors` SIMD vectors of pixels; input
    channels are split in L1-sized blocks and partial sums stay in `wide` between blocks.
-3. `out`: drop the junk columns, add the bias, apply the activation. When pixel blocks can be
+3. `out`: drop the junk columns, add the bias and the residual (if any), apply the activation. When pixel blocks can be
    whole output rows (the tile divides rows x wq), this runs right after each block, on sums
    still in cache; otherwise it is one more parallel pass.
 Depthwise convs (one input channel per filter) have no channel reduction to tile: they are
@@ -250,12 +250,15 @@ def _depthwise_sums(xp: te.Tensor, wdw: te.Tensor, g: _Geometry, t: _Tiling) -> 
     return te.compute((g.n, g.o, g.oh, t.row), value, name="wide")
 
 
-def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, act: Activation | None):
-    """out[n, o, i, k] = act(wide[n, o, i * wq + k] + bias[o]): junk columns dropped."""
+def _epilogue(wide: te.Tensor, g: _Geometry, bias: te.Tensor | None, residual: te.Tensor | None,
+              act: Activation | None):
+    """out[n, o, i, k] = act(wide[n, o, i * wq + k] + bias[o] + residual[n, o, i, k]): junk columns dropped."""
 
     def value(n, o, i, k):
         v = wide[n, o, i, k] if len(wide.shape) == 4 else wide[n, o, i * g.wq + k]
-        return apply_activation(v + bias[o] if bias is not None else v, act, 1)
+        v = v + bias[o] if bias is not None else v
+        v = v + residual[n, o, i, k] if residual is not None else v
+        return apply_activation(v, act, 1)
 
     return te.compute((g.n, g.o, g.oh, g.ow), value, name="out")
 
@@ -373,22 +376,26 @@ def dense_conv_kernel(
     groups: int = 1,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
+    residual: bool = False,
     target: Target,
     knobs: DenseConvKnobs = DenseConvKnobs(),
     name: str = "dense_conv",
 ) -> Kernel:
-    """The TIR kernel of `act(conv(x, weight) + bias)`, NCHW float32; params (x, w, [bias], out)."""
+    """The TIR kernel of `act(conv(x, weight) + bias + residual)`, NCHW float32; params
+    (x, [residual], w, [bias], out), the residual shaped like out."""
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
     t = _plan(g, knobs.resolved(target))
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)
     w = te.placeholder(packed.shape, "float32", name="w")
     b = te.placeholder((g.o,), "float32", name="bias") if bias is not None else None
+    out_shape = (g.n, g.o, g.oh, g.ow)
+    r = te.placeholder(out_shape, "float32", name="residual") if residual else None
     xp = _padded_planes(x, g, t)
     wide = (_depthwise_sums if g.depthwise else _gemm_sums)(xp, w, g, t)
-    out = _epilogue(wide, g, b, activation)
-    func = te.create_prim_func([x, w, *([b] if b is not None else []), out])
+    out = _epilogue(wide, g, b, r, activation)
+    func = te.create_prim_func([x, *([r] if r is not None else []), w, *([b] if b is not None else []), out])
     sch = s_tir.Schedule(func.with_attr("global_symbol", name))
     (_schedule_depthwise if g.depthwise else _schedule_gemm)(sch, g, t)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(g.o),) if bias is not None else ())
-    return Kernel(sch.mod["main"], constants, (g.n, g.o, g.oh, g.ow), "float32")
+    return Kernel(sch.mod["main"], constants, out_shape, "float32")

@@ -13,8 +13,8 @@ Data flow:
    vector is loaded once and feeds every tap that reads it (kernel-level load-redundancy
    elimination) and every filter of the group (filter-level) with vector FMAs into register
    accumulators.
-3. The epilogue adds bias, applies the activation and stores through `filter_order` into the
-   original channel order.
+3. The epilogue adds bias and the residual (a ResNet shortcut, read at the original channel),
+   applies the activation and stores through `filter_order` into the original channel order.
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ class _Ctx:
     by_lane: bool = False  # tap weights loaded as one 4-lane vector, used by lane
     prefetch: int = 0  # kernels ahead whose input tile is prefetched
     data: object = None  # the input: set when each task copies its own tile (xt then holds one tile)
+    residual: object | None = None  # [N, O, OH, OW] like `out`: added before the activation
 
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
@@ -327,25 +328,28 @@ def _emit_copy(dst, src, x: _Ctx, dst_pre=(), src_pre=()):
                 T.buffer_store(dst, value, [*dst_pre, f, r, _vec(v, lanes)])
 
 
-def _bias_act(x: _Ctx, val, filt, lanes: int):
+def _bias_act(x: _Ctx, val, filt, lanes: int, at: list):
+    """act(val + bias[filt] + residual[at]); `at` indexes `out` (the original channel `filt`)."""
     if x.bias is not None:
         bias = x.bias[filt]
         val = val + (tirx.Broadcast(bias, lanes) if lanes > 1 else bias)
+    if x.residual is not None:
+        val = val + x.residual[tuple(at)]
     return apply_activation(val, x.act, lanes)
 
 
 def _emit_store_row(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
-    """out[n, filt, oy, ox0:] = act(acc[f, r, :] + bias): vectors unless the tile sticks out."""
+    """out[n, filt, oy, ox0:] = act(acc[f, r, :] + bias + residual): vectors unless the tile sticks out."""
     g, oy, ox0 = x.g, t.oy0(x.g) + r, t.ox0(x.g)
     with T.If(ox0 + g.tile_w <= g.ow):
         with T.Then():
             for v in range(g.vecs):
-                val = _bias_act(x, acc[f, r, _vec(v, g.lanes)], filt, g.lanes)
-                T.buffer_store(x.out, val, [t.n, filt, oy, _ramp(ox0 + v * g.lanes, g.lanes)])
+                at = [t.n, filt, oy, _ramp(ox0 + v * g.lanes, g.lanes)]
+                T.buffer_store(x.out, _bias_act(x, acc[f, r, _vec(v, g.lanes)], filt, g.lanes, at), at)
         with T.Else():
             with T.serial(0, tirx.min(g.tile_w, g.ow - ox0)) as col:
-                val = _bias_act(x, acc[f, r, col], filt, 1)
-                T.buffer_store(x.out, val, [t.n, filt, oy, ox0 + col])
+                at = [t.n, filt, oy, ox0 + col]
+                T.buffer_store(x.out, _bias_act(x, acc[f, r, col], filt, 1, at), at)
 
 
 def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
@@ -498,11 +502,13 @@ def pattern_conv_kernel(
     dilations=(1, 1),
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
+    residual: bool = False,
     target: Target,
     knobs: PatternConvKnobs = PatternConvKnobs(),
     name: str = "pattern_conv",
 ) -> Kernel:
-    """The TIR kernel of `act(conv(data, fkw) + bias)`, NCHW float32, see the module docstring.
+    """The TIR kernel of `act(conv(data, fkw) + bias + residual)`, NCHW float32, see the module
+    docstring; params (data, [residual], *constants, out), the residual shaped like out.
 
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
@@ -513,19 +519,21 @@ def pattern_conv_kernel(
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)
     by_lane = register_plan.weights_by_lane(target) and table.patterns.shape[1] == 4
-    func = _build_func(g, table, knobs, constants, activation, out_shape, name, by_lane)
+    func = _build_func(g, table, knobs, constants, activation, out_shape, name, by_lane, residual)
     return Kernel(func, constants, out_shape, "float32")
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
-def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name, by_lane: bool):
+def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_shape, name, by_lane: bool,
+                residual: bool):
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
+            res = T.arg("residual", T.buffer(out_shape, "float32")) if residual else None
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
             out = T.arg("out", T.buffer(out_shape, "float32"))
             # one task per tile: it copies its own tile (measured on znver5, 1.04-1.28x over a
@@ -539,6 +547,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
-                     data if local else None)
+                     data if local else None, res)
             _emit_main(x, knobs.filter_splits)
     return ib.get()
