@@ -78,12 +78,14 @@ CASES: tuple[Case, ...] = (
          lambda: conv_layer((1, 256, 56, 56), 256), _pattern(0.5, groups=4), 4.0),
     Case("L4", "1x1 conv 1x512x28x28 -> 512, 80% unstructured",
          lambda: conv1x1_layer((1, 512, 28, 28), 512), _unstructured(0.8), 2.5),
+    # the model targets of the kernel issue (10); the first compile issue asked M1 >= 4x, M2 > 1x and
+    # dense no more than 1.5x slower
     Case("M1", "VGG-16 224x224: conv1_1 dense, 3x3 convs 8p + 27.8% kept, FC 90% unstructured",
-         lambda: vgg16(224), _vgg16_pconv, 4.0, is_layer=False),
+         lambda: vgg16(224), _vgg16_pconv, 5.0, is_layer=False),
     Case("M2", "ResNet-50 224x224: 3x3 convs 8p + 50% kept, the rest dense",
-         lambda: resnet50(224), _pattern(0.5, first=False), 1.0, strict=True, is_layer=False),
+         lambda: resnet50(224), _pattern(0.5, first=False), 1.5, is_layer=False),
     Case("dense", "VGG-16 224x224 with all-ones masks (dense check)",
-         lambda: vgg16(224), _all_ones, 1 / 1.5, target_text="<= 1.5x slower", is_layer=False),
+         lambda: vgg16(224), _all_ones, 0.9, is_layer=False),
 )
 
 CASE_BY_KEY = {case.key: case for case in CASES}
