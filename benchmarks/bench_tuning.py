@@ -365,9 +365,13 @@ def _verdicts(q: dict | None, gain: dict | None, scaling: dict | None, kill: dic
             m = r["remeasured_ms"]
             ref = (f"{m['evolutionary-64'] / m['random-512'] - 1:+.1%} against the best of {r['reference_trials']} "
                    "random") if "random-512" in m else "the 512-random reference was not run (`--reference L1,L2`)"
+            same = [name for name in ("random-64", "random-512", "default")
+                    if r["knobs"].get(name) == r["knobs"]["evolutionary-64"]]
+            alike = (f" (evolutionary 64 applies the same configuration as {', '.join(same)}: their difference "
+                     "is re-measurement noise)") if same else ""
             lines.append(f"- {key}: evolutionary 64 vs random 64, re-measured side by side: "
                          f"{m['random-64'] / m['evolutionary-64']:.2f}x faster; {ref}; tuned vs default "
-                         f"{m['default'] / m['evolutionary-64']:.2f}x.")
+                         f"{m['default'] / m['evolutionary-64']:.2f}x{alike}.")
     if gain:
         g = gain["M1"]["ms"]
         lines.append(f"- M1: tuned vs default {g['default'] / g['tuned']:.2f}x (whole model).")
