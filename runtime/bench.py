@@ -80,12 +80,20 @@ def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarr
     return Engine(REFERENCE, run, run, compile_s)
 
 
-def densified(module):
-    """The module with every weight in the dense layout: same (masked) values, sparsity ignored."""
+def densified(module, *, direct: bool = False):
+    """The module with every weight in the dense layout: same (masked) values, sparsity ignored.
+    `direct`: every conv keeps the direct algorithm (no Winograd), so a kernel's instruction count
+    can be held against the dense schedule doing the same multiply-adds."""
+    from sparsec.ir.knobs import Knobs
+    from sparsec.ir.ops import Conv2d
     from sparsec.ir.types import Dense
 
     weights = tuple(dataclasses.replace(w, layout=Dense(), parts={}) for w in module.weights)
-    return module.replace(weights=weights)
+    if not direct:
+        return module.replace(weights=weights)
+    ops = tuple(dataclasses.replace(op, knobs=Knobs.of({"winograd": 1})) if isinstance(op, Conv2d) else op
+                for op in module.ops)
+    return module.replace(weights=weights, ops=ops)
 
 
 def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, dense: bool = False,

@@ -102,7 +102,7 @@ def _run_counter(setup: Arm64Setup, target: Target, tmp: Path) -> list[tuple[int
 
 @dataclass(frozen=True)
 class LayerCount:
-    """One conv / linear layer: its kernel's counts, and those of sparsec's dense schedule of the
+    """One conv / linear layer: its kernel's counts, and those of sparsec's direct dense schedule of the
     same (masked) weight; `error` is the max relative difference of their outputs."""
 
     result: str
@@ -125,7 +125,7 @@ def count_model(module, target: Target, setup: Arm64Setup | None = None, seed: i
     from sparsec.lower.layers import conv2d_kernel, linear_kernel
     from sparsec.runtime.bench import densified
 
-    rng, dense_module = np.random.default_rng(seed), densified(module)
+    rng, dense_module = np.random.default_rng(seed), densified(module, direct=True)
     calls, layers = {}, []
     for i, op in enumerate(module.ops):
         if not isinstance(op, (Conv2d, Linear)):

@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
+from sparsec.lower.kernels import dense_conv, pattern_conv, winograd_conv
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.kernels.common import ceil_div
-from sparsec.lower.kernels.pattern_conv import resolve_knobs
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
 from sparsec.tuning.space import Knob, Space, values
@@ -23,8 +24,13 @@ from sparsec.tuning.task import KernelCall
 def _resolved(call: KernelCall, knobs, target: Target):
     if call.generator == "pattern_conv":
         p = call.params
-        return resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]),
-                             knobs, target=target, filters=len(call.structure["filter_order"]))
+        return pattern_conv.resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
+                                          tuple(p["dilations"]), knobs, target=target,
+                                          filters=len(call.structure["filter_order"]))
+    if call.generator == "dense_conv":
+        p = call.params
+        return dense_conv.resolve_knobs(tuple(p["weight_shape"]), tuple(p["in_shape"]), tuple(p["strides"]),
+                                        tuple(p["pads"]), tuple(p["dilations"]), p["groups"], knobs, target=target)
     return knobs.resolved(target)
 
 
@@ -104,15 +110,23 @@ def csr_dense_space(call: KernelCall, target: Target) -> Space:
 
 
 def dense_conv_space(call: KernelCall, target: Target) -> Space:
-    """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups;
-    depthwise convs: vectors of one output row."""
-    o, cg = call.params["weight_shape"][:2]
+    """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups, and
+    for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)); depthwise convs:
+    vectors of one output row."""
+    p = call.params
+    o, cg = p["weight_shape"][:2]
     if cg == 1:
         return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
+    algorithms = (1, *winograd_conv.TRANSFORMS) if winograd_conv.supports(
+        tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
+
+    direct_only = {name: getattr(DenseConvKnobs(), name) for name in ("tiles_per_block", "channel_block", "out_groups")}
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
             return "the register tile takes more than the vector registers"
+        if c["winograd"] > 1 and any(c[name] != value for name, value in direct_only.items()):
+            return "Winograd ignores the direct conv's blocks (one point of them is enough)"
         return None
 
     return _space(call, target, [
@@ -121,6 +135,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         ("tiles_per_block", values((1, 2, 4, 8))),
         ("channel_block", values((8, 16, 32, 64, 128), high=max(8, cg))),
         ("out_groups", values((1, 2, 4))),
+        ("winograd", algorithms),
     ], rule)
 
 

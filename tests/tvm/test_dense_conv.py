@@ -1,4 +1,5 @@
-"""Dense convolution kernels against a NumPy reference: strides, pads, dilations, groups, epilogues."""
+"""Dense convolution kernels against a NumPy reference: strides, pads, dilations, groups, epilogues,
+and the Winograd F(m x m, 3x3) algorithm for 3x3 stride-1 convs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
-from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
+from sparsec.lower.kernels.winograd_conv import TRANSFORMS, auto_tile
 from sparsec.lower.target import host
 
 pytestmark = pytest.mark.tvm
@@ -133,3 +135,80 @@ def test_kernel_interface():
     assert kernel.out_shape == (1, 6, 8, 8) and kernel.out_dtype == "float32"
     assert len(kernel.func.params) == 4  # x, packed weight, bias, out
     assert [a.dtype for a in kernel.constants] == [np.float32, np.float32]
+
+
+# --- Winograd F(m x m, 3x3) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m", sorted(TRANSFORMS))
+def test_winograd_transforms_compute_the_correlation(m):
+    """A^T [(G g G^T) * (B^T d B)] A is the valid 3x3 correlation of an (m+2)^2 tile, exactly in float64."""
+    at, g_mat, bt = TRANSFORMS[m]
+    rng = np.random.default_rng(m)
+    d, g = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
+    want = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(m)] for i in range(m)]
+    np.testing.assert_allclose(at @ ((g_mat @ g @ g_mat.T) * (bt @ d @ bt.T)) @ at.T, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", sorted(TRANSFORMS))
+@pytest.mark.parametrize("case", [
+    ((1, 16, 13, 11), (10, 16, 3, 3), (1, 1, 1, 1)),  # partial tiles at both edges, filters past the register tile
+    ((2, 8, 9, 30), (33, 8, 3, 3), (0, 2, 1, 0)),  # batch (tiles of both images in one GEMM), asymmetric pads
+    ((1, 4, 6, 66), (5, 4, 3, 3), (1, 1, 1, 1)),  # a row of 17 / 33 tiles: a full vector of tiles plus a tail
+    ((1, 3, 3, 3), (4, 3, 3, 3), (1, 1, 1, 1)),  # a plane smaller than one tile
+], ids=["edges", "batch-pads", "long-row", "tiny"])
+def test_winograd_numerics(m, case):
+    in_shape, w_shape, pads = case
+    check(in_shape, w_shape, pads=pads, bias=True, act="relu", knobs=DenseConvKnobs(winograd=m))
+
+
+@pytest.mark.parametrize("act", ["clip", "hard_swish"])
+def test_winograd_residual_and_activation(act):
+    check((1, 16, 10, 10), (16, 16, 3, 3), pads=(1, 1, 1, 1), bias=True, act=act, residual=True,
+          knobs=DenseConvKnobs(winograd=4))
+
+
+def test_winograd_without_bias_and_with_a_narrow_register_tile():
+    check((1, 8, 12, 12), (9, 8, 3, 3), pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=2, out_block=3, vectors=1))
+
+
+def test_winograd_f4_error_on_a_wide_layer():
+    """F(4x4) scales terms up to 8x: on 128 channels its error (1.2e-5 of the output range; direct
+    float32 ~1e-7) stays well inside the 1e-4 budget."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 128, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((32, 128, 3, 3)) / np.sqrt(128 * 9)).astype(np.float32)
+    got = run_kernel(dense_conv_kernel(w, x.shape, pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=4), target=HOST),
+                     HOST, x)
+    want = reference_conv(x.astype(np.float64), w.astype(np.float64), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert np.abs(got - want).max() / np.abs(want).max() < 3e-5
+
+
+@pytest.mark.parametrize("filters, in_shape, want", [
+    (64, (1, 64, 224, 224), 4), (256, (1, 256, 56, 56), 4), (512, (1, 512, 14, 14), 4),
+    (512, (1, 512, 7, 7), 2),  # F(4x4) would pad 4 tiles to a 16-lane vector
+    (64, (1, 3, 224, 224), 1),  # 3 channels: the transforms would dominate
+    (10, (1, 5, 13, 11), 1),
+])
+def test_winograd_auto_tile(filters, in_shape, want):
+    assert auto_tile(filters, in_shape, (1, 1, 1, 1), 14, 2, 16) == want
+
+
+def test_winograd_is_the_default_where_it_pays():
+    w = np.ones((32, 32, 3, 3), np.float32)
+    resolved = resolve_knobs(w.shape, (1, 32, 28, 28), pads=(1, 1, 1, 1), target=HOST)
+    assert resolved.winograd == 4
+    kernel = dense_conv_kernel(w, (1, 32, 28, 28), pads=(1, 1, 1, 1), target=HOST)
+    assert kernel.constants[0].shape[0] == 36  # U: one slice per element of the 6x6 transformed tile
+    direct = dense_conv_kernel(w, (1, 32, 28, 28), pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=1), target=HOST)
+    assert direct.constants[0].shape[1:] == (32, 3, 3, resolved.out_block)  # the direct conv's packing
+    assert resolve_knobs(w.shape, (1, 32, 28, 28), strides=(2, 2), pads=(1, 1, 1, 1), target=HOST).winograd == 1
+
+
+def test_winograd_knob_errors():
+    with pytest.raises(ValueError, match=r"knob winograd must be 0 \(auto\), 1 \(direct\) or an output tile \[2, 4\], got 3"):
+        DenseConvKnobs(winograd=3)
+    with pytest.raises(ValueError, match=r"knob winograd=4 needs a 3x3 stride-1 undilated ungrouped conv, got kernel "
+                                         r"\(3, 3\), strides \(2, 2\)"):
+        dense_conv_kernel(np.ones((4, 4, 3, 3), np.float32), (1, 4, 8, 8), strides=(2, 2), pads=(1, 1, 1, 1),
+                          knobs=DenseConvKnobs(winograd=4), target=HOST)

@@ -14,6 +14,8 @@ Data flow, three TE stages scheduled with `tvm.s_tir.Schedule`:
    still in cache; otherwise it is one more parallel pass.
 Depthwise convs (one input channel per filter) have no channel reduction to tile: they are
 parallel over channels with one channel's padded plane, sums and outputs kept in L1.
+Dense 3x3 stride-1 convs with enough channels go to Winograd's F(m x m, 3x3) instead
+(`winograd_conv`, knob `winograd`): a quarter of the multiplies for F(4x4).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels import register_plan
+from sparsec.lower.kernels import register_plan, winograd_conv
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, require_positive_knobs
 from sparsec.target import Target
 
@@ -41,9 +43,14 @@ class DenseConvKnobs:
     channel_block: int = 64  # input channels per L1 block of the reduction
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
+    winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
+    # 0 = the plan's choice (`winograd_conv.auto_tile`)
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self, auto=("out_block", "vectors", "lanes"))
+        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "winograd"))
+        if self.winograd not in (0, 1, *winograd_conv.TRANSFORMS):
+            raise ValueError(f"knob winograd must be 0 (auto), 1 (direct) or an output tile "
+                             f"{sorted(winograd_conv.TRANSFORMS)}, got {self.winograd}")
 
     def resolved(self, target: Target) -> DenseConvKnobs:
         """These knobs with every 0 replaced by the target's register plan."""
@@ -366,6 +373,24 @@ def _geometry(weight, in_shape, strides, pads, dilations, groups) -> _Geometry:
     return g
 
 
+def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups: int = 1,
+                  knobs: DenseConvKnobs = DenseConvKnobs(), *, target: Target) -> DenseConvKnobs:
+    """`knobs` with every 0 replaced by the target's register plan and, for `winograd`, the
+    algorithm the shape gets (1: direct where Winograd does not apply)."""
+    knobs = knobs.resolved(target)
+    if not winograd_conv.supports(tuple(weight_shape[2:]), strides, dilations, groups):
+        if knobs.winograd > 1:
+            raise ValueError(f"knob winograd={knobs.winograd} needs a 3x3 stride-1 undilated ungrouped conv, "
+                             f"got kernel {tuple(weight_shape[2:])}, strides {tuple(strides)}, "
+                             f"dilations {tuple(dilations)}, groups {groups}")
+        return replace(knobs, winograd=1)
+    if knobs.winograd == 0:
+        tile = winograd_conv.auto_tile(int(weight_shape[0]), in_shape, pads, knobs.out_block, knobs.vectors,
+                                       knobs.lanes)
+        knobs = replace(knobs, winograd=tile)
+    return knobs
+
+
 def dense_conv_kernel(
     weight: np.ndarray,
     in_shape: tuple[int, int, int, int],
@@ -384,7 +409,12 @@ def dense_conv_kernel(
     """The TIR kernel of `act(conv(x, weight) + bias + residual)`, NCHW float32; params
     (x, [residual], w, [bias], out), the residual shaped like out."""
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
-    t = _plan(g, knobs.resolved(target))
+    knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
+    if knobs.winograd > 1:
+        return winograd_conv.winograd_conv_kernel(
+            weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,
+            lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
+    t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)
     w = te.placeholder(packed.shape, "float32", name="w")
