@@ -26,7 +26,7 @@ os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before anything imports tvm: it 
 import numpy as np  # noqa: E402
 
 from sparsec.ir.files import write_atomically  # noqa: E402
-from sparsec.runtime.bench import RTOL, BenchReport, bench_model, machine_info, versions  # noqa: E402
+from sparsec.runtime.bench import RTOL, WINOGRAD_NOTE, BenchReport, bench_model, machine_info, versions  # noqa: E402
 
 COMPILE_LIMIT_S = 60.0  # M1 (VGG-16) must compile within this
 
@@ -140,6 +140,8 @@ def layer_table(report: BenchReport) -> list[str]:
         lines.append(f"| {row['result']} | {row['op']} | {row['format']} | `{row['kernel']}` | {timing} | {roof} |")
     lines.append(f"| **sum** | | | | {total:.3f} | | | |")
     lines.append(f"| **whole model (median)** | | | | {report.median_ms('sparsec'):.3f} | | | |")
+    if any(row["format"].endswith(("-F2", "-F4")) for row in report.layers):
+        lines += ["", WINOGRAD_NOTE + "."]
     return lines
 
 
@@ -159,7 +161,7 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
                   f"({storage['fkw_bytes'] / storage['kept_bytes']:.3f}x; dense {storage['dense_bytes']:,} bytes).", ""]
     elif isinstance(storage, str):
         lines += ["## FKW storage (L1)", "", f"Failed: `{storage}`", ""]
-    for key in ("M1", "M2"):
+    for key in ("M1", "M2", "dense"):
         report = results.get(key)
         if isinstance(report, BenchReport) and report.layers:
             lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels import dense_conv, pattern_conv, winograd_conv
-from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.kernels.common import ceil_div
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
 from sparsec.tuning.space import Knob, Space, values

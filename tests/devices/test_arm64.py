@@ -19,7 +19,7 @@ from sparsec.errors import UserError
 from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.csr import csr_conv1x1_kernel
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
 from sparsec.lower.target import resolve_target
 from sparsec.models import ZOO
@@ -59,8 +59,11 @@ def test_kernels_on_cortex_a53(a53):
     want = np.maximum(_conv_reference(x, w, 1) + b[None, :, None, None], 0)
     np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
     dense = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
-    got = run_kernel_on(a53.rpc, dense_conv_kernel(dense, x.shape, pads=(1, 1, 1, 1), target=A53), A53, x)
-    np.testing.assert_allclose(got, _conv_reference(x, dense, 1), rtol=1e-4, atol=1e-4)
+    for winograd in (1, 2, 4):  # direct, F(2x2, 3x3), F(4x4, 3x3) (4-lane vectors of tiles)
+        kernel = dense_conv_kernel(dense, x.shape, pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=winograd),
+                                   target=A53)
+        got = run_kernel_on(a53.rpc, kernel, A53, x)
+        np.testing.assert_allclose(got, _conv_reference(x, dense, 1), rtol=1e-4, atol=1e-4)
     sparse = rng.standard_normal((7, 8, 1, 1)).astype(np.float32) * (rng.random((7, 8, 1, 1)) < 0.3)
     got = run_kernel_on(a53.rpc, csr_conv1x1_kernel(sparse, x.shape, target=A53), A53, x)
     np.testing.assert_allclose(got, _conv_reference(x, sparse, 0), rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import numpy as np
 
 from sparsec.cli import main
 from sparsec.fkw import build_fkw
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
 from sparsec.lower.target import resolve_target
 from sparsec.models import ZOO
@@ -27,8 +27,9 @@ def test_counts_are_deterministic_and_mostly_fmas(arm64_setup):
     w *= (rng.random((16, 16)) < 0.5)[:, :, None]
     w = w.reshape(16, 16, 3, 3)
     x = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    direct = DenseConvKnobs(winograd=1)  # the direct schedule: the same multiply-adds as the dense conv
     calls = {"pattern": (pattern_conv_kernel(build_fkw(w), x.shape, target=A53), [x]),
-             "dense": (dense_conv_kernel(w, x.shape, pads=(1, 1, 1, 1), target=A53), [x])}
+             "dense": (dense_conv_kernel(w, x.shape, pads=(1, 1, 1, 1), knobs=direct, target=A53), [x])}
     first, second = count_kernels(calls, A53, arm64_setup), count_kernels(calls, A53, arm64_setup)
     assert {k: (c.instructions, c.vector_fmas) for k, c in first.items()} == \
            {k: (c.instructions, c.vector_fmas) for k, c in second.items()}

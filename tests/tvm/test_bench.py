@@ -83,6 +83,17 @@ def test_a_kernel_the_vm_never_called_has_no_time():
     assert "not called" in format_layers(rows).splitlines()[2]
 
 
+def test_winograd_layers_are_named_in_the_layer_table():
+    from sparsec.runtime.bench import WINOGRAD_NOTE, _layer_rows, format_layers
+
+    layers = [{"result": "a", "op": "conv2d", "format": "dense", "kernel": "k_a", "knobs": {"winograd": 4}},
+              {"result": "b", "op": "conv2d", "format": "dense", "kernel": "k_b", "knobs": {"winograd": 1}}]
+    rows = _layer_rows(layers, [{"k_a": 1.0, "k_b": 1.0}])
+    assert [row["format"] for row in rows] == ["dense-F4", "dense"]
+    assert format_layers(rows).splitlines()[-1] == WINOGRAD_NOTE
+    assert WINOGRAD_NOTE not in format_layers(rows[1:])
+
+
 def test_model_stamped_with_a_newer_ir_version_is_benched(tiny):
     model, masks = tiny
     newer = type(model)()

@@ -3,10 +3,14 @@ and the Winograd F(m x m, 3x3) algorithm for 3x3 stride-1 convs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from sparsec.driver import import_model, optimize
 from sparsec.ir.activation import Activation
+from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
 from sparsec.lower.kernels.winograd_conv import TRANSFORMS, auto_tile
@@ -206,9 +210,33 @@ def test_winograd_is_the_default_where_it_pays():
 
 
 def test_winograd_knob_errors():
-    with pytest.raises(ValueError, match=r"knob winograd must be 0 \(auto\), 1 \(direct\) or an output tile \[2, 4\], got 3"):
+    with pytest.raises(ValueError, match=r"knob winograd must be 0 \(auto\), 1 \(direct\) or an output tile "
+                                         r"\[2, 4\], got 3"):
         DenseConvKnobs(winograd=3)
     with pytest.raises(ValueError, match=r"knob winograd=4 needs a 3x3 stride-1 undilated ungrouped conv, got kernel "
                                          r"\(3, 3\), strides \(2, 2\)"):
         dense_conv_kernel(np.ones((4, 4, 3, 3), np.float32), (1, 4, 8, 8), strides=(2, 2), pads=(1, 1, 1, 1),
                           knobs=DenseConvKnobs(winograd=4), target=HOST)
+
+
+def test_winograd_in_the_tuning_space():
+    """3x3 stride-1 convs offer direct, F(2x2) and F(4x4); Winograd points keep the direct conv's
+    unused block knobs at one value (no trials of identical kernels); other convs stay direct."""
+    from sparsec.lower.spaces import space_for
+    from sparsec.models import conv_layer
+    from sparsec.prune import weight_layers
+    from sparsec.tuning.task import extract_tasks
+
+    model = conv_layer((1, 32, 28, 28), 32)
+    masks = {layer.weight: np.ones(layer.shape, bool) for layer in weight_layers(model)}
+    module = optimize(import_model(model, masks))
+    (task,) = [t for t in extract_tasks(module, HOST) if t.generator == "dense_conv"]
+    space = space_for(task.call, HOST)
+    knobs = {k.name: k.values for k in space.knobs}
+    assert knobs["winograd"] == (1, 2, 4) and space.default["winograd"] == 4
+    changed = lambda **kv: Knobs.of({**space.default, **kv})  # noqa: E731
+    assert space.problem(changed(channel_block=16)) == \
+        "Winograd ignores the direct conv's blocks (one point of them is enough)"
+    assert space.problem(changed(channel_block=16, winograd=1)) is None
+    strided = dataclasses.replace(task.call, params={**task.call.params, "strides": [2, 2]})
+    assert dict((k.name, k.values) for k in space_for(strided, HOST).knobs)["winograd"] == (1,)

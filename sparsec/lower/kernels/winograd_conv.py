@@ -225,10 +225,10 @@ def _emit_input_transform(data, v_buf, g: _Geometry, t: _Tiling) -> None:
             _emit_row_copy(data, rows, g, nn, c, ty)
             first = (nn * g.ty + ty) * g.tx
             for start, lanes in _chunks(g.tx, t.lanes):
-                tap = lambda i, j: rows[i, j % g.m, _span(start + j // g.m, lanes)]  # noqa: E731
                 for i in range(a):
+                    taps = [rows[i, j % g.m, _span(start + j // g.m, lanes)] for j in range(a)]
                     for e2 in range(a):
-                        val = _combine(bt[e2], [tap(i, j) for j in range(a)], lanes)
+                        val = _combine(bt[e2], taps, lanes)
                         T.buffer_store(half, val, [i, e2, _span(0, lanes)])
                 for e1 in range(a):
                     for e2 in range(a):
