@@ -80,6 +80,15 @@ def test_row_aligned_blocks_with_batch():
     check((1, 6, 14, 14), (12, 6, 3, 3), pads=(1, 1, 1, 1), bias=True)  # pitch 16: junk columns
 
 
+def test_1x1_panels_with_padding_batch_and_residual():
+    """Stride-1 1x1 convs read panels (a tile's pixels of all channels in a row): zero padding,
+    pixels past the last tile, batch, and 2 / 3 vectors per tile."""
+    check((1, 5, 9, 7), (6, 5, 1, 1), pads=(1, 0, 2, 1))
+    for tile in ((11, 2), (8, 3)):
+        check((2, 24, 14, 14), (30, 24, 1, 1), bias=True, act="relu", residual=True,
+              knobs=DenseConvKnobs(out_block=tile[0], vectors=tile[1], channel_block=8))
+
+
 def test_filters_not_a_multiple_of_the_tile_and_odd_width():
     check((1, 3, 7, 9), (7, 3, 3, 3), pads=(1, 1, 1, 1))
     check((1, 8, 5, 5), (64, 8, 1, 1), knobs=DenseConvKnobs(channel_block=2))
@@ -205,7 +214,8 @@ def test_winograd_is_the_default_where_it_pays():
     kernel = dense_conv_kernel(w, (1, 32, 28, 28), pads=(1, 1, 1, 1), target=HOST)
     assert kernel.constants[0].shape[0] == 36  # U: one slice per element of the 6x6 transformed tile
     direct = dense_conv_kernel(w, (1, 32, 28, 28), pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=1), target=HOST)
-    assert direct.constants[0].shape[1:] == (32, 3, 3, resolved.out_block)  # the direct conv's packing
+    tile = resolve_knobs(w.shape, (1, 32, 28, 28), pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=1), target=HOST)
+    assert direct.constants[0].shape[1:] == (32, 3, 3, tile.out_block)  # the direct conv's packing
     assert resolve_knobs(w.shape, (1, 32, 28, 28), strides=(2, 2), pads=(1, 1, 1, 1), target=HOST).winograd == 1
 
 
