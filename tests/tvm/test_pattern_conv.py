@@ -226,8 +226,10 @@ def test_auto_rows_pad_the_height_least():
 
 
 def test_width_and_vectors_come_from_the_target():
+    # a 7-wide plane on AVX-512: half-width vectors (7 of 8 lanes, not 7 of 16)
     for target, size, lanes, vectors, rows in ((AVX2, 56, 8, 1, 8), (AVX512, 56, 16, 1, 14), (ARM64, 56, 4, 2, 8),
-                                               (ARM64, 28, 4, 1, 14)):
+                                               (ARM64, 28, 4, 1, 14), (AVX512, 14, 16, 1, 14), (AVX512, 7, 8, 1, 7),
+                                               (AVX2, 4, 4, 1, 4)):
         knobs = resolve_knobs((1, 8, size, size), target=target)
         # NEON: the tile (16 accumulators at most) that pads the plane least: 56 = 7 x 8, 28 = 7 x 4
         assert (knobs.vector_width, knobs.vectors_per_step, knobs.rows_per_step) == (lanes, vectors, rows)

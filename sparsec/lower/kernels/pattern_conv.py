@@ -469,7 +469,9 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
 
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> PatternConvKnobs:
-    knobs = replace(knobs, vector_width=knobs.vector_width or target.lanes(),
+    out_width = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1,
+                                                                      vector_width=1)).ow
+    knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
                     tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
                     prefetch=knobs.prefetch if knobs.prefetch >= 0 else
                     register_plan.pattern_prefetch(target, knobs.filters_per_group))
