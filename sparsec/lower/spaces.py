@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels import dense_conv, pattern_conv, winograd_conv
-from sparsec.lower.kernels.common import ceil_div
+from sparsec.lower.kernels.common import ceil_div, conv_output_size
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
@@ -44,9 +44,8 @@ def _out_hw(call: KernelCall, kernel: tuple[int, int]) -> tuple[int, int]:
     p = call.params
     (_, _, h, w), (sh, sw) = p["in_shape"], p["strides"]
     pads, dil = p.get("pads", [0, 0, 0, 0]), p.get("dilations", [1, 1])
-    oh = (h + pads[0] + pads[2] - dil[0] * (kernel[0] - 1) - 1) // sh + 1
-    ow = (w + pads[1] + pads[3] - dil[1] * (kernel[1] - 1) - 1) // sw + 1
-    return oh, ow
+    return (conv_output_size(h, pads[0], pads[2], kernel[0], sh, dil[0]),
+            conv_output_size(w, pads[1], pads[3], kernel[1], sw, dil[1]))
 
 
 def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, ...]]], rule) -> Space:

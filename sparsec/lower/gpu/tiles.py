@@ -18,7 +18,7 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import apply_activation, ceil_div
+from sparsec.lower.kernels.common import apply_activation, ceil_div, conv_output_size
 from sparsec.target import Target
 
 LANES = 4  # float4 along the output width (OpenCL's natural vector; Mali's load width)
@@ -48,11 +48,11 @@ class ConvTile:
 
     @property
     def oh(self) -> int:
-        return (self.h + self.pads[0] + self.pads[2] - (self.kh - 1) * self.dilations[0] - 1) // self.strides[0] + 1
+        return conv_output_size(self.h, self.pads[0], self.pads[2], self.kh, self.strides[0], self.dilations[0])
 
     @property
     def ow(self) -> int:
-        return (self.w + self.pads[1] + self.pads[3] - (self.kw - 1) * self.dilations[1] - 1) // self.strides[1] + 1
+        return conv_output_size(self.w, self.pads[1], self.pads[3], self.kw, self.strides[1], self.dilations[1])
 
     @property
     def cg(self) -> int:

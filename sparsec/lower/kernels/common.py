@@ -30,6 +30,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def conv_output_size(size: int, pad_before: int, pad_after: int, kernel: int, stride: int = 1,
+                     dilation: int = 1) -> int:
+    """Output positions of a convolution (or pooling window) along one axis, ONNX semantics (floor)."""
+    return (size + pad_before + pad_after - (kernel - 1) * dilation - 1) // stride + 1
+
+
 def require_positive_knobs(knobs, auto: tuple[str, ...] = ()) -> None:
     """Every field of a knobs dataclass must be >= 1 (a knob is a count or a size); those in
     `auto` may also be 0 ("from the target")."""

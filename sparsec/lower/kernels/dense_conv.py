@@ -28,7 +28,7 @@ from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels import register_plan, winograd_conv
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, require_positive_knobs
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size, require_positive_knobs
 from sparsec.target import Target
 
 
@@ -77,13 +77,11 @@ class _Geometry:
 
     @property
     def oh(self) -> int:
-        span = (self.kh - 1) * self.dilations[0] + 1
-        return (self.h + self.pads[0] + self.pads[2] - span) // self.strides[0] + 1
+        return conv_output_size(self.h, self.pads[0], self.pads[2], self.kh, self.strides[0], self.dilations[0])
 
     @property
     def ow(self) -> int:
-        span = (self.kw - 1) * self.dilations[1] + 1
-        return (self.w + self.pads[1] + self.pads[3] - span) // self.strides[1] + 1
+        return conv_output_size(self.w, self.pads[1], self.pads[3], self.kw, self.strides[1], self.dilations[1])
 
     @property
     def cg(self) -> int:

@@ -29,7 +29,7 @@ from tvm.script.ir_builder import tirx as T
 from sparsec.fkw import FKW, KernelTable, kernel_table
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels import register_plan
-from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, conv_output_size
 from sparsec.target import Target
 
 
@@ -87,11 +87,11 @@ class _Geometry:
 
     @property
     def oh(self) -> int:
-        return (self.h + self.pads[0] + self.pads[2] - 2 * self.dilations[0] - 1) // self.strides[0] + 1
+        return conv_output_size(self.h, self.pads[0], self.pads[2], 3, self.strides[0], self.dilations[0])
 
     @property
     def ow(self) -> int:
-        return (self.w + self.pads[1] + self.pads[3] - 2 * self.dilations[1] - 1) // self.strides[1] + 1
+        return conv_output_size(self.w, self.pads[1], self.pads[3], 3, self.strides[1], self.dilations[1])
 
     @property
     def tile_w(self) -> int:

@@ -27,7 +27,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
 
 # (A^T, G, B^T) per output tile size m (Lavin & Gray; F(4x4) with points 0, +-1, +-2, inf)
 TRANSFORMS = {
@@ -70,11 +70,11 @@ class _Geometry:
 
     @property
     def oh(self) -> int:
-        return self.h + self.pads[0] + self.pads[2] - 2
+        return conv_output_size(self.h, self.pads[0], self.pads[2], 3)
 
     @property
     def ow(self) -> int:
-        return self.w + self.pads[1] + self.pads[3] - 2
+        return conv_output_size(self.w, self.pads[1], self.pads[3], 3)
 
     @property
     def ty(self) -> int:
