@@ -177,7 +177,7 @@ def _emit_row(cx: _ConvCtx, n, o, p0, width: int, blk: int) -> None:
     first block starts from zero, the last one adds the bias and the residual and applies the
     activation; in between the partial sums wait in `out` (in cache: one tile of every channel)."""
     pieces = _pieces(width, cx.lanes)
-    acc = T.alloc_buffer((width,), "float32", scope="local")
+    acc = T.alloc_buffer((width,), "float32")  # stack, kept in registers (a "local" buffer is a heap workspace)
     for at, size in pieces:
         start = cx.out[n, o, _ramp(p0 + at, size)] if blk else _bcast(tirx.const(0.0, "float32"), size)
         T.buffer_store(acc, start, [_ramp(at, size)])
@@ -286,7 +286,7 @@ def _emit_dense_rows(x, out, rp, col, val, b, m: int, n_out: int, chunk: int, ac
     """out[i, o] = act(bias[o] + sum over row o's chunks of vals[chunk] * x[i, cols[chunk]])."""
     with T.parallel(0, n_out) as o:
         with T.serial(0, m) as i:
-            acc = T.alloc_buffer((chunk,), "float32", scope="local")
+            acc = T.alloc_buffer((chunk,), "float32")  # stack (a "local" buffer is a heap workspace)
             T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
             with T.serial(_i32(rp[0, o]), _i32(rp[0, o + 1])) as q:
                 at = _ramp(q * chunk, chunk)
