@@ -104,8 +104,10 @@ def csr_conv1x1_space(call: KernelCall, target: Target) -> Space:
 
 
 def csr_dense_space(call: KernelCall, target: Target) -> Space:
-    """Nonzeros per step of the sparse dot products."""
-    return _space(call, target, [("chunk", values((2, 4, 8, 16, 32)))], lambda c: None)
+    """Nonzeros per step of the sparse dot products, input columns per block."""
+    columns = call.params["in_shape"][1]
+    return _space(call, target, [("chunk", values((2, 4, 8, 16, 32))),
+                                 ("columns", values((1024, 2048, 4096, 8192, 16384), high=columns))], lambda c: None)
 
 
 def dense_conv_space(call: KernelCall, target: Target) -> Space:

@@ -101,6 +101,21 @@ def test_dense(m, k, n_out, chunk):
     np.testing.assert_allclose(got, x @ weight.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("columns", [16, 64, 7])
+def test_dense_column_blocks(columns):
+    """Blocks of input columns (the gathers' inputs stay in L1): partial sums carried in the output
+    between blocks, bias and activation after the last one, a short last block, empty rows."""
+    weight = sparse((21, 100), 0.2)
+    weight[3] = 0
+    bias = np.linspace(-1, 1, 21).astype(np.float32)
+    x = np.random.default_rng(7).standard_normal((3, 100)).astype(np.float32)
+    kernel = csr_dense_kernel(weight, x.shape, bias=bias, activation=Activation("relu"),
+                              knobs=CsrKnobs(chunk=4, columns=columns), target=HOST)
+    assert kernel.constants[0].shape == (-(-100 // columns), 22)  # one row pointer per column block
+    got = run_kernel(kernel, HOST, x)
+    np.testing.assert_allclose(got, np.maximum(x @ weight.T + bias, 0), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("act, ref", [
     (Activation("relu"), lambda y: np.maximum(y, 0)),
     (Activation("leaky_relu", (0.1,)), lambda y: np.where(y > 0, y, 0.1 * y)),

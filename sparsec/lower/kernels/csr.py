@@ -7,9 +7,11 @@
   stored per column block); every output channel reads a block before the next one, and
   partial sums wait in the output tile. Each nonzero costs one load per FMA, so this is
   load-bound at about one FMA per cycle, half the dense peak.
-- `csr_dense_kernel`: a fully connected layer with a sparse weight: per output (parallel),
-  a dot product over the row's nonzeros, `chunk` at a time (a gathered input vector times a
-  contiguous weight vector). Rows are padded with zeros to whole chunks at compile time.
+- `csr_dense_kernel`: a fully connected layer with a sparse weight: per block of input columns
+  (sized so the block's inputs stay in L1, where the gathers find them), per output (parallel),
+  a dot product over the row's nonzeros in the block, `chunk` at a time (a gathered input
+  vector times a contiguous weight vector), partial sums waiting in the output. Rows are padded
+  with zeros to whole chunks at compile time.
 Loop bounds come from the row pointer at run time; the compressed arrays use the smallest
 integer dtypes that hold them.
 """
@@ -38,16 +40,18 @@ class CsrKnobs:
     out_groups: int = 2  # conv1x1: output-channel groups in the parallel loop (load balance)
     channel_block: int = 0  # conv1x1: input channels per block (the input tile stays in L1)
     chunk: int = 0  # dense: nonzeros per step (the target's lanes); rows padded to whole chunks
+    columns: int = 0  # dense: input columns per block (0: the plan's, the block's inputs fill part of L1)
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self, auto=("vectors", "lanes", "channel_block", "chunk"))
+        require_positive_knobs(self, auto=("vectors", "lanes", "channel_block", "chunk", "columns"))
 
     def resolved(self, target: Target) -> CsrKnobs:
         """These knobs with every 0 replaced by the target's register plan."""
         lanes = self.lanes or target.lanes()
         vectors = self.vectors or register_plan.csr_vectors(target)
         block = self.channel_block or register_plan.csr_channel_block(target, lanes * vectors)
-        return replace(self, vectors=vectors, lanes=lanes, channel_block=block, chunk=self.chunk or lanes)
+        return replace(self, vectors=vectors, lanes=lanes, channel_block=block, chunk=self.chunk or lanes,
+                       columns=self.columns or register_plan.csr_dense_columns(target))
 
 
 def _index_dtype(largest: int) -> str:
@@ -282,20 +286,23 @@ def csr_conv1x1_kernel(
 # --- fully connected ----------------------------------------------------------------------
 
 
-def _emit_dense_rows(x, out, rp, col, val, b, m: int, n_out: int, chunk: int, act) -> None:
-    """out[i, o] = act(bias[o] + sum over row o's chunks of vals[chunk] * x[i, cols[chunk]])."""
-    with T.parallel(0, n_out) as o:
-        with T.serial(0, m) as i:
-            acc = T.alloc_buffer((chunk,), "float32")  # stack (a "local" buffer is a heap workspace)
-            T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
-            with T.serial(_i32(rp[0, o]), _i32(rp[0, o + 1])) as q:
-                at = _ramp(q * chunk, chunk)
-                cols = tirx.Cast("int32x%d" % chunk if chunk > 1 else "int32", col[at])
-                T.buffer_store(acc, acc[_ramp(0, chunk)] + val[at] * x[i, cols], [_ramp(0, chunk)])
-            total = acc[0]
-            for lane in range(1, chunk):
-                total = total + acc[lane]
-            T.buffer_store(out, _epilogue(total, b, o, act, 1), [i, o])
+def _emit_dense_rows(x, out, rp, col, val, b, m: int, n_out: int, chunk: int, act, csr: Csr) -> None:
+    """out[i, o] = act(bias[o] + sum over row o's chunks of vals[chunk] * x[i, cols[chunk]]), one
+    column block after the other (a parallel pass each); partial sums wait in `out`."""
+    for blk in range(csr.blocks):
+        first, last = blk == 0, blk == csr.blocks - 1
+        with T.parallel(0, n_out) as o:
+            with T.serial(0, m) as i:
+                acc = T.alloc_buffer((chunk,), "float32")  # stack (a "local" buffer is a heap workspace)
+                T.buffer_store(acc, _bcast(tirx.const(0.0, "float32"), chunk), [_ramp(0, chunk)])
+                with T.serial(_i32(rp[blk, o]), _i32(rp[blk, o + 1])) as q:
+                    at = _ramp(q * chunk, chunk)
+                    cols = tirx.Cast("int32x%d" % chunk if chunk > 1 else "int32", col[at]) + blk * csr.block
+                    T.buffer_store(acc, acc[_ramp(0, chunk)] + val[at] * x[i, cols], [_ramp(0, chunk)])
+                total = acc[0] if first else out[i, o] + acc[0]
+                for lane in range(1, chunk):
+                    total = total + acc[lane]
+                T.buffer_store(out, _epilogue(total, b, o, act, 1) if last else total, [i, o])
 
 
 def csr_dense_kernel(
@@ -314,7 +321,7 @@ def csr_dense_kernel(
     (n_out, k), (m, kx) = weight.shape, (int(d) for d in in_shape)
     if k != kx:
         raise ValueError(f"weight {weight.shape} does not fit input {tuple(in_shape)}")
-    csr = Csr.of(weight, knobs.chunk)
+    csr = Csr.of(weight, knobs.chunk, block=knobs.columns)
     bias_arr = np.asarray(bias, np.float32).reshape(n_out) if bias is not None else None
     with IRBuilder() as ib:
         with T.prim_func():
@@ -323,6 +330,6 @@ def csr_dense_kernel(
             x = T.arg("x", T.buffer((m, k), "float32"))
             rp, col, val, b = _csr_args(csr, bias_arr)
             out = T.arg("out", T.buffer((m, n_out), "float32"))
-            _emit_dense_rows(x, out, rp, col, val, b, m, n_out, knobs.chunk, activation)
+            _emit_dense_rows(x, out, rp, col, val, b, m, n_out, knobs.chunk, activation, csr)
     consts = csr.arrays() + ((bias_arr,) if bias_arr is not None else ())
     return Kernel(ib.get(), consts, (m, n_out), "float32")

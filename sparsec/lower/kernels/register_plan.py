@@ -124,3 +124,10 @@ def csr_channel_block(t: Target, tile_pixels: int) -> int:
     `csr_vectors`: 32 KiB of a 48 KiB L1 beat 16 and 64 KiB)."""
     share = t.l1d_bytes * 2 // 3 if _x86_wide(t) else t.l1d_bytes // 2
     return max(8, min(256, _pow2_floor(share // (4 * tile_pixels))))
+
+
+def csr_dense_columns(t: Target) -> int:
+    """Sparse FC: input columns per block, so a block's inputs (one row of them per batch row)
+    fill a third of L1 and the gathers of every output row find them there (a whole VGG fc6 input
+    is 100 KB)."""
+    return max(256, _pow2_floor(t.l1d_bytes // 3 // 4))
