@@ -112,14 +112,15 @@ def csr_dense_space(call: KernelCall, target: Target) -> Space:
 
 def dense_conv_space(call: KernelCall, target: Target) -> Space:
     """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups, and
-    for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)); depthwise convs:
-    vectors of one output row."""
+    for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)), for unpadded 1x1
+    convs the vector direction (pixels or filters); depthwise convs: vectors of one output row."""
     p = call.params
     o, cg = p["weight_shape"][:2]
     if cg == 1:
         return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
     algorithms = (1, *winograd_conv.TRANSFORMS) if winograd_conv.supports(
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
+    pointwise = (1, 2) if tuple(p["weight_shape"][2:]) == (1, 1) and not any(p["pads"]) and p["groups"] == 1 else (1,)
 
     direct_only = {name: getattr(DenseConvKnobs(), name) for name in ("tiles_per_block", "channel_block", "out_groups")}
 
@@ -128,6 +129,8 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
             return "the register tile takes more than the vector registers"
         if c["winograd"] > 1 and any(c[name] != value for name, value in direct_only.items()):
             return "Winograd ignores the direct conv's blocks (one point of them is enough)"
+        if c["pointwise"] == 2 and any(c[name] != value for name, value in direct_only.items()):
+            return "vectors across filters ignore the direct conv's blocks (one point of them is enough)"
         return None
 
     return _space(call, target, [
@@ -137,6 +140,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         ("channel_block", values((8, 16, 32, 64, 128), high=max(8, cg))),
         ("out_groups", values((1, 2, 4))),
         ("winograd", algorithms),
+        ("pointwise", pointwise),
     ], rule)
 
 

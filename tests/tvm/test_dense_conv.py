@@ -14,7 +14,7 @@ from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
 from sparsec.lower.kernels.winograd_conv import TRANSFORMS, auto_tile
-from sparsec.lower.target import host
+from sparsec.lower.target import host, resolve_target
 
 pytestmark = pytest.mark.tvm
 HOST = host()  # this machine, as it is (AVX-512 here: 16 lanes, 32 registers)
@@ -243,10 +243,41 @@ def test_winograd_in_the_tuning_space():
     (task,) = [t for t in extract_tasks(module, HOST) if t.generator == "dense_conv"]
     space = space_for(task.call, HOST)
     knobs = {k.name: k.values for k in space.knobs}
-    assert knobs["winograd"] == (1, 2, 4) and space.default["winograd"] == 4
+    assert knobs["winograd"] == (1, 2, 4) and space.default["winograd"] == 4 and knobs["pointwise"] == (1,)
     changed = lambda **kv: Knobs.of({**space.default, **kv})  # noqa: E731
     assert space.problem(changed(channel_block=16)) == \
         "Winograd ignores the direct conv's blocks (one point of them is enough)"
     assert space.problem(changed(channel_block=16, winograd=1)) is None
     strided = dataclasses.replace(task.call, params={**task.call.params, "strides": [2, 2]})
     assert dict((k.name, k.values) for k in space_for(strided, HOST).knobs)["winograd"] == (1,)
+
+
+# --- 1x1 convs vectorised across filters -------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 24, 7, 7), (40, 24, 1, 1), (1, 1)),  # 49 pixels in tiles of 7, filters past a 32-filter tile
+    ((2, 16, 9, 11), (32, 16, 1, 1), (2, 2)),  # batch, stride 2, odd plane
+    ((1, 8, 5, 6), (5, 8, 1, 1), (1, 1)),  # 30 pixels, fewer filters than one vector
+], ids=["7x7", "batch-s2", "narrow"])
+def test_pointwise_numerics(case):
+    in_shape, w_shape, strides = case
+    check(in_shape, w_shape, strides=strides, bias=True, act="relu", residual=True, knobs=DenseConvKnobs(pointwise=2))
+
+
+def test_pointwise_partial_last_tile():
+    """13 pixels per tile do not divide 30: the last tile is partial (its missing pixels are not stored)."""
+    check((1, 8, 5, 6), (20, 8, 1, 1), knobs=DenseConvKnobs(pointwise=2, out_block=13, vectors=1))
+
+
+def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
+    plan = lambda c, target=HOST, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
+    assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels
+    assert plan(64).pointwise == 1  # few channels: the per-tile epilogue weighs (measured slower)
+    assert plan(256, pads=(1, 1, 1, 1)).pointwise == 1
+    assert plan(256, target=resolve_target("arm64")).pointwise == 1  # not measured on NEON: pixels
+    with pytest.raises(ValueError, match=r"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "
+                                         r"\(1, 1\), pads \(1, 1, 1, 1\), groups 1"):
+        plan(256, pads=(1, 1, 1, 1), knobs=DenseConvKnobs(pointwise=2))
+    with pytest.raises(ValueError, match=r"knob pointwise must be 0 \(auto\), 1 \(vectors of pixels\) or 2"):
+        DenseConvKnobs(pointwise=3)

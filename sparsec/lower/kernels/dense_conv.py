@@ -15,7 +15,8 @@ Data flow, three TE stages scheduled with `tvm.s_tir.Schedule`:
 Depthwise convs (one input channel per filter) have no channel reduction to tile: they are
 parallel over channels with one channel's padded plane, sums and outputs kept in L1.
 Dense 3x3 stride-1 convs with enough channels go to Winograd's F(m x m, 3x3) instead
-(`winograd_conv`, knob `winograd`): a quarter of the multiplies for F(4x4).
+(`winograd_conv`, knob `winograd`): a quarter of the multiplies for F(4x4). Unpadded 1x1 convs
+with many channels go to `pointwise_conv` (knob `pointwise`): vectors across filters.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels import register_plan, winograd_conv
+from sparsec.lower.kernels import pointwise_conv, register_plan, winograd_conv
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size, require_positive_knobs
 from sparsec.target import Target
 
@@ -45,9 +46,14 @@ class DenseConvKnobs:
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
     winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
     # 0 = the plan's choice (`winograd_conv.auto_tile`)
+    pointwise: int = 0  # 1x1 without padding: 2 = vectors across filters (`pointwise_conv`: out_block
+    # pixels x `vectors` filter vectors), 1 = across pixels (the GEMM above), 0 = the plan's choice
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "winograd"))
+        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "winograd", "pointwise"))
+        if self.pointwise > 2:
+            raise ValueError(f"knob pointwise must be 0 (auto), 1 (vectors of pixels) or 2 (vectors of filters), "
+                             f"got {self.pointwise}")
         if self.winograd not in (0, 1, *winograd_conv.TRANSFORMS):
             raise ValueError(f"knob winograd must be 0 (auto), 1 (direct) or an output tile "
                              f"{sorted(winograd_conv.TRANSFORMS)}, got {self.winograd}")
@@ -407,8 +413,29 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
                                        base.lanes) if eligible else 1
         knobs = replace(knobs, winograd=tile)
     if knobs.winograd > 1:
-        return knobs.resolved(target)
+        return replace(knobs.resolved(target), pointwise=1)
+    pointwise = tuple(weight_shape[2:]) == (1, 1) and not any(pads) and groups == 1
+    if knobs.pointwise == 2 and not pointwise:
+        raise ValueError(f"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "
+                         f"{tuple(weight_shape[2:])}, pads {tuple(pads)}, groups {groups}")
+    if knobs.pointwise == 0:
+        across = pointwise and register_plan.pointwise_across_filters(target, int(weight_shape[1]))
+        knobs = replace(knobs, pointwise=2 if across else 1)
+    if knobs.pointwise == 2:
+        return _resolve_pointwise(in_shape, strides, knobs, target)
     return _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs, target)
+
+
+def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target) -> DenseConvKnobs:
+    """Vectors across filters: `vectors` filter vectors x `out_block` pixels, the pixel count
+    dividing the plane within the target's accumulators (14 of 7x7 ... 56x56 planes on AVX-512)."""
+    vectors, accumulators = register_plan.pointwise_tile(target)
+    vectors = knobs.vectors or vectors
+    accumulators = knobs.out_block * vectors if knobs.out_block else accumulators
+    plane = conv_output_size(int(in_shape[2]), 0, 0, 1, strides[0]) * conv_output_size(int(in_shape[3]), 0, 0, 1,
+                                                                                        strides[1])
+    pixels = pointwise_conv.pixel_tile(plane, accumulators, vectors)
+    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), winograd=1)
 
 
 def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs: DenseConvKnobs,
@@ -448,6 +475,10 @@ def dense_conv_kernel(
     (x, [residual], w, [bias], out), the residual shaped like out."""
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
     knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
+    if knobs.pointwise == 2:
+        return pointwise_conv.pointwise_conv_kernel(
+            weight, in_shape, strides=strides, vectors=knobs.vectors, accumulators=knobs.out_block * knobs.vectors,
+            lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,

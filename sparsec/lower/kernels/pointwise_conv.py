@@ -1,0 +1,144 @@
+"""Dense 1x1 convolution on small planes, vectorised across filters (IRBuilder).
+
+A 7x7 plane has 49 pixels: vectors of 16 pixels pad it to 64 (77% of the lanes busy). Here a
+register tile is `pixels` output pixels x `vectors` vectors of consecutive filters: per input
+channel, `vectors` contiguous weight loads (packed [O/F, C, F], F = vectors x lanes filters)
+and one broadcast input value per pixel feed pixels x vectors FMAs. The pixel count divides the
+plane (7 of 49), so no lane idles; filters pad to whole tiles (ResNet's 512 or 2048: none).
+Any stride reads its pixels directly (each input value is a broadcast scalar load).
+Parallel over (image, filter tile, pixel tile). The tile's sums go through a small stack buffer
+to the NCHW output (one row of filters after the other), with bias, residual and activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Shapes of the conv and its register tile; all compile-time integers."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    strides: tuple[int, int]
+    pixels: int  # output pixels per register tile (divides the plane when it can)
+    vectors: int  # vectors of filters per register tile
+    lanes: int
+
+    @property
+    def oh(self) -> int:
+        return conv_output_size(self.h, 0, 0, 1, self.strides[0])
+
+    @property
+    def ow(self) -> int:
+        return conv_output_size(self.w, 0, 0, 1, self.strides[1])
+
+    @property
+    def plane(self) -> int:
+        return self.oh * self.ow
+
+    @property
+    def filters(self) -> int:
+        """Filters per register tile."""
+        return self.vectors * self.lanes
+
+    @property
+    def op(self) -> int:
+        return ceil_div(self.o, self.filters) * self.filters
+
+
+def pixel_tile(plane: int, accumulators: int, vectors: int) -> int:
+    """Pixels per register tile: the largest count within the accumulators (accumulators //
+    vectors) that divides the plane, else that count (the last tile is partial)."""
+    most = max(1, accumulators // vectors)
+    return max((p for p in range(1, most + 1) if plane % p == 0), default=most) if plane >= most else plane
+
+
+def _pack_weight(weight: np.ndarray, p: _Plan) -> np.ndarray:
+    """[O, C, 1, 1] -> [O/F, C, F], zero filters padding O."""
+    w = np.zeros((p.op, p.c), np.float32)
+    w[: p.o] = np.asarray(weight, np.float32).reshape(p.o, p.c)
+    return np.ascontiguousarray(w.reshape(p.op // p.filters, p.filters, p.c).transpose(0, 2, 1))
+
+
+def _emit(x, w, bias, residual, out, p: _Plan, act: Activation | None) -> None:
+    tiles = ceil_div(p.plane, p.pixels)
+    groups = p.op // p.filters
+    with T.parallel(0, p.n * groups * tiles) as task:
+        nn, rest = task // (groups * tiles), task % (groups * tiles)
+        grp, p0 = rest // tiles, rest % tiles * p.pixels
+        # "global" scope: a stack buffer LLVM keeps in registers across the channel loop
+        acc = T.alloc_buffer((p.pixels, p.filters), "float32")
+        for px in range(p.pixels):
+            for v in range(p.vectors):
+                T.buffer_store(acc, tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes),
+                               [px, tirx.Ramp(v * p.lanes, 1, p.lanes)])
+        with T.serial(0, p.c) as c:
+            wv = [w[grp, c, tirx.Ramp(v * p.lanes, 1, p.lanes)] for v in range(p.vectors)]
+            for px in range(p.pixels):
+                j = tirx.min(p0 + px, p.plane - 1)  # a partial last tile recomputes the last pixel
+                xb = tirx.Broadcast(x[nn, c, j // p.ow * p.strides[0], j % p.ow * p.strides[1]], p.lanes)
+                for v in range(p.vectors):
+                    at = [px, tirx.Ramp(v * p.lanes, 1, p.lanes)]
+                    T.buffer_store(acc, acc[tuple(at)] + xb * wv[v], at)
+        with T.serial(0, p.filters) as f:
+            o = grp * p.filters + f
+            with T.If(o < p.o):
+                with T.Then():
+                    with T.serial(0, tirx.min(p.pixels, p.plane - p0)) as px:
+                        j = p0 + px
+                        at = [nn, o, j // p.ow, j % p.ow]
+                        val = acc[px, f]
+                        if bias is not None:
+                            val = val + bias[o]
+                        if residual is not None:
+                            val = val + residual[tuple(at)]
+                        T.buffer_store(out, apply_activation(val, act, 1), at)
+
+
+def pointwise_conv_kernel(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int, int],
+    *,
+    strides: tuple[int, int] = (1, 1),
+    vectors: int,
+    accumulators: int,
+    lanes: int,
+    bias: np.ndarray | None = None,
+    activation: Activation | None = None,
+    residual: bool = False,
+    name: str = "pointwise_conv",
+) -> Kernel:
+    """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)` without padding, NCHW
+    float32, vectors across filters; params (x, [residual], w, [bias], out) like the direct conv's."""
+    n, c, h, w = (int(d) for d in in_shape)
+    if tuple(weight.shape) != (weight.shape[0], c, 1, 1):
+        raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
+    shape = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), 1, vectors, lanes)
+    plan = _Plan(**{**shape.__dict__, "pixels": pixel_tile(shape.plane, accumulators, vectors)})
+    packed = _pack_weight(weight, plan)
+    out_shape = (n, plan.o, plan.oh, plan.ow)
+    constants = (packed,) + ((np.asarray(bias, np.float32).reshape(plan.o),) if bias is not None else ())
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tirx.noalias": True, "global_symbol": name})
+            xb = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            res = T.arg("residual", T.buffer(out_shape, "float32")) if residual else None
+            wb = T.arg("w", T.buffer(packed.shape, "float32"))
+            b = T.arg("bias", T.buffer((plan.o,), "float32")) if bias is not None else None
+            out = T.arg("out", T.buffer(out_shape, "float32"))
+            _emit(xb, wb, b, res, out, plan, activation)
+    return Kernel(ib.get(), constants, out_shape, "float32")
