@@ -18,49 +18,22 @@ from tvm import tirx
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import apply_activation, ceil_div, conv_output_size
+from sparsec.lower.kernels.common import ConvShape, apply_activation, ceil_div
 from sparsec.target import Target
 
 LANES = 4  # float4 along the output width (OpenCL's natural vector; Mali's load width)
 
 
 @dataclass(frozen=True)
-class ConvTile:
+class ConvTile(ConvShape):
     """Shapes of one GPU convolution and its tiling; all compile-time integers."""
 
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int]
-    dilations: tuple[int, int]
-    groups: int
     m: int  # filters per work-item, one after the other
     fz: int  # filters side by side (threadIdx.z): a work-group runs M x FZ filters
     rows: int  # output rows per work-item (R)
     vx: int  # work-items along the width (each one float4)
     ry: int  # work-items along the height
     cb: int  # input channels per local-memory block
-
-    @property
-    def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], self.kh, self.strides[0], self.dilations[0])
-
-    @property
-    def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], self.kw, self.strides[1], self.dilations[1])
-
-    @property
-    def cg(self) -> int:
-        return self.c // self.groups
-
-    @property
-    def og(self) -> int:
-        return self.o // self.groups
 
     @property
     def th(self) -> int:

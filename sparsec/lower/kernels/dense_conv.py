@@ -29,7 +29,14 @@ from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels import pointwise_conv, register_plan, winograd_conv
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size, require_positive_knobs
+from sparsec.lower.kernels.common import (
+    ConvShape,
+    Kernel,
+    apply_activation,
+    ceil_div,
+    conv_output_size,
+    require_positive_knobs,
+)
 from sparsec.target import Target
 
 
@@ -66,38 +73,8 @@ class DenseConvKnobs:
 
 
 @dataclass(frozen=True)
-class _Geometry:
-    """Shapes of one convolution; all compile-time integers."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
-    dilations: tuple[int, int]
-    groups: int
-
-    @property
-    def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], self.kh, self.strides[0], self.dilations[0])
-
-    @property
-    def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], self.kw, self.strides[1], self.dilations[1])
-
-    @property
-    def cg(self) -> int:
-        """Input channels per group."""
-        return self.c // self.groups
-
-    @property
-    def og(self) -> int:
-        """Filters per group."""
-        return self.o // self.groups
+class _Geometry(ConvShape):
+    """One convolution's shapes and what the direct conv derives from them."""
 
     @property
     def depthwise(self) -> bool:
