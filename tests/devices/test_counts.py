@@ -55,3 +55,23 @@ def test_cli_bench_counts_per_layer(tmp_path, capsys, arm64_setup):
     pattern = [layer for layer in layers.values() if layer["format"] == "pattern"]
     assert pattern and all(layer["fewer_than_dense"] > 2 for layer in pattern)
     assert all(layer["max_rel_error_vs_dense"] <= 1e-4 for layer in layers.values())
+
+
+def test_count_model_feeds_fused_residuals(arm64_setup):
+    """A conv with a fused shortcut takes the residual as its second input: counted, and held
+    against the direct dense schedule of the same weights, like any layer."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.models._graph import GraphBuilder
+    from sparsec.runtime.insn_count import count_model
+
+    g = GraphBuilder(3)
+    x = g.relu("stem.relu", g.conv("stem", "stem", "input", 3, 8, 3, bias=True))
+    x = g.relu("a.relu", g.add("a.add", g.conv("a", "a", x, 8, 8, 3, bias=True), x))  # onto a pattern conv
+    x = g.relu("c.relu", g.add("c.add", x, g.conv("c", "c", x, 8, 8, 1, bias=True)))  # onto a CSR 1x1
+    model = g.finish("residual", (1, 3, 9, 11), (1, 8, 9, 11), x)
+    module = optimize(import_model(model, prune_model(model, keep_kernels=0.5, unstructured=0.8)), target=A53)
+    fused = {op.result for op in module.ops if getattr(op, "residual", None)}
+    assert len(fused) == 2
+    rows = {row.result: row for row in count_model(module, A53, arm64_setup)}
+    assert {rows[r].format for r in fused} == {"pattern", "csr"}
+    assert all(rows[r].error <= 1e-4 and rows[r].dense.instructions > 0 for r in fused)
