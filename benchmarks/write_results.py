@@ -140,7 +140,7 @@ def layer_table(report: BenchReport) -> list[str]:
         lines.append(f"| {row['result']} | {row['op']} | {row['format']} | `{row['kernel']}` | {timing} | {roof} |")
     lines.append(f"| **sum** | | | | {total:.3f} | | | |")
     lines.append(f"| **whole model (median)** | | | | {report.median_ms('sparsec'):.3f} | | | |")
-    if any(row["format"].endswith(("-F2", "-F4")) for row in report.layers):
+    if any(row.get("winograd") for row in report.layers):
         lines += ["", WINOGRAD_NOTE + "."]
     return lines
 

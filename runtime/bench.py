@@ -203,7 +203,7 @@ def _layer_rows(layers, per_run: list[dict[str, float]]) -> list[dict]:
     for row in rows:
         tile = (row.get("knobs") or {}).get("winograd", 1)
         if tile > 1:  # its useful MACs are direct's: it does 1/2.25 (F2) or 1/4 (F4) of them
-            row["format"] = f"{row['format']}-F{tile}"
+            row["format"], row["winograd"] = f"{row['format']}-F{tile}", tile
         row["gflops"] = useful_gflops(row.get("kept_macs", 0), row["median_ms"]) if row.get("kept_macs") else None
     known = {layer["kernel"] for layer in layers}
     others = sorted({s for run in per_run for s in run} - known)
@@ -361,7 +361,7 @@ def format_layers(layers: list[dict], peak_gflops: float | None = None) -> str:
         roof = f" {gflops:8.1f}" + (f" {gflops / peak_gflops:7.0%}" if peak_gflops else "") if gflops else ""
         lines.append(f"{row['result'][:28]:28} {row['op'][:12]:12} {row['format']:8} {timing}{roof}")
     lines.append(f"{'sum of layers':50} {total:10.3f}")
-    if any(row["format"].endswith(("-F2", "-F4")) for row in layers):
+    if any(row.get("winograd") for row in layers):
         lines.append(WINOGRAD_NOTE)
     return "\n".join(lines)
 

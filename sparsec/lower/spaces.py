@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
-from sparsec.lower.kernels import dense_conv, pattern_conv, winograd_conv
+from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_conv
 from sparsec.lower.kernels.common import ceil_div, conv_output_size
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.layers import generator_knobs
@@ -120,17 +120,17 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
     algorithms = (1, *winograd_conv.TRANSFORMS) if winograd_conv.supports(
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
-    pointwise = (1, 2) if tuple(p["weight_shape"][2:]) == (1, 1) and not any(p["pads"]) and p["groups"] == 1 else (1,)
+    pointwise = (1, 2) if pointwise_conv.supports(tuple(p["weight_shape"][2:]), p["pads"], p["groups"]) else (1,)
 
     direct_only = {name: getattr(DenseConvKnobs(), name) for name in ("tiles_per_block", "channel_block", "out_groups")}
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
             return "the register tile takes more than the vector registers"
-        if c["winograd"] > 1 and any(c[name] != value for name, value in direct_only.items()):
-            return "Winograd ignores the direct conv's blocks (one point of them is enough)"
-        if c["pointwise"] == 2 and any(c[name] != value for name, value in direct_only.items()):
-            return "vectors across filters ignore the direct conv's blocks (one point of them is enough)"
+        other = "Winograd ignores" if c["winograd"] > 1 else "vectors across filters ignore" \
+            if c["pointwise"] == 2 else None
+        if other and any(c[name] != value for name, value in direct_only.items()):
+            return f"{other} the direct conv's blocks (one point of them is enough)"
         return None
 
     return _space(call, target, [

@@ -13,6 +13,7 @@ from sparsec.ir.activation import Activation
 from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
+from sparsec.lower.kernels.pointwise_conv import pixel_tile
 from sparsec.lower.kernels.winograd_conv import TRANSFORMS, auto_tile
 from sparsec.lower.target import host, resolve_target
 
@@ -274,6 +275,7 @@ def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
     plan = lambda c, target=HOST, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
     assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels
     assert plan(64).pointwise == 1  # few channels: the per-tile epilogue weighs (measured slower)
+    assert [pixel_tile(p, 28, 2) for p in (49, 196, 30, 34, 10)] == [7, 14, 10, 14, 10]  # 34: not 2, a partial tile
     assert plan(256, pads=(1, 1, 1, 1)).pointwise == 1
     assert plan(256, target=resolve_target("arm64")).pointwise == 1  # not measured on NEON: pixels
     with pytest.raises(ValueError, match=r"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "

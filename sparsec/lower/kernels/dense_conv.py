@@ -391,7 +391,7 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
         knobs = replace(knobs, winograd=tile)
     if knobs.winograd > 1:
         return replace(knobs.resolved(target), pointwise=1)
-    pointwise = tuple(weight_shape[2:]) == (1, 1) and not any(pads) and groups == 1
+    pointwise = pointwise_conv.supports(tuple(weight_shape[2:]), pads, groups)
     if knobs.pointwise == 2 and not pointwise:
         raise ValueError(f"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "
                          f"{tuple(weight_shape[2:])}, pads {tuple(pads)}, groups {groups}")
@@ -404,15 +404,14 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
 
 
 def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target) -> DenseConvKnobs:
-    """Vectors across filters: `vectors` filter vectors x `out_block` pixels, the pixel count
-    dividing the plane within the target's accumulators (14 of 7x7 ... 56x56 planes on AVX-512)."""
+    """Vectors across filters: `vectors` filter vectors x `out_block` pixels; unless the knobs set
+    it, a pixel count dividing the plane within the target's accumulators (`pointwise_conv.pixel_tile`:
+    7 of a 7x7 plane, 14 of 14x14 ... 56x56 on AVX-512)."""
     vectors, accumulators = register_plan.pointwise_tile(target)
     vectors = knobs.vectors or vectors
-    accumulators = knobs.out_block * vectors if knobs.out_block else accumulators
-    plane = conv_output_size(int(in_shape[2]), 0, 0, 1, strides[0]) * conv_output_size(int(in_shape[3]), 0, 0, 1,
-                                                                                        strides[1])
-    pixels = pointwise_conv.pixel_tile(plane, accumulators, vectors)
-    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), winograd=1)
+    oh, ow = (conv_output_size(int(size), 0, 0, 1, stride) for size, stride in zip(in_shape[2:], strides))
+    pixels = knobs.out_block or pointwise_conv.pixel_tile(oh * ow, accumulators, vectors)
+    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes())
 
 
 def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs: DenseConvKnobs,
@@ -454,8 +453,8 @@ def dense_conv_kernel(
     knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
     if knobs.pointwise == 2:
         return pointwise_conv.pointwise_conv_kernel(
-            weight, in_shape, strides=strides, vectors=knobs.vectors, accumulators=knobs.out_block * knobs.vectors,
-            lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
+            weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,
+            bias=bias, activation=activation, residual=residual, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,

@@ -59,11 +59,20 @@ class _Plan:
         return ceil_div(self.o, self.filters) * self.filters
 
 
+def supports(kernel: tuple[int, int], pads, groups: int) -> bool:
+    """Whether a conv has this kernel's shape: 1x1, unpadded, one group (any stride)."""
+    return tuple(kernel) == (1, 1) and not any(pads) and groups == 1
+
+
 def pixel_tile(plane: int, accumulators: int, vectors: int) -> int:
-    """Pixels per register tile: the largest count within the accumulators (accumulators //
-    vectors) that divides the plane, else that count (the last tile is partial)."""
+    """Pixels per register tile within the accumulators (accumulators // vectors of them): the
+    largest count dividing the plane (7 of 49), unless that leaves half the accumulators idle
+    (a 34-pixel plane's divisor 2): then the most, and the last tile is partial."""
     most = max(1, accumulators // vectors)
-    return max((p for p in range(1, most + 1) if plane % p == 0), default=most) if plane >= most else plane
+    if plane <= most:
+        return plane
+    divisor = max(p for p in range(1, most + 1) if plane % p == 0)
+    return divisor if 2 * divisor >= most else most
 
 
 def _pack_weight(weight: np.ndarray, p: _Plan) -> np.ndarray:
@@ -113,8 +122,8 @@ def pointwise_conv_kernel(
     in_shape: tuple[int, int, int, int],
     *,
     strides: tuple[int, int] = (1, 1),
+    pixels: int,
     vectors: int,
-    accumulators: int,
     lanes: int,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
@@ -122,12 +131,12 @@ def pointwise_conv_kernel(
     name: str = "pointwise_conv",
 ) -> Kernel:
     """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)` without padding, NCHW
-    float32, vectors across filters; params (x, [residual], w, [bias], out) like the direct conv's."""
+    float32, vectors across filters, a register tile of `pixels` x `vectors` (see `pixel_tile`);
+    params (x, [residual], w, [bias], out) like the direct conv's."""
     n, c, h, w = (int(d) for d in in_shape)
     if tuple(weight.shape) != (weight.shape[0], c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
-    shape = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), 1, vectors, lanes)
-    plan = _Plan(**{**shape.__dict__, "pixels": pixel_tile(shape.plane, accumulators, vectors)})
+    plan = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), pixels, vectors, lanes)
     packed = _pack_weight(weight, plan)
     out_shape = (n, plan.o, plan.oh, plan.ow)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(plan.o),) if bias is not None else ())
