@@ -469,8 +469,7 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
 
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> PatternConvKnobs:
-    out_width = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1,
-                                                                      vector_width=1)).ow
+    out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
                     tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
                     prefetch=knobs.prefetch if knobs.prefetch >= 0 else
