@@ -1,7 +1,8 @@
 """analyze-sparsity: give every masked conv2d / linear weight the layout its kernel should use.
 
-The choice is a cost model you can read: estimated time = useful MACs / relative throughput of
-the format's kernel. The throughputs are useful GFLOP/s per core of each kernel over the dense
+The choice is a cost model you can read: estimated time = the MACs the format's kernel does
+(the kept weights; for patterns every tap of a kept kernel's pattern, so a kernel keeping a subset
+of a pattern counts whole) / relative throughput of the format's kernel. The throughputs are useful GFLOP/s per core of each kernel over the dense
 kernel's; the compiler sets them from its target (`Target.throughputs`: `make calibrate` on the
 machine, else shipped defaults). The defaults here were measured on znver3 (AVX2): pattern conv
 53-68 vs dense ~88 (about 0.7), CSR 1x1 conv ~49 vs ~85 (about 0.55). A format that does not
@@ -13,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
+from sparsec.fkw import cover_patterns
 from sparsec.ir.legality import legal_layouts
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d, Linear, Op
 from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
 from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import replace_op, sole_user_weight
-from sparsec.sparsity import pattern_histogram
+from sparsec.sparsity import kernel_tap_sets
 
 # Fraction of the dense kernel's MAC throughput each format's kernel reaches (znver3, AVX2).
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
@@ -33,9 +37,11 @@ def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[st
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
     costs: dict[str, float] = {"dense": total / throughput["dense"]}
-    patterns = sorted(pattern_histogram(mask)) if Pattern.kind in legal else []
-    if patterns and len(patterns) <= max_patterns and len({len(p) for p in patterns}) == 1:  # FKW: one size
-        costs["pattern"] = kept / throughput["pattern"]
+    patterns = [tuple(int(t) for t in p) for p in cover_patterns(mask)] if Pattern.kind in legal else []
+    if patterns and len(patterns) <= max_patterns:
+        # the kernel multiplies every tap of a kept kernel's pattern, zeros in a subset included
+        stored = int(np.count_nonzero(kernel_tap_sets(mask))) * len(patterns[0])
+        costs["pattern"] = stored / throughput["pattern"]
     if CSR.kind in legal:
         costs["csr"] = kept / throughput["csr"]
     best = min(costs, key=lambda k: (costs[k], k != "dense"))  # a tie goes to dense

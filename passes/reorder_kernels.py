@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
+from sparsec.fkw import kernel_patterns
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d
 from sparsec.passes.base import Pass, register
 from sparsec.passes.rewrite import rewrite_pattern_convs
-from sparsec.sparsity import bits_of, pattern_histogram
+from sparsec.sparsity import bits_of
 
 
 @register
@@ -30,9 +33,11 @@ class ReorderKernels(Pass):
 
 
 def _rank_patterns(op: Conv2d, weight: Weight) -> tuple[Conv2d, Weight]:
-    # most frequent first; ties by the taps' bit mask, so ids are stable across runs
-    counts = pattern_histogram(weight.mask)
-    ranked = sorted(counts, key=lambda taps: (-counts[taps], bits_of(taps)))
-    unused = [p for p in weight.layout.patterns if p not in ranked]
-    layout = dataclasses.replace(weight.layout, patterns=tuple(ranked + unused))
+    # most frequent first (a kernel keeping a subset of a pattern counts for the pattern FKW
+    # stores it under); ties by the taps' bit mask, so ids are stable across runs
+    patterns = weight.layout.patterns
+    _, ids = kernel_patterns(weight.mask, np.array(patterns, np.uint8))
+    counts = dict(zip(patterns, np.bincount(ids[ids >= 0], minlength=len(patterns)).tolist()))
+    ranked = sorted(patterns, key=lambda taps: (-counts[taps], bits_of(taps)))
+    layout = dataclasses.replace(weight.layout, patterns=tuple(ranked))
     return op, dataclasses.replace(weight, layout=layout)

@@ -140,6 +140,14 @@ def _assign_patterns(masks: np.ndarray, pattern_masks: list[int]) -> np.ndarray:
     return ids
 
 
+def cover_patterns(mask_or_weight: np.ndarray) -> np.ndarray:
+    """(P, T) the patterns of a [O, I, 3, 3] mask (or weight): its maximal distinct tap sets, so a
+    kernel keeping a subset of another kernel's taps (a weight pruned inside its pattern, or
+    exactly zero) takes that pattern with a zero weight, widened to one size (FKW stores T taps
+    for every kernel)."""
+    return _patterns_array([_mask_taps(m) for m in _derive_pattern_masks(kernel_tap_sets(mask_or_weight))])
+
+
 def kernel_patterns(
     weight: np.ndarray, patterns: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +155,7 @@ def kernel_patterns(
     weight = _check_weight(weight)
     masks = kernel_tap_sets(weight)
     if patterns is None:
-        patterns = _patterns_array([_mask_taps(m) for m in _derive_pattern_masks(masks)])
+        patterns = cover_patterns(weight)
     else:
         patterns = np.sort(np.asarray(patterns), axis=1).astype(np.uint8)
     ids = _assign_patterns(masks, _pattern_masks(patterns))

@@ -104,7 +104,8 @@ def _tap_tuple(pattern) -> tuple[int, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Pattern(Layout):
-    """3x3 kernels whose kept taps (0..8, row-major) each fit one of `patterns`; empty kernels allowed."""
+    """3x3 kernels whose kept taps (0..8, row-major) each fit one of `patterns` (all its taps or a
+    subset: zero weights fill the rest); empty kernels allowed."""
 
     kind: ClassVar[str] = "pattern"
     parts: ClassVar[tuple[str, ...]] = ("mask",)

@@ -23,6 +23,7 @@ from sparsec.ir import (
 )
 from sparsec.ir.files import read_module, weight_arrays, write_module
 from sparsec.ir.ops import OPS, Activate, Add, AvgPool, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool, Softmax
+from sparsec.ir.verify import LAYOUT_RULES
 
 NAMES = st.one_of(
     st.from_regex(r"[a-z][a-z0-9_.]{0,6}", fullmatch=True),
@@ -254,7 +255,19 @@ def test_nonzero_outside_mask_and_bad_pattern():
     with pytest.raises(VerifyError, match="weight @w is nonzero outside its mask"):
         verify(Module("m", (), (), (), (w,)))
     w = Weight("w", TensorType("f32", data.shape), data, Pattern(((1, 4),)), {"mask": data != 0})
-    with pytest.raises(VerifyError, match=r"kernel \[0, 0\] keeps taps that are not one of its 1 patterns"):
+    with pytest.raises(VerifyError, match=r"kernel \[0, 0\] keeps taps that fit none of its 1 patterns"):
+        verify(Module("m", (), (), (), (w,)))
+
+
+def test_pattern_kernels_may_keep_a_subset_of_a_pattern():
+    data = np.zeros((2, 1, 3, 3), np.float32)
+    data[0, 0].flat[[1, 4, 5]] = 1.0  # three of the pattern's four taps
+    data[1, 0].flat[[1, 4, 5, 7]] = 1.0
+    w = Weight("w", TensorType("f32", data.shape), data, Pattern(((1, 4, 5, 7),)), {"mask": data != 0})
+    assert LAYOUT_RULES[Pattern](w) is None
+    data[0, 0].flat[0] = 1.0  # tap 0 is in no pattern
+    w = Weight("w", TensorType("f32", data.shape), data, Pattern(((1, 4, 5, 7),)), {"mask": data != 0})
+    with pytest.raises(VerifyError, match=r"kernel \[0, 0\] keeps taps that fit none of its 1 patterns"):
         verify(Module("m", (), (), (), (w,)))
 
 

@@ -71,15 +71,19 @@ def test_patterns_of_different_sizes_are_a_located_error():
     assert _first_line(text) == "m.sir:2:1: weight @w: pattern layout needs patterns of one size, got sizes [1, 3]"
 
 
-def test_analyze_sparsity_never_picks_patterns_of_different_sizes():
+def test_analyze_sparsity_gives_subsets_their_pattern_and_one_size():
     from sparsec.passes.registry import AnalyzeSparsity
 
-    def chosen(keep) -> str:
+    def chosen(keep):
         text = _conv_text((2, 2, 3, 3), "masked", keep, "{pads = [1, 1, 1, 1]}", (1, 2, 4, 4))
-        return AnalyzeSparsity().apply(verify(parse_module(text))).weight("@w").layout.kind
+        module = AnalyzeSparsity().apply(verify(parse_module(text)))
+        verify(module)
+        return module.weight("@w").layout
 
-    assert chosen(MIXED_SIZES) == "dense"  # pattern would be cheapest, were it legal
-    assert chosen([3, 4, 5] + MIXED_SIZES[1:]) == "pattern"
+    # kernel [0, 0] keeps tap 4 of kernel [0, 1]'s taps 3, 4, 5: one pattern, [0, 0] a subset of it
+    assert chosen(MIXED_SIZES) == Pattern(((3, 4, 5),))
+    # sets inside no other are patterns, the smaller widened with zero taps (FKW stores one size)
+    assert chosen([0] + MIXED_SIZES[1:]) == Pattern(((0, 1, 2), (3, 4, 5)))
 
 
 def test_sparse_bias_is_a_located_error():

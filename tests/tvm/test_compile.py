@@ -188,3 +188,32 @@ def test_check_reports_a_mismatch(tmp_path):
     assert check_compiled(compiled, module).startswith("check: output matches reference")
     with pytest.raises(CheckFailed, match=r"check failed: output 'output' differs from reference by 1\.0\de-02"):
         check_compiled(Off(), module)
+
+
+def test_kernels_keeping_a_subset_of_a_pattern_still_compile_to_patterns(tmp_path):
+    # masks made elsewhere (or read off trained weights with exact zeros) may drop a tap inside
+    # a kernel's pattern: the kernel keeps its pattern with a zero weight, the layer stays pattern
+    model = ZOO["tiny_cnn"](resolution=16, num_classes=10)
+    masks = prune_model(model, keep_kernels=0.5)
+    rng = np.random.default_rng(3)
+    thinned = 0
+    for name, mask in masks.items():
+        if mask.ndim != 4 or mask.shape[2:] != (3, 3):
+            continue
+        flat = mask.reshape(*mask.shape[:2], 9)
+        for o, i in np.argwhere(flat.sum(axis=2) == 4)[::3]:  # every third kept kernel loses a tap
+            flat[o, i, rng.choice(np.flatnonzero(flat[o, i]))] = False
+            thinned += 1
+    assert thinned > 10
+    model_path, masks_path = tmp_path / "m.onnx", tmp_path / "masks.npz"
+    model_path.write_bytes(model.SerializeToString())
+    save_masks(masks, masks_path)
+    module = import_model(model_path, masks_path)
+    compiled = sparsec.compile(module)
+    formats = [layer["format"] for layer in compiled.manifest.layers if layer["op"] == "conv2d"]
+    assert formats.count("pattern") == 2  # features.2 and .3 (the first conv is not pruned)
+    inputs = random_inputs(module)
+    want = onnxruntime_outputs(model_path, masks_path, inputs)
+    got = compiled.run(inputs)
+    for key, value in want.items():
+        assert relative_error(got[key], value) <= 1e-4, key
