@@ -197,7 +197,7 @@ def test_kernels_keeping_a_subset_of_a_pattern_still_compile_to_patterns(tmp_pat
     masks = prune_model(model, keep_kernels=0.5)
     rng = np.random.default_rng(3)
     thinned = 0
-    for name, mask in masks.items():
+    for mask in masks.values():
         if mask.ndim != 4 or mask.shape[2:] != (3, 3):
             continue
         flat = mask.reshape(*mask.shape[:2], 9)
