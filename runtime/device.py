@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax, rpc
 
-from sparsec.errors import UserError
+from sparsec.errors import UserError, error_line
 
 SESSION_TIMEOUT_S = 600  # phones and emulated devices are slow: one session may take minutes
 
@@ -68,12 +68,7 @@ def run_library(device: RpcDevice, library: Path, inputs: list[np.ndarray], num_
         values = [result] if num_outputs == 1 else list(result)
         return [v.numpy() for v in values]
     except RuntimeError as err:
-        raise UserError(f"{library}: running on {device} failed ({_last_line(str(err))})") from None
-
-
-def _last_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+        raise UserError(f"{library}: running on {device} failed ({error_line(err)})") from None
 
 
 def run_kernel_on(device: RpcDevice, kernel, target, *inputs: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.errors import UserError
+from sparsec.errors import UserError, error_line
 
 ATTEMPTS = 2  # devices a trial may fail on before the candidate is blamed
 NO_DEVICE_S = 120.0  # how long to wait for a device of the key before giving up
@@ -195,8 +195,7 @@ class RpcRunner:
             worker.kill()
             return Measurement(device=device, error=f"{device}: no answer within {cfg.timeout_s:g} s")
         except Exception as err:  # noqa: BLE001 - the session broke, the device died, the kernel crashed
-            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-            reason = lines[-1] if lines else type(err).__name__
+            reason = error_line(err, type(err).__name__)
             return Measurement(device=device, error=f"{device}: {reason} after {time.monotonic() - start:.1f} s")
         return Measurement(tuple(times), device, output)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from sparsec.errors import UserError
+from sparsec.errors import UserError, error_line
 from sparsec.ir.module import Module
 from sparsec.reference import run_reference
 
@@ -60,7 +60,8 @@ def onnxruntime_session(model: onnx.ModelProto, why: str, options=None):
     except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph classes
         too_new = _IR_TOO_NEW.search(str(err))
         if too_new is None:
-            raise EngineUnavailable(f"onnxruntime cannot load the model: {_last_line(err)}") from None
+            reason = error_line(err, type(err).__name__)
+            raise EngineUnavailable(f"onnxruntime cannot load the model: {reason}") from None
     older = onnx.ModelProto()
     older.CopyFrom(model)
     older.ir_version = int(too_new.group(2))
@@ -68,12 +69,7 @@ def onnxruntime_session(model: onnx.ModelProto, why: str, options=None):
         return ort.InferenceSession(older.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise EngineUnavailable(f"onnxruntime cannot load the model (IR version {model.ir_version}, also tried "
-                                f"{older.ir_version}): {_last_line(err)}") from None
-
-
-def _last_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[-1] if text else type(err).__name__
+                                f"{older.ir_version}): {error_line(err, type(err).__name__)}") from None
 
 
 def onnxruntime_outputs(model_path: Path, masks_path: Path | None, inputs: dict[str, np.ndarray]) -> dict:

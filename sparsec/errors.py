@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -62,3 +63,20 @@ def _window(line: str, column: int, width: int = 160) -> tuple[str, int]:
 
 class VerifyError(CompileError):
     """The IR breaks a rule of an op or of the module (types, operands, layouts)."""
+
+
+# A line that states an error: `ValueError: ...`, `tvm.error.InternalError: ...`, `Check failed: ...`.
+_ERROR_STATEMENT = re.compile(r"^([\w.]*(Error|Exception)\b|Check failed)")
+
+
+def error_line(err: BaseException | str, default: str = "no message") -> str:
+    """The line of an error message (TVM's, onnxruntime's, a remote traceback) that says what went
+    wrong, for a one-line diagnostic: the last line stating an error, else the first line that is
+    not a traceback frame or a note. (TVM puts the statement first and may print the IR after it,
+    ending in `# Metadata omitted ...`; Python tracebacks end with it.)"""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    statements = [line for line in lines if _ERROR_STATEMENT.match(line)]
+    if statements:
+        return statements[-1]
+    plain = [line for line in lines if not line.startswith(("#", "Traceback", "File "))]
+    return plain[0] if plain else default

@@ -7,7 +7,7 @@ import dataclasses
 import tvm
 import tvm_ffi
 
-from sparsec.errors import UserError
+from sparsec.errors import UserError, error_line
 from sparsec.ir.module import Module
 from sparsec.lower.relax_build import build_relax
 from sparsec.lower.target import tvm_target
@@ -64,8 +64,7 @@ def _layer_entry(plan) -> dict:
 
 def _compile_failure(module: Module, plans, message: str) -> str:
     """Name the layer whose kernel TVM rejected (kernels are named after their layers)."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else "no message"
+    reason = error_line(message)
     for plan in plans:
         if plan.kernel in message:
             return f"layer %{plan.result} ({plan.op}): TVM failed to compile its kernel {plan.kernel}: {reason}"

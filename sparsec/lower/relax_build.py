@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from sparsec.errors import UserError
+from sparsec.errors import UserError, error_line
 from sparsec.ir.module import Module
 from sparsec.ir.ops import (
     Activate,
@@ -115,8 +115,8 @@ def _lower_op(op: Op, ctx: _Ctx) -> relax.Expr:
             return _lower_gpu(op, ctx)
         return LOWERINGS[type(op)](op, ctx)
     except (RuntimeError, ValueError) as err:  # TVM raises RuntimeError subclasses
-        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise UserError(f"layer %{op.result} ({op.name}): its kernel could not be built: {first_line}") from None
+        raise UserError(f"layer %{op.result} ({op.name}): its kernel could not be built: "
+                        f"{error_line(err, type(err).__name__)}") from None
 
 
 def _hint(name: str) -> str:

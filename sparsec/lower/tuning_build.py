@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.errors import error_line
 from sparsec.ir.knobs import Knobs
 from sparsec.target import Target
 from sparsec.tuning.task import KernelCall, Task
@@ -98,7 +99,7 @@ def build_candidate(call_path: str, target_spec: dict, pairs: tuple, out_dir: st
         inputs = candidate_inputs(call, kernel.out_shape)
         np.savez(arrays, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate([*inputs, *kernel.constants])})
     except Exception as err:  # a configuration TVM or the generator rejects is a failed trial
-        return BuildResult(config, error=f"build: {_last_line(err)}", seconds=time.perf_counter() - start)
+        return BuildResult(config, error=f"build: {_reason(err)}", seconds=time.perf_counter() - start)
     return BuildResult(config, library, name, arrays, tuple(kernel.out_shape), kernel.out_dtype,
                        seconds=time.perf_counter() - start)
 
@@ -113,9 +114,8 @@ def candidate_inputs(call: KernelCall, out_shape) -> list[np.ndarray]:
     return inputs
 
 
-def _last_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {error_line(err, '')}"
 
 
 class LocalBuilder:
@@ -157,7 +157,7 @@ class LocalBuilder:
                 if self._pool is pool and not self._closed:  # the first of its futures to fail replaces it
                     self._pool = self._new_pool()
             except BaseException as err:  # noqa: BLE001 - a worker's KeyboardInterrupt too: never a lost future
-                outer.set_result(BuildResult(config, error=f"build: {_last_line(err)}"))
+                outer.set_result(BuildResult(config, error=f"build: {_reason(err)}"))
 
         inner.add_done_callback(done)
         return outer
