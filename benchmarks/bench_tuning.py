@@ -288,7 +288,7 @@ def _quality_lines(q: dict) -> list[str]:
              "[--search random] --log LOG` on one host device (both cores); random 512 resumes random 64's log "
              "(`--trials 512`). Each search's winner is what `compile --tuning-log` applies (the median over a "
              "configuration's trial and the tuner's confirmations); the winners and the default re-measured "
-             "interleaved (5 rounds, median):", "",
+             "interleaved (medians of 5 rounds, or of the rounds a row names):", "",
              "| case | default | evolutionary 64 | random 64 | random reference (N trials) | evo vs reference | "
              "gain over default |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -296,8 +296,9 @@ def _quality_lines(q: dict) -> list[str]:
         m = r["remeasured_ms"]
         ref = f"{m['random-512']:.2f} ms ({r['reference_trials']})" if "random-512" in m else "not run"
         versus = f"{m['evolutionary-64'] / m['random-512'] - 1:+.1%}" if "random-512" in m else "-"
-        lines.append(f"| {key} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | {m['random-64']:.2f} ms | "
-                     f"{ref} | {versus} | {m['default'] / m['evolutionary-64']:.2f}x |")
+        rounds = f" ({r['remeasure_rounds']} rounds)" if "remeasure_rounds" in r else ""
+        lines.append(f"| {key}{rounds} | {m['default']:.2f} ms | {m['evolutionary-64']:.2f} ms | "
+                     f"{m['random-64']:.2f} ms | {ref} | {versus} | {m['default'] / m['evolutionary-64']:.2f}x |")
     lines += ["", "As the log holds them (the median over each configuration's records, as `compile --tuning-log` "
               "reads them):", "",
               "| case | default | evolutionary 64 | random 64 | random reference | wall time evo 64 / random |",

@@ -13,6 +13,7 @@ is not considered.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from sparsec.ir.legality import legal_layouts
 from sparsec.ir.module import Module, Weight
 from sparsec.ir.ops import Conv2d, Linear, Op
 from sparsec.ir.types import CSR, Dense, Layout, Masked, Pattern
-from sparsec.passes.base import Pass, register
+from sparsec.passes.base import Pass, not_an_option, register
 from sparsec.passes.rewrite import replace_op, sole_user_weight
 from sparsec.sparsity import kernel_tap_sets
 
@@ -30,14 +31,15 @@ from sparsec.sparsity import kernel_tap_sets
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
 
 
-def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[str, float] = RELATIVE_THROUGHPUT
-                  ) -> Layout:
+def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[str, float] = RELATIVE_THROUGHPUT,
+                  dense_work: float = 1.0) -> Layout:
     """The cheapest format for this weight under the cost model, among those the legality table
-    allows for this op (a 1x1 conv with padding never gets CSR, a grouped conv never patterns)."""
+    allows for this op (a 1x1 conv with padding never gets CSR, a grouped conv never patterns).
+    `dense_work`: the dense kernel's work per multiply-add of the direct conv (Winograd's < 1)."""
     legal = legal_layouts(op, weight.type)
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
-    costs: dict[str, float] = {"dense": total / throughput["dense"]}
+    costs: dict[str, float] = {"dense": total * dense_work / throughput["dense"]}
     patterns = [tuple(int(t) for t in p) for p in cover_patterns(mask)] if Pattern.kind in legal else []
     if patterns and len(patterns) <= max_patterns:
         # the kernel multiplies every tap of a kept kernel's pattern, zeros in a subset included
@@ -60,6 +62,9 @@ class AnalyzeSparsity(Pass):
     max_patterns: int = 16  # more patterns = more loop nests; past this, code size wins
     pattern_throughput: float = RELATIVE_THROUGHPUT["pattern"]  # of dense; the target's when compiling
     csr_throughput: float = RELATIVE_THROUGHPUT["csr"]
+    # (conv op, input shape, weight shape) -> the target's dense kernel's work per direct
+    # multiply-add (Winograd's estimate for a dense 3x3 conv); set by the driver, None = direct
+    dense_work: Callable[[Conv2d, tuple[int, ...], tuple[int, ...]], float] | None = not_an_option()
 
     def apply(self, module: Module) -> Module:
         for op in module.ops:
@@ -70,7 +75,10 @@ class AnalyzeSparsity(Pass):
     def _assign(self, module: Module, op: Conv2d | Linear) -> Module:
         weight = sole_user_weight(module, op, op.weight)
         throughput = {"dense": 1.0, "pattern": self.pattern_throughput, "csr": self.csr_throughput}
-        layout = choose_layout(op, weight, self.max_patterns, throughput)
+        work = 1.0
+        if self.dense_work is not None and isinstance(op, Conv2d):
+            work = self.dense_work(op, module.types[op.input].shape, weight.type.shape)
+        layout = choose_layout(op, weight, self.max_patterns, throughput, work)
         parts = {"mask": weight.mask} if "mask" in layout.parts else {}
         new_weight = dataclasses.replace(weight, layout=layout, parts=parts)
         return replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))

@@ -13,7 +13,7 @@ from sparsec.errors import UserError
 from sparsec.ir.module import Module
 from sparsec.ir.printer import print_module
 from sparsec.ir.verify import verify
-from sparsec.passes.base import PASSES, Pass
+from sparsec.passes.base import PASSES, Pass, is_option
 
 _STEP = re.compile(r"\s*([a-z0-9-]+)\s*(?:\{([^}]*)\})?\s*(?:,|$)")
 
@@ -53,7 +53,7 @@ def _make_pass(name: str, options_text: str) -> Pass:
     cls = PASSES.get(name)
     if cls is None:
         raise UserError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if is_option(f)}
     options = {}
     for item in filter(None, (s.strip() for s in options_text.split(","))):
         key, _, value = item.partition("=")

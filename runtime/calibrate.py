@@ -3,7 +3,8 @@
 analyze-sparsity picks a weight's format by estimated time = useful MACs / the format kernel's
 throughput relative to the dense kernel's. This measures those ratios here, with the kernels the
 target really gets: per layer, useful GFLOP/s of the pattern (3x3) or CSR (1x1) kernel over the
-dense kernel's on the same masked weight, in interleaved rounds (medians); the median over the
+dense kernel's on the same masked weight (the direct dense conv: Winograd's fewer multiplies are
+the cost model's own estimate), in interleaved rounds (medians); the median over the
 layers is written to the calibration file `Target` reads (`sparsec.target.calibration_path`).
 """
 
@@ -19,7 +20,7 @@ import tvm
 from sparsec.fkw import build_fkw
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.csr import csr_conv1x1_kernel
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
 from sparsec.lower.target import tvm_target
 from sparsec.target import Target, write_calibration
@@ -67,7 +68,10 @@ def _kernels(layer: Layer, w: np.ndarray, target: Target) -> tuple[Kernel, Kerne
     if layer.fmt == "csr":
         return csr_conv1x1_kernel(w, shape, target=target), dense_conv_kernel(w, shape, target=target)
     sparse = pattern_conv_kernel(build_fkw(w), shape, target=target)
-    return sparse, dense_conv_kernel(w, shape, pads=(1, 1, 1, 1), target=target)
+    # against the direct conv: the cost model scales a dense 3x3 conv by Winograd's estimate
+    # itself (`dense_conv.algorithm_work`), so the ratio must not carry Winograd's gain too
+    direct = DenseConvKnobs(winograd=1)
+    return sparse, dense_conv_kernel(w, shape, pads=(1, 1, 1, 1), target=target, knobs=direct)
 
 
 def _timer(kernel: Kernel, x: np.ndarray, target: Target):

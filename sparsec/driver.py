@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +28,25 @@ def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, 
 
 
 def for_target(steps: list, target: Target | None) -> list:
-    """The passes with analyze-sparsity's throughputs set from the target; for a GPU target,
-    fuse-epilogue leaves residual adds alone (its conv kernels take no residual input)."""
+    """The passes with analyze-sparsity's cost model set from the target (its throughputs and, on
+    a CPU, the dense convs' Winograd estimate); for a GPU target, fuse-epilogue leaves residual
+    adds alone (its conv kernels take no residual input)."""
     from sparsec.passes.registry import AnalyzeSparsity, FuseEpilogue
 
     if target is None:
         return steps
     speeds = dict(pattern_throughput=target.throughputs.pattern, csr_throughput=target.throughputs.csr)
+    if target.kind == "cpu":
+        speeds["dense_work"] = functools.partial(_dense_conv_work, target=target)
     options = {AnalyzeSparsity: speeds, FuseEpilogue: dict(residual=False) if target.kind == "gpu" else {}}
     return [dataclasses.replace(p, **options[type(p)]) if type(p) in options else p for p in steps]
+
+
+def _dense_conv_work(op, in_shape: tuple[int, ...], weight_shape: tuple[int, ...], *, target: Target) -> float:
+    """The dense conv kernel's work per direct multiply-add for `op` on `target` (Winograd's < 1)."""
+    from sparsec.lower.kernels.winograd_plan import algorithm_work
+
+    return algorithm_work(weight_shape, in_shape, op.strides, op.pads, op.dilations, op.groups, target=target)
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,

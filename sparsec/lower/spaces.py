@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
-from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_conv
+from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_plan
 from sparsec.lower.kernels.common import ceil_div, conv_output_size
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.layers import generator_knobs
@@ -118,7 +118,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
     o, cg = p["weight_shape"][:2]
     if cg == 1:
         return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
-    algorithms = (1, *winograd_conv.TRANSFORMS) if winograd_conv.supports(
+    algorithms = (1, *winograd_plan.TRANSFORMS) if winograd_plan.supports(
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
     pointwise = (1, 2) if pointwise_conv.supports(tuple(p["weight_shape"][2:]), p["pads"], p["groups"]) else (1,)
 

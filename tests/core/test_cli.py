@@ -251,6 +251,8 @@ HOSTILE = [
      "clip(min, max), leaky_relu(alpha), sigmoid, hard_sigmoid(alpha, beta), hard_swish"),
     (["opt", "t.sir", "-p", "eliminate-redundant-loads{max_filters=-1}"],
      "pass eliminate-redundant-loads: option max_filters='-1' must be a positive int"),
+    (["opt", "t.sir", "-p", "analyze-sparsity{dense_work=1}"],  # set from the target, no option
+     "pass analyze-sparsity has no option 'dense_work'; options: max_patterns, pattern_throughput, csr_throughput"),
     (["import", "empty_conv.onnx", "-o", "o.sir"], 'empty_conv.onnx: node "features.2.conv" (Conv): computes an '
      "empty tensor f32[1, 0, 16, 16]; sparsec needs every dimension at least 1"),
     (["import", "ext/bad_offset.onnx", "-o", "o.sir"], "ext/bad_offset.onnx: weight 'features.0.weight' has external "

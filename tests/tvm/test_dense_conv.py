@@ -14,7 +14,7 @@ from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
 from sparsec.lower.kernels.pointwise_conv import pixel_tile
-from sparsec.lower.kernels.winograd_conv import TRANSFORMS, auto_tile
+from sparsec.lower.kernels.winograd_plan import TRANSFORMS
 from sparsec.lower.target import host, resolve_target
 
 pytestmark = pytest.mark.tvm
@@ -155,16 +155,6 @@ def test_kernel_interface():
 
 
 @pytest.mark.parametrize("m", sorted(TRANSFORMS))
-def test_winograd_transforms_compute_the_correlation(m):
-    """A^T [(G g G^T) * (B^T d B)] A is the valid 3x3 correlation of an (m+2)^2 tile, exactly in float64."""
-    at, g_mat, bt = TRANSFORMS[m]
-    rng = np.random.default_rng(m)
-    d, g = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
-    want = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(m)] for i in range(m)]
-    np.testing.assert_allclose(at @ ((g_mat @ g @ g_mat.T) * (bt @ d @ bt.T)) @ at.T, want, atol=1e-12)
-
-
-@pytest.mark.parametrize("m", sorted(TRANSFORMS))
 @pytest.mark.parametrize("case", [
     ((1, 16, 13, 11), (10, 16, 3, 3), (1, 1, 1, 1)),  # partial tiles at both edges, filters past the register tile
     ((2, 8, 9, 30), (33, 8, 3, 3), (0, 2, 1, 0)),  # batch (tiles of both images in one GEMM), asymmetric pads
@@ -197,15 +187,6 @@ def test_winograd_f4_error_on_a_wide_layer():
     want = reference_conv(x.astype(np.float64), w.astype(np.float64), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     assert np.abs(got - want).max() / np.abs(want).max() < 3e-5
 
-
-@pytest.mark.parametrize("filters, in_shape, want", [
-    (64, (1, 64, 224, 224), 4), (256, (1, 256, 56, 56), 4), (512, (1, 512, 14, 14), 4),
-    (512, (1, 512, 7, 7), 2),  # F(4x4) would pad 4 tiles to a 16-lane vector
-    (64, (1, 3, 224, 224), 1),  # 3 channels: the transforms would dominate
-    (10, (1, 5, 13, 11), 1),
-])
-def test_winograd_auto_tile(filters, in_shape, want):
-    assert auto_tile(filters, in_shape, (1, 1, 1, 1), 14, 2, 16) == want
 
 
 def test_winograd_is_the_default_where_it_pays():

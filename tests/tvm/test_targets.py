@@ -150,3 +150,13 @@ def test_bench_count_errors(tmp_path, capsys, args, message):
     (tmp_path / "t.onnx").write_bytes(ZOO["tiny_cnn"]().SerializeToString())
     assert main(["bench", str(tmp_path / "t.onnx"), *args]) == 2
     assert capsys.readouterr().err.startswith(f"sparsec: error: {message}")
+
+
+def test_calibrate_holds_patterns_against_the_direct_conv():
+    """The cost model scales dense 3x3 convs by Winograd's estimate itself: a calibrated ratio
+    against the Winograd kernel would count its gain twice."""
+    from sparsec.runtime.calibrate import Layer, _kernels, _weights
+
+    layer = Layer("pattern", 128, 28, 0.5)
+    _, dense = _kernels(layer, _weights(layer, np.random.default_rng(0)), host())
+    assert dense.constants[0].ndim == 5  # [O/ob, C, 3, 3, ob]: the taps, not Winograd's [E, O/ob, C, ob]

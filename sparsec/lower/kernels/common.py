@@ -9,6 +9,9 @@ import tvm
 from tvm import s_tir, tirx
 
 from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.shapes import ConvShape as ConvShape  # noqa: F401 (the generators import them here)
+from sparsec.lower.kernels.shapes import ceil_div as ceil_div  # noqa: F401
+from sparsec.lower.kernels.shapes import conv_output_size as conv_output_size  # noqa: F401
 from sparsec.target import Target
 
 
@@ -24,52 +27,6 @@ class Kernel:
     constants: tuple[np.ndarray, ...]
     out_shape: tuple[int, ...]
     out_dtype: str
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-@dataclass(frozen=True)
-class ConvShape:
-    """One convolution's shapes (NCHW input, OIHW weight); all compile-time integers. Kernel
-    geometries extend it with their tiling."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int]
-    pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
-    dilations: tuple[int, int]
-    groups: int
-
-    @property
-    def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], self.kh, self.strides[0], self.dilations[0])
-
-    @property
-    def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], self.kw, self.strides[1], self.dilations[1])
-
-    @property
-    def cg(self) -> int:
-        """Input channels per group."""
-        return self.c // self.groups
-
-    @property
-    def og(self) -> int:
-        """Filters per group."""
-        return self.o // self.groups
-
-
-def conv_output_size(size: int, pad_before: int, pad_after: int, kernel: int, stride: int = 1,
-                     dilation: int = 1) -> int:
-    """Output positions of a convolution (or pooling window) along one axis, ONNX semantics (floor)."""
-    return (size + pad_before + pad_after - (kernel - 1) * dilation - 1) // stride + 1
 
 
 def require_positive_knobs(knobs, auto: tuple[str, ...] = ()) -> None:

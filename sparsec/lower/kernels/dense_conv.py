@@ -28,7 +28,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels import pointwise_conv, register_plan, winograd_conv
+from sparsec.lower.kernels import pointwise_conv, register_plan, winograd_conv, winograd_plan
 from sparsec.lower.kernels.common import (
     ConvShape,
     Kernel,
@@ -52,7 +52,7 @@ class DenseConvKnobs:
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
     winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
-    # 0 = the plan's choice (`winograd_conv.auto_tile`)
+    # 0 = the plan's choice (`winograd_plan.auto_tile`)
     pointwise: int = 0  # 1x1 without padding: 2 = vectors across filters (`pointwise_conv`: out_block
     # pixels x `vectors` filter vectors), 1 = across pixels (the GEMM above), 0 = the plan's choice
 
@@ -61,9 +61,9 @@ class DenseConvKnobs:
         if self.pointwise > 2:
             raise ValueError(f"knob pointwise must be 0 (auto), 1 (vectors of pixels) or 2 (vectors of filters), "
                              f"got {self.pointwise}")
-        if self.winograd not in (0, 1, *winograd_conv.TRANSFORMS):
+        if self.winograd not in (0, 1, *winograd_plan.TRANSFORMS):
             raise ValueError(f"knob winograd must be 0 (auto), 1 (direct) or an output tile "
-                             f"{sorted(winograd_conv.TRANSFORMS)}, got {self.winograd}")
+                             f"{sorted(winograd_plan.TRANSFORMS)}, got {self.winograd}")
 
     def resolved(self, target: Target) -> DenseConvKnobs:
         """These knobs with every 0 replaced by the target's register plan."""
@@ -379,14 +379,14 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
                   knobs: DenseConvKnobs = DenseConvKnobs(), *, target: Target) -> DenseConvKnobs:
     """`knobs` with every 0 replaced: `winograd` by the algorithm the shape gets (1: direct where
     Winograd does not apply), the register tile by the target's plan for that algorithm."""
-    eligible = winograd_conv.supports(tuple(weight_shape[2:]), strides, dilations, groups)
+    eligible = winograd_plan.supports(tuple(weight_shape[2:]), strides, dilations, groups)
     if knobs.winograd > 1 and not eligible:
         raise ValueError(f"knob winograd={knobs.winograd} needs a 3x3 stride-1 undilated ungrouped conv, "
                          f"got kernel {tuple(weight_shape[2:])}, strides {tuple(strides)}, "
                          f"dilations {tuple(dilations)}, groups {groups}")
     if knobs.winograd == 0:
         base = knobs.resolved(target)
-        tile = winograd_conv.auto_tile(int(weight_shape[0]), in_shape, pads, base.out_block, base.vectors,
+        tile = winograd_plan.auto_tile(int(weight_shape[0]), in_shape, pads, base.out_block, base.vectors,
                                        base.lanes) if eligible else 1
         knobs = replace(knobs, winograd=tile)
     if knobs.winograd > 1:

@@ -19,148 +19,17 @@ measured max relative error against float64 stays under 1e-5 on VGG layers (test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
-
-# (A^T, G, B^T) per output tile size m (Lavin & Gray; F(4x4) with points 0, +-1, +-2, inf)
-TRANSFORMS = {
-    2: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
-        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
-        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),
-    4: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64),
-        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
-        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)),
-}
+from sparsec.lower.kernels.common import Kernel, apply_activation
+from sparsec.lower.kernels.winograd_plan import TRANSFORMS, Geometry, Tiling, plan, transform_weight
 
 
-def supports(kernel: tuple[int, int], strides, dilations, groups: int) -> bool:
-    """Whether a conv has Winograd's shape: 3x3, stride 1, no dilation, one group."""
-    return tuple(kernel) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1) and groups == 1
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """One convolution's shapes and its tiles; all compile-time integers."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
-    m: int  # output tile side
-
-    @property
-    def alpha(self) -> int:
-        return self.m + 2
-
-    @property
-    def transforms(self) -> int:
-        """Element-wise products per tile: the number of GEMMs."""
-        return self.alpha * self.alpha
-
-    @property
-    def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], 3)
-
-    @property
-    def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], 3)
-
-    @property
-    def ty(self) -> int:
-        return ceil_div(self.oh, self.m)
-
-    @property
-    def tx(self) -> int:
-        return ceil_div(self.ow, self.m)
-
-    @property
-    def tiles(self) -> int:
-        return self.n * self.ty * self.tx
-
-    @property
-    def qx(self) -> int:
-        """Columns per phase of a copied row: a row of tiles' columns plus the halo."""
-        return self.tx + (self.alpha - 1) // self.m
-
-
-@dataclass(frozen=True)
-class _Tiling:
-    """The GEMMs' register tile and padded extents."""
-
-    ob: int  # filters per register tile
-    vectors: int  # vectors of tiles per register tile
-    lanes: int
-    op: int  # filters padded to whole register tiles
-    pp: int  # tiles padded to whole register tiles
-
-    @property
-    def width(self) -> int:
-        return self.vectors * self.lanes
-
-
-def plan(g: _Geometry, out_block: int, vectors: int, lanes: int) -> _Tiling:
-    """The register tile among (out_block x vectors) and (out_block * vectors x 1) that pads the
-    least work (filters x tiles): F(4x4) on a 56x56 plane has 196 tiles, 224 in 32-wide steps, 208 in 16."""
-    shapes = [(out_block, vectors)] + ([(out_block * vectors, 1)] if vectors > 1 else [])
-
-    def tiling(ob: int, v: int) -> _Tiling:
-        ob = min(ob, g.o)
-        return _Tiling(ob, v, lanes, ceil_div(g.o, ob) * ob, ceil_div(g.tiles, v * lanes) * v * lanes)
-
-    return min((tiling(ob, v) for ob, v in shapes), key=lambda t: (t.op * t.pp, -t.ob * t.vectors))
-
-
-# What a tile element of the input / output transform costs, in GEMM multiply-adds per channel
-# (measured on znver5, AVX-512: 256 channels at 56x56, F(4x4): input 0.37 ms, output 0.32 ms,
-# GEMMs 3.25 ms). Both are vector code like the GEMMs, so the ratio travels; the tuner's
-# `winograd` knob measures the real choice.
-INPUT_TRANSFORM_COST = 29
-OUTPUT_TRANSFORM_COST = 25
-
-
-def estimated_cost(g: _Geometry, t: _Tiling) -> int:
-    """Padded GEMM multiply-adds plus the transforms' cost in the same unit."""
-    per_tile = t.op * g.c * t.pp // g.tiles + INPUT_TRANSFORM_COST * g.c + OUTPUT_TRANSFORM_COST * g.o
-    return g.transforms * g.tiles * per_tile
-
-
-def auto_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int) -> int:
-    """The output tile (2 or 4) whose estimated cost is least, or 1 (direct) where that is not
-    below direct's multiply-adds: few channels leave the transforms dominant (VGG's 3-channel
-    conv1_1: F(4x4) measured 2.4x slower than direct), and small planes pad whole vectors of tiles
-    (7x7, F(4x4): 4 tiles in a 16-lane vector; measured 0.75x of direct, F(2x2) 2.0x)."""
-    n, c, h, w = (int(d) for d in in_shape)
-    costs = {}
-    for m in TRANSFORMS:
-        g = _Geometry(n, c, h, w, int(filters), tuple(int(p) for p in pads), m)
-        if g.oh < 1 or g.ow < 1:
-            return 1
-        costs[m] = estimated_cost(g, plan(g, out_block, vectors, lanes))
-    best = min(costs, key=lambda m: (costs[m], -m))
-    direct = 9 * n * g.oh * g.ow * c * filters
-    return best if costs[best] < direct else 1
-
-
-def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
-    """U[e, k, c] = (G g[k, c] G^T)[e // alpha, e % alpha], in float64 then float32."""
-    _, g_mat, _ = TRANSFORMS[m]
-    w = np.asarray(weight, np.float64)
-    u = np.einsum("ai,kcij,bj->abkc", g_mat, w, g_mat)
-    return u.reshape(-1, *w.shape[:2])
-
-
-def _pack_weight(weight: np.ndarray, g: _Geometry, t: _Tiling) -> np.ndarray:
+def _pack_weight(weight: np.ndarray, g: Geometry, t: Tiling) -> np.ndarray:
     """U as [E, O/ob, C, ob] (zero filters pad O): a register tile's weights for one channel are contiguous."""
     u = transform_weight(weight, g.m)
     padded = np.zeros((g.transforms, t.op, g.c), np.float64)
@@ -201,7 +70,7 @@ def _chunks(count: int, lanes: int):
     return [(s, min(lanes, count - s)) for s in range(0, count, lanes)]
 
 
-def _emit_row_copy(data, rows, g: _Geometry, nn, c, ty) -> None:
+def _emit_row_copy(data, rows, g: Geometry, nn, c, ty) -> None:
     """rows[i, x mod m, x div m] = the zero-padded input row ty*m + i, column x (padded coordinates)."""
     top, left = g.pads[0], g.pads[1]
     with T.serial(0, g.alpha) as i:
@@ -213,7 +82,7 @@ def _emit_row_copy(data, rows, g: _Geometry, nn, c, ty) -> None:
             T.buffer_store(rows, val, [i, xq % g.m, xq // g.m])
 
 
-def _emit_input_transform(data, v_buf, g: _Geometry, t: _Tiling) -> None:
+def _emit_input_transform(data, v_buf, g: Geometry, t: Tiling) -> None:
     """V[e, c, p] = (B^T d B)[e] for every tile p; tiles past the last are zero (the GEMMs read them)."""
     bt = TRANSFORMS[g.m][2]
     a = g.alpha
@@ -241,7 +110,7 @@ def _emit_input_transform(data, v_buf, g: _Geometry, t: _Tiling) -> None:
                     T.buffer_store(v_buf, tirx.const(0.0, "float32"), [e, c, p])
 
 
-def _emit_gemms(u_buf, v_buf, m_buf, g: _Geometry, t: _Tiling) -> None:
+def _emit_gemms(u_buf, v_buf, m_buf, g: Geometry, t: Tiling) -> None:
     """M[e, k, p] = sum_c U[e, k, c] V[e, c, p]: tasks ordered e-major, so a thread's consecutive
     tasks share U[e] in its cache; per task, every filter tile reuses the task's V block."""
     blocks = t.pp // t.width
@@ -273,7 +142,7 @@ def _interleave(values: list, lanes: int):
     return tirx.Shuffle(values, [j * lanes + i for i in range(lanes) for j in range(len(values))])
 
 
-def _emit_output_transform(m_buf, out, bias, residual, act: Activation | None, g: _Geometry, t: _Tiling) -> None:
+def _emit_output_transform(m_buf, out, bias, residual, act: Activation | None, g: Geometry, t: Tiling) -> None:
     """out[n, k, y, x] = act((A^T M A)[y mod m, x mod m] of tile (y div m, x div m) + bias + residual)."""
     at_mat = TRANSFORMS[g.m][0]
     a, m = g.alpha, g.m
@@ -324,7 +193,7 @@ def winograd_conv_kernel(
     if tile not in TRANSFORMS:
         raise ValueError(f"Winograd output tile must be one of {sorted(TRANSFORMS)}, got {tile}")
     n, c, h, w = (int(d) for d in in_shape)
-    g = _Geometry(n, c, h, w, int(weight.shape[0]), tuple(int(p) for p in pads), tile)
+    g = Geometry(n, c, h, w, int(weight.shape[0]), tuple(int(p) for p in pads), tile)
     if tuple(weight.shape[1:]) != (c, 3, 3):
         raise ValueError(f"Winograd conv needs a {c}-channel 3x3 weight, got {weight.shape}")
     if g.oh < 1 or g.ow < 1:
