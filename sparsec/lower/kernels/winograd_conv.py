@@ -193,7 +193,7 @@ def winograd_conv_kernel(
     if tile not in TRANSFORMS:
         raise ValueError(f"Winograd output tile must be one of {sorted(TRANSFORMS)}, got {tile}")
     n, c, h, w = (int(d) for d in in_shape)
-    g = Geometry(n, c, h, w, int(weight.shape[0]), tuple(int(p) for p in pads), tile)
+    g = Geometry.of(n, c, h, w, int(weight.shape[0]), pads, tile)
     if tuple(weight.shape[1:]) != (c, 3, 3):
         raise ValueError(f"Winograd conv needs a {c}-channel 3x3 weight, got {weight.shape}")
     if g.oh < 1 or g.ow < 1:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsec.lower.kernels import register_plan
-from sparsec.lower.kernels.shapes import ceil_div, conv_output_size
+from sparsec.lower.kernels.shapes import ConvShape, ceil_div
 from sparsec.target import Target
 
 # (A^T, G, B^T) per output tile size m (Lavin & Gray; F(4x4) with points 0, +-1, +-2, inf)
@@ -31,16 +31,14 @@ def supports(kernel: tuple[int, int], strides, dilations, groups: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """One convolution's shapes and its tiles; all compile-time integers."""
+class Geometry(ConvShape):
+    """A 3x3 stride-1 convolution's shapes and its Winograd tiles; all compile-time integers."""
 
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
     m: int  # output tile side
+
+    @classmethod
+    def of(cls, n: int, c: int, h: int, w: int, o: int, pads, m: int) -> Geometry:
+        return cls(n, c, h, w, o, 3, 3, (1, 1), tuple(int(p) for p in pads), (1, 1), 1, m)
 
     @property
     def alpha(self) -> int:
@@ -50,14 +48,6 @@ class Geometry:
     def transforms(self) -> int:
         """Element-wise products per tile: the number of GEMMs."""
         return self.alpha * self.alpha
-
-    @property
-    def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], 3)
-
-    @property
-    def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], 3)
 
     @property
     def ty(self) -> int:
@@ -139,7 +129,7 @@ def _best_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes
     n, c, h, w = (int(d) for d in in_shape)
     costs = {}
     for m in TRANSFORMS:
-        g = Geometry(n, c, h, w, int(filters), tuple(int(p) for p in pads), m)
+        g = Geometry.of(n, c, h, w, int(filters), pads, m)
         if g.oh < 1 or g.ow < 1:
             return 1, 1.0
         costs[m] = estimated_cost(g, plan(g, out_block, vectors, lanes))
