@@ -436,12 +436,13 @@ def cmd_inspect(args) -> int:
     if args.target:
         return _inspect_gpu(args)
     from sparsec.frontend import load_onnx
+    from sparsec.lower.target import resolve_target
     from sparsec.prune import load_masks
     from sparsec.report import format_report, inspect_model, report_json
 
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else {}
-    stats = inspect_model(model, masks)
+    stats = inspect_model(model, masks, resolve_target("host"))
     print(json.dumps(report_json(stats), indent=2) if args.json else format_report(stats))
     return 0
 

@@ -1,7 +1,9 @@
 """The inspect report: per-layer sparsity of an ONNX model under its masks, as text or JSON.
 
-Works straight from ONNX + masks (no IR), so a user can check what a masks file does to a model
-before compiling it. Output shapes for the MAC counts come from ONNX shape inference.
+Works straight from ONNX + masks, so a user can check what a masks file does to a model before
+compiling it. Output shapes for the MAC counts come from ONNX shape inference. Given a target, it
+also says which format each weight compiles to there (analyze-sparsity's cost model: pattern, csr
+or dense), which needs the model imported into the IR.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sparsec.errors import NotSupportedError
+from sparsec.errors import NotSupportedError, UserError
+from sparsec.ir.types import Pattern
 from sparsec.prune import WeightLayer, pattern_mask, weight_layers
 from sparsec.sparsity import LayerStats, Totals, layer_stats, totals_of
+from sparsec.target import Target
 
 TOP_PATTERNS = 3  # patterns shown per layer in the text table; the JSON has them all
 
@@ -40,10 +44,14 @@ class InspectReport:
     layers: tuple[LayerStats, ...]
     totals: Totals
     group_costs: tuple[GroupCost, ...] = ()
+    formats: dict[str, str] | None = None  # weight -> the format it compiles to (with a target)
+    formats_error: str = ""  # why there are none (the model did not import)
 
 
-def inspect_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None) -> InspectReport:
-    """Statistics of every Conv / Gemm / MatMul weight, after applying `masks` (by initializer name).
+def inspect_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
+                  target: Target | None = None) -> InspectReport:
+    """Statistics of every Conv / Gemm / MatMul weight, after applying `masks` (by initializer name),
+    and with a `target` the format each compiles to there.
 
     A weight without a mask counts as it is (zeros in the file count as pruned). Symbolic
     dimensions (a dynamic batch) count as 1, so MACs are then per sample.
@@ -59,10 +67,25 @@ def inspect_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = 
             assert masks[layer.weight].shape == kept.shape, "masks are checked by load_masks"
             kept &= masks[layer.weight].astype(bool)
         stats.append(layer_stats(layer.weight, kept, _output_shape(layer, shapes), layer.groups))
-        if stats[-1].kind == "conv3x3" and stats[-1].histogram:
+        if stats[-1].kind == "conv3x3" and stats[-1].histogram and stats[-1].density < 1:  # an unpruned
+            # layer's filters trivially "share" every kernel
             cost = group_cost(layer.weight, values, kept, stats[-1])
             costs += [cost] if cost.kernel_groups > 1 else []
-    return InspectReport(tuple(stats), totals_of(stats), tuple(costs))
+    formats, error = compiled_formats(model, masks, target) if target is not None else (None, "")
+    return InspectReport(tuple(stats), totals_of(stats), tuple(costs), formats, error)
+
+
+def compiled_formats(model: onnx.ModelProto, masks: dict[str, np.ndarray],
+                     target: Target) -> tuple[dict[str, str] | None, str]:
+    """(weight -> pattern / csr / dense as analyze-sparsity picks it for `target`, ""), or (None,
+    the reason) when sparsec cannot import the model: the statistics do not need it."""
+    from sparsec.driver import import_model, optimize
+
+    try:
+        module = optimize(import_model(model, masks), target=target)
+    except UserError as err:
+        return None, str(err).splitlines()[0]
+    return {w.name: "pattern" if isinstance(w.layout, Pattern) else w.layout.kind for w in module.weights}, ""
 
 
 def kernel_groups_of(kept: np.ndarray) -> int:
@@ -138,12 +161,24 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[LayerStats], str]], ...] = (
 
 def format_report(report: InspectReport) -> str:
     """A fixed-width table, one row per weight layer, and a totals line."""
-    rows = [[cell(s) for _, _, cell in _COLUMNS] for s in report.layers]
-    headers = [header for header, _, _ in _COLUMNS]
+    columns = _COLUMNS
+    if report.formats is not None:
+        formats = report.formats
+        columns = (*_COLUMNS[:2], ("compiles as", False, lambda s: formats.get(s.name, "-")), *_COLUMNS[2:])
+    rows = [[cell(s) for _, _, cell in columns] for s in report.layers]
+    headers = [header for header, _, _ in columns]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = [_row(headers, widths), _row(["-" * w for w in widths], widths)]
-    lines += [_row(r, widths) for r in rows]
+    lines = [_row(headers, widths, columns), _row(["-" * w for w in widths], widths, columns)]
+    lines += [_row(r, widths, columns) for r in rows]
     lines += ["", _totals_line(report.totals)]
+    if report.formats_error:
+        lines.append(f"formats: not known, sparsec cannot import the model ({report.formats_error})")
+    dense = [s.name for s in report.layers if s.kind == "conv3x3" and s.histogram and s.density < 1
+             and (report.formats or {}).get(s.name) == "dense"]
+    if dense:
+        lines.append(f"{len(dense)} pattern-pruned 3x3 layer(s) compile dense ({', '.join(dense[:3])}"
+                     f"{', ...' if len(dense) > 3 else ''}): at their density the cost model estimates the dense "
+                     "kernel (Winograd for 3x3 stride-1 convs) faster; remove more kernels to gain from patterns")
     for cost in report.group_costs:
         lines.append(f"{cost.name}: kernels shared by {cost.kernel_groups} filters; kept weight norm "
                      f"{cost.kept_norm:.1%} (ungrouped choice, same patterns and kernel count: "
@@ -151,8 +186,8 @@ def format_report(report: InspectReport) -> str:
     return "\n".join(lines)
 
 
-def _row(cells: list[str], widths: list[int]) -> str:
-    padded = (c.rjust(w) if right else c.ljust(w) for c, w, (_, right, _) in zip(cells, widths, _COLUMNS))
+def _row(cells: list[str], widths: list[int], columns=_COLUMNS) -> str:
+    padded = (c.rjust(w) if right else c.ljust(w) for c, w, (_, right, _) in zip(cells, widths, columns))
     return "  ".join(padded).rstrip()
 
 
@@ -183,7 +218,8 @@ def report_json(report: InspectReport) -> dict:
     t = report.totals
     costs = {c.name: c for c in report.group_costs}
     return {
-        "layers": [_layer_json(s) | _cost_json(costs.get(s.name)) for s in report.layers],
+        "layers": [_layer_json(s) | _cost_json(costs.get(s.name)) | _format_json(report, s.name)
+                   for s in report.layers],
         "totals": {
             "layers": t.layers,
             "params": t.params,
@@ -195,6 +231,12 @@ def report_json(report: InspectReport) -> dict:
             "mac_reduction": t.mac_reduction if t.macs_kept else None,
         },
     }
+
+
+def _format_json(report: InspectReport, name: str) -> dict:
+    if report.formats is None:
+        return {}
+    return {"compiles_as": report.formats.get(name)}
 
 
 def _cost_json(cost: GroupCost | None) -> dict:

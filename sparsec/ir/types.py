@@ -8,6 +8,7 @@ Every layout keeps the dense view as the weight's data: it is the one source of 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -96,7 +97,10 @@ class Masked(Layout):
 
 
 def _tap_tuple(pattern) -> tuple[int, ...]:
-    taps = tuple(int(t) for t in pattern)
+    try:  # integers only: int() would truncate 1.5 and raise OverflowError on inf
+        taps = tuple(operator.index(t) for t in pattern)
+    except TypeError:
+        raise ValueError(f"pattern {list(pattern)} must be increasing tap ids in 0..8") from None
     if not taps or list(taps) != sorted(set(taps)) or not all(0 <= t < 9 for t in taps):
         raise ValueError(f"pattern {list(taps)} must be increasing tap ids in 0..8")
     return taps

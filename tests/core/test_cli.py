@@ -1,4 +1,5 @@
-"""The CLI end to end (no TVM): import / opt / run / prune / inspect, and the error catalogue:
+"""The CLI end to end (TVM only to name the host CPU for inspect's formats): import / opt / run / prune /
+inspect, and the error catalogue:
 every bad input exits 2 with one clear message, no traceback, and no output file."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def test_prune_inspect_import_opt_run(work, capsys):
     code, out, _ = run(capsys, "inspect", work / "tiny.onnx", "--masks", masks, "--json")
     report = json.loads(out)
     assert code == 0 and {layer["name"] for layer in report["layers"]} >= {"features.2.weight"}
+    assert {layer["name"]: layer["compiles_as"] for layer in report["layers"]}["features.2.weight"] == "pattern"
     assert run(capsys, "import", work / "tiny.onnx", "--masks", masks, "-o", sir)[0] == 0
     assert "masked" in sir.read_text() and (work / "t.sir.npz").exists()
     code, _, err = run(capsys, "opt", sir, "-p", "default", "--verify-each", "--print-after-all", "-o", opt)

@@ -71,6 +71,15 @@ def test_patterns_of_different_sizes_are_a_located_error():
     assert _first_line(text) == "m.sir:2:1: weight @w: pattern layout needs patterns of one size, got sizes [1, 3]"
 
 
+@pytest.mark.parametrize("taps", ["inf", "1.5, 4", "nan"])
+def test_a_pattern_of_non_integers_is_a_located_error(taps):
+    # found by the IR mutation fuzzer: int(inf) raised OverflowError, int(1.5) truncated silently
+    text = _conv_text((2, 2, 3, 3), f"pattern(patterns = [[{taps}]])", [4], "{pads = [1, 1, 1, 1]}", (1, 2, 4, 4))
+    first = _first_line(text)
+    assert first.startswith("m.sir:2:28: bad pattern layout: pattern [") and first.endswith(
+        "] must be increasing tap ids in 0..8")
+
+
 def test_analyze_sparsity_gives_subsets_their_pattern_and_one_size():
     from sparsec.passes.registry import AnalyzeSparsity
 

@@ -13,6 +13,7 @@ from sparsec.errors import NotSupportedError
 from sparsec.models import conv_layer, tiny_cnn
 from sparsec.prune import prune_model
 from sparsec.report import format_patterns, format_report, inspect_model, report_json
+from sparsec.target import resolve
 
 WEIGHTS = ["features.0.weight", "features.2.weight", "features.3.weight", "features.4.weight", "classifier.weight"]
 # tiny_cnn at 32x32: 32x32, then 16x16 after the pool, 8x8 after the stride-2 conv; FC once.
@@ -119,3 +120,34 @@ def test_masks_only_narrow_the_weights(model):
     assert inspect_model(model, everything) == inspect_model(model)
     nothing = inspect_model(model, {"classifier.weight": np.zeros((10, 32), bool)})
     assert nothing.layers[-1].macs_kept == 0 and nothing.layers[-1].empty_kernels == 320
+
+
+HOST = resolve("host", host_cpu="znver5", spec='{"isa": "avx512"}')
+
+
+@pytest.mark.parametrize("keep, want", [(1.0, "dense"), (0.3, "pattern")])
+def test_the_format_each_weight_compiles_to(keep, want):
+    model = conv_layer((1, 256, 56, 56), 256)
+    report = inspect_model(model, prune_model(model, keep_kernels=keep, prune_first_conv=True), HOST)
+    assert report.formats == {"conv.weight": want, "conv.bias": "dense"}
+    lines = format_report(report).splitlines()
+    assert lines[0].split()[:5] == ["weight", "kind", "compiles", "as", "shape"]
+    assert lines[2].split()[:3] == ["conv.weight", "conv3x3", want]
+    note = ("1 pattern-pruned 3x3 layer(s) compile dense (conv.weight): at their density the cost model "
+            "estimates the dense kernel (Winograd for 3x3 stride-1 convs) faster; remove more kernels to gain "
+            "from patterns")
+    assert (lines[-1] == note) == (want == "dense")
+    assert report_json(report)["layers"][0]["compiles_as"] == want
+
+
+def test_formats_of_a_model_sparsec_cannot_import(model):
+    unsupported = onnx.ModelProto()
+    unsupported.CopyFrom(model)
+    node = unsupported.graph.node[-1]
+    node.op_type = "Hardmax"  # an op sparsec does not lower
+    del node.input[1:]
+    report = inspect_model(unsupported, None, HOST)
+    assert report.formats is None and "Hardmax" in report.formats_error
+    assert any(line.startswith("formats: not known, sparsec cannot import the model (")
+               for line in format_report(report).splitlines())
+    assert "compiles_as" not in report_json(report)["layers"][0]
