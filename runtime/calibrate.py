@@ -3,8 +3,10 @@
 analyze-sparsity picks a weight's format by estimated time = useful MACs / the format kernel's
 throughput relative to the dense kernel's. This measures those ratios here, with the kernels the
 target really gets: per layer, useful GFLOP/s of the pattern (3x3) or CSR (1x1) kernel over the
-dense kernel's on the same masked weight (the direct dense conv: Winograd's fewer multiplies are
-the cost model's own estimate), in interleaved rounds (medians); the median over the
+dense kernel's on the same masked weight, the dense kernel's counted as the cost model counts it
+(Winograd's layers by `winograd_plan.algorithm_work`, its estimate of their work per direct
+multiply-add: so estimated times compare as measured ones), in interleaved rounds (medians); the
+median over the
 layers is written to the calibration file `Target` reads (`sparsec.target.calibration_path`).
 """
 
@@ -20,8 +22,9 @@ import tvm
 from sparsec.fkw import build_fkw
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.csr import csr_conv1x1_kernel
-from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
+from sparsec.lower.kernels.winograd_plan import algorithm_work
 from sparsec.lower.target import tvm_target
 from sparsec.target import Target, write_calibration
 
@@ -68,10 +71,14 @@ def _kernels(layer: Layer, w: np.ndarray, target: Target) -> tuple[Kernel, Kerne
     if layer.fmt == "csr":
         return csr_conv1x1_kernel(w, shape, target=target), dense_conv_kernel(w, shape, target=target)
     sparse = pattern_conv_kernel(build_fkw(w), shape, target=target)
-    # against the direct conv: the cost model scales a dense 3x3 conv by Winograd's estimate
-    # itself (`dense_conv.algorithm_work`), so the ratio must not carry Winograd's gain too
-    direct = DenseConvKnobs(winograd=1)
-    return sparse, dense_conv_kernel(w, shape, pads=(1, 1, 1, 1), target=target, knobs=direct)
+    return sparse, dense_conv_kernel(w, shape, pads=(1, 1, 1, 1), target=target)
+
+
+def _dense_work(layer: Layer, w: np.ndarray, target: Target) -> float:
+    """The work the cost model counts for the layer's dense kernel, per direct multiply-add."""
+    if layer.fmt == "csr":
+        return 1.0
+    return algorithm_work(w.shape, (1, layer.channels, layer.size, layer.size), pads=(1, 1, 1, 1), target=target)
 
 
 def _timer(kernel: Kernel, x: np.ndarray, target: Target):
@@ -97,8 +104,11 @@ def measure_layer(layer: Layer, target: Target, rounds: int) -> dict:
             times[name].append(timer())
     t_sparse, t_dense = (statistics.median(times[k]) for k in ("sparse", "dense"))
     kept = float(np.count_nonzero(w)) / w.size
+    # per multiply-add the cost model counts for the dense kernel (Winograd's estimate), so
+    # estimated times compare as measured ones on these layers
+    work = _dense_work(layer, w, target)
     return {"layer": layer.name, "sparse_ms": t_sparse * 1e3, "dense_ms": t_dense * 1e3, "kept": kept,
-            "ratio": kept * t_dense / t_sparse}
+            "dense_work": work, "ratio": kept * t_dense / (t_sparse * work)}
 
 
 def calibrate(target: Target, rounds: int = 5, layers=LAYERS, log=print) -> tuple[dict, str]:
