@@ -2,12 +2,13 @@
 
 The choice is a cost model you can read: estimated time = the MACs the format's kernel does
 (the kept weights; for patterns every tap of a kept kernel's pattern, so a kernel keeping a
-subset of a pattern counts whole) / relative throughput of the format's kernel. The throughputs
-are useful GFLOP/s per core of each kernel over the dense kernel's; the compiler sets them from
-its target (`Target.throughputs`: `make calibrate` on the machine, else shipped defaults). The
-defaults here were measured on znver3 (AVX2): pattern conv 53-68 vs dense ~88 (about 0.7), CSR
-1x1 conv ~49 vs ~85 (about 0.55). A format that does not apply to the op
-is not considered.
+subset of a pattern counts whole; for the dense kernel of a 3x3 stride-1 conv on a CPU target,
+Winograd's estimated work, `dense_work`) / relative throughput of the format's kernel. The
+throughputs are useful GFLOP/s per core of each kernel over the dense kernel's; the compiler sets
+them from its target (`Target.throughputs`: `make calibrate` on the machine, else shipped
+defaults). The defaults here were measured on znver3 (AVX2): pattern conv 53-68 vs dense ~88
+(about 0.7), CSR 1x1 conv ~49 vs ~85 (about 0.55). A format that does not apply to the op is
+not considered.
 """
 
 from __future__ import annotations
