@@ -108,8 +108,11 @@ def _pad_taps(taps: tuple[int, ...], width: int) -> tuple[int, ...]:
 
 
 def _patterns_array(tap_sets: list[tuple[int, ...]]) -> np.ndarray:
+    """The tap sets widened to one size, each pattern once: two small sets may widen to the same
+    pattern ({1} and {2} next to a 3-tap set both become {0, 1, 2}), which then covers both."""
     width = max((len(t) for t in tap_sets), default=1)
-    return np.array([_pad_taps(t, width) for t in tap_sets], dtype=np.uint8).reshape(-1, width)
+    widened = list(dict.fromkeys(_pad_taps(t, width) for t in tap_sets))
+    return np.array(widened, dtype=np.uint8).reshape(-1, width)
 
 
 def _pattern_masks(patterns: np.ndarray) -> list[int]:

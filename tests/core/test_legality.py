@@ -93,6 +93,9 @@ def test_analyze_sparsity_gives_subsets_their_pattern_and_one_size():
     assert chosen(MIXED_SIZES) == Pattern(((3, 4, 5),))
     # sets inside no other are patterns, the smaller widened with zero taps (FKW stores one size)
     assert chosen([0] + MIXED_SIZES[1:]) == Pattern(((0, 1, 2), (3, 4, 5)))
+    # two small sets that widen to the same pattern share it (found by `sparsec fuzz`: the layout
+    # listed it twice and compile crashed)
+    assert chosen([1, 9 + 2, 18 + 4, 18 + 6, 18 + 8]) == Pattern(((0, 1, 2), (4, 6, 8)))
 
 
 def test_sparse_bias_is_a_located_error():
