@@ -37,6 +37,7 @@ def test_dense_model(model):
     assert [s.macs_dense for s in report.layers] == DENSE_MACS
     assert all(s.macs_kept == s.macs_dense and s.density == 1.0 for s in report.layers)
     assert report.totals.mac_reduction == 1.0
+    assert report.group_costs == ()  # unpruned filters do not "share" kernels
 
 
 def test_pruned_model(pruned):
