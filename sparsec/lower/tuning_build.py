@@ -163,5 +163,13 @@ class LocalBuilder:
         return outer
 
     def close(self) -> None:
+        """Stop: queued builds are dropped and running ones killed, so no worker writes into
+        `out_dir` once this returns (its owner removes the folder next: a build finishing during
+        that removal made it fail, and Ctrl-C ended in a traceback instead of its message)."""
         self._closed = True
+        workers = list(self._pool._processes.values())  # no public handle before Python 3.14
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join(timeout=30)

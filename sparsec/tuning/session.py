@@ -51,7 +51,9 @@ def tune_module(module: Module, target: Target, log_path: Path, options: TuneOpt
     config = RunnerConfig(*options.tracker, options.key, options.timeout_s, options.repeat, options.min_repeat_ms,
                           options.cooldown_ms)
     runner = RpcRunner(config)  # an unreachable tracker or an unknown key is one clear error here
-    with tempfile.TemporaryDirectory(prefix="sparsec-tune-") as tmp:
+    # the builders are stopped before the folder goes; a linker they started may still write a file
+    # into it, which must not replace the run's own outcome (Ctrl-C's message) with a cleanup error
+    with tempfile.TemporaryDirectory(prefix="sparsec-tune-", ignore_cleanup_errors=True) as tmp:
         builder = LocalBuilder(Path(tmp), options.builders)
         try:
             tuner = Tuner(log, builder, runner, options.trials, options.search, options.seed,

@@ -146,7 +146,7 @@ def test_ctrl_c_leaves_a_resumable_log_and_a_torn_line_is_skipped(farm, work):
     _wait_lines(log, 3, proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "run the same command again to continue" in err
+    assert proc.returncode == 130 and "run the same command again to continue" in err, err
     done = _records(log)  # every line whole
     assert 3 <= len(done) < 10
     with open(log, "a") as f:
