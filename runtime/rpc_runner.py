@@ -220,4 +220,14 @@ class RpcRunner:
                 pass
         with self._lock:
             for worker in self._workers:
-                worker.kill()
+                _kill(worker)
+
+
+def _kill(worker) -> None:
+    """Stop a device slot's worker. Its own thread may be stopping it too (Ctrl-C reaches the
+    worker's process, whose death that thread notices), and TVM's `PopenWorker.kill` is not
+    thread-safe: the loser of that race finds the process gone, which is all it wanted."""
+    try:
+        worker.kill()
+    except (AttributeError, OSError):
+        pass

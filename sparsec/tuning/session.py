@@ -60,8 +60,10 @@ def tune_module(module: Module, target: Target, log_path: Path, options: TuneOpt
                           progress or Progress(sys.stderr), options.check, options.overlap, options.confirm)
             return tuner.run(tasks)
         finally:
-            runner.close()
-            builder.close()
+            try:
+                runner.close()
+            finally:
+                builder.close()
 
 
 def summary(results: list[TaskResult]) -> str:

@@ -1,5 +1,6 @@
-"""The tuner's builder: candidates built in worker processes that `close` stops for good, since the
-session removes their output folder right after (Ctrl-C's path)."""
+"""Stopping the tuner's workers (Ctrl-C's path): the builder's processes, which `close` must stop
+for good since the session removes their output folder right after, and the device slots'
+workers, which their own threads may be stopping at the same moment."""
 
 from __future__ import annotations
 
@@ -36,3 +37,27 @@ def test_close_kills_running_builds_and_resolves_every_future(tmp_path):
     assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     results = [f.result(timeout=30) for f in futures]  # none lost: each one a failed build
     assert all(r.error for r in results), [r.error for r in results]
+
+
+def test_a_device_worker_its_own_thread_stops_meanwhile_is_stopped_quietly():
+    """Ctrl-C kills a device slot's worker process; the slot's thread notices and stops the worker
+    while `RpcRunner.close` does too (TVM's PopenWorker.kill is not thread-safe)."""
+    from tvm.support.popen_pool import PopenWorker
+
+    from runtime.rpc_runner import _kill
+
+    worker = PopenWorker()
+    worker.send(abs, (-1,))
+    assert worker.recv() == 1
+    proc, writer = worker._proc, worker._writer
+
+    class OtherThreadWinsTheRace:
+        def close(self):  # the first step of kill(): the other thread's kill completes meanwhile
+            writer.close()
+            proc.kill()
+            proc.wait()
+            worker._proc = None
+
+    worker._writer = OtherThreadWinsTheRace()
+    _kill(worker)
+    assert worker._proc is None and proc.poll() is not None
