@@ -199,6 +199,18 @@ def test_prefetch_comes_from_the_register_plan():
     assert prefetch(AVX512, prefetch=0) == 0 and prefetch(ARM64, prefetch=3) == 3
 
 
+def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
+    plan = lambda target, strides, **knobs: resolve_knobs(  # noqa: E731
+        (1, 8, 56, 56), strides, knobs=PatternConvKnobs(**knobs), target=target)
+    for target in (AVX512, AVX2):
+        assert (plan(target, (1, 1)).tap_copies, plan(target, (1, 1)).prefetch) == (1, 2)
+        assert (plan(target, (2, 2)).tap_copies, plan(target, (2, 2)).prefetch) == (3, 0)
+        assert plan(target, (2, 1)).tap_copies == 3  # rows two apart share no input row either
+    assert plan(AVX512, (2, 2), tap_copies=1).prefetch == 2  # one copy chosen by hand: prefetched
+    assert plan(AVX512, (2, 2), prefetch=1).prefetch == 1
+    assert plan(ARM64, (1, 1)).tap_copies == 3 and plan(ARM64, (2, 2)).tap_copies == 3
+
+
 def test_prefetch_is_in_the_code():
     from sparsec.fkw import build_fkw
 

@@ -470,10 +470,10 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> PatternConvKnobs:
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
+    copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides))
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
-                    tap_copies=knobs.tap_copies or register_plan.pattern_tap_copies(target),
-                    prefetch=knobs.prefetch if knobs.prefetch >= 0 else
-                    register_plan.pattern_prefetch(target, knobs.filters_per_group))
+                    tap_copies=copies, prefetch=knobs.prefetch if knobs.prefetch >= 0 else
+                    register_plan.pattern_prefetch(target, knobs.filters_per_group, copies))
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)

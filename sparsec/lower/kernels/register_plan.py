@@ -51,22 +51,30 @@ def pattern_accumulators(t: Target, filters: int = 1) -> int:
     return 16 if filters > 1 else 14
 
 
-def pattern_prefetch(t: Target, filters: int = 1) -> int:
+def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1) -> int:
     """Pattern conv: how many kernels ahead the next channel's input tile is prefetched into L1.
-    x86 with one filter per group: 2 (measured on znver5, interleaved with the unprefetched
-    kernel: L1 1.10x on one core and 1.43x on two, L2 1.02-1.11x, L3 1.09-1.12x; 1 and 3 within
-    a few percent of 2). Filter groups: none (4-filter groups of L1 ran 0.6x: the prefetch
-    addresses push the group's broadcast weights out of the registers). NEON: none, not measured
-    on a phone (qemu's timings say nothing about caches)."""
-    return 2 if t.isa != "neon" and filters == 1 else 0
+    x86 with one filter per group and one tile copy: 2 (measured on znver5, interleaved with the
+    unprefetched kernel: L1 1.10x on one core and 1.43x on two, L2 1.02-1.11x, L3 1.09-1.12x; 1
+    and 3 within a few percent of 2). Filter groups: none (4-filter groups of L1 ran 0.6x: the
+    prefetch addresses push the group's broadcast weights out of the registers). Three tap
+    copies: none (a prefetch per line of a 3x larger tile takes the load ports the aligned copies
+    free: on znver5's stride-2 layers 0.86-1.0x of not prefetching them). NEON: none, not
+    measured on a phone (qemu's timings say nothing about caches)."""
+    return 2 if t.isa != "neon" and filters == 1 and tap_copies != 3 else 0
 
 
-def pattern_tap_copies(t: Target) -> int:
+def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1)) -> int:
     """Pattern conv: copies of each input tile row. NEON: one aligned copy per tap column (3), so
     every input load is a 16-byte-aligned offset from one base (`ldr q`/`ldp q`, no address
-    arithmetic; the unaligned single copy cost ~10% more instructions on VGG layers). x86: one
-    copy (its loads take any offset; the larger copy measured slower end to end on AVX-512)."""
-    return 3 if t.isa == "neon" else 1
+    arithmetic; the unaligned single copy cost ~10% more instructions on VGG layers). x86, stride
+    1: one copy (its loads take any offset; the 3x larger copy streams from L2 slower than the
+    line-crossing loads it saves, 0.8-1.08x on L1-L3). x86, stride 2: 3. A strided layer shares
+    almost no input row between taps, so each FMA carries its own load, most crossing a cache line
+    in the single copy (2 load slots each); aligned copies halve that, and its tile (already 2
+    phase copies) only grows 1.5x. Measured on znver5, interleaved, 3 copies without prefetch
+    against 1 with: ResNet-50's stride-2 shapes 128x56 1.41-1.46x, 256x28 1.35-1.41x, 512x14
+    (7-wide output, 8 lanes) 0.99-1.13x, 64x112 1.33x; compiled for AVX2 1.07x / 1.12x / 0.99x."""
+    return 3 if t.isa == "neon" or max(strides) >= 2 else 1
 
 
 def weights_by_lane(t: Target) -> bool:
