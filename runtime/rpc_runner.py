@@ -192,7 +192,7 @@ class RpcRunner:
                                             build.out_dtype, cfg), timeout=cfg.timeout_s)
             times, output = worker.recv()
         except TimeoutError:
-            worker.kill()
+            _kill(worker)  # close() may be stopping it too
             return Measurement(device=device, error=f"{device}: no answer within {cfg.timeout_s:g} s")
         except Exception as err:  # noqa: BLE001 - the session broke, the device died, the kernel crashed
             reason = error_line(err, type(err).__name__)
