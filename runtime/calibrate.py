@@ -1,13 +1,14 @@
 """`sparsec calibrate` (`make calibrate`): measure the cost model's throughputs on this machine.
 
-analyze-sparsity picks a weight's format by estimated time = useful MACs / the format kernel's
-throughput relative to the dense kernel's. This measures those ratios here, with the kernels the
-target really gets: per layer, useful GFLOP/s of the pattern (3x3) or CSR (1x1) kernel over the
-dense kernel's on the same masked weight, the dense kernel's counted as the cost model counts it
-(Winograd's layers by `winograd_plan.algorithm_work`, its estimate of their work per direct
-multiply-add: so estimated times compare as measured ones), in interleaved rounds (medians); the
-median over the
-layers is written to the calibration file `Target` reads (`sparsec.target.calibration_path`).
+analyze-sparsity picks a weight's format by estimated time = the MACs a format's kernel does /
+that kernel's throughput relative to the direct dense kernel's. This measures those ratios here,
+with the kernels the target really gets, in interleaved rounds (medians): per layer, useful
+GFLOP/s of the pattern (3x3) or CSR (1x1) kernel over the direct dense kernel's on the same
+masked weight, and for the 3x3 layers the Winograd kernel's too, its work counted as its estimate
+counts it (`winograd_plan.work_ratio`), so estimate / throughput predicts its time on planes of
+several GEMM blocks (`winograd_plan.several_blocks`; one block runs at its estimate). The median
+over the layers of each is written to the calibration file `Target` reads
+(`sparsec.target.calibration_path`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 import tvm
 
 from sparsec.fkw import build_fkw
+from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.csr import csr_conv1x1_kernel
-from sparsec.lower.kernels.dense_conv import dense_conv_kernel
+from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
-from sparsec.lower.kernels.winograd_plan import algorithm_work
+from sparsec.lower.kernels.winograd_plan import Geometry, auto_tile, plan, several_blocks, work_ratio
 from sparsec.lower.target import tvm_target
 from sparsec.target import Target, write_calibration
 
@@ -66,19 +68,34 @@ def _weights(layer: Layer, rng: np.random.Generator) -> np.ndarray:
     return (w * mask).reshape(c, c, 3, 3)
 
 
-def _kernels(layer: Layer, w: np.ndarray, target: Target) -> tuple[Kernel, Kernel]:
+def _kernels(layer: Layer, w: np.ndarray, target: Target) -> dict[str, Kernel]:
+    """The layer's kernels by role: sparse (pattern or CSR), direct (dense) and, for 3x3 layers,
+    winograd (the tile its estimate picks, whatever the target's Winograd throughput), where it
+    picks one."""
     shape = (1, layer.channels, layer.size, layer.size)
     if layer.fmt == "csr":
-        return csr_conv1x1_kernel(w, shape, target=target), dense_conv_kernel(w, shape, target=target)
-    sparse = pattern_conv_kernel(build_fkw(w), shape, target=target)
-    return sparse, dense_conv_kernel(w, shape, pads=(1, 1, 1, 1), target=target)
+        return {"sparse": csr_conv1x1_kernel(w, shape, target=target),
+                "direct": dense_conv_kernel(w, shape, target=target)}
+    pads = (1, 1, 1, 1)
+    kernels = {"sparse": pattern_conv_kernel(build_fkw(w), shape, target=target),
+               "direct": dense_conv_kernel(w, shape, pads=pads, target=target, knobs=DenseConvKnobs(winograd=1))}
+    tile, _, _ = _winograd_estimate(layer, target)
+    if tile > 1:  # else Winograd's estimate loses to direct on this shape: nothing to measure
+        kernels["winograd"] = dense_conv_kernel(w, shape, pads=pads, target=target, knobs=DenseConvKnobs(winograd=tile))
+    return kernels
 
 
-def _dense_work(layer: Layer, w: np.ndarray, target: Target) -> float:
-    """The work the cost model counts for the layer's dense kernel, per direct multiply-add."""
-    if layer.fmt == "csr":
-        return 1.0
-    return algorithm_work(w.shape, (1, layer.channels, layer.size, layer.size), pads=(1, 1, 1, 1), target=target)
+def _winograd_estimate(layer: Layer, target: Target) -> tuple[int, float, bool]:
+    """(output tile, estimated work per direct multiply-add, whether its GEMMs run several tile
+    blocks: where the target's Winograd throughput applies) of the layer's Winograd kernel."""
+    shape = (1, layer.channels, layer.size, layer.size)
+    out_block, vectors = register_plan.gemm_tile(target)
+    tile = auto_tile(layer.channels, shape, (1, 1, 1, 1), out_block, vectors, target.lanes())
+    work = work_ratio(layer.channels, shape, (1, 1, 1, 1), out_block, vectors, target.lanes())
+    if tile == 1:
+        return tile, work, False
+    g = Geometry.of(*shape, layer.channels, (1, 1, 1, 1), tile)
+    return tile, work, several_blocks(plan(g, out_block, vectors, target.lanes()))
 
 
 def _timer(kernel: Kernel, x: np.ndarray, target: Target):
@@ -92,37 +109,47 @@ def _timer(kernel: Kernel, x: np.ndarray, target: Target):
 
 
 def measure_layer(layer: Layer, target: Target, rounds: int) -> dict:
-    """Useful-throughput ratio of the layer's sparse kernel over the dense kernel."""
+    """Useful-throughput ratios of the layer's sparse kernel (and Winograd's) over the direct
+    dense kernel's."""
     rng = np.random.default_rng(0)
     w = _weights(layer, rng)
     x = rng.standard_normal((1, layer.channels, layer.size, layer.size)).astype(np.float32)
-    sparse, dense = (_timer(k, x, target) for k in _kernels(layer, w, target))
-    times = {"sparse": [], "dense": []}
+    timers = {role: _timer(k, x, target) for role, k in _kernels(layer, w, target).items()}
+    times: dict[str, list[float]] = {role: [] for role in timers}
     for _ in range(rounds):
-        for name, timer in (("sparse", sparse), ("dense", dense)):
+        for role, timer in timers.items():
             time.sleep(0.3)  # TVM's pool keeps spinning after a run
-            times[name].append(timer())
-    t_sparse, t_dense = (statistics.median(times[k]) for k in ("sparse", "dense"))
+            times[role].append(timer())
+    ms = {role: statistics.median(t) * 1e3 for role, t in times.items()}
     kept = float(np.count_nonzero(w)) / w.size
-    # per multiply-add the cost model counts for the dense kernel (Winograd's estimate), so
-    # estimated times compare as measured ones on these layers
-    work = _dense_work(layer, w, target)
-    return {"layer": layer.name, "sparse_ms": t_sparse * 1e3, "dense_ms": t_dense * 1e3, "kept": kept,
-            "dense_work": work, "ratio": kept * t_dense / (t_sparse * work)}
+    row = {"layer": layer.name, **{f"{role}_ms": v for role, v in ms.items()}, "kept": kept,
+           layer.fmt: kept * ms["direct"] / ms["sparse"]}
+    if "winograd" in ms:
+        tile, work, several = _winograd_estimate(layer, target)
+        speed = work * ms["direct"] / ms["winograd"]
+        # the target's throughput covers planes of several GEMM blocks; one block runs at its estimate
+        row.update({"winograd_tile": tile, "winograd_work": work,
+                    "winograd" if several else "winograd_one_block": speed})
+    return row
 
 
 def calibrate(target: Target, rounds: int = 5, layers=LAYERS, log=print) -> tuple[dict, str]:
-    """Measure every layer, write the calibration file; returns (record, path)."""
+    """Measure every layer, write the calibration file; returns (throughputs, path)."""
     rows = []
     log(f"calibrating {target.name} ({target.cpu}, {target.isa}: {target.lanes()} lanes, "
-        f"{target.threads} threads); useful throughput of each kernel / the dense kernel's")
+        f"{target.threads} threads); useful throughput of each kernel / the direct dense kernel's")
     for layer in layers:
         row = measure_layer(layer, target, rounds)
         rows.append(row)
-        log(f"  {row['layer']:34} sparse {row['sparse_ms']:8.3f} ms  "
-            f"dense {row['dense_ms']:8.3f} ms  ratio {row['ratio']:.2f}")
-    ratio = {fmt: round(statistics.median(r["ratio"] for r in rows if r["layer"].startswith(fmt)), 3)
-             for fmt in ("pattern", "csr")}
-    path = write_calibration(target, ratio["pattern"], ratio["csr"], {"layers": rows, "rounds": rounds})
-    log(f"throughputs (dense = 1): pattern {ratio['pattern']}, csr {ratio['csr']} -> {path}")
-    return ratio, str(path)
+        speed = row.get("winograd", row.get("winograd_one_block"))
+        wino = "" if speed is None else (f"  winograd F{row['winograd_tile']} {row['winograd_ms']:8.3f} ms ratio "
+                                         f"{speed:.2f}{'' if 'winograd' in row else ' (one GEMM block: not counted)'}")
+        log(f"  {row['layer']:34} sparse {row['sparse_ms']:8.3f} ms  direct {row['direct_ms']:8.3f} ms  "
+            f"ratio {row[layer.fmt]:.2f}{wino}")
+    measured = {kind: round(statistics.median(r[kind] for r in rows if kind in r), 3)
+                for kind in ("pattern", "csr", "winograd") if any(kind in r for r in rows)}
+    measured.setdefault("winograd", 1.0)  # no layer ran Winograd: its estimate stands
+    path = write_calibration(target, measured, {"layers": rows, "rounds": rounds})
+    log(f"throughputs (direct dense = 1): pattern {measured['pattern']}, csr {measured['csr']}, "
+        f"winograd {measured['winograd']} -> {path}")
+    return measured, str(path)

@@ -25,6 +25,7 @@ from sparsec.errors import UserError
 from sparsec.io import describe
 from sparsec.ir.files import atomic_outputs
 from sparsec.ir.types import DTYPES
+from sparsec.lower.target import size_thread_pool
 from sparsec.runtime.manifest import (
     LibraryFile,
     Manifest,
@@ -37,9 +38,7 @@ from sparsec.target import Target
 
 __all__ = ["CompiledModel", "Manifest", "TensorSpec", "add_signature", "load", "manifest_path"]
 
-# TVM's x86 pool defaults to half the cores (one thread on a 2-core machine); use them all
-# unless the user chose. It is read once, when the pool starts at the first parallel run.
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+size_thread_pool()  # before the first run starts TVM's pool
 
 # A function every library carries that returns its `Manifest.signature()`, so that a manifest
 # edited after export (another shape, a renamed or added output) is caught at load.

@@ -38,29 +38,37 @@ ARM64_CC_PACKAGE = "g++-aarch64-linux-gnu"
 
 @dataclass(frozen=True, slots=True)
 class Throughputs:
-    """The cost model's relative MAC throughput of each format's kernel (dense = 1.0), and where
-    the numbers come from (a calibration file of this machine, or the shipped defaults)."""
+    """The cost model's relative MAC throughput of each kernel against the direct dense kernel
+    (dense = 1.0), and where the numbers come from (a calibration file of this machine, or the
+    shipped defaults). `winograd` counts the Winograd kernel's work as its estimate does
+    (`winograd_plan.estimated_cost`), so a dense 3x3 conv costs estimate / winograd."""
 
     pattern: float
     csr: float
     source: str
     dense: float = 1.0
+    winograd: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("pattern", "csr", "dense"):
+        for name in ("pattern", "csr", "dense", "winograd"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 < value <= 4.0:
                 raise UserError(f"throughput {name}={value!r} must be a number in (0, 4] (dense = 1)")
 
 
-# Useful GFLOP/s of each kernel over the dense kernel's, per core. AVX2: measured on znver3
-# (pattern 53-68 vs dense ~88, CSR 1x1 ~49 vs ~85). AVX-512: `sparsec calibrate` on a 2-core
-# znver5 (AMD EPYC, shared machine), medians over its 3 pattern and 3 CSR layers.
+# Useful GFLOP/s of each kernel over the direct dense kernel's, per core: `sparsec calibrate`,
+# medians over its 3 pattern, 3 CSR and its Winograd layers of several GEMM blocks (where the
+# Winograd throughput applies: `winograd_plan.several_blocks`). AVX2: five runs on a 2-core
+# znver3 (AMD EPYC, shared machine; pattern 0.58-0.68, CSR 0.57-0.68, Winograd 0.53-0.57 of its
+# estimate's speed on 28x28 and 56x56 planes, 1.2 on 14x14 ones). AVX-512: znver5, measured with
+# the dense kernel counted at Winograd's estimate (winograd 1.0: there it ran close to it). SSE
+# and NEON: AVX2's, never measured.
 SHIPPED_THROUGHPUTS = {
-    "avx2": Throughputs(0.7, 0.55, "shipped defaults (measured on znver3, AVX2)"),
-    "sse": Throughputs(0.7, 0.55, "shipped defaults (AVX2's; never measured with SSE)"),
+    "avx2": Throughputs(0.68, 0.65, "shipped defaults (measured on znver3, AVX2; `make calibrate` here)",
+                        winograd=0.53),
+    "sse": Throughputs(0.68, 0.65, "shipped defaults (AVX2's; never measured with SSE)", winograd=0.53),
     "avx512": Throughputs(0.65, 0.54, "shipped defaults (measured on znver5, AVX-512; `make calibrate` here)"),
-    "neon": Throughputs(0.7, 0.55, "shipped defaults (AVX2's; not yet measured on an ARM phone)"),
+    "neon": Throughputs(0.68, 0.65, "shipped defaults (AVX2's; not yet measured on an ARM phone)", winograd=0.53),
 }
 
 
@@ -204,18 +212,25 @@ def throughputs_for(arch: str, cpu: str, isa: str) -> Throughputs:
         return SHIPPED_THROUGHPUTS[isa]
     try:
         data = json.loads(path.read_text())["throughputs"]
-        return Throughputs(data["pattern"], data["csr"], f"calibrated ({path})")
-    except (ValueError, KeyError, TypeError, UserError) as err:
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a calibration file ({err}); run `make calibrate` again or delete it") from None
+    if isinstance(data, dict) and "winograd" not in data:  # its pattern figure is against Winograd's estimate
+        raise UserError(f"{path}: written by an older sparsec (no Winograd throughput); run `make calibrate` "
+                        "again or delete it")
+    try:
+        return Throughputs(data["pattern"], data["csr"], f"calibrated ({path})", winograd=data["winograd"])
+    except (KeyError, TypeError, UserError) as err:
         raise UserError(f"{path}: not a calibration file ({err}); run `make calibrate` again or delete it") from None
 
 
-def write_calibration(target: Target, pattern: float, csr: float, details: dict) -> Path:
-    """Record measured throughputs for the target's CPU; later targets for it read them."""
+def write_calibration(target: Target, measured: dict[str, float], details: dict) -> Path:
+    """Record measured throughputs (pattern, csr, winograd) for the target's CPU; later targets
+    for it read them."""
     path = calibration_path(target.arch, target.cpu, target.isa)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"arch": target.arch, "cpu": target.cpu, "isa": target.isa, "lanes": target.lanes(),
               "threads": target.threads, "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                  timespec="seconds"), "throughputs": {"dense": 1.0, "pattern": pattern, "csr": csr}, **details}
+                  timespec="seconds"), "throughputs": {"dense": 1.0, **measured}, **details}
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path
 
@@ -428,6 +443,7 @@ def describe(target: Target) -> list[str]:
         f"threads {target.threads}",
         f"linked by       {target.cc or 'the host C++ compiler (TVM default)'}",
         f"runs on         {target.device}",
-        f"cost model      pattern {target.throughputs.pattern:g}, csr {target.throughputs.csr:g} "
+        f"cost model      pattern {target.throughputs.pattern:g}, csr {target.throughputs.csr:g}, "
+        f"winograd {target.throughputs.winograd:g} "
         f"of dense ({target.throughputs.source})",
     ]

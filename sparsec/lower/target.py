@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import tvm
 
 from sparsec import target as targets
 from sparsec.target import Target, host_threads
 
-__all__ = ["host", "host_target", "host_threads", "resolve_target", "tvm_target"]
+__all__ = ["host", "host_target", "host_threads", "resolve_target", "size_thread_pool", "tvm_target"]
+
+
+def size_thread_pool() -> None:
+    """Give TVM's thread pool the host target's threads unless the user chose (TVM_NUM_THREADS):
+    on x86 it defaults to half the cores, assuming two hardware threads per core (one thread on a
+    2-core VM, where `sparsec calibrate` then timed every kernel at half speed). TVM reads it once,
+    when the pool starts at the first parallel run: so this runs when sparsec imports TVM."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(host_threads()))
+
+
+size_thread_pool()
 
 
 def host_cpu() -> str:

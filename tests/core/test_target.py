@@ -114,11 +114,17 @@ def test_round_trip_through_a_manifest_dict():
 def test_calibration_file_sets_the_throughputs(tmp_path):
     host = _resolve("host")
     assert host.throughputs == targets.SHIPPED_THROUGHPUTS[host.isa]
-    path = targets.write_calibration(host, 0.8, 0.5, {"layers": {}})
+    path = targets.write_calibration(host, {"pattern": 0.8, "csr": 0.5, "winograd": 0.6}, {"layers": {}})
     assert path == tmp_path / "calibration" / f"{host.arch}-{HOST_CPU}-{host.isa}.json"
     again = _resolve("host")
-    assert (again.throughputs.pattern, again.throughputs.csr) == (0.8, 0.5)
+    assert (again.throughputs.pattern, again.throughputs.csr, again.throughputs.winograd) == (0.8, 0.5, 0.6)
     assert again.throughputs.source.startswith("calibrated")
+    record = json.loads(path.read_text())
+    del record["throughputs"]["winograd"]  # a file from before the Winograd throughput
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match="written by an older sparsec .no Winograd throughput.; run `make "
+                                        "calibrate` again or delete it"):
+        _resolve("host")
     path.write_text("{}")
     with pytest.raises(UserError, match="not a calibration file"):
         _resolve("host")
@@ -127,12 +133,12 @@ def test_calibration_file_sets_the_throughputs(tmp_path):
 def test_describe_says_what_a_target_implies():
     text = "\n".join(targets.describe(_resolve("arm64")))
     assert "neon: 128-bit, 4 fp32 lanes, 32 registers" in text and "aarch64-linux-gnu-g++" in text
-    assert "cost model      pattern 0.7, csr 0.55 of dense" in text
+    assert "cost model      pattern 0.68, csr 0.65, winograd 0.53 of dense" in text
 
 
 def test_the_cost_model_reads_the_targets_throughputs():
     """tiny_cnn's 1x1 conv with half its weights kept: CSR at throughput 0.55 costs 0.5 / 0.55 < 1
-    (chosen); on a target whose CSR kernel reaches only 0.4 of dense, it stays dense."""
+    (chosen; the shipped 0.6 too); on a target whose CSR kernel reaches only 0.4 of dense, it stays dense."""
     from sparsec.driver import import_model, optimize
     from sparsec.models import ZOO
     from sparsec.prune import prune_model

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsec.driver import import_model, optimize
-from sparsec.lower.kernels.winograd_plan import TRANSFORMS, algorithm_work, auto_tile, work_ratio
+from sparsec.lower.kernels.winograd_plan import TRANSFORMS, Geometry, algorithm_work, auto_tile, plan, work_ratio
 from sparsec.models import conv_layer
 from sparsec.prune import prune_model
 from sparsec.target import resolve
@@ -63,3 +63,47 @@ def test_the_cost_model_weighs_dense_3x3_convs_as_winograd(keep, want):
     # without a target the cost model knows only the direct conv: patterns either way
     assert optimize(module).weight(next(op for op in optimize(module).ops if op.name == "conv2d").weight
                                    ).layout.kind in {"fkw", "pattern"}
+
+
+def test_a_slow_winograd_kernel_counts_its_estimate_over_its_throughput():
+    """The target's Winograd throughput divides the estimate: at 0.5 F(4x4) on VGG conv3 costs
+    twice its estimate, and where that passes direct's work the dense conv runs direct."""
+    shape, pads = (1, 256, 56, 56), (1, 1, 1, 1)
+    estimate = work_ratio(256, shape, pads, 14, 2, 16)
+    assert work_ratio(256, shape, pads, 14, 2, 16, speed=0.5) == pytest.approx(2 * estimate)
+    assert auto_tile(256, shape, pads, 14, 2, 16, speed=0.5) == 4
+    assert auto_tile(256, shape, pads, 14, 2, 16, speed=estimate * 0.99) == 1  # direct: estimate / speed > 1
+    assert work_ratio(256, shape, pads, 14, 2, 16, speed=estimate * 0.99) == 1.0
+    slow = resolve("host", host_cpu="znver5", spec='{"isa": "avx512", "throughputs": '
+                                                   '{"pattern": 0.65, "csr": 0.54, "winograd": 0.5}}')
+    assert algorithm_work((256, 256, 3, 3), shape, pads=pads, target=slow) == pytest.approx(
+        2 * algorithm_work((256, 256, 3, 3), shape, pads=pads, target=HOST))
+
+
+@pytest.mark.parametrize("winograd, want", [(1.0, "dense"), (0.45, "pattern")])
+def test_a_slow_winograd_kernel_leaves_half_kept_layers_to_the_pattern_kernel(winograd, want):
+    """L1 (256 channels at 56x56, 8 patterns, half the kernels kept) with the pattern kernel at 0.7
+    of direct: 0.22 / 0.7 = 0.32 of direct's time against Winograd's estimate of about 0.3 (dense
+    wins) or 0.3 / 0.45 = 0.67 where Winograd runs at 0.45 of its estimate (measured on znver3:
+    Winograd F(4x4) 13.9-19 ms, the pattern kernel 6.4-9 ms)."""
+    spec = '{"isa": "avx2", "throughputs": {"pattern": 0.7, "csr": 0.55, "winograd": %s}}' % winograd
+    target = resolve("host", host_cpu="znver3", spec=spec)
+    model = conv_layer((1, 256, 56, 56), 256)
+    module = import_model(model, prune_model(model, keep_kernels=0.5, prune_first_conv=True))
+    (conv,) = [op for op in optimize(module, target=target).ops if op.name == "conv2d"]
+    layout = optimize(module, target=target).weight(conv.weight).layout.kind
+    assert layout in ({"fkw", "pattern"} if want == "pattern" else {"dense"})
+
+
+def test_one_gemm_block_runs_at_its_estimate_whatever_the_targets_winograd_throughput():
+    """The target's Winograd throughput covers planes of several blocks of tiles; a 7x7 or 14x14
+    plane (16 tiles: one block of AVX2's 2 x 8 lanes) ran at or above its estimate's speed on znver3."""
+    assert plan(Geometry.of(1, 512, 7, 7, 512, (1, 1, 1, 1), 2), 6, 2, 8).pp == 16
+    for shape in ((1, 512, 7, 7), (1, 256, 14, 14)):
+        assert auto_tile(shape[1], shape, (1, 1, 1, 1), 6, 2, 8, speed=0.3) == auto_tile(
+            shape[1], shape, (1, 1, 1, 1), 6, 2, 8) > 1
+        assert work_ratio(shape[1], shape, (1, 1, 1, 1), 6, 2, 8, speed=0.3) == work_ratio(
+            shape[1], shape, (1, 1, 1, 1), 6, 2, 8)
+    big = (1, 256, 28, 28)  # 49 tiles: 4 blocks
+    assert work_ratio(256, big, (1, 1, 1, 1), 6, 2, 8, speed=0.5) == pytest.approx(
+        2 * work_ratio(256, big, (1, 1, 1, 1), 6, 2, 8))

@@ -115,13 +115,18 @@ def test_calibrate_writes_what_the_host_target_reads(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SPARSEC_CALIBRATION_DIR", str(tmp_path))
     lines = []
-    ratio, path = calibrate(host(), rounds=1, layers=(Layer("pattern", 16, 14, 0.5), Layer("csr", 32, 14, 0.2)),
+    ratio, path = calibrate(host(), rounds=1, layers=(Layer("pattern", 64, 28, 0.5), Layer("csr", 32, 14, 0.2)),
                             log=lines.append)
-    assert 0 < ratio["pattern"] <= 4 and 0 < ratio["csr"] <= 4 and "pattern 16x14x14 keep 0.5" in lines[1]
+    assert all(0 < ratio[k] <= 4 for k in ("pattern", "csr", "winograd")), ratio
+    assert "pattern 64x28x28 keep 0.5" in lines[1] and "winograd F4" in lines[1]
     record = json.loads(open(path).read())
     assert record["cpu"] == host().cpu and len(record["layers"]) == 2
+    pattern_row = record["layers"][0]
+    assert pattern_row["winograd"] == pytest.approx(
+        pattern_row["winograd_work"] * pattern_row["direct_ms"] / pattern_row["winograd_ms"])
     again = host()
-    assert (again.throughputs.pattern, again.throughputs.csr) == (ratio["pattern"], ratio["csr"])
+    assert (again.throughputs.pattern, again.throughputs.csr, again.throughputs.winograd) == (
+        ratio["pattern"], ratio["csr"], ratio["winograd"])
     assert again.throughputs.source == f"calibrated ({path})"
 
 
@@ -152,12 +157,37 @@ def test_bench_count_errors(tmp_path, capsys, args, message):
     assert capsys.readouterr().err.startswith(f"sparsec: error: {message}")
 
 
-def test_calibrate_counts_the_dense_kernel_as_the_cost_model_does():
-    """The cost model weighs a dense 3x3 conv by Winograd's estimated work: the calibrated ratio
-    divides the dense kernel's time by the same estimate, so the two compare like the clocks."""
+def test_calibrate_measures_every_kernel_against_the_direct_dense_one():
+    """Pattern and CSR against the direct dense kernel on the same weight; Winograd on its
+    estimated work (so estimate / throughput predicts its time), only where its estimate picks it."""
     from sparsec.runtime.calibrate import Layer, measure_layer
 
-    row = measure_layer(Layer("pattern", 128, 28, 0.5), host(), rounds=1)
-    assert 0.2 < row["dense_work"] < 0.6  # F(4x4): a quarter of direct's products plus transforms
-    assert row["ratio"] == pytest.approx(row["kept"] * row["dense_ms"] / (row["sparse_ms"] * row["dense_work"]))
-    assert measure_layer(Layer("csr", 32, 14, 0.2), host(), rounds=1)["dense_work"] == 1.0
+    row = measure_layer(Layer("pattern", 128, 28, 0.5), host(), rounds=1)  # 49 tiles: several GEMM blocks
+    assert row["pattern"] == pytest.approx(row["kept"] * row["direct_ms"] / row["sparse_ms"])
+    assert row["winograd_tile"] == 4 and 0.2 < row["winograd_work"] < 0.6  # a quarter of the products + transforms
+    assert row["winograd"] == pytest.approx(row["winograd_work"] * row["direct_ms"] / row["winograd_ms"])
+    one_block = measure_layer(Layer("pattern", 64, 14, 0.5), host(), rounds=1)  # 16 tiles: one block, not counted
+    assert "winograd" not in one_block and one_block["winograd_one_block"] == pytest.approx(
+        one_block["winograd_work"] * one_block["direct_ms"] / one_block["winograd_ms"])
+    csr = measure_layer(Layer("csr", 32, 14, 0.2), host(), rounds=1)
+    assert csr["csr"] == pytest.approx(csr["kept"] * csr["direct_ms"] / csr["sparse_ms"]) and "winograd" not in csr
+    few = measure_layer(Layer("pattern", 16, 14, 0.5), host(), rounds=1)  # too few channels: direct
+    assert "winograd" not in few and "winograd_ms" not in few
+
+
+def test_tvm_pool_runs_the_host_targets_threads():
+    """Any sparsec code that imports TVM sizes its pool as the host target (TVM alone would take half
+    the cores on x86: one thread on a 2-core VM, where `sparsec calibrate` then timed every kernel at
+    half speed); a user's TVM_NUM_THREADS wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sparsec.runtime.calibrate; from sparsec.lower.target import host; "
+             "from sparsec.runtime.bench import tvm_threads; print(tvm_threads(), host().threads)")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(os.cpu_count())] * 2
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "TVM_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["1", "1"]

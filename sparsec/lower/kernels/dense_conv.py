@@ -387,7 +387,7 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
     if knobs.winograd == 0:
         base = knobs.resolved(target)
         tile = winograd_plan.auto_tile(int(weight_shape[0]), in_shape, pads, base.out_block, base.vectors,
-                                       base.lanes) if eligible else 1
+                                       base.lanes, target.throughputs.winograd) if eligible else 1
         knobs = replace(knobs, winograd=tile)
     if knobs.winograd > 1:
         return replace(knobs.resolved(target), pointwise=1)

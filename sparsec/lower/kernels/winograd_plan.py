@@ -108,34 +108,47 @@ def estimated_cost(g: Geometry, t: Tiling) -> int:
     return g.transforms * g.tiles * per_tile
 
 
-def auto_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int) -> int:
-    """The output tile (2 or 4) whose estimated cost is least, or 1 (direct) where that is not
-    below direct's multiply-adds: few channels leave the transforms dominant (VGG's 3-channel
+def auto_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int, speed: float = 1.0) -> int:
+    """The output tile (2 or 4) whose estimated cost is least, or 1 (direct) where that cost is
+    not below direct's multiply-adds: few channels leave the transforms dominant (VGG's 3-channel
     conv1_1: F(4x4) measured 2.4x slower than direct), and small planes pad whole vectors of tiles
-    (7x7, F(4x4): 4 tiles in a 16-lane vector; measured 0.75x of direct, F(2x2) 2.0x)."""
-    tile, _ = _best_tile(filters, in_shape, pads, out_block, vectors, lanes)
+    (7x7, F(4x4): 4 tiles in a 16-lane vector; measured 0.75x of direct, F(2x2) 2.0x). On planes of
+    several GEMM blocks (`several_blocks`) the cost is over `speed`: the target's Winograd
+    throughput there, on its estimated work."""
+    tile, _ = _best_tile(filters, in_shape, pads, out_block, vectors, lanes, speed)
     return tile
 
 
-def work_ratio(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int) -> float:
-    """The estimated cost of the conv as `auto_tile` runs it, per multiply-add of the direct conv:
-    about 0.3 for F(4x4) on VGG's 256-channel 56x56 layers, 1.0 where it stays direct (the cost
-    model of analyze-sparsity weighs a dense 3x3 conv by it against the pattern kernel)."""
-    return _best_tile(filters, in_shape, pads, out_block, vectors, lanes)[1]
+def work_ratio(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int, speed: float = 1.0) -> float:
+    """The estimated time of the conv as `auto_tile` runs it, in direct multiply-adds per direct
+    multiply-add: about 0.3 for F(4x4) on VGG's 256-channel 56x56 layers at speed 1, 1.0 where it
+    stays direct (the cost model of analyze-sparsity weighs a dense 3x3 conv by it against the
+    pattern kernel)."""
+    return _best_tile(filters, in_shape, pads, out_block, vectors, lanes, speed)[1]
 
 
-def _best_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int) -> tuple[int, float]:
-    """(auto_tile's choice, its estimated cost over direct's multiply-adds)."""
+def _best_tile(filters: int, in_shape, pads, out_block: int, vectors: int, lanes: int,
+               speed: float = 1.0) -> tuple[int, float]:
+    """(auto_tile's choice, its estimated time over direct's multiply-adds)."""
     n, c, h, w = (int(d) for d in in_shape)
     costs = {}
     for m in TRANSFORMS:
         g = Geometry.of(n, c, h, w, int(filters), pads, m)
         if g.oh < 1 or g.ow < 1:
             return 1, 1.0
-        costs[m] = estimated_cost(g, plan(g, out_block, vectors, lanes))
+        tiling = plan(g, out_block, vectors, lanes)
+        costs[m] = estimated_cost(g, tiling) / (speed if several_blocks(tiling) else 1.0)
     best = min(costs, key=lambda m: (costs[m], -m))
     direct = 9 * n * g.oh * g.ow * c * filters
     return (best, costs[best] / direct) if costs[best] < direct else (1, 1.0)
+
+
+def several_blocks(t: Tiling) -> bool:
+    """Whether the GEMMs run several blocks of tiles per transform element (each pass over the
+    filters' U[e] again): where the target's Winograd throughput applies. Measured on znver3
+    (AVX2, 16-tile blocks): 14x14 and 7x7 planes (one block) ran at 1.1-1.3x their estimate's
+    speed, 28x28 and 56x56 ones with 128-512 channels at 0.47-0.58x (64 channels: 0.93-1.0x)."""
+    return t.pp > t.width
 
 
 def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
@@ -148,10 +161,11 @@ def transform_weight(weight: np.ndarray, m: int) -> np.ndarray:
 
 def algorithm_work(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups: int = 1,
                    *, target: Target) -> float:
-    """The estimated work of the algorithm a dense conv gets by default on `target`, per multiply-add
-    of the direct conv: Winograd's estimate (`work_ratio`, the dense conv's register tile) where it
-    applies, else 1."""
+    """The estimated time of the algorithm a dense conv gets by default on `target`, per multiply-add
+    of the direct conv: Winograd's estimate (`work_ratio`, the dense conv's register tile) over the
+    target's Winograd throughput where Winograd applies and wins, else 1."""
     if not supports(tuple(weight_shape[2:]), strides, dilations, groups):
         return 1.0
     out_block, vectors = register_plan.gemm_tile(target)
-    return work_ratio(int(weight_shape[0]), in_shape, pads, out_block, vectors, target.lanes())
+    return work_ratio(int(weight_shape[0]), in_shape, pads, out_block, vectors, target.lanes(),
+                      target.throughputs.winograd)
