@@ -68,10 +68,9 @@ def _weights(layer: Layer, rng: np.random.Generator) -> np.ndarray:
     return (w * mask).reshape(c, c, 3, 3)
 
 
-def _kernels(layer: Layer, w: np.ndarray, target: Target) -> dict[str, Kernel]:
+def _kernels(layer: Layer, w: np.ndarray, target: Target, winograd_tile: int) -> dict[str, Kernel]:
     """The layer's kernels by role: sparse (pattern or CSR), direct (dense) and, for 3x3 layers,
-    winograd (the tile its estimate picks, whatever the target's Winograd throughput), where it
-    picks one."""
+    winograd (`winograd_tile`, the tile its estimate picks), where it picks one."""
     shape = (1, layer.channels, layer.size, layer.size)
     if layer.fmt == "csr":
         return {"sparse": csr_conv1x1_kernel(w, shape, target=target),
@@ -79,9 +78,9 @@ def _kernels(layer: Layer, w: np.ndarray, target: Target) -> dict[str, Kernel]:
     pads = (1, 1, 1, 1)
     kernels = {"sparse": pattern_conv_kernel(build_fkw(w), shape, target=target),
                "direct": dense_conv_kernel(w, shape, pads=pads, target=target, knobs=DenseConvKnobs(winograd=1))}
-    tile, _, _ = _winograd_estimate(layer, target)
-    if tile > 1:  # else Winograd's estimate loses to direct on this shape: nothing to measure
-        kernels["winograd"] = dense_conv_kernel(w, shape, pads=pads, target=target, knobs=DenseConvKnobs(winograd=tile))
+    if winograd_tile > 1:  # else Winograd's estimate loses to direct on this shape: nothing to measure
+        kernels["winograd"] = dense_conv_kernel(w, shape, pads=pads, target=target,
+                                                knobs=DenseConvKnobs(winograd=winograd_tile))
     return kernels
 
 
@@ -114,7 +113,8 @@ def measure_layer(layer: Layer, target: Target, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     w = _weights(layer, rng)
     x = rng.standard_normal((1, layer.channels, layer.size, layer.size)).astype(np.float32)
-    timers = {role: _timer(k, x, target) for role, k in _kernels(layer, w, target).items()}
+    tile, work, several = _winograd_estimate(layer, target) if layer.fmt == "pattern" else (1, 1.0, False)
+    timers = {role: _timer(k, x, target) for role, k in _kernels(layer, w, target, tile).items()}
     times: dict[str, list[float]] = {role: [] for role in timers}
     for _ in range(rounds):
         for role, timer in timers.items():
@@ -125,7 +125,6 @@ def measure_layer(layer: Layer, target: Target, rounds: int) -> dict:
     row = {"layer": layer.name, **{f"{role}_ms": v for role, v in ms.items()}, "kept": kept,
            layer.fmt: kept * ms["direct"] / ms["sparse"]}
     if "winograd" in ms:
-        tile, work, several = _winograd_estimate(layer, target)
         speed = work * ms["direct"] / ms["winograd"]
         # the target's throughput covers planes of several GEMM blocks; one block runs at its estimate
         row.update({"winograd_tile": tile, "winograd_work": work,
