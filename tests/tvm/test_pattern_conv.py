@@ -4,6 +4,7 @@ empty filters, widths that are no multiple of the vector width, and every schedu
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, auto_filter_splits, pattern_conv_kernel, resolve_knobs
 from sparsec.lower.target import host, resolve_target
+from sparsec.target import host_isa
 
 pytestmark = pytest.mark.tvm
 HOST = host()  # this machine, as it is (AVX-512 here: 16 lanes, 32 registers)
@@ -219,6 +221,38 @@ def test_prefetch_is_in_the_code():
     assert "llvm.prefetch" in kernel.func.script()
     off = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=0))
     assert "llvm.prefetch" not in off.func.script()
+
+
+runs_x86_vectors = pytest.mark.skipif(host_isa() not in ("avx2", "avx512"), reason="runs AVX2 code")
+
+
+@runs_x86_vectors
+@pytest.mark.parametrize("knobs", [PatternConvKnobs(), PatternConvKnobs(filters_per_group=2, vectors_per_step=2),
+                                   PatternConvKnobs(channel_block=4, tap_copies=3, rows_per_step=3)])
+def test_avx2_tap_weights_by_lane(knobs):
+    # AVX2: each kernel's 4 tap weights are one load, each tap shuffled out of it
+    check((1, 8, 11, 13), 6, bias=True, knobs=knobs, target=AVX2)
+    check((2, 8, 9, 21), 5, strides=(2, 2), knobs=knobs, target=AVX2, seed=1)
+
+
+def _fma_loops(asm: str) -> list[str]:
+    """The basic blocks of `asm` (split at labels) holding vector FMAs."""
+    blocks = re.split(r"\n\.LBB\w+:", asm)
+    return [b for b in blocks if re.search(r"vfmadd\w*ps", b)]
+
+
+def test_avx2_loads_each_kernels_tap_weights_once():
+    import tvm
+
+    from sparsec.lower.target import tvm_target
+
+    w = pruned(np.random.default_rng(0), 8, 16)
+    kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX2)
+    loops = _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX2)).mod.inspect_source("asm"))
+    assert len(loops) >= len(PATTERNS)  # one loop per pattern
+    for loop in loops:  # the weights: 128-bit loads, shuffled in registers, no broadcast loads
+        assert "vbroadcastf128" in loop and not re.search(r"vbroadcastss\s+[^%\s]*\(", loop)
+    assert "llvm.arithmetic.fence" not in pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX512).func.script()
 
 
 def test_auto_rows_pad_the_height_least():

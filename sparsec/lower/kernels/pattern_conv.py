@@ -276,11 +276,19 @@ def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, 
 
 def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
     """w[k, f, tap] in every lane. By lane: the kernel's 4 tap weights are one 128-bit load and
-    each FMA takes its weight from a lane of it (NEON `fmla v.4s, v.4s, v.s[i]`); else a
-    broadcast scalar (x86: a broadcast load folded into the FMA)."""
-    if x.by_lane:
-        return tirx.Shuffle([x.weight[k, f, _ramp(0, 4)]], [tap] * lanes)
-    return tirx.Broadcast(x.weight[k, f, tap], lanes)
+    each FMA takes its weight from a lane of it (NEON `fmla v.4s, v.4s, v.s[i]`; wider vectors:
+    the 4 weights in every 128-bit part, then an in-part shuffle per tap); else a broadcast
+    scalar (x86: a broadcast load, folded into the FMA on AVX-512)."""
+    if not x.by_lane:
+        return tirx.Broadcast(x.weight[k, f, tap], lanes)
+    four = x.weight[k, f, _ramp(0, 4)]
+    if lanes == 4:
+        return tirx.Shuffle([four], [tap] * 4)
+    parts = lanes // 4
+    every_part = tirx.Shuffle([four] * parts, list(range(4)) * parts)
+    # a fence, or LLVM turns each tap's shuffle of the load back into its own broadcast load
+    every_part = tirx.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.arithmetic.fence", every_part)
+    return tirx.Shuffle([every_part], [4 * (i // 4) + tap for i in range(lanes)])
 
 
 def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
