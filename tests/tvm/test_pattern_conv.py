@@ -194,16 +194,19 @@ def test_filter_slices_keep_every_thread_busy():
 
 
 def test_prefetch_comes_from_the_register_plan():
-    prefetch = lambda target, **knobs: resolve_knobs((1, 8, 56, 56), knobs=PatternConvKnobs(**knobs),  # noqa: E731
-                                                     target=target).prefetch
+    prefetch = lambda target, channels=256, **knobs: resolve_knobs(  # noqa: E731
+        (1, channels, 56, 56), knobs=PatternConvKnobs(**knobs), target=target).prefetch
     assert prefetch(AVX512) == 2 and prefetch(AVX2) == 2  # one filter per group: two kernels ahead
     assert prefetch(AVX512, filters_per_group=4) == 0 and prefetch(ARM64) == 0
     assert prefetch(AVX512, prefetch=0) == 0 and prefetch(ARM64, prefetch=3) == 3
+    # a tile that stays in L1 needs none: 64 channels x 10 rows x 10 columns (AVX2, 8 rows) = 25.6 KB
+    assert prefetch(AVX2, channels=64) == 0 and prefetch(AVX2, channels=96) == 2
+    assert prefetch(AVX2, channel_block=64) == 0 and prefetch(AVX2, channel_block=512) == 2
 
 
 def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     plan = lambda target, strides, **knobs: resolve_knobs(  # noqa: E731
-        (1, 8, 56, 56), strides, knobs=PatternConvKnobs(**knobs), target=target)
+        (1, 256, 56, 56), strides, knobs=PatternConvKnobs(**knobs), target=target)
     for target in (AVX512, AVX2):
         assert (plan(target, (1, 1)).tap_copies, plan(target, (1, 1)).prefetch) == (1, 2)
         assert (plan(target, (2, 2)).tap_copies, plan(target, (2, 2)).prefetch) == (3, 0)

@@ -120,6 +120,10 @@ class _Geometry:
         """Input columns of one slot: a phase's columns plus the halo, or exactly the tile's."""
         return self.tile_w if self.tap_copies == 3 else self.tile_w + (2 * self.dilations[1]) // self.strides[1]
 
+    def tile_bytes(self, channels: int = 0) -> int:
+        """Bytes of one output tile's input rows for `channels` channels (0: every channel)."""
+        return min(channels or self.c, self.c) * self.in_rows * self.slots * self.qw * 4
+
     def column(self, kx: int) -> tuple[int, int]:
         """(slot, column offset inside the slot) that taps of window column kx read."""
         if self.tap_copies == 3:
@@ -480,8 +484,7 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
     copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides))
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
-                    tap_copies=copies, prefetch=knobs.prefetch if knobs.prefetch >= 0 else
-                    register_plan.pattern_prefetch(target, knobs.filters_per_group, copies))
+                    tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
@@ -493,7 +496,11 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
         return -(-g.oh // k.rows_per_step) * k.rows_per_step * -(-g.ow // width) * width, \
             -k.rows_per_step * k.vectors_per_step
 
-    return min(tiles, key=padded_area)
+    tile = min(tiles, key=padded_area)
+    if tile.prefetch >= 0:
+        return tile
+    block = _geometry(in_shape, strides, pads, dilations, tile).tile_bytes(tile.channel_block)
+    return replace(tile, prefetch=register_plan.pattern_prefetch(target, tile.filters_per_group, copies, block))
 
 
 def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:

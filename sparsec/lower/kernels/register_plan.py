@@ -51,16 +51,20 @@ def pattern_accumulators(t: Target, filters: int = 1) -> int:
     return 16 if filters > 1 else 14
 
 
-def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1) -> int:
+def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1, tile_bytes: int | None = None) -> int:
     """Pattern conv: how many kernels ahead the next channel's input tile is prefetched into L1.
     x86 with one filter per group and one tile copy: 2 (measured on znver5, interleaved with the
     unprefetched kernel: L1 1.10x on one core and 1.43x on two, L2 1.02-1.11x, L3 1.09-1.12x; 1
     and 3 within a few percent of 2). Filter groups: none (4-filter groups of L1 ran 0.6x: the
     prefetch addresses push the group's broadcast weights out of the registers). Three tap
     copies: none (a prefetch per line of a 3x larger tile takes the load ports the aligned copies
-    free: on znver5's stride-2 layers 0.86-1.0x of not prefetching them). NEON: none, not
-    measured on a phone (qemu's timings say nothing about caches)."""
-    return 2 if t.isa != "neon" and filters == 1 and tap_copies != 3 else 0
+    free: on znver5's stride-2 layers 0.86-1.0x of not prefetching them). A task's input tile
+    (`tile_bytes`, every channel) that fits in L1 stays there: none (64-channel layers on znver3,
+    64x56 and 64x112 at 50% kept, 64x224 at 27.8%: 1.06-1.08x without; 128 channels, 46-51 KB:
+    within 3% either way). NEON: none, not measured on a phone (qemu's timings say nothing about
+    caches)."""
+    fits_l1 = tile_bytes is not None and tile_bytes <= t.l1d_bytes
+    return 2 if t.isa != "neon" and filters == 1 and tap_copies != 3 and not fits_l1 else 0
 
 
 def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1)) -> int:
