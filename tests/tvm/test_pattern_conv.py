@@ -250,11 +250,18 @@ def test_avx2_loads_each_kernels_tap_weights_once():
     from sparsec.lower.target import tvm_target
 
     w = pruned(np.random.default_rng(0), 8, 16)
-    kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX2)
-    loops = _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX2)).mod.inspect_source("asm"))
-    assert len(loops) >= len(PATTERNS)  # one loop per pattern
-    for loop in loops:  # the weights: 128-bit loads, shuffled in registers, no broadcast loads
-        assert "vbroadcastf128" in loop and not re.search(r"vbroadcastss\s+[^%\s]*\(", loop)
+    broadcast_load = re.compile(r"vbroadcastss\s+[^%\s]*\(")
+
+    def loops(filters_per_group=1):
+        kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX2,
+                                     knobs=PatternConvKnobs(filters_per_group=filters_per_group))
+        return _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX2)).mod.inspect_source("asm"))
+
+    assert len(loops()) >= len(PATTERNS)  # one loop per pattern
+    for loop in loops():  # the weights: 128-bit loads, shuffled in registers, no broadcast loads
+        assert "vbroadcastf128" in loop and not broadcast_load.search(loop)
+    # filter groups keep broadcast loads (4 filters' shuffles would crowd the FMA pipes)
+    assert all(broadcast_load.search(loop) and "vbroadcastf128" not in loop for loop in loops(2))
     assert "llvm.arithmetic.fence" not in pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX512).func.script()
 
 

@@ -534,7 +534,7 @@ def pattern_conv_kernel(
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)
-    by_lane = register_plan.weights_by_lane(target) and table.patterns.shape[1] == 4
+    by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
     func = _build_func(g, table, knobs, constants, activation, out_shape, name, by_lane, residual)
     return Kernel(func, constants, out_shape, "float32")
 

@@ -81,15 +81,16 @@ def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1)) -> int:
     return 3 if t.isa == "neon" or max(strides) >= 2 else 1
 
 
-def weights_by_lane(t: Target) -> bool:
+def weights_by_lane(t: Target, filters: int = 1) -> bool:
     """Pattern conv: load a kernel's 4 tap weights as one 128-bit vector and take each FMA's
     weight from a lane: NEON's by-element FMLA; on AVX2 one 128-bit broadcast load and an
     in-lane shuffle per tap instead of four broadcast loads. The loop is bound by the load pipes
     (2 x 256-bit loads a cycle on Zen 3 for ~0.9 loads per FMA: an assembly replica of L1's loop
     ran 25 cycles per 32 FMAs, 15.6 without its loads), so 3 fewer loads a kernel pay: measured
-    on znver3, L1-L3 1.05-1.07x. AVX-512 not measured (its broadcasts are FMA memory operands):
-    broadcast loads."""
-    return t.isa in ("neon", "avx2")
+    on znver3, L1-L3 1.05-1.07x. Not with filter groups on AVX2: 4 filters x 2 rows make 16
+    shuffles per 32 FMAs, and the shuffles share a pipe with the FMAs (L1G4 0.87x). AVX-512 not
+    measured (its broadcasts are FMA memory operands): broadcast loads."""
+    return t.isa == "neon" or (t.isa == "avx2" and filters == 1)
 
 
 def gemm_tile(t: Target) -> tuple[int, int]:
