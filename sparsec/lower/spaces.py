@@ -23,10 +23,10 @@ from sparsec.tuning.task import KernelCall
 
 def _resolved(call: KernelCall, knobs, target: Target):
     if call.generator == "pattern_conv":
-        p = call.params
+        p, filters = call.params, len(call.structure["filter_order"])
+        kept = len(call.structure["index"]) / max(1, filters * p["in_shape"][1])
         return pattern_conv.resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
-                                          tuple(p["dilations"]), knobs, target=target,
-                                          filters=len(call.structure["filter_order"]))
+                                          tuple(p["dilations"]), knobs, target=target, filters=filters, kept=kept)
     if call.generator == "dense_conv":
         p = call.params
         return dense_conv.resolve_knobs(tuple(p["weight_shape"]), tuple(p["in_shape"]), tuple(p["strides"]),

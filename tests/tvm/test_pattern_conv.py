@@ -231,11 +231,16 @@ runs_x86_vectors = pytest.mark.skipif(host_isa() not in ("avx2", "avx512"), reas
 
 @runs_x86_vectors
 @pytest.mark.parametrize("knobs", [PatternConvKnobs(), PatternConvKnobs(filters_per_group=2, vectors_per_step=2),
-                                   PatternConvKnobs(channel_block=4, tap_copies=3, rows_per_step=3)])
+                                   PatternConvKnobs(channel_block=4, tap_copies=3, rows_per_step=3),
+                                   # rows padded to a line: the prologue's copy and each task's own
+                                   PatternConvKnobs(channel_block=3, filter_splits=2),
+                                   PatternConvKnobs(channel_block=4, filter_splits=1)])
 def test_avx2_tap_weights_by_lane(knobs):
-    # AVX2: each kernel's 4 tap weights are one load, each tap shuffled out of it
+    # AVX2: each kernel's 4 tap weights are one load, each tap shuffled out of it; channel blocks
+    # of one tile copy pad its rows to a cache line (8 lanes + a 2-column halo fit in one)
     check((1, 8, 11, 13), 6, bias=True, knobs=knobs, target=AVX2)
     check((2, 8, 9, 21), 5, strides=(2, 2), knobs=knobs, target=AVX2, seed=1)
+    check((1, 8, 10, 12), 4, pads=(2, 0, 1, 2), dilations=(2, 1), knobs=knobs, target=AVX2, seed=2)
 
 
 def _fma_loops(asm: str) -> list[str]:
@@ -263,6 +268,31 @@ def test_avx2_loads_each_kernels_tap_weights_once():
     # filter groups keep broadcast loads (4 filters' shuffles would crowd the FMA pipes)
     assert all(broadcast_load.search(loop) and "vbroadcastf128" not in loop for loop in loops(2))
     assert "llvm.arithmetic.fence" not in pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX512).func.script()
+
+
+def test_channel_blocks_come_from_the_register_plan():
+    block = lambda c, size, kept, target=AVX2, **knobs: resolve_knobs(  # noqa: E731
+        (1, c, size, size), knobs=PatternConvKnobs(**knobs), target=target, filters=c, kept=kept).channel_block
+    # L1's shape: 64 channels give each filter 32 kernels, their 10 x 10-float rows fit in L1 (25.6 KB)
+    assert block(256, 56, 0.5) == 64 and block(256, 14, 0.5) == 64
+    assert block(256, 56, 0.278) == 0  # 32 kernels need 128 channels: 51 KB, more than L1
+    assert block(512, 28, 0.5) == 0  # tile and partial sums (298 KB) over half of L2
+    assert block(64, 56, 0.5) == 0  # one block already
+    assert block(256, 56, 0.5, AVX512) == 0 and block(256, 56, 0.5, ARM64) == 0  # not measured there
+    assert block(256, 56, 0.5, channel_block=0) == 0 and block(256, 56, 0.5, channel_block=16) == 16
+    assert resolve_knobs((1, 256, 56, 56), target=AVX2).channel_block == 0  # kept kernels unknown
+    plan = resolve_knobs((1, 256, 56, 56), target=AVX2, filters=256, kept=0.5)
+    assert plan.prefetch == 0  # a block's tile stays in L1
+
+
+def test_blocked_rows_are_padded_to_a_line():
+    from sparsec.lower.kernels.pattern_conv import _geometry
+
+    plan = lambda **knobs: _geometry((1, 256, 56, 56), (1, 1), (1,) * 4, (1, 1),  # noqa: E731
+                                     resolve_knobs((1, 256, 56, 56), knobs=PatternConvKnobs(**knobs), target=AVX2))
+    assert (plan(channel_block=64).qw, plan(channel_block=64).pitch) == (10, 16)
+    assert plan(channel_block=0).pitch == 10  # in L2 the padding costs more than the split loads
+    assert plan(channel_block=64, tap_copies=3).pitch == 8  # aligned copies: no split loads to save
 
 
 def test_auto_rows_pad_the_height_least():
