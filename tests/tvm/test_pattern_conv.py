@@ -283,6 +283,11 @@ def test_channel_blocks_come_from_the_register_plan():
     assert resolve_knobs((1, 256, 56, 56), target=AVX2).channel_block == 0  # kept kernels unknown
     plan = resolve_knobs((1, 256, 56, 56), target=AVX2, filters=256, kept=0.5)
     assert plan.prefetch == 0  # a block's tile stays in L1
+    # strided: 3 aligned copies of 15 rows x 8 columns (1440 bytes a channel) -> 32 in 48 KB, 1.5x L1
+    strided = lambda c, size, kept: resolve_knobs(  # noqa: E731
+        (1, c, size, size), (2, 2), target=AVX2, filters=c, kept=kept).channel_block
+    assert strided(512, 14, 0.5) == 32 and strided(256, 28, 0.278) == 32 and strided(64, 112, 0.5) == 16
+    assert strided(32, 56, 0.5) == 0  # one block already
 
 
 def test_blocked_rows_are_padded_to_a_line():

@@ -523,7 +523,7 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     if tile.channel_block < 0:
         g = _geometry(in_shape, strides, pads, dilations, replace(tile, channel_block=0))
         block = register_plan.pattern_channel_block(target, g.c, kept or 0.0, g.tile_bytes(1),
-                                                    (filters or 0) * g.rows * g.tile_w * 4)
+                                                    (filters or 0) * g.rows * g.tile_w * 4, g.tap_copies)
         tile = replace(tile, channel_block=block)
     if tile.prefetch >= 0:
         return tile

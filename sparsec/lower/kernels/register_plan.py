@@ -67,17 +67,28 @@ def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1, tile_byte
     return 2 if t.isa != "neon" and filters == 1 and tap_copies != 3 and not fits_l1 else 0
 
 
-def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_bytes: int, sums_bytes: int) -> int:
+def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_bytes: int, sums_bytes: int,
+                          tap_copies: int = 1) -> int:
     """Pattern conv: input channels per block (0: one block of all). A block's input tiles stay in
-    L1 while every filter uses them (rows padded to a line, so no load splits), for the price of
-    partial sums carried between blocks and 8 more pattern loops per block. AVX2: the smallest
-    power of two giving each filter 32 kept kernels a block, if that block's tile fits in L1 and
-    the task's whole tile plus its partial sums (`sums_bytes`) in half of L2 (the streaming
-    weights leave the rest). Measured on znver3 against one block: blocks of 64 on L1 1.10x, L3
-    1.06x, 256x28 at 50% kept 1.08x; where the rule says no: 512 channels 0.74-0.91x, 27.8% kept
-    (18 kernels a block) 0.97-0.99x. Elsewhere not measured: one block."""
+    L1 while every filter uses them (one-copy rows padded to a line, so no load splits), for the
+    price of partial sums carried between blocks and 8 more pattern loops per block. AVX2 only
+    (measured on znver3 against one block; elsewhere one block):
+    - one tile copy (stride 1): the smallest power of two giving each filter 32 kept kernels a
+      block, if that block's tile fits in L1 and the task's whole tile plus its partial sums
+      (`sums_bytes`) in half of L2 (the streaming weights take the rest). Blocks of 64: L1 1.10x,
+      L3 1.06x, 256x28 at 50% kept 1.08x; where the rule says no: 512 channels 0.74-0.91x, 27.8%
+      kept (18 kernels a block) 0.97-0.99x.
+    - three aligned copies (strided layers, 1.4-1.6 KB a channel): every load is its own, so the
+      tile's residency is all that counts: the largest power of two whose tile fits in 1.5x L1.
+      ResNet-50's stride-2 shapes at 50% kept: 128x56 1.39x (blocks of 16: 1.49x), 256x28 1.45x,
+      512x14 1.56x (16: 1.30x); 64x112 with blocks of 16 1.42x (32: 1.22x); 256x28 at 27.8% 1.30x."""
     if t.isa != "avx2" or kept <= 0:
         return 0
+    if tap_copies == 3:
+        block = 8
+        while 2 * block * channel_tile_bytes <= 3 * t.l1d_bytes // 2:
+            block *= 2
+        return block if block < channels and block * channel_tile_bytes <= 3 * t.l1d_bytes // 2 else 0
     block = 32
     while block * kept < 32:
         block *= 2
