@@ -145,11 +145,11 @@ def table_to_dense(table, channels):
     """Rebuild the weight from a kernel table (groups of filters, channel blocks)."""
     width, taps = table.filters_per_group, len(table.patterns)
     dense = np.zeros((table.num_filters, channels, 9), np.float32)
+    starts, counts = table.runs()
     for grp in range(table.num_groups):
-        base = int(table.offset[grp])
-        for run in range(table.stride.shape[1] - 1):
+        for run in range(starts.shape[1]):
             p = run % taps
-            for k in range(base + int(table.stride[grp, run]), base + int(table.stride[grp, run + 1])):
+            for k in range(starts[grp, run], starts[grp, run] + counts[grp, run]):
                 c = int(table.index[k])
                 assert c // table.channel_block == run // taps  # the kernel sits in its block
                 for f in range(width):

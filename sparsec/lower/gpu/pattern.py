@@ -62,7 +62,7 @@ def group_table(fkw: FKW, in_channels: int, width: int, block: int) -> GroupTabl
     """Pad each group of `width` consecutive stored filters to equal (block, pattern) runs."""
     table = kernel_table(fkw, in_channels, 1, block)
     num_patterns = len(fkw.patterns)
-    counts = np.diff(table.stride.astype(np.int64), axis=1)  # (O, R)
+    src_starts, counts = table.runs()  # (O, R)
     groups = -(-fkw.num_filters // width)
     padded = np.zeros((groups * width, counts.shape[1]), np.int64)
     padded[: len(counts)] = counts
@@ -76,13 +76,12 @@ def group_table(fkw: FKW, in_channels: int, width: int, block: int) -> GroupTabl
     index = np.zeros(total, np.int64)
     weight = np.zeros((total, fkw.taps_per_pattern), np.float32)
     starts = np.concatenate([np.zeros((groups, 1), np.int64), np.cumsum(group_counts, axis=1)], axis=1)
-    src_offset, src_stride = table.offset.astype(np.int64), table.stride.astype(np.int64)
     for s in range(fkw.num_filters):
         g = s // width
         for r in np.nonzero(group_counts[g])[0]:
             dst = offset[s] + starts[g, r]
             n, pad = counts[s, r], group_counts[g, r]
-            src = src_offset[s] + src_stride[s, r]
+            src = src_starts[s, r]
             index[dst: dst + n] = table.index[src: src + n]
             weight[dst: dst + n] = table.weight[src: src + n, 0]
             index[dst + n: dst + pad] = run_block[r] * block

@@ -316,11 +316,12 @@ def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
     return tirx.Shuffle([every_part], [4 * (i // 4) + tap for i in range(lanes)])
 
 
-def _emit_pattern_loop(x: _Ctx, acc, p: int, run, grp, t: _Tile):
-    """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of one (block, pattern) run."""
+def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile):
+    """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of pattern p in the table's
+    row (block, group)."""
     g, lanes = x.g, x.g.lanes
-    base = _i32(x.offset[grp])
-    with T.serial(base + _i32(x.stride[grp, run]), base + _i32(x.stride[grp, run + 1])) as k:
+    base = _i32(x.offset[row])
+    with T.serial(base + _i32(x.stride[row, p]), base + _i32(x.stride[row, p + 1])) as k:
         c = _i32(x.index[k])
         if x.prefetch:
             _emit_prefetch(x, tirx.min(k + x.prefetch, x.index.shape[0] - 1), t)
@@ -348,7 +349,7 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
     for p in range(len(x.patterns)):
-        _emit_pattern_loop(x, acc, p, blk * len(x.patterns) + p, grp, t)
+        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t)
 
 
 def _emit_copy(dst, src, x: _Ctx, dst_pre=(), src_pre=()):
