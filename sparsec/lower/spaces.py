@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from sparsec.ir.knobs import Knobs
 from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_plan
 from sparsec.lower.kernels.common import ceil_div, conv_output_size
-from sparsec.lower.kernels.dense_conv import DenseConvKnobs
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
 from sparsec.tuning.space import Knob, Space, values
@@ -122,7 +121,11 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
     pointwise = (1, 2) if pointwise_conv.supports(tuple(p["weight_shape"][2:]), p["pads"], p["groups"]) else (1,)
 
-    direct_only = {name: getattr(DenseConvKnobs(), name) for name in ("tiles_per_block", "channel_block", "out_groups")}
+    # the direct conv's own knobs at their defaults for this layer (0 where Winograd or vectors across
+    # filters are the default: they leave the direct knobs unresolved)
+    names = ("tiles_per_block", "channel_block", "out_groups")
+    defaults = knobs_used(call, None, target, names)
+    direct_only = {name: defaults[name] for name in names}
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:

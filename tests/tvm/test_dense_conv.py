@@ -21,6 +21,7 @@ pytestmark = pytest.mark.tvm
 HOST = host()  # this machine, as it is (AVX2 or AVX-512, as the session's machine has)
 # plans measured on AVX-512 (16 lanes, 32 registers), checked without compiling on any host
 AVX512 = resolve_target(spec='{"isa": "avx512", "tvm": {"mcpu": "znver5"}}')
+AVX2 = resolve_target(spec='{"isa": "avx2", "tvm": {"mcpu": "haswell"}}')
 
 ACTIVATIONS = {
     "relu": (Activation("relu"), lambda y: np.maximum(y, 0)),
@@ -269,3 +270,29 @@ def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
         plan(256, pads=(1, 1, 1, 1), knobs=DenseConvKnobs(pointwise=2))
     with pytest.raises(ValueError, match=r"knob pointwise must be 0 \(auto\), 1 \(vectors of pixels\) or 2"):
         DenseConvKnobs(pointwise=3)
+
+
+def test_channel_blocks_come_from_the_register_plan():
+    block = lambda w, **kw: resolve_knobs(w, (1, w[1], 14, 14), target=AVX2, **kw).channel_block  # noqa: E731
+    assert block((64, 512, 1, 1)) == 256  # a 1x1's reduction is one tap a channel: long blocks
+    assert block((64, 64, 3, 3), strides=(2, 2), pads=(1,) * 4) == 64  # 9 taps a channel
+    assert block((64, 512, 1, 1), knobs=DenseConvKnobs(channel_block=32)) == 32
+    check((1, 300, 5, 5), (7, 300, 1, 1))  # blocks of 150 (the largest divisor of 300 up to 256)
+
+
+def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
+    from sparsec.lower.spaces import space_for
+    from sparsec.models import conv1x1_layer
+    from sparsec.prune import weight_layers
+    from sparsec.tuning.task import extract_tasks
+
+    model = conv1x1_layer((1, 256, 7, 7), 64)
+    masks = {layer.weight: np.ones(layer.shape, bool) for layer in weight_layers(model)}
+    module = optimize(import_model(model, masks))
+    (task,) = [t for t in extract_tasks(module, AVX2) if t.generator == "dense_conv"]
+    space = space_for(task.call, AVX2)
+    changed = lambda **kv: Knobs.of({**space.default, **kv})  # noqa: E731
+    assert (space.default["pointwise"], space.default["channel_block"]) == (1, 256)  # the direct conv's, resolved
+    assert space.problem(changed(pointwise=2)) is None  # at the direct knobs' own defaults
+    assert space.problem(changed(pointwise=2, channel_block=64)) == \
+        "vectors across filters ignore the direct conv's blocks (one point of them is enough)"

@@ -48,7 +48,7 @@ class DenseConvKnobs:
     vectors: int = 0  # SIMD vectors of output pixels per register tile
     lanes: int = 0  # SIMD lanes (the target's fp32 lanes)
     tiles_per_block: int = 4  # register tiles along the pixels per parallel work item
-    channel_block: int = 64  # input channels per L1 block of the reduction
+    channel_block: int = 0  # input channels per block of the reduction (0: the register plan's)
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
     dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
     winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
@@ -57,7 +57,7 @@ class DenseConvKnobs:
     # pixels x `vectors` filter vectors), 1 = across pixels (the GEMM above), 0 = the plan's choice
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "winograd", "pointwise"))
+        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "channel_block", "winograd", "pointwise"))
         if self.pointwise > 2:
             raise ValueError(f"knob pointwise must be 0 (auto), 1 (vectors of pixels) or 2 (vectors of filters), "
                              f"got {self.pointwise}")
@@ -177,7 +177,7 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
     og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
     og = min(og, ceil_div(g.o, ob))
     op = ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
-    rb = _largest_divisor(g.cg, k.channel_block)
+    rb = _largest_divisor(g.cg, k.channel_block or register_plan.gemm_channel_block(g.kh * g.kw))
     return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 
@@ -418,7 +418,9 @@ def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, kn
                     target: Target) -> DenseConvKnobs:
     """The register tile, when the knobs leave it to the plan: among the target's tiles, the one
     whose plan does the least padded work (then the one with more accumulators)."""
-    resolved = knobs.resolved(target)
+    taps = int(np.prod(weight_shape[2:]))
+    resolved = replace(knobs.resolved(target),
+                       channel_block=knobs.channel_block or register_plan.gemm_channel_block(taps))
     if knobs.out_block or knobs.vectors or groups > 1 or int(weight_shape[1]) == 1:
         return resolved
     g = _geometry(np.empty(weight_shape, np.float32), in_shape, strides, pads, dilations, groups)
