@@ -35,14 +35,16 @@ from sparsec.target import Target
 
 @dataclass(frozen=True)
 class PatternConvKnobs:
-    """Schedule knobs (the auto-tuner's search space); 0 means "choose from the shape and target".
+    """Schedule knobs (the auto-tuner's search space); 0 (-1 where 0 has a meaning of its own)
+    means "choose from the shape and target".
 
     Width and register plan come from the target (`register_plan`): the vector width is its fp32
     lanes, a tile row at least 8 pixels, and rows x vectors x filters about the accumulators its
     registers leave. Measured on znver3 (AVX2): filter groups (union of the filters' kernels)
     are 2x slower on randomly pruned layers, and 16% faster when filter pairs share their
     (channel, pattern) kernels (F=2, R=4; `sparsec.fkw.KernelTable`); channel blocks (L1 reuse
-    of input tiles across filters) gain what their extra, shorter pattern loops cost.
+    of input tiles across filters) pay where each filter keeps enough kernels a block, and on
+    strided layers (`register_plan.pattern_channel_block`).
     """
 
     filters_per_group: int = 1  # filters sharing each loaded input vector (filter-level LRE)
