@@ -28,7 +28,9 @@ from sparsec.passes.base import Pass, not_an_option, register
 from sparsec.passes.rewrite import replace_op, sole_user_weight
 from sparsec.sparsity import kernel_tap_sets
 
-# Fraction of the dense kernel's MAC throughput each format's kernel reaches (znver3, AVX2).
+# Fraction of the dense kernel's MAC throughput each format's kernel reaches, for the pass run
+# without a target (`sparsec opt`): round figures from znver3's early kernels (2026-11). Every
+# compile passes its target's own (`Target.throughputs`: shipped per ISA, or `sparsec calibrate`'s).
 RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
 
 
