@@ -121,18 +121,18 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
     pointwise = (1, 2) if pointwise_conv.supports(tuple(p["weight_shape"][2:]), p["pads"], p["groups"]) else (1,)
 
-    # the direct conv's own knobs at their defaults for this layer (0 where Winograd or vectors across
-    # filters are the default: they leave the direct knobs unresolved)
+    # the direct conv's own knobs at their defaults for this layer (as resolved: 0 where the default
+    # algorithm leaves them unused); Winograd ignores them all, vectors across filters block channels
     names = ("tiles_per_block", "channel_block", "out_groups")
     defaults = knobs_used(call, None, target, names)
-    direct_only = {name: defaults[name] for name in names}
+    ignored = {"Winograd ignores": names, "vectors across filters ignore": ("tiles_per_block", "out_groups")}
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
             return "the register tile takes more than the vector registers"
         other = "Winograd ignores" if c["winograd"] > 1 else "vectors across filters ignore" \
             if c["pointwise"] == 2 else None
-        if other and any(c[name] != value for name, value in direct_only.items()):
+        if other and any(c[name] != defaults[name] for name in ignored[other]):
             return f"{other} the direct conv's blocks (one point of them is enough)"
         return None
 

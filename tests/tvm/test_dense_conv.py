@@ -258,6 +258,16 @@ def test_pointwise_partial_last_tile():
     check((1, 8, 5, 6), (20, 8, 1, 1), knobs=DenseConvKnobs(pointwise=2, out_block=13, vectors=1))
 
 
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_pointwise_channel_blocks(block):
+    """Sums carried between blocks of channels (3 leaves a short last block of 40), every tile per block."""
+    for target in (HOST, AVX2) if HOST.isa in ("avx2", "avx512") else (HOST,):
+        check((1, 40, 7, 7), (24, 40, 1, 1), bias=True, act="relu", residual=True, target=target,
+              knobs=DenseConvKnobs(pointwise=2, channel_block=block))
+        check((2, 40, 9, 11), (16, 40, 1, 1), strides=(2, 2), target=target,
+              knobs=DenseConvKnobs(pointwise=2, channel_block=block, out_block=4))
+
+
 def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
     plan = lambda c, target=AVX512, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
     assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels
@@ -273,11 +283,18 @@ def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
 
 
 def test_channel_blocks_come_from_the_register_plan():
-    block = lambda w, **kw: resolve_knobs(w, (1, w[1], 14, 14), target=AVX2, **kw).channel_block  # noqa: E731
-    assert block((64, 512, 1, 1)) == 256  # a 1x1's reduction is one tap a channel: long blocks
-    assert block((64, 64, 3, 3), strides=(2, 2), pads=(1,) * 4) == 64  # 9 taps a channel
-    assert block((64, 512, 1, 1), knobs=DenseConvKnobs(channel_block=32)) == 32
-    check((1, 300, 5, 5), (7, 300, 1, 1))  # blocks of 150 (the largest divisor of 300 up to 256)
+    block = lambda w, target=AVX2, **kw: resolve_knobs(w, (1, w[1], 14, 14), target=target, **kw)  # noqa: E731
+    assert (block((64, 128, 1, 1)).pointwise, block((64, 128, 1, 1)).channel_block) == (1, 256)  # long: 1 tap
+    assert block((64, 64, 3, 3), strides=(2, 2), pads=(1,) * 4).channel_block == 64  # 9 taps a channel
+    assert block((64, 128, 1, 1), knobs=DenseConvKnobs(channel_block=32)).channel_block == 32
+    # vectors across filters (256+ channels on x86): blocks of 64 on AVX2, one block on AVX-512
+    assert (block((64, 512, 1, 1)).pointwise, block((64, 512, 1, 1)).channel_block) == (2, 64)
+    assert (block((64, 512, 1, 1), AVX512).pointwise, block((64, 512, 1, 1), AVX512).channel_block) == (2, 0)
+    assert block((64, 512, 1, 1), strides=(2, 2)).pointwise == 1  # strided on AVX2: pixel vectors
+    wide = lambda size: resolve_knobs((64, 512, 1, 1), (1, 512, size, size), target=AVX2).pointwise  # noqa: E731
+    assert (wide(7), wide(14), wide(28)) == (2, 2, 1)  # a 28x28 plane's sums (50 KB) leave L1
+    assert block((64, 512, 1, 1), AVX512, strides=(2, 2)).pointwise == 2
+    check((1, 150, 5, 5), (7, 150, 1, 1), knobs=DenseConvKnobs(pointwise=1, channel_block=100))  # blocks of 75
 
 
 def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
@@ -286,13 +303,18 @@ def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
     from sparsec.prune import weight_layers
     from sparsec.tuning.task import extract_tasks
 
-    model = conv1x1_layer((1, 256, 7, 7), 64)
-    masks = {layer.weight: np.ones(layer.shape, bool) for layer in weight_layers(model)}
-    module = optimize(import_model(model, masks))
-    (task,) = [t for t in extract_tasks(module, AVX2) if t.generator == "dense_conv"]
-    space = space_for(task.call, AVX2)
-    changed = lambda **kv: Knobs.of({**space.default, **kv})  # noqa: E731
-    assert (space.default["pointwise"], space.default["channel_block"]) == (1, 256)  # the direct conv's, resolved
-    assert space.problem(changed(pointwise=2)) is None  # at the direct knobs' own defaults
-    assert space.problem(changed(pointwise=2, channel_block=64)) == \
+    def space(channels):
+        model = conv1x1_layer((1, channels, 7, 7), 64)
+        masks = {layer.weight: np.ones(layer.shape, bool) for layer in weight_layers(model)}
+        module = optimize(import_model(model, masks))
+        (task,) = [t for t in extract_tasks(module, AVX2) if t.generator == "dense_conv"]
+        return space_for(task.call, AVX2)
+
+    direct, across = space(128), space(256)
+    assert (direct.default["pointwise"], direct.default["channel_block"]) == (1, 256)  # resolved
+    assert (across.default["pointwise"], across.default["channel_block"]) == (2, 64)
+    changed = lambda s, **kv: Knobs.of({**s.default, **kv})  # noqa: E731
+    assert direct.problem(changed(direct, pointwise=2)) is None  # at the direct knobs' own defaults
+    assert across.problem(changed(across, channel_block=32)) is None  # vectors across filters block channels
+    assert across.problem(changed(across, tiles_per_block=8)) == \
         "vectors across filters ignore the direct conv's blocks (one point of them is enough)"

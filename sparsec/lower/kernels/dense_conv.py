@@ -396,7 +396,8 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
         raise ValueError(f"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "
                          f"{tuple(weight_shape[2:])}, pads {tuple(pads)}, groups {groups}")
     if knobs.pointwise == 0:
-        across = pointwise and register_plan.pointwise_across_filters(target, int(weight_shape[1]))
+        plane = math.prod(conv_output_size(int(size), 0, 0, 1, stride) for size, stride in zip(in_shape[2:], strides))
+        across = pointwise and register_plan.pointwise_across_filters(target, int(weight_shape[1]), strides, plane)
         knobs = replace(knobs, pointwise=2 if across else 1)
     if knobs.pointwise == 2:
         return _resolve_pointwise(in_shape, strides, knobs, target)
@@ -411,7 +412,8 @@ def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target)
     vectors = knobs.vectors or vectors
     oh, ow = (conv_output_size(int(size), 0, 0, 1, stride) for size, stride in zip(in_shape[2:], strides))
     pixels = knobs.out_block or pointwise_conv.pixel_tile(oh * ow, accumulators, vectors)
-    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes())
+    block = knobs.channel_block or register_plan.pointwise_channel_block(target, int(in_shape[1]))
+    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), channel_block=block)
 
 
 def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs: DenseConvKnobs,
@@ -456,7 +458,7 @@ def dense_conv_kernel(
     if knobs.pointwise == 2:
         return pointwise_conv.pointwise_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,
-            bias=bias, activation=activation, residual=residual, name=name)
+            channel_block=knobs.channel_block, bias=bias, activation=activation, residual=residual, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,

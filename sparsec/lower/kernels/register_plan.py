@@ -157,19 +157,35 @@ def gemm_tiles(t: Target) -> tuple[tuple[int, int], ...]:
     return tuple(tiles)
 
 
-def pointwise_across_filters(t: Target, channels: int) -> bool:
+def pointwise_across_filters(t: Target, channels: int, strides: tuple[int, int] = (1, 1), plane: int = 0) -> bool:
     """Unpadded dense 1x1 convs: vectors across filters (pixels broadcast) rather than across
-    pixels. x86 with 32 registers and at least 256 input channels: measured on znver5 over
-    ResNet-50's 1x1 convs, 1.05-1.85x faster (7x7 planes no longer pad 49 pixels to 64, strided
-    ones read their pixels directly); with 64-128 channels 0.7-0.9x (the per-tile epilogue
-    weighs). Elsewhere not measured: vectors across pixels."""
-    return _x86_wide(t) and channels >= 256
+    pixels. AVX-512 with at least 256 input channels: measured on znver5 over ResNet-50's 1x1
+    convs, 1.05-1.85x faster (7x7 planes no longer pad 49 pixels to 64, strided ones read their
+    pixels directly); with 64-128 channels 0.7-0.9x (the per-tile epilogue weighs). AVX2 (16
+    registers: 6 pixels x 2 vectors, channel blocks of 64), measured on znver3 inside ResNet-50:
+    with 256+ channels, stride 1 and the output plane's partial sums (`plane` pixels x 16 filters)
+    in L1: the 14x14 and 7x7 layers 1.02-1.22x; 28x28 planes (50 KB of sums) 0.94-1.01x, 56x56
+    0.88-0.98x, strided 0.72-0.86x (a block's pixels, every other one of whole rows, leave L1).
+    NEON and SSE not measured: vectors across pixels."""
+    if t.isa == "avx2":
+        sums = plane * pointwise_tile(t)[0] * t.lanes() * 4
+        return channels >= 256 and tuple(strides) == (1, 1) and 0 < sums <= t.l1d_bytes
+    return t.isa == "avx512" and channels >= 256
 
 
 def pointwise_tile(t: Target) -> tuple[int, int]:
     """Vectors across filters: (filter vectors, accumulators) of the register tile: 2 vectors and
-    all registers but 4 (measured on znver5: 2 x 14 pixels 1.3-2x faster than 4 x 7)."""
+    all registers but 4 (measured on znver5: 2 x 14 pixels 1.3-2x faster than 4 x 7; on znver3
+    2 x 6: 3 x 4 and 2 x 7 (a spill) ran 0.5x)."""
     return 2, t.vector_registers - 4
+
+
+def pointwise_channel_block(t: Target, channels: int) -> int:
+    """Vectors across filters: input channels per block (0: one). AVX2: 64, so a block's weights
+    (64 x 2 vectors) and inputs stay in L1 while every pixel tile of the plane uses them (znver3:
+    unblocked 0.66-0.8x of the pixel-vector GEMM, blocks of 64 1.07-1.25x; 32 and 128 within 5%).
+    AVX-512: one block, as measured on znver5 (blocks not measured there)."""
+    return 64 if t.isa == "avx2" and channels > 64 else 0
 
 
 def _x86_wide(t: Target) -> bool:
