@@ -35,10 +35,11 @@ RELATIVE_THROUGHPUT = {"dense": 1.0, "pattern": 0.7, "csr": 0.55}
 
 
 def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[str, float] = RELATIVE_THROUGHPUT,
-                  dense_work: float = 1.0) -> Layout:
+                  dense_work: float = 1.0, pattern_work: float = 1.0) -> Layout:
     """The cheapest format for this weight under the cost model, among those the legality table
     allows for this op (a 1x1 conv with padding never gets CSR, a grouped conv never patterns).
-    `dense_work`: the dense kernel's work per multiply-add of the direct conv (Winograd's < 1)."""
+    `dense_work`: the dense kernel's work per multiply-add of the direct conv (Winograd's < 1);
+    `pattern_work`: the pattern kernel's per kept multiply-add (its padded tiles: >= 1)."""
     legal = legal_layouts(op, weight.type)
     mask = weight.mask
     kept, total = int(mask.sum()), mask.size
@@ -47,7 +48,7 @@ def choose_layout(op: Op, weight: Weight, max_patterns: int, throughput: dict[st
     if patterns and len(patterns) <= max_patterns:
         # the kernel multiplies every tap of a kept kernel's pattern, zeros in a subset included
         stored = int(np.count_nonzero(kernel_tap_sets(mask))) * len(patterns[0])
-        costs["pattern"] = stored / throughput["pattern"]
+        costs["pattern"] = stored * pattern_work / throughput["pattern"]
     if CSR.kind in legal:
         costs["csr"] = kept / throughput["csr"]
     best = min(costs, key=lambda k: (costs[k], k != "dense"))  # a tie goes to dense
@@ -68,6 +69,9 @@ class AnalyzeSparsity(Pass):
     # (conv op, input shape, weight shape) -> the target's dense kernel's work per direct
     # multiply-add (Winograd's estimate for a dense 3x3 conv); set by the driver, None = direct
     dense_work: Callable[[Conv2d, tuple[int, ...], tuple[int, ...]], float] | None = not_an_option()
+    # (conv op, input shape) -> the target's pattern kernel's work per kept multiply-add (its tiles'
+    # padding); set by the driver, None = 1
+    pattern_work: Callable[[Conv2d, tuple[int, ...]], float] | None = not_an_option()
 
     def apply(self, module: Module) -> Module:
         for op in module.ops:
@@ -78,10 +82,12 @@ class AnalyzeSparsity(Pass):
     def _assign(self, module: Module, op: Conv2d | Linear) -> Module:
         weight = sole_user_weight(module, op, op.weight)
         throughput = {"dense": 1.0, "pattern": self.pattern_throughput, "csr": self.csr_throughput}
-        work = 1.0
+        work, padded = 1.0, 1.0
         if self.dense_work is not None and isinstance(op, Conv2d):
             work = self.dense_work(op, module.types[op.input].shape, weight.type.shape)
-        layout = choose_layout(op, weight, self.max_patterns, throughput, work)
+        if self.pattern_work is not None and isinstance(op, Conv2d) and weight.type.shape[2:] == (3, 3):
+            padded = self.pattern_work(op, module.types[op.input].shape)
+        layout = choose_layout(op, weight, self.max_patterns, throughput, work, padded)
         parts = {"mask": weight.mask} if "mask" in layout.parts else {}
         new_weight = dataclasses.replace(weight, layout=layout, parts=parts)
         return replace_op(module, op, dataclasses.replace(op, weight=f"@{new_weight.name}"), (new_weight,))

@@ -29,8 +29,8 @@ def optimize(module: Module, *, verify_each: bool = False, dump: Callable[[str, 
 
 def for_target(steps: list, target: Target | None) -> list:
     """The passes with analyze-sparsity's cost model set from the target (its throughputs and, on
-    a CPU, the dense convs' Winograd estimate); for a GPU target, fuse-epilogue leaves residual
-    adds alone (its conv kernels take no residual input)."""
+    a CPU, the dense convs' Winograd estimate and the pattern kernel's padded tiles); for a GPU
+    target, fuse-epilogue leaves residual adds alone (its conv kernels take no residual input)."""
     from sparsec.passes.registry import AnalyzeSparsity, FuseEpilogue
 
     if target is None:
@@ -38,6 +38,7 @@ def for_target(steps: list, target: Target | None) -> list:
     speeds = dict(pattern_throughput=target.throughputs.pattern, csr_throughput=target.throughputs.csr)
     if target.kind == "cpu":
         speeds["dense_work"] = functools.partial(_dense_conv_work, target=target)
+        speeds["pattern_work"] = functools.partial(_pattern_conv_work, target=target)
     options = {AnalyzeSparsity: speeds, FuseEpilogue: dict(residual=False) if target.kind == "gpu" else {}}
     return [dataclasses.replace(p, **options[type(p)]) if type(p) in options else p for p in steps]
 
@@ -47,6 +48,13 @@ def _dense_conv_work(op, in_shape: tuple[int, ...], weight_shape: tuple[int, ...
     from sparsec.lower.kernels.winograd_plan import algorithm_work
 
     return algorithm_work(weight_shape, in_shape, op.strides, op.pads, op.dilations, op.groups, target=target)
+
+
+def _pattern_conv_work(op, in_shape: tuple[int, ...], *, target: Target) -> float:
+    """The pattern conv kernel's work per kept multiply-add for `op` on `target` (its padded tiles)."""
+    from sparsec.lower.kernels.pattern_conv import padded_work
+
+    return padded_work(in_shape, op.strides, op.pads, op.dilations, target=target)
 
 
 def import_model(model: str | os.PathLike | onnx.ModelProto, masks: dict[str, np.ndarray] | str | os.PathLike | None,
