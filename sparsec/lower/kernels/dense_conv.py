@@ -177,7 +177,7 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
     og = k.out_groups if g.groups == 1 or (g.o // ob) % k.out_groups == 0 else 1
     og = min(og, ceil_div(g.o, ob))
     op = ceil_div(g.o, ob * og) * ob * og if g.groups == 1 else g.o
-    rb = _largest_divisor(g.cg, k.channel_block or register_plan.gemm_channel_block(g.kh * g.kw))
+    rb = _largest_divisor(g.cg, k.channel_block)  # resolved by `_resolve_direct`
     return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 

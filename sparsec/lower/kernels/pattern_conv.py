@@ -114,6 +114,11 @@ class _Geometry:
         return -(-self.ow // self.tile_w)
 
     @property
+    def padded_area(self) -> int:
+        """Output pixels the tiles compute, the padding past the plane's edges included."""
+        return self.tiles_y * self.rows * self.tiles_x * self.tile_w
+
+    @property
     def in_rows(self) -> int:
         """Input rows one tile reads."""
         return (self.rows - 1) * self.strides[0] + 2 * self.dilations[0] + 1
@@ -510,7 +515,7 @@ def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *
     output's (a 28-wide plane in 8-lane vectors computes 32 columns, a 7-wide one 8: 1.14)."""
     knobs = resolve_knobs(in_shape, strides, pads, dilations, target=target)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, channel_block=0))
-    return g.tiles_y * g.rows * g.tiles_x * g.tile_w / (g.oh * g.ow)
+    return g.padded_area / (g.oh * g.ow)
 
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target,
@@ -526,9 +531,7 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
                                                                          accumulators)) for v in choices]
 
     def padded_area(k: PatternConvKnobs) -> tuple[int, int]:
-        width = k.vector_width * k.vectors_per_step
-        return -(-g.oh // k.rows_per_step) * k.rows_per_step * -(-g.ow // width) * width, \
-            -k.rows_per_step * k.vectors_per_step
+        return _geometry(in_shape, strides, pads, dilations, k).padded_area, -k.rows_per_step * k.vectors_per_step
 
     tile = min(tiles, key=padded_area)
     if tile.channel_block < 0:
