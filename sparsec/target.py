@@ -118,6 +118,7 @@ class Target:
     cc: str  # the compiler that links the artifact ("" = TVM's default host compiler)
     throughputs: Throughputs
     qemu_cpu: str = ""  # the qemu CPU model that emulates this core ("" = none)
+    cache_line_bytes: int = 64  # of the L1 data cache (64 on every x86 and ARM core we target)
     # GPU targets only (kind gpu): the most work-items of one work-group and the local memory one
     # work-group may use; the CPU fields above then describe the host code.
     work_group_size: int = 0
@@ -135,6 +136,8 @@ class Target:
                             f"8..64 (got {self.vector_bits}, {self.vector_registers})")
         if self.threads < 1 or self.l1d_bytes < 1024 or self.l2_bytes < self.l1d_bytes:
             raise UserError(f"target {self.name}: threads >= 1, l1d_bytes >= 1024 and l2_bytes >= l1d_bytes")
+        if self.cache_line_bytes not in (32, 64, 128):
+            raise UserError(f"target {self.name}: cache_line_bytes must be 32, 64 or 128 (got {self.cache_line_bytes})")
         if "kind" not in self.tvm_dict():
             raise UserError(f"target {self.name}: its TVM target has no 'kind'")
 
@@ -274,6 +277,14 @@ def _cache_bytes(level: int, default_kb: int) -> int:
     return default_kb * 1024
 
 
+def _cache_line_bytes(default: int = 64) -> int:
+    """The L1 data cache's line size from sysfs, else the default."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size").read_text()) or default
+    except (OSError, ValueError):
+        return default
+
+
 def host_threads() -> int:
     """Threads for the host target: TVM_NUM_THREADS if set, else every core."""
     return int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
@@ -288,7 +299,8 @@ def host(cpu: str, threads: int | None = None) -> Target:
     if arch == "aarch64":
         tvm.update({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
     return Target("host", "cpu", arch, cpu, isa, _canonical(tvm), bits, registers, _cache_bytes(1, 32),
-                  _cache_bytes(2, 512), threads, "", throughputs_for(arch, cpu, isa))
+                  _cache_bytes(2, 512), threads, "", throughputs_for(arch, cpu, isa),
+                  cache_line_bytes=_cache_line_bytes())
 
 
 # --- arm64 ---------------------------------------------------------------------------------------

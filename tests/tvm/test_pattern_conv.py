@@ -274,11 +274,14 @@ def test_avx2_loads_each_kernels_tap_weights_once():
 def test_channel_blocks_come_from_the_register_plan():
     block = lambda c, size, kept, target=AVX2, **knobs: resolve_knobs(  # noqa: E731
         (1, c, size, size), knobs=PatternConvKnobs(**knobs), target=target, filters=c, kept=kept).channel_block
-    # L1's shape: 64 channels give each filter 32 kernels, their 10 x 10-float rows fit in L1 (25.6 KB)
-    assert block(256, 56, 0.5) == 64 and block(256, 14, 0.5) == 64
-    assert block(256, 56, 0.278) == 0  # 32 kernels need 128 channels: 51 KB, more than L1
-    assert block(512, 28, 0.5) == 0  # tile and partial sums (298 KB) over half of L2
-    assert block(64, 56, 0.5) == 0  # one block already
+    # L1's shape: 10 rows padded to 64-byte lines a channel: 32 channels fill 20 KB of L1, 64 would need 40
+    assert block(256, 56, 0.5) == 32 and block(256, 56, 0.278) == 32 and block(128, 112, 0.278) == 32
+    assert block(256, 56, 0.2) == 0  # 32 channels would leave each filter 6.4 kernels
+    # planes up to 28 wide: 32 kept kernels a filter, if the (unpadded) tile fits L1: 64 at 50% kept
+    assert block(256, 14, 0.5) == 64 and block(256, 28, 0.5) == 64
+    assert block(256, 28, 0.278) == 0  # 32 kernels need 128 channels: 46 KB, more than L1
+    assert block(512, 28, 0.5) == 0 and block(512, 56, 0.5) == 0  # tile and partial sums over half of L2
+    assert block(64, 56, 0.5) == 0 and block(64, 224, 0.278) == 0  # the whole tile fits in L1 (25.6 KB)
     assert block(256, 56, 0.5, AVX512) == 0 and block(256, 56, 0.5, ARM64) == 0  # not measured there
     assert block(256, 56, 0.5, channel_block=0) == 0 and block(256, 56, 0.5, channel_block=16) == 16
     assert resolve_knobs((1, 256, 56, 56), target=AVX2).channel_block == 0  # kept kernels unknown
@@ -294,11 +297,33 @@ def test_channel_blocks_come_from_the_register_plan():
 def test_blocked_rows_are_padded_to_a_line():
     from sparsec.lower.kernels.pattern_conv import _geometry
 
-    plan = lambda **knobs: _geometry((1, 256, 56, 56), (1, 1), (1,) * 4, (1, 1),  # noqa: E731
-                                     resolve_knobs((1, 256, 56, 56), knobs=PatternConvKnobs(**knobs), target=AVX2))
+    plan = lambda target=AVX2, **knobs: _geometry((1, 256, 56, 56), (1, 1), (1,) * 4, (1, 1),  # noqa: E731
+                                                  resolve_knobs((1, 256, 56, 56), knobs=PatternConvKnobs(**knobs),
+                                                                target=target), target)
     assert (plan(channel_block=64).qw, plan(channel_block=64).pitch) == (10, 16)
     assert plan(channel_block=0).pitch == 10  # in L2 the padding costs more than the split loads
     assert plan(channel_block=64, tap_copies=3).pitch == 8  # aligned copies: no split loads to save
+    wide_lines = dataclasses.replace(AVX2, cache_line_bytes=128)  # the line comes from the target
+    assert plan(wide_lines, channel_block=64).pitch == 32 and plan(wide_lines, channel_block=0).pitch == 10
+
+
+def test_blocked_tiles_keep_their_padded_rows_in_the_compiled_kernel():
+    """TVM shrinks a buffer to the columns the code reads: the padding past qw must be written to
+    stay. 8 channels x 10 rows of a 16-float pitch: 5120 bytes (packed 10-float rows: 3200)."""
+    import tvm
+
+    from sparsec.lower.target import tvm_target
+
+    w = np.zeros((4, 8, 9), np.float32)
+    w[:, :, [1, 3, 4, 5]] = 1.0
+
+    def workspaces(block: int) -> list[int]:
+        kernel = pattern_conv_kernel(build_fkw(w.reshape(4, 8, 3, 3)), (1, 8, 8, 8), target=AVX2,
+                                     knobs=PatternConvKnobs(channel_block=block, filter_splits=1))
+        ll = tvm.compile(kernel.func, target=tvm_target(AVX2)).mod.inspect_source("ll")
+        return [int(b) for b in re.findall(r"call ptr %\d+\(i32 1, i32 %dev_id, i64 (\d+)", ll)]
+
+    assert workspaces(4)[0] == 8 * 10 * 16 * 4 and workspaces(0) == [8 * 10 * 10 * 4]  # (then the partial sums)
 
 
 def test_auto_rows_pad_the_height_least():

@@ -73,9 +73,6 @@ class PatternConvKnobs:
                 raise ValueError(f"knob {name} must be >= 0 (or -1: the target's choice), got {getattr(self, name)}")
 
 
-LINE_FLOATS = 16  # float32s in a 64-byte cache line
-
-
 @dataclass(frozen=True)
 class _Geometry:
     """Shapes of one convolution and its tiling; all compile-time integers."""
@@ -92,6 +89,7 @@ class _Geometry:
     vecs: int  # output vectors per tile row
     tap_copies: int = 1  # 1: one tile copy per stride phase; 3: one aligned copy per tap column
     channel_block: int = 0  # input channels per block (0: one block)
+    line_floats: int = 16  # float32s in the target's cache line
 
     @property
     def oh(self) -> int:
@@ -130,14 +128,17 @@ class _Geometry:
 
     @property
     def pitch(self) -> int:
-        """Floats from one tile row to the next: qw, or a whole cache line where channel blocks keep
-        the tile in L1 and a row fits in a line: then no vector load crosses a line (measured on
-        znver3 with blocks of 32-64 channels: L1 1.04-1.05x over the packed rows; unblocked, the
-        1.6x larger tile streams from L2 slower than the split loads it saves, 0.95-0.98x)."""
-        blocked = 0 < self.channel_block < self.c
-        if blocked and self.tap_copies == 1 and self.qw <= LINE_FLOATS:
-            return LINE_FLOATS
-        return self.qw
+        """Floats from one tile row to the next: qw, or `blocked_pitch` where channel blocks keep
+        the tile in L1."""
+        return self.blocked_pitch if 0 < self.channel_block < self.c else self.qw
+
+    @property
+    def blocked_pitch(self) -> int:
+        """The row pitch inside channel blocks: a whole cache line where a one-copy row fits in one,
+        so no vector load crosses a line (measured on znver3 with blocks of 32-64 channels: L1
+        1.04-1.05x over the packed rows; unblocked, the 1.6x larger tile streams from L2 slower
+        than the split loads it saves, 0.95-0.98x)."""
+        return self.line_floats if self.tap_copies == 1 and self.qw <= self.line_floats else self.qw
 
     @property
     def qw(self) -> int:
@@ -348,7 +349,7 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
     g = x.g
     c = _i32(x.index[k])
     row = g.slots * g.pitch
-    for first in range(0, g.in_rows * row, LINE_FLOATS):
+    for first in range(0, g.in_rows * row, g.line_floats):
         addr = tirx.call_intrin("handle", "tirx.address_of",
                                 x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
         T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
@@ -505,7 +506,7 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept)
     if tile.filter_splits or filters is None:
         return tile
-    g = _geometry(in_shape, strides, pads, dilations, tile)
+    g = _geometry(in_shape, strides, pads, dilations, tile, target)
     groups = -(-filters // tile.filters_per_group)
     return replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
 
@@ -514,7 +515,7 @@ def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *
     """Multiply-adds the kernel does per useful one on `target`: its tiles' output area over the
     output's (a 28-wide plane in 8-lane vectors computes 32 columns, a 7-wide one 8: 1.14)."""
     knobs = resolve_knobs(in_shape, strides, pads, dilations, target=target)
-    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, channel_block=0))
+    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, channel_block=0), target)
     return g.padded_area / (g.oh * g.ow)
 
 
@@ -524,31 +525,34 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides))
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
                     tap_copies=copies)
-    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1))
+    g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
                                                                          accumulators)) for v in choices]
 
     def padded_area(k: PatternConvKnobs) -> tuple[int, int]:
-        return _geometry(in_shape, strides, pads, dilations, k).padded_area, -k.rows_per_step * k.vectors_per_step
+        g = _geometry(in_shape, strides, pads, dilations, k, target)
+        return g.padded_area, -k.rows_per_step * k.vectors_per_step
 
     tile = min(tiles, key=padded_area)
     if tile.channel_block < 0:
-        g = _geometry(in_shape, strides, pads, dilations, replace(tile, channel_block=0))
+        g = _geometry(in_shape, strides, pads, dilations, replace(tile, channel_block=0), target)
         block = register_plan.pattern_channel_block(target, g.c, kept or 0.0, g.tile_bytes(1),
-                                                    (filters or 0) * g.rows * g.tile_w * 4, g.tap_copies)
+                                                    (filters or 0) * g.rows * g.tile_w * 4, g.tap_copies,
+                                                    g.in_rows * g.slots * g.blocked_pitch * 4, g.ow)
         tile = replace(tile, channel_block=block)
     if tile.prefetch >= 0:
         return tile
-    block = _geometry(in_shape, strides, pads, dilations, tile).tile_bytes(tile.channel_block)
+    block = _geometry(in_shape, strides, pads, dilations, tile, target).tile_bytes(tile.channel_block)
     return replace(tile, prefetch=register_plan.pattern_prefetch(target, tile.filters_per_group, copies, block))
 
 
-def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs) -> _Geometry:
+def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target) -> _Geometry:
     n, c, h, w = (int(d) for d in in_shape)
     return _Geometry(n, c, h, w, tuple(strides), tuple(pads), tuple(dilations), knobs.rows_per_step,
-                     knobs.vector_width, knobs.vectors_per_step, knobs.tap_copies or 1, knobs.channel_block)
+                     knobs.vector_width, knobs.vectors_per_step, knobs.tap_copies or 1, knobs.channel_block,
+                     target.cache_line_bytes // 4)
 
 
 def pattern_conv_kernel(
@@ -573,7 +577,7 @@ def pattern_conv_kernel(
     """
     kept = fkw.num_kernels / max(1, fkw.num_filters * int(in_shape[1]))
     knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target, filters=fkw.num_filters, kept=kept)
-    g = _geometry(in_shape, strides, pads, dilations, knobs)
+    g = _geometry(in_shape, strides, pads, dilations, knobs, target)
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     out_shape = (g.n, fkw.num_filters, g.oh, g.ow)

@@ -68,16 +68,20 @@ def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1, tile_byte
 
 
 def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_bytes: int, sums_bytes: int,
-                          tap_copies: int = 1) -> int:
+                          tap_copies: int = 1, channel_line_bytes: int = 0, out_width: int = 0) -> int:
     """Pattern conv: input channels per block (0: one block of all). A block's input tiles stay in
     L1 while every filter uses them (one-copy rows padded to a line, so no load splits), for the
     price of partial sums carried between blocks and 8 more pattern loops per block. AVX2 only
     (measured on znver3 against one block; elsewhere one block):
-    - one tile copy (stride 1): the smallest power of two giving each filter 32 kept kernels a
-      block, if that block's tile fits in L1 and the task's whole tile plus its partial sums
-      (`sums_bytes`) in half of L2 (the streaming weights take the rest). Blocks of 64: L1 1.10x,
-      L3 1.06x, 256x28 at 50% kept 1.08x; where the rule says no: 512 channels 0.74-0.91x, 27.8%
-      kept (18 kernels a block) 0.97-0.99x.
+    - one tile copy (stride 1), where the whole tile (`channel_tile_bytes` a channel) overflows L1
+      and tile plus partial sums (`sums_bytes`) fit half of L2 (the streaming weights take the
+      rest; 512-channel layers 0.74-0.91x with blocks): on planes wider than 28 columns the
+      largest power of two (>= 32) whose padded lines (`channel_line_bytes` a channel) fit in L1,
+      each filter keeping >= 8 kernels a block: blocks of 32 (20 KB of 8-row tiles) against 64
+      (40 KB): L1 1.04-1.06x, 128x56 1.04x; at 27.8% kept against one block: 256x56 1.05x,
+      128x112 1.05x. Planes up to 28 columns: the smallest power of two giving each filter 32 kept
+      kernels, if its tile fits in L1 (L3 64: 32 there 0.97-0.98x; 28x28 at 50% kept: 32 within 2%
+      of 64; at 27.8% kept against one block, 32 runs 128x28 0.96x, 256x28 1.04x; 256x14 0.97x).
     - three aligned copies (strided layers, 1.4-1.6 KB a channel): every load is its own, so the
       tile's residency is all that counts: the largest power of two whose tile fits in 1.5x L1.
       ResNet-50's stride-2 shapes at 50% kept: 128x56 1.39x (blocks of 16: 1.49x), 256x28 1.45x,
@@ -89,10 +93,18 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
         while 2 * block * channel_tile_bytes <= 3 * t.l1d_bytes // 2:
             block *= 2
         return block if block < channels and block * channel_tile_bytes <= 3 * t.l1d_bytes // 2 else 0
-    block = 32
-    while block * kept < 32:
-        block *= 2
-    fits = block * channel_tile_bytes <= t.l1d_bytes and channels * channel_tile_bytes + sums_bytes <= t.l2_bytes // 2
+    if channels * channel_tile_bytes <= t.l1d_bytes or channels * channel_tile_bytes + sums_bytes > t.l2_bytes // 2:
+        return 0
+    if out_width > 28:
+        block = 32
+        while 2 * block * channel_line_bytes <= t.l1d_bytes:
+            block *= 2
+        fits = block * channel_line_bytes <= t.l1d_bytes and block * kept >= 8
+    else:
+        block = 32
+        while block * kept < 32:
+            block *= 2
+        fits = block * channel_tile_bytes <= t.l1d_bytes
     return block if block < channels and fits else 0
 
 
