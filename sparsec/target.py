@@ -265,23 +265,31 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _cache_bytes(level: int, default_kb: int) -> int:
-    """Per-core data cache of `level` from sysfs (L1: the data cache), else the default."""
+def _data_cache(level: int) -> Path | None:
+    """cpu0's sysfs folder for its data (or unified) cache of `level`, if the kernel lists one."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
             if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
-                size = (index / "size").read_text().strip().upper()
-                return int(size.rstrip("KM")) * (1024 if size.endswith("K") else 1024 * 1024)
+                return index
         except (OSError, ValueError):
             continue
-    return default_kb * 1024
+    return None
+
+
+def _cache_bytes(level: int, default_kb: int) -> int:
+    """Per-core data cache of `level` from sysfs (L1: the data cache), else the default."""
+    try:
+        size = (_data_cache(level) / "size").read_text().strip().upper()
+        return int(size.rstrip("KM")) * (1024 if size.endswith("K") else 1024 * 1024)
+    except (TypeError, OSError, ValueError):
+        return default_kb * 1024
 
 
 def _cache_line_bytes(default: int = 64) -> int:
     """The L1 data cache's line size from sysfs, else the default."""
     try:
-        return int(Path("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size").read_text()) or default
-    except (OSError, ValueError):
+        return int((_data_cache(1) / "coherency_line_size").read_text()) or default
+    except (TypeError, OSError, ValueError):
         return default
 
 

@@ -145,10 +145,12 @@ class _Geometry:
         """Input columns of one slot: a phase's columns plus the halo, or exactly the tile's."""
         return self.tile_w if self.tap_copies == 3 else self.tile_w + (2 * self.dilations[1]) // self.strides[1]
 
-    def tile_bytes(self, channels: int = 0) -> int:
+    def tile_bytes(self, channels: int = 0, padded: bool = False) -> int:
         """Bytes the kernels read of one output tile's input rows for `channels` channels (0: every
-        channel; rows padded to a line count their read part)."""
-        return min(channels or self.c, self.c) * self.in_rows * self.slots * self.qw * 4
+        channel; rows padded to a line count their read part), or with `padded` the bytes those
+        rows fill inside a channel block (`blocked_pitch` a row)."""
+        row = self.blocked_pitch if padded else self.qw
+        return min(channels or self.c, self.c) * self.in_rows * self.slots * row * 4
 
     def column(self, kx: int) -> tuple[int, int]:
         """(slot, column offset inside the slot) that taps of window column kx read."""
@@ -540,7 +542,7 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
         g = _geometry(in_shape, strides, pads, dilations, replace(tile, channel_block=0), target)
         block = register_plan.pattern_channel_block(target, g.c, kept or 0.0, g.tile_bytes(1),
                                                     (filters or 0) * g.rows * g.tile_w * 4, g.tap_copies,
-                                                    g.in_rows * g.slots * g.blocked_pitch * 4, g.ow)
+                                                    g.tile_bytes(1, padded=True), g.ow)
         tile = replace(tile, channel_block=block)
     if tile.prefetch >= 0:
         return tile
