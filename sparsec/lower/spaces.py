@@ -57,7 +57,7 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
 
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
-    prefetch distance, filter slices per tile."""
+    prefetch distance, filter slices per tile, the next tile's prefetch."""
     oh, ow = _out_hw(call, (3, 3))
     channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
@@ -67,6 +67,8 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
             return f"more than {accumulators} accumulators"
         if c["vector_width"] * (c["vectors_per_step"] - 1) >= ow:
             return "a tile vector lies wholly past the output width"
+        if c["prefetch_next_tile"] and c["filter_splits"] != 1:
+            return "the next tile's prefetch with filters sliced across tasks (no task copies a tile)"
         return None
 
     return _space(call, target, [
@@ -78,6 +80,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("tap_copies", values((1, 3))),
         ("prefetch", values((0, 1, 2, 4), low=0)),
         ("filter_splits", values((1, 2, 4, 8), high=filters)),
+        ("prefetch_next_tile", values((0, 1), low=0)),
     ], rule)
 
 

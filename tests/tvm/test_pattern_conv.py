@@ -8,11 +8,20 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import run_kernel
-from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, auto_filter_splits, pattern_conv_kernel, resolve_knobs
+from sparsec.lower.kernels.pattern_conv import (
+    PatternConvKnobs,
+    _Geometry,
+    auto_filter_splits,
+    next_tile_columns,
+    pattern_conv_kernel,
+    resolve_knobs,
+)
 from sparsec.lower.target import host, resolve_target
 from sparsec.target import host_isa
 
@@ -87,7 +96,11 @@ def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 
 
 # the two ways the input gets tiled: each task copies its own tile (one slice of filters per
 # tile), or a prologue copies every tile (filters sliced across tasks)
-COPIES = {"task-copy": PatternConvKnobs(filter_splits=1), "prologue": PatternConvKnobs(filter_splits=2)}
+# tile), or a prologue copies every tile (filters sliced across tasks); each task prefetching the
+# next task's new input lines (the last task's "next" is itself)
+COPIES = {"task-copy": PatternConvKnobs(filter_splits=1, prefetch_next_tile=0),
+          "task-copy-prefetched": PatternConvKnobs(filter_splits=1, prefetch_next_tile=1),
+          "prologue": PatternConvKnobs(filter_splits=2)}
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -133,9 +146,11 @@ def test_asymmetric_pads_and_dilation(copies, copy):
         PatternConvKnobs(filter_splits=3),  # 7 filters in slices of 3, 3 and 1
         PatternConvKnobs(filter_splits=2, channel_block=4, filters_per_group=2),  # slices of blocked tiles
         PatternConvKnobs(filter_splits=9),  # more slices than filters: the last ones have none
+        # the next tile's lines spread over blocks x groups: 11 channels over 3 x 3 steps
+        PatternConvKnobs(filter_splits=1, prefetch_next_tile=1, channel_block=4, filters_per_group=3),
     ],
     ids=["tile", "blocks", "groups", "wide", "narrow", "tap-copies", "tap-copies-blocks", "prefetch",
-         "prefetch-groups", "splits", "splits-blocks", "splits-empty"],
+         "prefetch-groups", "splits", "splits-blocks", "splits-empty", "next-tile-blocks"],
 )
 def test_knobs(knobs):
     check((2, 11, 10, 17), 7, strides=(2, 2), bias=True, act=Activation("relu"), knobs=knobs)
@@ -178,6 +193,8 @@ def test_bad_knob():
         PatternConvKnobs(rows_per_step=-1)
     with pytest.raises(ValueError, match="prefetch"):
         PatternConvKnobs(prefetch=-2)
+    with pytest.raises(ValueError, match="knob prefetch_next_tile must be 0 or 1"):
+        PatternConvKnobs(prefetch_next_tile=2)
 
 
 def test_filter_slices_keep_every_thread_busy():
@@ -216,6 +233,39 @@ def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     assert plan(ARM64, (1, 1)).tap_copies == 3 and plan(ARM64, (2, 2)).tap_copies == 3
 
 
+def test_next_tile_prefetch_comes_from_the_register_plan():
+    """On x86 where each task copies its own tile and the input is over 8x the L2 (512 KB here)."""
+    plan = lambda target, shape, **knobs: resolve_knobs(  # noqa: E731
+        shape, knobs=PatternConvKnobs(**knobs), target=target, filters=64, kept=0.278).prefetch_next_tile
+    vgg_conv1_2, l1 = (1, 64, 224, 224), (1, 256, 56, 56)  # 12.8 MB and 3.2 MB
+    assert plan(AVX2, vgg_conv1_2) == 1 and plan(AVX512, vgg_conv1_2) == 1
+    assert plan(AVX2, (1, 128, 112, 112)) == 1 and plan(AVX2, l1) == 0
+    assert plan(ARM64, vgg_conv1_2) == 0
+    assert plan(AVX2, vgg_conv1_2, filter_splits=2) == 0  # tiles copied by a prologue: no next tile to copy
+    assert plan(AVX2, l1, prefetch_next_tile=1) == 1 and plan(AVX2, vgg_conv1_2, prefetch_next_tile=0) == 0
+    assert resolve_knobs(vgg_conv1_2, target=AVX2).prefetch_next_tile == -1  # no filter count: left to the kernel
+
+
+@settings(max_examples=60, deadline=None)
+@given(stride=st.integers(1, 2), dilation=st.integers(1, 2), copies=st.sampled_from([1, 3]),
+       lanes=st.sampled_from([4, 8, 16]), vecs=st.integers(1, 3), pad=st.integers(0, 2),
+       width=st.integers(20, 90), line=st.sampled_from([8, 16, 32]))
+def test_next_tile_prefetch_covers_the_lines_the_next_copy_adds(stride, dilation, copies, lanes, vecs, pad, width,
+                                                               line):
+    """Every cache line of an input row that tile tx+1's copy reads and tile tx's did not holds a
+    prefetched column, wherever the row starts inside a line."""
+    g = _Geometry(1, 1, 8, width, (stride, stride), (pad,) * 4, (dilation, dilation), 2, lanes, vecs, copies,
+                  line_floats=line)
+    cols = lambda tx: {c for s in range(g.slots) for q in range(g.qw)  # noqa: E731
+                       if 0 <= (c := g.source_col(tx, s, q)) < g.w}
+    for tx in range(g.tiles_x - 1):
+        last = g.source_col(tx + 1, g.slots - 1, g.qw - 1)
+        fetched = {min(max(last + off, 0), g.w - 1) for off in next_tile_columns(g)}
+        for start in range(line):
+            lines = lambda cs: {(start + c) // line for c in cs}  # noqa: E731
+            assert lines(cols(tx + 1)) - lines(cols(tx)) <= lines(fetched), (tx, start)
+
+
 def test_prefetch_is_in_the_code():
     from sparsec.fkw import build_fkw
 
@@ -224,6 +274,8 @@ def test_prefetch_is_in_the_code():
     assert "llvm.prefetch" in kernel.func.script()
     off = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=0))
     assert "llvm.prefetch" not in off.func.script()
+    next_tile = PatternConvKnobs(prefetch=0, filter_splits=1, prefetch_next_tile=1)
+    assert "llvm.prefetch" in pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=next_tile).func.script()
 
 
 runs_x86_vectors = pytest.mark.skipif(host_isa() not in ("avx2", "avx512"), reason="runs AVX2 code")

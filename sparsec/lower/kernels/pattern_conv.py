@@ -59,6 +59,8 @@ class PatternConvKnobs:
     # tasks for the target's threads)
     prefetch: int = -1  # the input tile of the kernel this many iterations ahead is prefetched into L1
     # (its channel is data, so no hardware prefetcher guesses it); 0 = none; -1 = the register plan's
+    prefetch_next_tile: int = -1  # 1: the input lines the next task's tile copy will read first are
+    # prefetched into L1 during this task's filters; 0 = none; -1 = the register plan's
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -68,6 +70,9 @@ class PatternConvKnobs:
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
+        if self.prefetch_next_tile not in (-1, 0, 1):
+            raise ValueError(f"knob prefetch_next_tile must be 0 or 1 (or -1: the target's choice), "
+                             f"got {self.prefetch_next_tile}")
         for name in ("prefetch", "channel_block"):
             if getattr(self, name) < -1:
                 raise ValueError(f"knob {name} must be >= 0 (or -1: the target's choice), got {getattr(self, name)}")
@@ -290,6 +295,7 @@ class _Ctx:
     prefetch: int = 0  # kernels ahead whose input tile is prefetched
     data: object = None  # the input: set when each task copies its own tile (xt then holds one tile)
     residual: object | None = None  # [N, O, OH, OW] like `out`: added before the activation
+    prefetch_next_tile: bool = False  # the next task's new input lines prefetched (needs `data`)
 
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
@@ -345,6 +351,11 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile):
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
 
 
+def _prefetch_l1(element) -> None:
+    addr = tirx.call_intrin("handle", "tirx.address_of", element)
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
+
+
 def _emit_prefetch(x: _Ctx, k, t: _Tile):
     """Prefetch into L1 the input tile (every line of it) of kernel k's channel: the channels a
     filter's kernels read jump by data, so the hardware prefetchers cannot run ahead of them."""
@@ -352,9 +363,38 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
     c = _i32(x.index[k])
     row = g.slots * g.pitch
     for first in range(0, g.in_rows * row, g.line_floats):
-        addr = tirx.call_intrin("handle", "tirx.address_of",
-                                x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
-        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
+        _prefetch_l1(x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
+
+
+def next_tile_columns(g: _Geometry) -> tuple[int, ...]:
+    """Offsets from a tile's last input column, one column in each line its row holds that the
+    row of the tile before it (one tile to the left) does not: the tile's advance along the
+    input row, in lines, counted back from its end."""
+    advance = g.tile_w * g.strides[1]
+    return tuple(-k * g.line_floats for k in range(-(-advance // g.line_floats)))
+
+
+def _clamp(v, size: int):
+    return tirx.min(tirx.max(v, 0), size - 1)
+
+
+def _emit_next_tile_prefetch(x: _Ctx, t: _Tile, step, steps: int):
+    """Prefetch into L1 the input lines the next task's tile copy reads that this task's did not,
+    for step `step` of this task's `steps` (block, group) iterations: each takes its share of the
+    channels, so the misses overlap this task's FMAs. Unprefetched, the copy stalls on them: 640
+    row pieces a tile, each from another row and channel, too many streams for the hardware
+    prefetchers (the first tile of each row band, its lines all new, gets only its last ones)."""
+    g = x.g
+    per_image = g.tiles_y * g.tiles_x
+    nxt = tirx.min((t.n * g.tiles_y + t.ty) * g.tiles_x + t.tx + 1, g.n * per_image - 1)
+    n, ty, tx = nxt // per_image, nxt % per_image // g.tiles_x, nxt % g.tiles_x
+    last = g.source_col(tx, g.slots - 1, g.qw - 1)
+    first_c = (step * g.c + steps - 1) // steps
+    with T.serial(0, ((step + 1) * g.c + steps - 1) // steps - first_c) as i:
+        for r in range(g.in_rows):
+            y = _clamp(ty * g.rows * g.strides[0] + r - g.pads[0], g.h)
+            for offset in next_tile_columns(g):
+                _prefetch_l1(x.data[n, first_c + i, y, _clamp(last + offset, g.w)])
 
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
@@ -423,6 +463,8 @@ def _emit_tile_unblocked(x: _Ctx, t: _Tile, groups: _Groups):
         grp = groups.first + gi
         acc = _local_acc(x)
         _emit_copy(acc, None, x)
+        if x.prefetch_next_tile:
+            _emit_next_tile_prefetch(x, t, gi, x.num_groups)
         _emit_block(x, acc, 0, grp, t)
         _emit_epilogue(x, acc, grp, t)
 
@@ -437,6 +479,8 @@ def _emit_tile_blocked(x: _Ctx, t: _Tile, groups: _Groups):
         with T.serial(0, groups.count) as gi:
             acc = _local_acc(x)
             _emit_copy(acc, part, x, src_pre=(gi,))
+            if x.prefetch_next_tile:
+                _emit_next_tile_prefetch(x, t, blk * x.num_groups + gi, x.num_blocks * x.num_groups)
             _emit_block(x, acc, blk, groups.first + gi, t)
             _emit_copy(part, acc, x, dst_pre=(gi,))
     with T.serial(0, groups.count) as gi:
@@ -502,15 +546,19 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
                   filters: int | None = None, kept: float | None = None) -> PatternConvKnobs:
     """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
     among the register plan's vector counts, the tile (rows x vectors) that pads the output
-    least, then the one with more accumulators; filter slices for `filters` filters (left 0
-    without them); channel blocks for `filters` filters keeping `kept` of their kernels (one
+    least, then the one with more accumulators; filter slices for `filters` filters and with
+    them the next tile's prefetch (both left 0 and -1 without them); channel blocks for `filters` filters keeping `kept` of their kernels (one
     block without them)."""
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept)
-    if tile.filter_splits or filters is None:
+    if not tile.filter_splits and filters is not None:
+        g = _geometry(in_shape, strides, pads, dilations, tile, target)
+        groups = -(-filters // tile.filters_per_group)
+        tile = replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
+    if tile.prefetch_next_tile >= 0 or not tile.filter_splits:
         return tile
-    g = _geometry(in_shape, strides, pads, dilations, tile, target)
-    groups = -(-filters // tile.filters_per_group)
-    return replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
+    input_bytes = 4 * int(np.prod([int(d) for d in in_shape]))
+    prefetch = register_plan.pattern_next_tile_prefetch(target, tile.filter_splits == 1, input_bytes)
+    return replace(tile, prefetch_next_tile=prefetch)
 
 
 def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *, target: Target) -> float:
@@ -612,6 +660,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, out_sha
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
-                     data if local else None, res)
+                     data if local else None, res, local and knobs.prefetch_next_tile == 1)
             _emit_main(x, knobs.filter_splits)
     return ib.get()
