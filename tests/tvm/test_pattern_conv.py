@@ -262,7 +262,7 @@ def test_next_tile_prefetch_covers_the_lines_the_next_copy_adds(stride, dilation
         last = g.source_col(tx + 1, g.slots - 1, g.qw - 1)
         fetched = {min(max(last + off, 0), g.w - 1) for off in next_tile_columns(g)}
         for start in range(line):
-            lines = lambda cs: {(start + c) // line for c in cs}  # noqa: E731
+            lines = lambda cs, start=start: {(start + c) // line for c in cs}  # noqa: E731
             assert lines(cols(tx + 1)) - lines(cols(tx)) <= lines(fetched), (tx, start)
 
 
@@ -275,7 +275,8 @@ def test_prefetch_is_in_the_code():
     off = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=PatternConvKnobs(prefetch=0))
     assert "llvm.prefetch" not in off.func.script()
     next_tile = PatternConvKnobs(prefetch=0, filter_splits=1, prefetch_next_tile=1)
-    assert "llvm.prefetch" in pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=next_tile).func.script()
+    kernel = pattern_conv_kernel(build_fkw(w), (1, 3, 8, 8), target=HOST, knobs=next_tile)
+    assert "llvm.prefetch" in kernel.func.script()
 
 
 runs_x86_vectors = pytest.mark.skipif(host_isa() not in ("avx2", "avx512"), reason="runs AVX2 code")

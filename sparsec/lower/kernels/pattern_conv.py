@@ -547,8 +547,8 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     """`knobs` with every 0 ("auto") replaced by the value the generator will use on `target`:
     among the register plan's vector counts, the tile (rows x vectors) that pads the output
     least, then the one with more accumulators; filter slices for `filters` filters and with
-    them the next tile's prefetch (both left 0 and -1 without them); channel blocks for `filters` filters keeping `kept` of their kernels (one
-    block without them)."""
+    them the next tile's prefetch (left 0 and -1 without them); channel blocks for `filters`
+    filters keeping `kept` of their kernels (one block without them)."""
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept)
     if not tile.filter_splits and filters is not None:
         g = _geometry(in_shape, strides, pads, dilations, tile, target)
