@@ -381,8 +381,8 @@ def _clamp(v, size: int):
 def _emit_next_tile_prefetch(x: _Ctx, t: _Tile, step, steps: int):
     """Prefetch into L1 the input lines the next task's tile copy reads that this task's did not,
     for step `step` of this task's `steps` (block, group) iterations: each takes its share of the
-    channels, so the misses overlap this task's FMAs. Unprefetched, the copy stalls on them: 640
-    row pieces a tile, each from another row and channel, too many streams for the hardware
+    channels, so the misses overlap this task's FMAs. Unprefetched, the copy stalls on them: a
+    row piece per channel and input row, each its own stream, too many for the hardware
     prefetchers (the first tile of each row band, its lines all new, gets only its last ones)."""
     g = x.g
     per_image = g.tiles_y * g.tiles_x
