@@ -123,6 +123,27 @@ def layer_kernel(op: Conv2d | Linear, module: Module, target: Target) -> LayerKe
     return LayerKernel(kernel, fmt, structural_key(call, target), used)
 
 
+def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKernel | None:
+    """The conv's pattern kernel with a 2x2 stride-2 max pool fused after its activation (its
+    output the pooled plane), or None where the conv does not lower to the pattern kernel or its
+    knobs leave no row pairs (an odd `rows_per_step`)."""
+    from sparsec.lower.spaces import knobs_used, space_for
+
+    call = kernel_call(op, module)
+    if call.generator != "pattern_conv":
+        return None
+    try:
+        knobs = generator_knobs(call, op.knobs)
+        if knobs.rows_per_step % 2:
+            return None
+        kernel = pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
+                                     **_conv_common(call, target), pool=True, knobs=knobs)
+    except ValueError:
+        return None  # knobs or a plane the pooled epilogue cannot take: the two kernels instead
+    used = knobs_used(call, op.knobs, target, space_for(call, target).names, pooled=True)
+    return LayerKernel(kernel, FORMATS[call.generator], structural_key(call, target), used)
+
+
 def conv2d_kernel(op: Conv2d, module: Module, target: Target) -> tuple[Kernel, str]:
     """The kernel for a conv2d and the name of the format it reads."""
     return _layer_kernel(op, conv2d_call(op, module), target)

