@@ -126,7 +126,8 @@ def layer_kernel(op: Conv2d | Linear, module: Module, target: Target) -> LayerKe
 def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKernel | None:
     """The conv's pattern kernel with a 2x2 stride-2 max pool fused after its activation (its
     output the pooled plane), or None where the conv does not lower to the pattern kernel or its
-    knobs leave no row pairs (an odd `rows_per_step`)."""
+    tile has no row pairs: odd rows (7-row tiles of 28- and 14-wide planes: 8 would pad them
+    4/28 and 2/14 more than the pool kernel they save costs)."""
     from sparsec.lower.spaces import knobs_used, space_for
 
     call = kernel_call(op, module)
@@ -134,7 +135,7 @@ def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKerne
         return None
     try:
         knobs = generator_knobs(call, op.knobs)
-        if knobs.rows_per_step % 2:
+        if knobs_used(call, op.knobs, target, ("rows_per_step",))["rows_per_step"] % 2:
             return None
         kernel = pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
                                      **_conv_common(call, target), pool=True, knobs=knobs)
