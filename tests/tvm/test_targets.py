@@ -117,7 +117,8 @@ def test_calibrate_writes_what_the_host_target_reads(tmp_path, monkeypatch):
     lines = []
     ratio, path = calibrate(host(), rounds=1, layers=(Layer("pattern", 64, 28, 0.5), Layer("csr", 32, 14, 0.2)),
                             log=lines.append)
-    assert all(0 < ratio[k] <= 4 for k in ("pattern", "csr", "winograd")), ratio
+    # positive and finite: one round on a shared machine can land anywhere (a stalled round read 87x)
+    assert all(0 < ratio[k] < float("inf") for k in ("pattern", "csr", "winograd")), ratio
     assert "pattern 64x28x28 keep 0.5" in lines[1] and "winograd F4" in lines[1]
     record = json.loads(open(path).read())
     assert record["cpu"] == host().cpu and len(record["layers"]) == 2
