@@ -127,21 +127,21 @@ def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKerne
     """The conv's pattern kernel with a 2x2 stride-2 max pool fused after its activation (its
     output the pooled plane), or None where the conv does not lower to the pattern kernel or its
     tile has no row pairs: odd rows (7-row tiles of 28- and 14-wide planes: 8 would pad them
-    4/28 and 2/14 more than the pool kernel they save costs)."""
+    4/28 and 2/14 more than the pool kernel they save costs). Where the conv's rows are even its
+    pooled knobs are its own, so the tuning task and the manifest's knobs stay the conv's."""
     from sparsec.lower.spaces import knobs_used, space_for
 
     call = kernel_call(op, module)
     if call.generator != "pattern_conv":
         return None
     try:
-        knobs = generator_knobs(call, op.knobs)
-        if knobs_used(call, op.knobs, target, ("rows_per_step",))["rows_per_step"] % 2:
+        used = knobs_used(call, op.knobs, target, space_for(call, target).names)
+        if used["rows_per_step"] % 2:
             return None
         kernel = pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
-                                     **_conv_common(call, target), pool=True, knobs=knobs)
+                                     **_conv_common(call, target), pool=True, knobs=generator_knobs(call, op.knobs))
     except ValueError:
         return None  # knobs or a plane the pooled epilogue cannot take: the two kernels instead
-    used = knobs_used(call, op.knobs, target, space_for(call, target).names, pooled=True)
     return LayerKernel(kernel, FORMATS[call.generator], structural_key(call, target), used)
 
 

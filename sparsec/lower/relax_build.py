@@ -70,6 +70,10 @@ class _Ctx:
     env: dict[str, relax.Expr] = field(default_factory=dict)
     plans: list[LayerPlan] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
+    users: dict[str, list[Op]] = field(init=False)  # the module's, read by the fusions
+
+    def __post_init__(self) -> None:
+        self.users = self.module.users()
 
     def ref(self, ref: str) -> relax.Expr:
         """A `%value` as its Relax var, a `@weight` as a Relax constant."""
@@ -203,7 +207,7 @@ def _fused_conv_pool(op: Op, ctx: _Ctx) -> tuple[MaxPool, relax.Expr] | None:
     """On CPUs, a pattern conv whose one user is a 2x2 stride-2 max pool: one kernel computing the
     pool's value (the conv's plane never reaches memory: VGG-16's 64x224 layer and its pool
     1.17-1.49x against the two kernels on znver3), or None (then each op gets its own kernel)."""
-    pool = _sole_pool_user(op, ctx.module) if ctx.target.kind == "cpu" and isinstance(op, Conv2d) else None
+    pool = _sole_pool_user(op, ctx) if ctx.target.kind == "cpu" and isinstance(op, Conv2d) else None
     tuned = pooled_conv_kernel(op, ctx.module, ctx.target) if pool else None
     if tuned is None:
         return None
@@ -213,9 +217,9 @@ def _fused_conv_pool(op: Op, ctx: _Ctx) -> tuple[MaxPool, relax.Expr] | None:
     return pool, call
 
 
-def _sole_pool_user(op: Conv2d, module: Module) -> MaxPool | None:
-    users = module.users().get(f"%{op.result}", [])
-    if len(users) != 1 or op.result in module.outputs or not isinstance(users[0], MaxPool):
+def _sole_pool_user(op: Conv2d, ctx: _Ctx) -> MaxPool | None:
+    users = ctx.users.get(f"%{op.result}", [])
+    if len(users) != 1 or op.result in ctx.module.outputs or not isinstance(users[0], MaxPool):
         return None
     pool = users[0]
     plain = (pool.kernel, pool.strides, pool.pads, pool.dilations) == ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))

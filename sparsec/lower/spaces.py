@@ -20,13 +20,12 @@ from sparsec.tuning.space import Knob, Space, values
 from sparsec.tuning.task import KernelCall
 
 
-def _resolved(call: KernelCall, knobs, target: Target, pooled: bool = False):
+def _resolved(call: KernelCall, knobs, target: Target):
     if call.generator == "pattern_conv":
         p, filters = call.params, len(call.structure["filter_order"])
         kept = len(call.structure["index"]) / max(1, filters * p["in_shape"][1])
         return pattern_conv.resolve_knobs(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
-                                          tuple(p["dilations"]), knobs, target=target, filters=filters, kept=kept,
-                                          pooled=pooled)
+                                          tuple(p["dilations"]), knobs, target=target, filters=filters, kept=kept)
     if call.generator == "dense_conv":
         p = call.params
         return dense_conv.resolve_knobs(tuple(p["weight_shape"]), tuple(p["in_shape"]), tuple(p["strides"]),
@@ -34,11 +33,9 @@ def _resolved(call: KernelCall, knobs, target: Target, pooled: bool = False):
     return knobs.resolved(target)
 
 
-def knobs_used(call: KernelCall, knobs: Mapping | None, target: Target, names: tuple[str, ...],
-               pooled: bool = False) -> Knobs:
-    """The values of `names` the generator really uses for `call` with `knobs` (0 = auto resolved;
-    `pooled`: a pattern conv with a fused max pool)."""
-    resolved = dataclasses.asdict(_resolved(call, generator_knobs(call, knobs), target, pooled))
+def knobs_used(call: KernelCall, knobs: Mapping | None, target: Target, names: tuple[str, ...]) -> Knobs:
+    """The values of `names` the generator really uses for `call` with `knobs` (0 = auto resolved)."""
+    resolved = dataclasses.asdict(_resolved(call, generator_knobs(call, knobs), target))
     return Knobs.of({n: resolved[n] for n in names})
 
 

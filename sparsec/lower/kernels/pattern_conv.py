@@ -669,18 +669,19 @@ def pattern_conv_kernel(
                          f"at least 2x2, got {g.rows} rows, {g.lanes} lanes, {g.oh}x{g.ow}")
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
-    conv_shape = (g.n, fkw.num_filters, g.oh, g.ow)
-    out_shape = (g.n, fkw.num_filters, g.oh // 2, g.ow // 2) if pool else conv_shape
     by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
-    func = _build_func(g, table, knobs, constants, activation, conv_shape, out_shape, name, by_lane, residual, pool)
+    func, out_shape = _build_func(g, table, knobs, constants, activation, name, by_lane, residual, pool)
     return Kernel(func, constants, out_shape, "float32")
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
-def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, conv_shape, out_shape, name,
-                by_lane: bool, residual: bool, pool: bool):
+def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, by_lane: bool, residual: bool,
+                pool: bool) -> tuple[tirx.PrimFunc, tuple[int, ...]]:
+    """The PrimFunc and its output shape (the pooled plane's with `pool`)."""
+    conv_shape = (g.n, table.num_filters, g.oh, g.ow)
+    out_shape = (g.n, table.num_filters, g.oh // 2, g.ow // 2) if pool else conv_shape
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
@@ -702,4 +703,4 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, conv_sh
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
                      data if local else None, res, local and knobs.prefetch_next_tile == 1, pool)
             _emit_main(x, knobs.filter_splits)
-    return ib.get()
+    return ib.get(), out_shape
