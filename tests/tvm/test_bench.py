@@ -145,3 +145,19 @@ def test_cli_bench_missing_model_exits_2(tmp_path, capsys):
     assert code == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_compare_layers_pairs_every_layer_with_weights_or_a_pool(tiny):
+    from sparsec.check import seeded_inputs
+    from sparsec.runtime.bench import input_shapes_of
+    from sparsec.runtime.peer_profile import compare_layers
+
+    model, masks = tiny
+    pairs = compare_layers(model, masks, seeded_inputs(input_shapes_of(model)), threads=2, runs=3)
+    matched = [(p.layer, p.peer.kind) for p in pairs if p.peer is not None]
+    # 4 convs, the max pool (fused into its conv or not), the global pool and the classifier
+    assert [kind for _, kind in matched] == ["conv", "pool", "conv", "conv", "conv", "pool", "fc"]
+    for pair in pairs:
+        if pair.peer is not None:
+            assert pair.peer.ms > 0
+            assert pair.sparsec_ms is None if pair.format.startswith("fused into") else pair.sparsec_ms > 0

@@ -1,0 +1,182 @@
+"""sparsec's layers against onnxruntime's own per-node times: where the peer engine is faster.
+
+onnxruntime's profiler times each node it runs after its graph fusions (a conv with its batch
+norm, activation and residual add is one node, in NCHWc on x86); sparsec's VM instrument hook
+times each kernel (`bench.profile_layers`). The two graphs differ in names and fusions, so layers
+are matched by kind in execution order: the k-th conv or fully connected layer of one is the
+k-th of the other, pools likewise, and a layer count that differs is an error, not a guess.
+
+    rows = compare_layers(model, masks, inputs, threads=2, runs=25)
+    print(format_comparison(rows))
+
+`python benchmarks/compare_layers.py M2` prints it for a benchmark case.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from sparsec.check import onnxruntime_session, require_onnxruntime
+from sparsec.errors import UserError
+from sparsec.prune import apply_masks
+
+# onnxruntime op names (after its fusions) and sparsec's manifest ops, by the kind they match on
+_ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "NchwcConv": "conv", "Gemm": "fc", "FusedGemm": "fc",
+              "MatMul": "fc", "FusedMatMul": "fc", "MaxPool": "pool", "AveragePool": "pool",
+              "GlobalAveragePool": "pool", "GlobalMaxPool": "pool", "NchwcMaxPool": "pool",
+              "NchwcAveragePool": "pool", "NchwcGlobalAveragePool": "pool"}
+_SPARSEC_KINDS = {"conv2d": "conv", "linear": "fc", "max_pool": "pool", "avg_pool": "pool", "global_avg_pool": "pool"}
+WARMUP_RUNS = 3  # onnxruntime's first runs allocate: left out of its medians
+
+
+@dataclass(frozen=True)
+class PeerNode:
+    """One node onnxruntime ran: its median time and what it computed."""
+
+    name: str
+    op: str
+    ms: float
+    weight_shape: tuple[int, ...] | None  # a conv's or FC's second input
+    out_shape: tuple[int, ...]
+
+    @property
+    def kind(self) -> str:
+        return _ORT_KINDS.get(self.op, "other")
+
+    def describe(self) -> str:
+        """e.g. "conv 3x3 s2 -> 28x28": what groups layers of one sort."""
+        if self.kind == "conv" and self.weight_shape and len(self.weight_shape) == 4:
+            kh, kw = self.weight_shape[2:]
+            return f"conv {kh}x{kw} -> {'x'.join(map(str, self.out_shape[2:]))}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """A sparsec layer and the onnxruntime node it was matched with (None for kinds not matched)."""
+
+    layer: str
+    format: str
+    sparsec_ms: float | None  # None: not called (a pool fused into its conv)
+    peer: PeerNode | None
+
+
+def peer_nodes(events: list[dict], warmup: int = WARMUP_RUNS) -> list[PeerNode]:
+    """The nodes of an onnxruntime profile (its JSON events) in execution order, each with the
+    median of its kernel times after the first `warmup` runs."""
+    times: dict[str, list[float]] = {}
+    info: dict[str, dict] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        node = name[: -len("_kernel_time")]
+        times.setdefault(node, []).append(event["dur"] / 1e3)
+        info.setdefault(node, event.get("args", {}))
+    nodes = []
+    for node, durations in times.items():
+        args = info[node]
+        inputs = [next(iter(shape.values())) for shape in args.get("input_type_shape", [])]
+        outputs = [next(iter(shape.values())) for shape in args.get("output_type_shape", [])]
+        kept = durations[warmup:] or durations
+        nodes.append(PeerNode(node, args.get("op_name", ""), statistics.median(kept),
+                              tuple(inputs[1]) if len(inputs) > 1 else None, tuple(outputs[0]) if outputs else ()))
+    return nodes
+
+
+def match_layers(layers: list[dict], nodes: list[PeerNode]) -> list[LayerPair]:
+    """Each sparsec layer (manifest rows with `median_ms`) with the onnxruntime node of the same
+    kind and rank; layers of other kinds (reshapes, adds) get none."""
+    by_kind: dict[str, list[PeerNode]] = {}
+    for node in nodes:
+        by_kind.setdefault(node.kind, []).append(node)
+    ranks: dict[str, int] = {}
+    pairs = []
+    for row in layers:
+        kind = _SPARSEC_KINDS.get(row["op"])
+        peer = None
+        if kind:
+            rank = ranks[kind] = ranks.get(kind, -1) + 1
+            peers = by_kind.get(kind, [])
+            if rank >= len(peers):
+                raise UserError(f"layer %{row['result']}: onnxruntime ran {len(peers)} {kind} node(s) and sparsec "
+                                "more; the two graphs cannot be matched layer by layer")
+            peer = peers[rank]
+        pairs.append(LayerPair(row["result"], row["format"], row["median_ms"], peer))
+    for kind, peers in by_kind.items():
+        if kind != "other" and len(peers) != ranks.get(kind, -1) + 1:
+            raise UserError(f"onnxruntime ran {len(peers)} {kind} node(s), sparsec {ranks.get(kind, -1) + 1}; "
+                            "the two graphs cannot be matched layer by layer")
+    return pairs
+
+
+def group_totals(pairs: list[LayerPair]) -> list[tuple[str, int, float, float]]:
+    """(sort of layer, count, sparsec ms, onnxruntime ms) per sort: a conv's kernel size and
+    output plane with sparsec's format, an FC or pool with its format; in order of first use."""
+    groups: dict[str, list] = {}
+    for pair in pairs:
+        if pair.peer is None:
+            continue
+        fmt = "fused into its conv" if pair.format.startswith("fused into") else pair.format
+        key = f"{pair.peer.describe()}, {fmt}"
+        total = groups.setdefault(key, [0, 0.0, 0.0])
+        total[0] += 1
+        total[1] += pair.sparsec_ms or 0.0
+        total[2] += pair.peer.ms
+    return [(key, n, ours, theirs) for key, (n, ours, theirs) in groups.items()]
+
+
+def profile_peer(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, threads: int,
+                 runs: int) -> list[PeerNode]:
+    """onnxruntime's per-node medians over `runs` runs of the masked model (profile in a temporary folder)."""
+    ort = require_onnxruntime("comparing layers needs onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "ort")
+        session = onnxruntime_session(apply_masks(model, masks) if masks else model, "comparing layers", options)
+        for _ in range(runs + WARMUP_RUNS):
+            session.run(None, inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return peer_nodes(events)
+
+
+def compare_layers(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, threads: int,
+                   runs: int = 25) -> list[LayerPair]:
+    """sparsec's per-layer profile matched with onnxruntime's, both on `threads` threads."""
+    from sparsec.runtime.bench import make_engine, profile_layers
+
+    nodes = profile_peer(model, masks, inputs, threads=threads, runs=runs)
+    engine = make_engine("sparsec", model, masks, inputs, threads=threads)
+    return match_layers(profile_layers(engine, runs), nodes)
+
+
+def _ratio(theirs: float, ours: float | None) -> str:
+    return f"{theirs / ours:.2f}x" if ours else "-"
+
+
+def format_comparison(pairs: list[LayerPair]) -> str:
+    """Markdown: per sort of layer, then per layer (onnxruntime / sparsec > 1: sparsec faster)."""
+    lines = ["| layers | count | sparsec ms | onnxruntime ms | onnxruntime / sparsec |", "|---|---:|---:|---:|---:|"]
+    groups = group_totals(pairs)
+    for key, n, ours, theirs in groups:
+        lines.append(f"| {key} | {n} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |")
+    count, ours, theirs = (sum(g[i] for g in groups) for i in (1, 2, 3))
+    lines += [f"| **matched layers** | {count} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |",
+              "", "| layer | format | sparsec ms | onnxruntime node | onnxruntime ms | onnxruntime / sparsec |",
+              "|---|---|---:|---|---:|---:|"]
+    for pair in pairs:
+        if pair.peer is not None:
+            ours_text = "not called" if pair.sparsec_ms is None else f"{pair.sparsec_ms:.3f}"
+            lines.append(f"| {pair.layer} | {pair.format} | {ours_text} | {pair.peer.name} ({pair.peer.op}) | "
+                         f"{pair.peer.ms:.3f} | {_ratio(pair.peer.ms, pair.sparsec_ms)} |")
+    return "\n".join(lines)
