@@ -165,7 +165,31 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
         report = results.get(key)
         if isinstance(report, BenchReport) and report.layers:
             lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]
+            if key != "dense":
+                lines += peer_section(CASE_BY_KEY[key], report)
     return lines
+
+
+PEER_RUNS = 20
+
+
+def peer_section(case: Case, report: BenchReport) -> list[str]:
+    """The case's layers by sort against onnxruntime's own profiler (the per-layer profile above
+    matched with its nodes; `benchmarks/compare_layers.py CASE` prints them layer by layer)."""
+    from sparsec.check import seeded_inputs
+    from sparsec.runtime.bench import input_shapes_of
+    from sparsec.runtime.peer_profile import group_table, match_layers, profile_peer
+
+    title = f"### {case.key} by sort of layer, against onnxruntime's profiler"
+    try:
+        inputs = seeded_inputs(input_shapes_of(case.model))
+        nodes = profile_peer(case.model, case.masks, inputs, threads=THREADS, runs=PEER_RUNS)
+        table = group_table(match_layers(report.layers, nodes))
+    except Exception as err:  # reported in the file like a failed case
+        return [title, "", f"Failed: `{type(err).__name__}: {err}`", ""]
+    return [title, "", f"onnxruntime's per-node medians over {PEER_RUNS} profiled runs, matched with the layers "
+            "above by kind in execution order (`python benchmarks/compare_layers.py "
+            f"{case.key}` runs both profilers again and lists every layer).", "", *table, ""]
 
 
 def _pct(value: float | None) -> str:

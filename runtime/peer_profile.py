@@ -45,6 +45,7 @@ class PeerNode:
     ms: float
     weight_shape: tuple[int, ...] | None  # a conv's or FC's second input
     out_shape: tuple[int, ...]
+    in_shape: tuple[int, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -54,7 +55,9 @@ class PeerNode:
         """e.g. "conv 3x3 s2 -> 28x28": what groups layers of one sort."""
         if self.kind == "conv" and self.weight_shape and len(self.weight_shape) == 4:
             kh, kw = self.weight_shape[2:]
-            return f"conv {kh}x{kw} -> {'x'.join(map(str, self.out_shape[2:]))}"
+            planes = len(self.in_shape) == len(self.out_shape) == 4
+            stride = self.in_shape[2] // max(1, self.out_shape[2]) if planes else 1
+            return f"conv {kh}x{kw}{f' s{stride}' if stride > 1 else ''} -> {'x'.join(map(str, self.out_shape[2:]))}"
         return self.kind
 
 
@@ -87,7 +90,8 @@ def peer_nodes(events: list[dict], warmup: int = WARMUP_RUNS) -> list[PeerNode]:
         outputs = [next(iter(shape.values())) for shape in args.get("output_type_shape", [])]
         kept = durations[warmup:] or durations
         nodes.append(PeerNode(node, args.get("op_name", ""), statistics.median(kept),
-                              tuple(inputs[1]) if len(inputs) > 1 else None, tuple(outputs[0]) if outputs else ()))
+                              tuple(inputs[1]) if len(inputs) > 1 else None, tuple(outputs[0]) if outputs else (),
+                              tuple(inputs[0]) if inputs else ()))
     return nodes
 
 
@@ -164,19 +168,28 @@ def _ratio(theirs: float, ours: float | None) -> str:
     return f"{theirs / ours:.2f}x" if ours else "-"
 
 
-def format_comparison(pairs: list[LayerPair]) -> str:
-    """Markdown: per sort of layer, then per layer (onnxruntime / sparsec > 1: sparsec faster)."""
+def group_table(pairs: list[LayerPair]) -> list[str]:
+    """Markdown rows per sort of layer (onnxruntime / sparsec > 1: sparsec faster)."""
     lines = ["| layers | count | sparsec ms | onnxruntime ms | onnxruntime / sparsec |", "|---|---:|---:|---:|---:|"]
     groups = group_totals(pairs)
     for key, n, ours, theirs in groups:
         lines.append(f"| {key} | {n} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |")
     count, ours, theirs = (sum(g[i] for g in groups) for i in (1, 2, 3))
-    lines += [f"| **matched layers** | {count} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |",
-              "", "| layer | format | sparsec ms | onnxruntime node | onnxruntime ms | onnxruntime / sparsec |",
-              "|---|---|---:|---|---:|---:|"]
+    return lines + [f"| **matched layers** | {count} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |"]
+
+
+def pair_table(pairs: list[LayerPair]) -> list[str]:
+    """Markdown rows per matched layer."""
+    lines = ["| layer | format | sparsec ms | onnxruntime node | onnxruntime ms | onnxruntime / sparsec |",
+             "|---|---|---:|---|---:|---:|"]
     for pair in pairs:
         if pair.peer is not None:
             ours_text = "not called" if pair.sparsec_ms is None else f"{pair.sparsec_ms:.3f}"
             lines.append(f"| {pair.layer} | {pair.format} | {ours_text} | {pair.peer.name} ({pair.peer.op}) | "
                          f"{pair.peer.ms:.3f} | {_ratio(pair.peer.ms, pair.sparsec_ms)} |")
-    return "\n".join(lines)
+    return lines
+
+
+def format_comparison(pairs: list[LayerPair]) -> str:
+    """Markdown: per sort of layer, then per layer."""
+    return "\n".join([*group_table(pairs), "", *pair_table(pairs)])

@@ -8,8 +8,8 @@ from sparsec.errors import UserError
 from sparsec.runtime.peer_profile import PeerNode, format_comparison, group_totals, match_layers, peer_nodes
 
 
-def _event(node: str, op: str, us: float, weight=None, out=(1, 8, 4, 4)) -> dict:
-    inputs = [{"float": [1, 8, 4, 4]}] + ([{"float": list(weight)}] if weight else [])
+def _event(node: str, op: str, us: float, weight=None, out=(1, 8, 4, 4), inp=(1, 8, 4, 4)) -> dict:
+    inputs = [{"float": list(inp)}] + ([{"float": list(weight)}] if weight else [])
     return {"cat": "Node", "name": f"{node}_kernel_time", "dur": us,
             "args": {"op_name": op, "input_type_shape": inputs, "output_type_shape": [{"float": list(out)}]}}
 
@@ -25,7 +25,7 @@ def _node(name: str, op: str, ms: float = 2.0, weight=(8, 8, 3, 3), out=(1, 8, 2
 def test_each_node_gets_the_median_of_its_runs_after_the_warmup():
     events = [{"cat": "Session", "name": "model_run", "dur": 999}]
     for us in (900, 100, 300, 200, 400):  # the first run is onnxruntime's allocating one
-        events += [_event("conv_nchwc", "Conv", us, weight=(8, 8, 3, 3)),
+        events += [_event("conv_nchwc", "Conv", us, weight=(8, 8, 3, 3), inp=(1, 8, 8, 8)),
                    {"cat": "Node", "name": "conv_nchwc_fence_before", "dur": 5, "args": {}},
                    _event("pool", "MaxPool", us / 10)]
     nodes = peer_nodes(events, warmup=1)
@@ -33,7 +33,7 @@ def test_each_node_gets_the_median_of_its_runs_after_the_warmup():
     assert nodes[0].ms == pytest.approx(0.25)  # median of 100, 200, 300, 400 us
     assert nodes[1].ms == pytest.approx(0.025)
     assert nodes[0].weight_shape == (8, 8, 3, 3) and nodes[1].weight_shape is None
-    assert nodes[0].describe() == "conv 3x3 -> 4x4"
+    assert nodes[0].describe() == "conv 3x3 s2 -> 4x4"  # an 8x8 input
 
 
 def test_layers_match_the_nodes_of_their_kind_in_execution_order():
