@@ -166,30 +166,30 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
         if isinstance(report, BenchReport) and report.layers:
             lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]
             if key != "dense":
-                lines += peer_section(CASE_BY_KEY[key], report)
+                lines += peer_section(CASE_BY_KEY[key])
     return lines
 
 
 PEER_RUNS = 20
 
 
-def peer_section(case: Case, report: BenchReport) -> list[str]:
-    """The case's layers by sort against onnxruntime's own profiler (the per-layer profile above
-    matched with its nodes; `benchmarks/compare_layers.py CASE` prints them layer by layer)."""
+def peer_section(case: Case) -> list[str]:
+    """The case's layers by sort against onnxruntime's own profiler, the two interleaved (sparsec
+    compiled again; `benchmarks/compare_layers.py CASE` prints them layer by layer)."""
     from sparsec.check import seeded_inputs
     from sparsec.runtime.bench import input_shapes_of
-    from sparsec.runtime.peer_profile import group_table, match_layers, profile_peer
+    from sparsec.runtime.peer_profile import compare_layers, group_table
 
     title = f"### {case.key} by sort of layer, against onnxruntime's profiler"
     try:
         inputs = seeded_inputs(input_shapes_of(case.model))
-        nodes = profile_peer(case.model, case.masks, inputs, threads=THREADS, runs=PEER_RUNS)
-        table = group_table(match_layers(report.layers, nodes))
+        table = group_table(compare_layers(case.model, case.masks, inputs, threads=THREADS, runs=PEER_RUNS))
     except Exception as err:  # reported in the file like a failed case
         return [title, "", f"Failed: `{type(err).__name__}: {err}`", ""]
-    return [title, "", f"onnxruntime's per-node medians over {PEER_RUNS} profiled runs, matched with the layers "
-            "above by kind in execution order (`python benchmarks/compare_layers.py "
-            f"{case.key}` runs both profilers again and lists every layer).", "", *table, ""]
+    return [title, "", f"Each engine's per-layer medians over {PEER_RUNS} profiled runs, the engines' runs "
+            "interleaved; onnxruntime's nodes matched with sparsec's layers by kind in execution order "
+            f"(`python benchmarks/compare_layers.py {case.key}` lists every layer). Profilers add to "
+            "every node: compare the ratios.", "", *table, ""]
 
 
 def _pct(value: float | None) -> str:

@@ -169,8 +169,10 @@ def measure(engines: list[Engine], rounds: int, min_time_s: float) -> tuple[dict
     return runs, repeats
 
 
-def profile_layers(engine: Engine, runs: int) -> list[dict]:
-    """Median ms of each kernel the VM calls, via its instrument hook, per layer of the manifest."""
+def profile_layers(engine: Engine, runs: int, between: Callable[[], object] | None = None) -> list[dict]:
+    """Median ms of each kernel the VM calls, via its instrument hook, per layer of the manifest;
+    `between` runs before each of sparsec's runs, a pause on either side (another engine
+    interleaved, so both see the machine in the same state)."""
     compiled = engine.compiled
     per_run: list[dict[str, float]] = []
     state = {"start": 0.0}
@@ -185,6 +187,10 @@ def profile_layers(engine: Engine, runs: int) -> list[dict]:
     compiled.vm.set_instrument(instrument)
     try:
         for _ in range(runs + 1):  # the first run is a warm-up, dropped below
+            if between is not None:
+                time.sleep(PAUSE_S)
+                between()
+                time.sleep(PAUSE_S)
             per_run.append({})
             engine.call()
     finally:

@@ -137,31 +137,31 @@ def group_totals(pairs: list[LayerPair]) -> list[tuple[str, int, float, float]]:
     return [(key, n, ours, theirs) for key, (n, ours, theirs) in groups.items()]
 
 
-def profile_peer(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, threads: int,
-                 runs: int) -> list[PeerNode]:
-    """onnxruntime's per-node medians over `runs` runs of the masked model (profile in a temporary folder)."""
+def _profiled_session(model: onnx.ModelProto, masks, threads: int, folder: str):
     ort = require_onnxruntime("comparing layers needs onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "ort")
-        session = onnxruntime_session(apply_masks(model, masks) if masks else model, "comparing layers", options)
-        for _ in range(runs + WARMUP_RUNS):
-            session.run(None, inputs)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    return peer_nodes(events)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(folder) / "ort")
+    return onnxruntime_session(apply_masks(model, masks) if masks else model, "comparing layers", options)
 
 
 def compare_layers(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, threads: int,
                    runs: int = 25) -> list[LayerPair]:
-    """sparsec's per-layer profile matched with onnxruntime's, both on `threads` threads."""
+    """sparsec's per-layer profile matched with onnxruntime's, both on `threads` threads, their
+    runs interleaved (a shared machine's speed drifts: profiles taken one after the other compared
+    two machine states, 1x1 convs at 0.77x in one and 1.7x in the next)."""
     from sparsec.runtime.bench import make_engine, profile_layers
 
-    nodes = profile_peer(model, masks, inputs, threads=threads, runs=runs)
-    engine = make_engine("sparsec", model, masks, inputs, threads=threads)
-    return match_layers(profile_layers(engine, runs), nodes)
+    with tempfile.TemporaryDirectory() as folder:
+        session = _profiled_session(model, masks, threads, folder)
+        for _ in range(WARMUP_RUNS):
+            session.run(None, inputs)
+        engine = make_engine("sparsec", model, masks, inputs, threads=threads)
+        layers = profile_layers(engine, runs, between=lambda: session.run(None, inputs))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return match_layers(layers, peer_nodes(events, warmup=WARMUP_RUNS + 1))  # + sparsec's warm-up round
 
 
 def _ratio(theirs: float, ours: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -161,3 +162,18 @@ def test_compare_layers_pairs_every_layer_with_weights_or_a_pool(tiny):
         if pair.peer is not None:
             assert pair.peer.ms > 0
             assert pair.sparsec_ms is None if pair.format.startswith("fused into") else pair.sparsec_ms > 0
+
+
+def test_profile_layers_runs_the_interleaved_engine_before_each_of_its_runs(tiny, monkeypatch):
+    from sparsec.runtime import bench
+    from sparsec.runtime.bench import make_engine, profile_layers
+
+    monkeypatch.setattr(bench, "PAUSE_S", 0.0)
+    model, masks = tiny
+    engine = make_engine("sparsec", model, masks, bench.seeded_inputs(bench.input_shapes_of(model)), threads=2)
+    order = []
+    calls = engine.call
+    engine = dataclasses.replace(engine, call=lambda: (order.append("sparsec"), calls()))
+    rows = profile_layers(engine, 3, between=lambda: order.append("peer"))
+    assert order == ["peer", "sparsec"] * 4  # the warm-up run too
+    assert all(row["median_ms"] > 0 for row in rows if row["op"] == "conv2d")
