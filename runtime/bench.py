@@ -67,12 +67,18 @@ def input_shapes_of(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]
     return shapes
 
 
-def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], threads: int) -> Engine:
-    why = "benchmarking needs onnxruntime as the reference"
+def onnxruntime_options(threads: int, why: str):
+    """onnxruntime's session options for a timed run: `threads` intra-op threads, every graph optimisation."""
     ort = require_onnxruntime(why)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def onnxruntime_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], threads: int) -> Engine:
+    why = "benchmarking needs onnxruntime as the reference"
+    options = onnxruntime_options(threads, why)
     start = time.perf_counter()
     session = onnxruntime_session(apply_masks(model, masks) if masks else model, why, options)
     compile_s = time.perf_counter() - start

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from sparsec.check import onnxruntime_session, require_onnxruntime
+from sparsec.check import onnxruntime_session
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
 
@@ -138,10 +138,9 @@ def group_totals(pairs: list[LayerPair]) -> list[tuple[str, int, float, float]]:
 
 
 def _profiled_session(model: onnx.ModelProto, masks, threads: int, folder: str):
-    ort = require_onnxruntime("comparing layers needs onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from sparsec.runtime.bench import onnxruntime_options
+
+    options = onnxruntime_options(threads, "comparing layers needs onnxruntime")
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(folder) / "ort")
     return onnxruntime_session(apply_masks(model, masks) if masks else model, "comparing layers", options)

@@ -199,8 +199,13 @@ def _tunable(op: Conv2d | Linear, ctx: _Ctx) -> relax.Expr:
     """conv2d, linear: a generated kernel with knobs (the op's, or the generator's defaults); a
     conv's fused residual is its second input."""
     tuned = layer_kernel(op, ctx.module, ctx.target)
-    inputs = [op.input] + ([op.residual] if getattr(op, "residual", None) else [])
-    return _call_kernel(ctx, op, tuned.kernel, [ctx.ref(r) for r in inputs], tuned.format, tuned)
+    return _call_kernel(ctx, op, tuned.kernel, _kernel_inputs(op, ctx), tuned.format, tuned)
+
+
+def _kernel_inputs(op: Conv2d | Linear, ctx: _Ctx) -> list[relax.Expr]:
+    """A conv's or linear's input, then a conv's fused residual."""
+    residual = getattr(op, "residual", None)
+    return [ctx.ref(op.input)] + ([ctx.ref(residual)] if residual else [])
 
 
 def _fused_conv_pool(op: Op, ctx: _Ctx) -> tuple[MaxPool, relax.Expr] | None:
@@ -211,8 +216,7 @@ def _fused_conv_pool(op: Op, ctx: _Ctx) -> tuple[MaxPool, relax.Expr] | None:
     tuned = pooled_conv_kernel(op, ctx.module, ctx.target) if pool else None
     if tuned is None:
         return None
-    inputs = [op.input] + ([op.residual] if op.residual else [])
-    call = _call_kernel(ctx, op, tuned.kernel, [ctx.ref(r) for r in inputs], tuned.format, tuned, computes=pool)
+    call = _call_kernel(ctx, op, tuned.kernel, _kernel_inputs(op, ctx), tuned.format, tuned, computes=pool)
     ctx.plans.append(LayerPlan(pool.result, pool.name, f"fused into %{op.result}", "", 0, 0))
     return pool, call
 
