@@ -17,8 +17,10 @@ from sparsec.lower.kernels.common import run_kernel
 from sparsec.lower.kernels.pattern_conv import (
     PatternConvKnobs,
     _Geometry,
+    _PairedTasks,
     auto_filter_splits,
     next_tile_columns,
+    padded_work,
     pattern_conv_kernel,
     resolve_knobs,
 )
@@ -219,6 +221,61 @@ def test_fused_max_pool_takes_rows_in_pairs():
     with pytest.raises(ValueError, match="a fused 2x2 max pool needs an even rows_per_step"):
         pattern_conv_kernel(build_fkw(w), (1, 8, 12, 12), pool=True, knobs=PatternConvKnobs(rows_per_step=3),
                             target=HOST)
+
+
+# the last column of tiles with its rows in pairs: 8-lane vectors on planes whose width leaves at most
+# 4 columns to the last tile (each vector then holds rows r and r + rows of it)
+@pytest.mark.parametrize("x_shape, kwargs", [
+    ((1, 6, 28, 28), {}),  # 28 = 3 x 8 + 4, 28 rows = 2 paired tiles of 14
+    ((2, 5, 23, 12), dict(bias=True, act=Activation("relu"), residual=True)),  # a last tile part outside
+    ((1, 5, 19, 4), {}),  # one column of tiles, all of them paired
+    ((1, 5, 19, 11), {}),  # the paired tile sticking out of the plane (3 of its 4 columns)
+    ((1, 5, 9, 11), {}),  # one paired task among three (TVM's simplifier once divided by zero there)
+    ((1, 11, 28, 20), dict(knobs=dict(channel_block=4))),  # channel blocks: partial sums between them
+    ((1, 6, 30, 28), dict(pads=(0, 1, 2, 0), dilations=(2, 1))),  # asymmetric pads, rows two apart
+    ((1, 6, 20, 56), dict(strides=(1, 2))),  # stride 2 along the row only (56 -> 28)
+], ids=["28x28", "batch-epilogue", "one-column", "sticking-out", "one-pair", "blocks", "pads-dilation", "row-stride"])
+def test_last_column_rows_in_pairs(x_shape, kwargs):
+    knobs = PatternConvKnobs(pair_rows=1, vector_width=8, **kwargs.pop("knobs", {}))
+    check(x_shape, 5, knobs=knobs, **kwargs)
+
+
+def test_row_pairs_where_they_pad_less():
+    pairs = lambda shape, target=AVX2, strides=(1, 1), **kw: resolve_knobs(  # noqa: E731
+        shape, strides, target=target, filters=64, kept=0.5, **kw).pair_rows
+    assert pairs((1, 64, 28, 28)) == 1  # 28 = 3 x 8 + 4: 14 tiles for 16, the same FMAs as 3.5 columns
+    assert pairs((1, 64, 56, 56)) == 0  # whole tiles
+    assert pairs((1, 64, 14, 14)) == 0  # 14 = 8 + 6: more than half of the last tile
+    assert pairs((1, 64, 28, 28), pooled=True) == 0  # a fused pool's windows take whole rows
+    assert pairs((1, 64, 56, 56), strides=(2, 2)) == 0  # rows two apart: not with stride 2 down the plane
+    assert pairs((1, 64, 8, 12)) == 0  # one tile high: the pairs would pad the height as much
+    assert pairs((1, 64, 56, 56), AVX512) == 1  # 16 lanes: 56 = 3 x 16 + 8
+    assert pairs((1, 64, 28, 28), knobs=PatternConvKnobs(filter_splits=2)) == 0  # sliced filters: a prologue's tiles
+    assert padded_work((1, 64, 28, 28), target=AVX2) == 1.0  # (unpaired 32 / 28 columns)
+    w = pruned(np.random.default_rng(0), 4, 8)
+    with pytest.raises(ValueError, match=r"knob pair_rows=1 needs one vector a tile row, a last column tile at most "
+                                         r"half filled, .*got 1 vectors of 8 lanes on a 14x14 output"):
+        pattern_conv_kernel(build_fkw(w), (1, 8, 14, 14), knobs=PatternConvKnobs(pair_rows=1), target=AVX2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(full=st.integers(0, 40), paired=st.integers(1, 12), threads=st.integers(1, 4))
+def test_paired_tasks_are_each_tile_once_and_spread(full, paired, threads):
+    """Task i of an image is one paired or one unpaired tile, every tile once; each thread's contiguous
+    range of tasks holds its share of the paired ones, give or take one (a paired tile costs more)."""
+    from tvm import sym, tirx
+    tasks, simplify = _PairedTasks(full, paired), sym.Analyzer().simplify
+    kinds = []
+    for i in range(tasks.count):
+        i_ = tirx.const(i, "int32")
+        kind = "paired" if int(simplify(tasks.is_paired(i_))) else "full"
+        index = tasks.paired_index(i_) if kind == "paired" else tasks.full_index(i_)
+        kinds.append((kind, int(simplify(index))))
+    assert sorted(kinds) == sorted([("full", i) for i in range(full)] + [("paired", i) for i in range(paired)])
+    chunk = -(-tasks.count // threads)
+    for t in range(threads):
+        share = kinds[t * chunk:(t + 1) * chunk]
+        assert abs(sum(k == "paired" for k, _ in share) - len(share) * paired / tasks.count) <= 1
 
 
 def test_output_keeps_original_channel_order():
@@ -422,11 +479,14 @@ def test_blocked_tiles_keep_their_padded_rows_in_the_compiled_kernel():
 
 
 @pytest.mark.parametrize("target, shape, knobs, pool, residual", [
-    (AVX2, (1, 8, 12, 12), {}, False, False),  # a 12-wide plane: 8 + 4 columns, the last tile sticks out
-    (AVX2, (1, 8, 12, 12), {}, False, True),
+    (AVX2, (1, 8, 12, 12), {"pair_rows": 0}, False, False),  # a 12-wide plane: 8 + 4 columns, the last tile sticks out
+    (AVX2, (1, 8, 12, 12), {"pair_rows": 0}, False, True),
     (AVX2, (1, 8, 12, 12), {"rows_per_step": 4}, True, False),  # pooled: 2 of the last tile's 4 windows
     (AVX2, (1, 8, 14, 14), {"channel_block": 4, "filter_splits": 1}, False, False),  # channel blocks
-    (AVX512, (1, 8, 24, 24), {}, False, False),  # 16 lanes: 24 = 16 + 8 (L1's 56 = 3 x 16 + 8)
+    (AVX512, (1, 8, 24, 24), {"pair_rows": 0}, False, False),  # 16 lanes: 24 = 16 + 8 (L1's 56 = 3 x 16 + 8)
+    (AVX2, (1, 8, 28, 28), {"pair_rows": 1}, False, True),  # the last column's rows in pairs
+    (AVX2, (1, 8, 12, 11), {"pair_rows": 1}, False, False),  # ... its tile sticking out (3 of 4 columns)
+    (AVX512, (1, 8, 24, 24), {"pair_rows": 1}, False, False),
 ])
 def test_accumulators_are_only_indexed_by_constants(target, shape, knobs, pool, residual):
     """Tiles sticking out of the plane store their columns one by one: a loop over them indexed the

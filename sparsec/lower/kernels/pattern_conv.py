@@ -15,6 +15,10 @@ Data flow:
    accumulators.
 3. The epilogue adds bias and the residual (a ResNet shortcut, read at the original channel),
    applies the activation and stores through `filter_order` into the original channel order.
+
+Where a plane's width leaves at most half a vector to its last column of tiles (28 = 3 x 8 + 4),
+that column's tiles take their rows in pairs (`_paired_column`): each vector holds two rows' last
+columns, so no lanes idle and the column needs half the tiles.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class PatternConvKnobs:
     # (its channel is data, so no hardware prefetcher guesses it); 0 = none; -1 = the register plan's
     prefetch_next_tile: int = -1  # 1: the input lines the next task's tile copy will read first are
     # prefetched into L1 during this task's filters; 0 = none; -1 = the register plan's
+    pair_rows: int = -1  # 1: the last column tile, where the plane fills at most half of its lanes,
+    # takes output rows in pairs (a vector's low half one row, its high half the next); 0 = never;
+    # -1 = where that pads the plane less
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -71,9 +78,9 @@ class PatternConvKnobs:
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
-        if self.prefetch_next_tile not in (-1, 0, 1):
-            raise ValueError(f"knob prefetch_next_tile must be 0 or 1 (or -1: the target's choice), "
-                             f"got {self.prefetch_next_tile}")
+        for name in ("prefetch_next_tile", "pair_rows"):
+            if getattr(self, name) not in (-1, 0, 1):
+                raise ValueError(f"knob {name} must be 0 or 1 (or -1: the target's choice), got {getattr(self, name)}")
         for name in ("prefetch", "channel_block"):
             if getattr(self, name) < -1:
                 raise ValueError(f"knob {name} must be >= 0 (or -1: the target's choice), got {getattr(self, name)}")
@@ -90,12 +97,29 @@ class _Geometry:
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
     dilations: tuple[int, int]
-    rows: int  # output rows per tile
+    rows: int  # accumulator rows per tile (output rows: `out_rows`)
     lanes: int
-    vecs: int  # output vectors per tile row
+    vecs: int  # vectors per accumulator row
     tap_copies: int = 1  # 1: one tile copy per stride phase; 3: one aligned copy per tap column
     channel_block: int = 0  # input channels per block (0: one block)
     line_floats: int = 16  # float32s in the target's cache line
+    fold: int = 1  # output rows per vector: its lanes split in `fold` parts; part j of accumulator row
+    # r is the tile's output row r + j * rows (see `_paired_column`)
+
+    @property
+    def cols_per_vec(self) -> int:
+        """Output columns one vector covers (its lanes, or one part of them where rows fold)."""
+        return self.lanes // self.fold
+
+    @property
+    def out_rows(self) -> int:
+        """Output rows per tile."""
+        return self.rows * self.fold
+
+    @property
+    def acc_w(self) -> int:
+        """Lanes of one accumulator row."""
+        return self.lanes * self.vecs
 
     @property
     def oh(self) -> int:
@@ -107,11 +131,11 @@ class _Geometry:
 
     @property
     def tile_w(self) -> int:
-        return self.lanes * self.vecs
+        return self.cols_per_vec * self.vecs
 
     @property
     def tiles_y(self) -> int:
-        return -(-self.oh // self.rows)
+        return -(-self.oh // self.out_rows)
 
     @property
     def tiles_x(self) -> int:
@@ -120,11 +144,12 @@ class _Geometry:
     @property
     def padded_area(self) -> int:
         """Output pixels the tiles compute, the padding past the plane's edges included."""
-        return self.tiles_y * self.rows * self.tiles_x * self.tile_w
+        return self.tiles_y * self.out_rows * self.tiles_x * self.tile_w
 
     @property
     def in_rows(self) -> int:
-        """Input rows one tile reads."""
+        """Rows of one tile's input copy: the input rows it reads, or with folded rows its entries,
+        each the `fold` input rows its vector parts read."""
         return (self.rows - 1) * self.strides[0] + 2 * self.dilations[0] + 1
 
     @property
@@ -136,6 +161,8 @@ class _Geometry:
     def pitch(self) -> int:
         """Floats from one tile row to the next: qw, or `blocked_pitch` where channel blocks keep
         the tile in L1."""
+        if self.fold > 1:
+            return self.acc_w  # an entry: one vector, its parts side by side
         return self.blocked_pitch if 0 < self.channel_block < self.c else self.qw
 
     @property
@@ -150,6 +177,21 @@ class _Geometry:
     def qw(self) -> int:
         """Input columns of one slot: a phase's columns plus the halo, or exactly the tile's."""
         return self.tile_w if self.tap_copies == 3 else self.tile_w + (2 * self.dilations[1]) // self.strides[1]
+
+    def task_tile_shape(self) -> tuple[int, ...]:
+        """The shape of a task's own input tile: [.., c, row, slot, column], or with folded rows
+        [.., c, slot, entry x column] (a slot's entries back to back)."""
+        if self.fold > 1:
+            return (1, 1, 1, self.c, self.slots, self.in_rows * self.pitch)
+        return (1, 1, 1, self.c, self.in_rows, self.slots, self.pitch)
+
+    def task_tile_index(self, c, row, slot, q) -> list:
+        """The index of (channel, row, slot, column) in a task's own input tile."""
+        if self.fold > 1:
+            if isinstance(q, tirx.Ramp):  # a vector: its base moves (TVM's bound analysis takes no Ramp + scalar)
+                return [0, 0, 0, c, slot, tirx.Ramp(row * self.pitch + q.base, q.stride, q.lanes)]
+            return [0, 0, 0, c, slot, row * self.pitch + q]
+        return [0, 0, 0, c, row, slot, q]
 
     def tile_bytes(self, channels: int = 0, padded: bool = False) -> int:
         """Bytes the kernels read of one output tile's input rows for `channels` channels (0: every
@@ -180,7 +222,7 @@ class _Tile:
     tx: object
 
     def oy0(self, g: _Geometry):
-        return self.ty * g.rows
+        return self.ty * g.out_rows
 
     def ox0(self, g: _Geometry):
         return self.tx * g.tile_w
@@ -220,7 +262,7 @@ def _copy_row(data, g: _Geometry, n, c, y, tx, checked: bool, store) -> None:
             if checked:
                 val = tirx.if_then_else(tirx.all(x >= 0, x < g.w), val, tirx.const(0.0, "float32"))
             store(ph, q, val)
-        if g.pitch > g.qw:  # written, or TVM shrinks the buffer to the columns read
+        if g.pitch > g.qw and g.fold == 1:  # written, or TVM shrinks the buffer to the columns read
             with T.serial(g.qw, g.pitch) as q:
                 store(ph, q, tirx.const(0.0, "float32"))
 
@@ -232,24 +274,27 @@ def _emit_tile_row(data, xt, g: _Geometry, n, c, ty, r, y, tiles: range, checked
 
 
 def _emit_tile_copy(data, xt, g: _Geometry, t: "_Tile") -> None:
-    """xt[0, 0, 0, c, r, ph, q]: one output tile's input rows for every channel, copied by the task
-    that computes the tile, just before it does (they stay in its cache: a prologue copying all
-    tiles writes them to memory and reads them back)."""
+    """xt at (c, r, ph, q) (`task_tile_index`): one output tile's input rows for every channel, copied
+    by the task that computes the tile, just before it does (they stay in its cache: a prologue
+    copying all tiles writes them to memory and reads them back)."""
     lo, hi = _inner_tiles(g)
+    width = g.pitch if g.fold == 1 else g.qw  # of the part one input row fills
     with T.serial(0, g.c) as c:
         with T.serial(0, g.in_rows) as r:
-            y = t.ty * g.rows * g.strides[0] + r - g.pads[0]
-            store = lambda ph, q, v: T.buffer_store(xt, v, [0, 0, 0, c, r, ph, q])  # noqa: E731
-            with T.If(tirx.all(y >= 0, y < g.h)):
-                with T.Then():
-                    with T.If(tirx.all(t.tx >= lo, t.tx < hi)):
-                        with T.Then():
-                            _copy_row(data, g, t.n, c, y, t.tx, False, store)
-                        with T.Else():
-                            _copy_row(data, g, t.n, c, y, t.tx, True, store)
-                with T.Else():
-                    with T.serial(0, g.slots * g.pitch) as i:
-                        store(i // g.pitch, i % g.pitch, tirx.const(0.0, "float32"))
+            for part in range(g.fold):
+                y = (t.ty * g.out_rows + part * g.rows) * g.strides[0] + r - g.pads[0]
+                store = lambda ph, q, v, part=part: T.buffer_store(  # noqa: E731
+                    xt, v, g.task_tile_index(c, r, ph, part * g.qw + q))
+                with T.If(tirx.all(y >= 0, y < g.h)):
+                    with T.Then():
+                        with T.If(tirx.all(t.tx >= lo, t.tx < hi)):
+                            with T.Then():
+                                _copy_row(data, g, t.n, c, y, t.tx, False, store)
+                            with T.Else():
+                                _copy_row(data, g, t.n, c, y, t.tx, True, store)
+                    with T.Else():
+                        with T.serial(0, g.slots * width) as i:
+                            store(i // width, i % width, tirx.const(0.0, "float32"))
 
 
 def _emit_tiling(data, xt, g: _Geometry) -> None:
@@ -260,7 +305,7 @@ def _emit_tiling(data, xt, g: _Geometry) -> None:
         n, c = nc // g.c, nc % g.c
         with T.serial(0, g.tiles_y) as ty:
             with T.serial(0, g.in_rows) as r:
-                y = ty * g.rows * g.strides[0] + r - g.pads[0]
+                y = ty * g.out_rows * g.strides[0] + r - g.pads[0]
                 with T.If(tirx.all(y >= 0, y < g.h)):
                     with T.Then():
                         for tiles, checked in ((range(0, lo), True), (range(lo, hi), False),
@@ -302,13 +347,14 @@ class _Ctx:
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
         if self.data is not None:
-            return self.xt[0, 0, 0, c, row, slot, q]
+            return self.xt[tuple(self.g.task_tile_index(c, row, slot, q))]
         return self.xt[t.n, t.ty, t.tx, c, row, slot, q]
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """Kernel-level LRE: (input row offset, tap column) -> the (output row, tap slot) pairs
-    that read it, ordered column by column so each loaded vector dies young."""
+    """Kernel-level LRE: (input row offset, tap column) -> the (accumulator row, tap slot) pairs
+    that read it, ordered column by column so each loaded vector dies young. (Folded rows: the
+    entry, whose parts are as many rows apart as the parts of the accumulator row.)"""
     uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for t, tap in enumerate(taps):
         ky, kx = divmod(int(tap), 3)
@@ -365,7 +411,11 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
     c = _i32(x.index[k])
     row = g.slots * g.pitch
     for first in range(0, g.in_rows * row, g.line_floats):
-        _prefetch_l1(x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
+        if g.fold > 1:  # slot-major
+            slot, rest = divmod(first, g.in_rows * g.pitch)
+            _prefetch_l1(x.input(t, c, rest // g.pitch, slot, rest % g.pitch))
+        else:
+            _prefetch_l1(x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
 
 
 def next_tile_columns(g: _Geometry) -> tuple[int, ...]:
@@ -394,7 +444,7 @@ def _emit_next_tile_prefetch(x: _Ctx, t: _Tile, step, steps: int):
     first_c = (step * g.c + steps - 1) // steps
     with T.serial(0, ((step + 1) * g.c + steps - 1) // steps - first_c) as i:
         for r in range(g.in_rows):
-            y = _clamp(ty * g.rows * g.strides[0] + r - g.pads[0], g.h)
+            y = _clamp(ty * g.out_rows * g.strides[0] + r - g.pads[0], g.h)
             for offset in next_tile_columns(g):
                 _prefetch_l1(x.data[n, first_c + i, y, _clamp(last + offset, g.w)])
 
@@ -436,19 +486,23 @@ def _edge_columns(last_col, width: int):
             yield
 
 
-def _emit_store_row(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
-    """out[n, filt, oy, ox0:] = act(acc[f, r, :] + bias + residual): vectors unless the tile sticks out."""
-    g, oy, ox0 = x.g, t.oy0(x.g) + r, t.ox0(x.g)
+def _emit_store_row(x: _Ctx, acc, f: int, r: int, part: int, filt, t: _Tile):
+    """out[n, filt, oy, ox0:] = act(acc[f, r, part's lanes] + bias + residual), oy the output row of
+    that part of accumulator row r: vectors unless the tile sticks out."""
+    g, oy, ox0 = x.g, t.oy0(x.g) + r + part * x.g.rows, t.ox0(x.g)
+    cols = g.cols_per_vec
+    lane = lambda col: col // cols * g.lanes + part * cols + col % cols  # noqa: E731  (acc lane of a column)
     with T.If(ox0 + g.tile_w <= g.ow):
         with T.Then():
             for v in range(g.vecs):
-                at = [t.n, filt, oy, _ramp(ox0 + v * g.lanes, g.lanes)]
-                T.buffer_store(x.out, _bias_act(x, acc[f, r, _vec(v, g.lanes)], filt, g.lanes, at), at)
+                at = [t.n, filt, oy, _ramp(ox0 + v * cols, cols)]
+                value = acc[f, r, _ramp(lane(v * cols), cols)]
+                T.buffer_store(x.out, _bias_act(x, value, filt, cols, at), at)
         with T.Else():  # columns unrolled: a loop indexing acc would keep it in memory (see _edge_columns)
             for col in range(g.tile_w):
                 with _edge_columns(ox0 + col, g.ow):
                     at = [t.n, filt, oy, ox0 + col]
-                    T.buffer_store(x.out, _bias_act(x, acc[f, r, col], filt, 1, at), at)
+                    T.buffer_store(x.out, _bias_act(x, acc[f, r, lane(col)], filt, 1, at), at)
 
 
 def _emit_store_pooled_rows(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
@@ -483,20 +537,24 @@ def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
         with T.If(slot < x.num_filters):
             with T.Then():
                 filt = _i32(x.order[slot])
-                for r in range(0, x.g.rows, 2 if x.pool else 1):
-                    with T.If(t.oy0(x.g) + r + (1 if x.pool else 0) < x.g.oh):
-                        with T.Then():
-                            if x.pool:
+                if x.pool:
+                    for r in range(0, x.g.rows, 2):
+                        with T.If(t.oy0(x.g) + r + 1 < x.g.oh):
+                            with T.Then():
                                 _emit_store_pooled_rows(x, acc, f, r, filt, t)
-                            else:
-                                _emit_store_row(x, acc, f, r, filt, t)
+                    continue
+                for r in range(x.g.rows):
+                    for part in range(x.g.fold):
+                        with T.If(t.oy0(x.g) + r + part * x.g.rows < x.g.oh):
+                            with T.Then():
+                                _emit_store_row(x, acc, f, r, part, filt, t)
 
 
 def _local_acc(x: _Ctx):
     # "global" scope: TVM 0.27 puts small global allocations on the stack, where LLVM keeps
     # them in registers across the pattern loops (while every index into it is a constant);
     # "local" ones become heap workspaces.
-    acc = T.alloc_buffer((x.nf, x.g.rows, x.g.tile_w), "float32")
+    acc = T.alloc_buffer((x.nf, x.g.rows, x.g.acc_w), "float32")
     IRBuilder.name("acc", acc)
     return acc
 
@@ -518,7 +576,7 @@ def _emit_tile_unblocked(x: _Ctx, t: _Tile, groups: _Groups):
 def _emit_tile_blocked(x: _Ctx, t: _Tile, groups: _Groups):
     """Channel blocks outside, groups inside: a block's input tiles stay in L1 while every
     group uses them; partial sums wait in a per-tile buffer between blocks."""
-    part = T.alloc_buffer((groups.most, x.nf, x.g.rows, x.g.tile_w), "float32")
+    part = T.alloc_buffer((groups.most, x.nf, x.g.rows, x.g.acc_w), "float32")
     with T.serial(0, groups.count) as gi:
         _emit_copy(part, None, x, dst_pre=(gi,))
     with T.serial(0, x.num_blocks) as blk:
@@ -544,26 +602,122 @@ class _Groups:
     most: int
 
 
-def _emit_main(x: _Ctx, splits: int):
+def _emit_main(x: _Ctx, splits: int, paired: bool):
     """Parallel over output tiles x `splits` slices of the filter groups: each task reads its
     own input tile. Slices keep both cores busy when a plane has fewer tiles than threads
     (a 14x14 plane is one tile). (Tasks of several column tiles sharing each pass over the
-    weights measured 5-35% slower: the weights stream well, the extra input tiles crowd L2.)"""
+    weights measured 5-35% slower: the weights stream well, the extra input tiles crowd L2.)
+    `paired`: the last column of tiles takes its rows in pairs (`_paired_column`)."""
     g = x.g
-    per_image = g.tiles_y * g.tiles_x
     most = -(-x.num_groups // splits)
+    pairs = _paired_column(g)
+    # a paired tile costs more than an unpaired one (its copy is larger), so its tasks are spread
+    # out: each thread takes a contiguous range of the tasks
+    with_pairs = _PairedTasks(g.tiles_y * (g.tiles_x - 1), pairs.tiles_y if paired else 0)
+    per_image = with_pairs.count if paired else g.tiles_y * g.tiles_x
     with T.parallel(0, g.n * per_image * splits) as task:
         tile, part = task // splits, task % splits
-        rest = tile % per_image
-        t = _Tile(tile // per_image, rest // g.tiles_x, rest % g.tiles_x)
+        n, rest = tile // per_image, tile % per_image
         groups = _Groups(part * most, tirx.max(tirx.min(most, x.num_groups - part * most), 0), most)
-        if x.data is not None:
-            x = replace(x, xt=T.alloc_buffer((1, 1, 1, g.c, g.in_rows, g.slots, g.pitch), "float32"))
-            _emit_tile_copy(x.data, x.xt, g, t)
-        if x.num_blocks == 1:
-            _emit_tile_unblocked(x, t, groups)
+        if not paired:
+            _emit_task(x, _Tile(n, rest // g.tiles_x, rest % g.tiles_x), groups)
         else:
-            _emit_tile_blocked(x, t, groups)
+            _emit_paired_or_full(x, pairs, with_pairs, n, rest, groups)
+
+
+def _emit_paired_or_full(x: _Ctx, pairs: _Geometry, tasks: "_PairedTasks", n, rest, groups: "_Groups"):
+    """Task `rest` of image n where the last column's rows are paired: a paired tile or a full one."""
+    g = x.g
+    last = (g.tiles_x - 1) * g.tile_w // pairs.tile_w  # the last column tile, in the pairs' columns
+    # no prefetch of the kernels' tiles: three tap copies (`register_plan.pattern_prefetch`)
+    x_pairs = replace(x, g=pairs, prefetch=0, prefetch_next_tile=False)
+    if tasks.full == 0:  # the plane is one column of tiles
+        _emit_task(x_pairs, _Tile(n, rest, last), groups)
+        return
+    with T.If(tasks.is_paired(rest)):
+        with T.Then():
+            _emit_task(x_pairs, _Tile(n, tasks.paired_index(rest), last), groups)
+        with T.Else():
+            full = tasks.full_index(rest)
+            _emit_task(x, _Tile(n, full // (g.tiles_x - 1), full % (g.tiles_x - 1)), groups)
+
+
+@dataclass(frozen=True)
+class _PairedTasks:
+    """`full` unpaired and `paired` paired tasks of one image, the paired ones spread evenly: paired
+    task k is task ((2k + 1) * count) // (2 * paired), the middle of its share of the tasks."""
+
+    full: int
+    paired: int
+
+    @property
+    def count(self) -> int:
+        return self.full + self.paired
+
+    def _paired_up_to(self, i):
+        """Paired tasks among tasks 0..i: (2 * paired * (i + 1) + count - 1) // (2 * count)."""
+        return tirx.min((2 * self.paired * i + self._offset) // (2 * self.count), self.paired)
+
+    @property
+    def _offset(self) -> int:
+        return 2 * self.paired + self.count - 1
+
+    def is_paired(self, i):
+        # the count above steps up at i: its numerator passed a multiple of 2 * count within its
+        # last step (comparing the two quotients instead made TVM 0.27's simplifier divide by zero)
+        return (2 * self.paired * i + self._offset) % (2 * self.count) < 2 * self.paired
+
+    def paired_index(self, i):
+        return self._paired_up_to(i) - 1
+
+    def full_index(self, i):
+        return i - self._paired_up_to(i)
+
+
+def _emit_task(x: _Ctx, t: _Tile, groups: _Groups):
+    """One output tile (for some filter groups): its input tile copied unless a prologue did, then
+    its filters."""
+    if x.data is not None:
+        g = x.g
+        x = replace(x, xt=T.alloc_buffer(g.task_tile_shape(), "float32"))
+        _emit_tile_copy(x.data, x.xt, g, t)
+    if x.num_blocks == 1:
+        _emit_tile_unblocked(x, t, groups)
+    else:
+        _emit_tile_blocked(x, t, groups)
+
+
+def _paired_column(g: _Geometry) -> _Geometry:
+    """The geometry of the last column of tiles with its rows in pairs: half the columns per vector,
+    twice the output rows per tile (a 28-wide plane in 8-lane tiles: the last tile's columns 24-27
+    of two rows per vector, instead of 4 idle lanes in each). Accumulator row r holds output rows
+    r and r + rows, so a vector of input rows a and a + rows serves every tap that row r's would
+    (vertical load sharing as in unpaired tiles; pairs of adjacent rows lost it: a paired tile
+    cost 1.4-1.5x an unpaired one on znver3). One copy per tap column, entry a of each holding
+    those two rows side by side: each vector is one aligned load. (The vector's halves loaded
+    apart and joined by an insert: 1.7-2.5x.)"""
+    return replace(g, fold=2, tap_copies=3)
+
+
+def pairs_rows(g: _Geometry) -> bool:
+    """Whether pairing the last column's rows leaves less padding: one vector a tile row, stride 1
+    down the plane (the pairs' copy holds rows `rows` apart), the last column tile at most half
+    filled, and fewer padded pixels (a plane one tile high gains nothing: the pairs pad it as
+    much). Measured on znver3, 2 threads, against the unpaired kernel in one process: 28-wide
+    planes at 128-512 channels 1.02-1.12x (the paired tiles' copies, three tap columns, cost most
+    where 512 channels of them crowd L2)."""
+    if g.vecs != 1 or g.fold != 1 or g.strides[0] != 1 or g.lanes % 2 or not 0 < g.ow % g.tile_w <= g.lanes // 2:
+        return False
+    pairs = _paired_column(g)
+    return pairs.tiles_y * pairs.out_rows * pairs.tile_w < g.tiles_y * g.out_rows * g.tile_w
+
+
+def _padded_area(g: _Geometry, paired: bool) -> int:
+    """Output pixels the tiles compute, the last column's as pairs with `paired`."""
+    if not paired:
+        return g.padded_area
+    pairs = _paired_column(g)
+    return g.tiles_y * g.out_rows * (g.tiles_x - 1) * g.tile_w + pairs.tiles_y * pairs.out_rows * pairs.tile_w
 
 
 def auto_filter_splits(tasks: int, groups: int, threads: int) -> int:
@@ -599,10 +753,8 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     them the next tile's prefetch (left 0 and -1 without them); channel blocks for `filters`
     filters keeping `kept` of their kernels (one block without them)."""
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept, pooled)
-    if not tile.filter_splits and filters is not None:
-        g = _geometry(in_shape, strides, pads, dilations, tile, target)
-        groups = -(-filters // tile.filters_per_group)
-        tile = replace(tile, filter_splits=auto_filter_splits(g.n * g.tiles_y * g.tiles_x, groups, target.threads))
+    tile = _resolve_pairs(_geometry(in_shape, strides, pads, dilations, tile, target), tile, pooled, filters,
+                          target.threads)
     if tile.prefetch_next_tile >= 0 or not tile.filter_splits:
         return tile
     input_bytes = 4 * int(np.prod([int(d) for d in in_shape]))
@@ -610,12 +762,36 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     return replace(tile, prefetch_next_tile=prefetch)
 
 
+def _resolve_pairs(g: _Geometry, tile: PatternConvKnobs, pooled: bool, filters: int | None,
+                   threads: int) -> PatternConvKnobs:
+    """Row pairs in the last column (where they pad less; never with a fused pool, whose windows
+    are whole rows) and filter slices for `filters` filters: pairs only with one slice (sliced
+    filters share a prologue's copy of the tiles, and the pairs have tiles of their own), so
+    pairs asked for take one slice, and automatic ones give way to the slices a plane needs."""
+    auto = tile.pair_rows < 0
+    pair = int(not pooled and pairs_rows(g)) if auto else tile.pair_rows
+
+    def tasks(paired: int) -> int:
+        return g.n * (g.tiles_y * (g.tiles_x - paired) + (_paired_column(g).tiles_y if paired else 0))
+
+    if not tile.filter_splits and filters is not None:
+        groups = -(-filters // tile.filters_per_group)
+        splits = auto_filter_splits(tasks(pair), groups, threads)
+        tile = replace(tile, filter_splits=1 if pair and not auto else splits)  # asked for pairs: one slice
+        if tile.filter_splits > 1 and pair and auto:
+            pair = 0
+            tile = replace(tile, filter_splits=auto_filter_splits(tasks(pair), groups, threads))
+    if tile.filter_splits > 1 and auto:
+        pair = 0
+    return replace(tile, pair_rows=pair)
+
+
 def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *, target: Target) -> float:
     """Multiply-adds the kernel does per useful one on `target`: its tiles' output area over the
     output's (a 28-wide plane in 8-lane vectors computes 32 columns, a 7-wide one 8: 1.14)."""
     knobs = resolve_knobs(in_shape, strides, pads, dilations, target=target)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, channel_block=0), target)
-    return g.padded_area / (g.oh * g.ow)
+    return _padded_area(g, knobs.pair_rows == 1) / (g.oh * g.ow)
 
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target,
@@ -685,6 +861,11 @@ def pattern_conv_kernel(
     if pool and (g.rows % 2 or g.lanes % 2 or min(g.oh, g.ow) < 2):
         raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and vector width and a conv output of "
                          f"at least 2x2, got {g.rows} rows, {g.lanes} lanes, {g.oh}x{g.ow}")
+    if knobs.pair_rows == 1 and (pool or knobs.filter_splits != 1 or not pairs_rows(g)):
+        raise ValueError(f"knob pair_rows=1 needs one vector a tile row, a last column tile at most half filled, "
+                         f"less padding than without pairs, one filter slice and no fused pool; got "
+                         f"{g.vecs} vectors of {g.lanes} lanes on a {g.oh}x{g.ow} output, {g.rows} rows, "
+                         f"{knobs.filter_splits} slices{', a pool' if pool else ''}")
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
@@ -720,5 +901,5 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, b
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
                      data if local else None, res, local and knobs.prefetch_next_tile == 1, pool)
-            _emit_main(x, knobs.filter_splits)
+            _emit_main(x, knobs.filter_splits, knobs.pair_rows == 1)
     return ib.get(), out_shape
