@@ -20,7 +20,7 @@ from sparsec.fkw import build_fkw
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.csr import csr_conv1x1_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
-from sparsec.lower.kernels.pattern_conv import pattern_conv_kernel
+from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel
 from sparsec.lower.target import resolve_target
 from sparsec.models import ZOO
 from sparsec.prune import prune_model, save_masks
@@ -58,6 +58,12 @@ def test_kernels_on_cortex_a53(a53):
     kernel = pattern_conv_kernel(build_fkw(w), x.shape, bias=b, activation=Activation("relu"), target=A53)
     want = np.maximum(_conv_reference(x, w, 1) + b[None, :, None, None], 0)
     np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
+    # 18 = 4 x 4 + 2 columns in 4-lane vectors: the last column's rows in pairs (2 columns of 2 rows each)
+    x_pairs = rng.standard_normal((1, 8, 17, 18)).astype(np.float32)
+    kernel = pattern_conv_kernel(build_fkw(w), x_pairs.shape, bias=b, activation=Activation("relu"), target=A53,
+                                 knobs=PatternConvKnobs(pair_rows=1, vectors_per_step=1))
+    want = np.maximum(_conv_reference(x_pairs, w, 1) + b[None, :, None, None], 0)
+    np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x_pairs), want, rtol=1e-4, atol=1e-4)
     dense = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
     for winograd in (1, 2, 4):  # direct, F(2x2, 3x3), F(4x4, 3x3) (4-lane vectors of tiles)
         kernel = dense_conv_kernel(dense, x.shape, pads=(1, 1, 1, 1), knobs=DenseConvKnobs(winograd=winograd),
