@@ -117,7 +117,8 @@ def test_the_pattern_kernels_padded_tiles_count_in_its_cost():
     from sparsec.lower.kernels.pattern_conv import padded_work
 
     avx2 = resolve("host", host_cpu="znver3", spec='{"isa": "avx2"}')
-    assert padded_work((1, 8, 28, 28), target=avx2) == pytest.approx(32 / 28)
+    assert padded_work((1, 8, 28, 28), target=avx2) == 1.0  # 3 x 8 + 4 columns: the last 4 in row pairs
+    assert padded_work((1, 8, 28, 28), (2, 2), target=avx2) == pytest.approx(16 / 14)  # 14 = 8 + 6 columns
     assert padded_work((1, 8, 56, 56), target=avx2) == 1.0 and padded_work((1, 8, 7, 7), target=avx2) == 8 / 7
     model = conv_layer((1, 512, 7, 7), 512)
     module = import_model(model, prune_model(model, keep_kernels=1.0, prune_first_conv=True))
