@@ -51,13 +51,14 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
     """The space of (knob name, candidate values) pairs, each widened by the generator's default
     (so a knob whose candidates all fall outside a small layer keeps its default)."""
     default = knobs_used(call, None, target, tuple(name for name, _ in knobs))
-    widened = [Knob(name, values(candidates, default[name])) for name, candidates in knobs]
+    # (candidates already within their bounds: a second `values` would drop 0, "none", from every knob)
+    widened = [Knob(name, tuple(sorted(set(candidates) | {int(default[name])}))) for name, candidates in knobs]
     return Space(call.generator, tuple(widened), default, rule)
 
 
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
-    prefetch distance, filter slices per tile, the next tile's prefetch."""
+    prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs."""
     oh, ow = _out_hw(call, (3, 3))
     channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
@@ -69,6 +70,12 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
             return "a tile vector lies wholly past the output width"
         if c["prefetch_next_tile"] and c["filter_splits"] != 1:
             return "the next tile's prefetch with filters sliced across tasks (no task copies a tile)"
+        if c["pair_rows"]:
+            p = call.params
+            knobs = pattern_conv.PatternConvKnobs(**{k: v for k, v in c.items() if k != "pair_rows"})
+            problem = pattern_conv.pair_rows_problem(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
+                                                     tuple(p["dilations"]), knobs, target=target)
+            return f"row pairs in the last column: {problem}" if problem else None
         return None
 
     return _space(call, target, [
@@ -81,6 +88,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("prefetch", values((0, 1, 2, 4), low=0)),
         ("filter_splits", values((1, 2, 4, 8), high=filters)),
         ("prefetch_next_tile", values((0, 1), low=0)),
+        ("pair_rows", values((0, 1), low=0)),
     ], rule)
 
 

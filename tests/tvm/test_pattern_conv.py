@@ -253,8 +253,9 @@ def test_row_pairs_where_they_pad_less():
     assert pairs((1, 64, 28, 28), knobs=PatternConvKnobs(filter_splits=2)) == 0  # sliced filters: a prologue's tiles
     assert padded_work((1, 64, 28, 28), target=AVX2) == 1.0  # (unpaired 32 / 28 columns)
     w = pruned(np.random.default_rng(0), 4, 8)
-    with pytest.raises(ValueError, match=r"knob pair_rows=1 needs one vector a tile row, a last column tile at most "
-                                         r"half filled, .*got 1 vectors of 8 lanes on a 14x14 output"):
+    with pytest.raises(ValueError, match=r"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a "
+                                         r"last column tile at most half filled, .*got 1 vectors of 8 lanes on a "
+                                         r"14x14 output \(stride 1 down\), 7 rows, 1 slices$"):
         pattern_conv_kernel(build_fkw(w), (1, 8, 14, 14), knobs=PatternConvKnobs(pair_rows=1), target=AVX2)
 
 
@@ -536,3 +537,32 @@ def test_unpruned_and_odd_tap_counts():
     for w in (dense, three):
         got = run_kernel(pattern_conv_kernel(build_fkw(w), x.shape, target=HOST), HOST, x)
         np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_the_tuning_space_offers_row_pairs_and_zero_settings():
+    """The tuner may pair the last column's rows where they fit (never with sliced filters), and
+    keeps the knobs' 0 ("none") candidates although the default is another value (a second bounds
+    filter once dropped every 0: no trial ran a layer in one block of channels where blocks were the
+    default)."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.spaces import space_for
+    from sparsec.models import conv_layer
+    from sparsec.prune import prune_model
+    from sparsec.tuning.task import extract_tasks
+
+    def space(shape):
+        model = conv_layer(shape, 32)
+        module = optimize(import_model(model, prune_model(model, keep_kernels=0.5, prune_first_conv=True)),
+                          target=AVX2)
+        return space_for(extract_tasks(module, AVX2)[0].call, AVX2)
+
+    wide = space((1, 256, 28, 28))
+    values = {k.name: k.values for k in wide.knobs}
+    assert values["pair_rows"] == (0, 1) and wide.default["pair_rows"] == 1
+    assert wide.default["channel_block"] == 64 and values["channel_block"] == (0, 16, 32, 64, 128)
+    assert wide.rule(dict(wide.default)) is None
+    assert wide.rule(dict(wide.default, filter_splits=2)) == (
+        "row pairs in the last column: 1 vectors of 8 lanes on a 28x28 output (stride 1 down), 7 rows, 2 slices")
+    narrow = space((1, 64, 14, 14))
+    assert narrow.default["pair_rows"] == 0 and narrow.rule(dict(narrow.default, pair_rows=1)).startswith(
+        "row pairs in the last column: 1 vectors of 8 lanes on a 14x14 output")

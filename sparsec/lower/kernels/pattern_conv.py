@@ -712,6 +712,19 @@ def pairs_rows(g: _Geometry) -> bool:
     return pairs.tiles_y * pairs.out_rows * pairs.tile_w < g.tiles_y * g.out_rows * g.tile_w
 
 
+def _pairs_problem(g: _Geometry, filter_splits: int, pool: bool) -> str | None:
+    """What keeps the tiles of `g` from pairing the last column's rows (None: nothing)."""
+    if pool or filter_splits != 1 or not pairs_rows(g):
+        return (f"{g.vecs} vectors of {g.lanes} lanes on a {g.oh}x{g.ow} output (stride {g.strides[0]} down), "
+                f"{g.rows} rows, {filter_splits} slices{', a pool' if pool else ''}")
+    return None
+
+
+def pair_rows_problem(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, *, target: Target) -> str | None:
+    """Why `knobs` (resolved: the tuner's candidates) cannot pair the last column's rows, or None."""
+    return _pairs_problem(_geometry(in_shape, strides, pads, dilations, knobs, target), knobs.filter_splits, False)
+
+
 def _padded_area(g: _Geometry, paired: bool) -> int:
     """Output pixels the tiles compute, the last column's as pairs with `paired`."""
     if not paired:
@@ -861,11 +874,10 @@ def pattern_conv_kernel(
     if pool and (g.rows % 2 or g.lanes % 2 or min(g.oh, g.ow) < 2):
         raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and vector width and a conv output of "
                          f"at least 2x2, got {g.rows} rows, {g.lanes} lanes, {g.oh}x{g.ow}")
-    if knobs.pair_rows == 1 and (pool or knobs.filter_splits != 1 or not pairs_rows(g)):
-        raise ValueError(f"knob pair_rows=1 needs one vector a tile row, a last column tile at most half filled, "
-                         f"less padding than without pairs, one filter slice and no fused pool; got "
-                         f"{g.vecs} vectors of {g.lanes} lanes on a {g.oh}x{g.ow} output, {g.rows} rows, "
-                         f"{knobs.filter_splits} slices{', a pool' if pool else ''}")
+    if knobs.pair_rows == 1 and (problem := _pairs_problem(g, knobs.filter_splits, pool)):
+        raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
+                         f"tile at most half filled, less padding than without pairs, one filter slice and no "
+                         f"fused pool; got {problem}")
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
