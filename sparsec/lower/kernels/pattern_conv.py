@@ -67,8 +67,8 @@ class PatternConvKnobs:
     prefetch_next_tile: int = -1  # 1: the input lines the next task's tile copy will read first are
     # prefetched into L1 during this task's filters; 0 = none; -1 = the register plan's
     pair_rows: int = -1  # 1: the last column tile, where the plane fills at most half of its lanes,
-    # takes output rows in pairs (a vector's low half one row, its high half the next); 0 = never;
-    # -1 = where that pads the plane less
+    # takes output rows in pairs (a vector's low half one row, its high half the row `rows` below);
+    # 0 = never; -1 = where that pads the plane less
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -542,12 +542,12 @@ def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
                         with T.If(t.oy0(x.g) + r + 1 < x.g.oh):
                             with T.Then():
                                 _emit_store_pooled_rows(x, acc, f, r, filt, t)
-                    continue
-                for r in range(x.g.rows):
-                    for part in range(x.g.fold):
-                        with T.If(t.oy0(x.g) + r + part * x.g.rows < x.g.oh):
-                            with T.Then():
-                                _emit_store_row(x, acc, f, r, part, filt, t)
+                else:
+                    for r in range(x.g.rows):
+                        for part in range(x.g.fold):
+                            with T.If(t.oy0(x.g) + r + part * x.g.rows < x.g.oh):
+                                with T.Then():
+                                    _emit_store_row(x, acc, f, r, part, filt, t)
 
 
 def _local_acc(x: _Ctx):
