@@ -613,8 +613,8 @@ def _emit_main(x: _Ctx, splits: int, paired: bool):
     pairs = _paired_column(g)
     # a paired tile costs more than an unpaired one (its copy is larger), so its tasks are spread
     # out: each thread takes a contiguous range of the tasks
-    with_pairs = _PairedTasks(g.tiles_y * (g.tiles_x - 1), pairs.tiles_y if paired else 0)
-    per_image = with_pairs.count if paired else g.tiles_y * g.tiles_x
+    with_pairs = _paired_tasks(g)
+    per_image = _tasks_per_image(g, paired)
     with T.parallel(0, g.n * per_image * splits) as task:
         tile, part = task // splits, task % splits
         n, rest = tile // per_image, tile % per_image
@@ -640,6 +640,15 @@ def _emit_paired_or_full(x: _Ctx, pairs: _Geometry, tasks: "_PairedTasks", n, re
         with T.Else():
             full = tasks.full_index(rest)
             _emit_task(x, _Tile(n, full // (g.tiles_x - 1), full % (g.tiles_x - 1)), groups)
+
+
+def _paired_tasks(g: _Geometry) -> "_PairedTasks":
+    """One image's tasks with the last column's rows in pairs."""
+    return _PairedTasks(g.tiles_y * (g.tiles_x - 1), _paired_column(g).tiles_y)
+
+
+def _tasks_per_image(g: _Geometry, paired: bool) -> int:
+    return _paired_tasks(g).count if paired else g.tiles_y * g.tiles_x
 
 
 @dataclass(frozen=True)
@@ -708,8 +717,7 @@ def pairs_rows(g: _Geometry) -> bool:
     where 512 channels of them crowd L2)."""
     if g.vecs != 1 or g.fold != 1 or g.strides[0] != 1 or g.lanes % 2 or not 0 < g.ow % g.tile_w <= g.lanes // 2:
         return False
-    pairs = _paired_column(g)
-    return pairs.tiles_y * pairs.out_rows * pairs.tile_w < g.tiles_y * g.out_rows * g.tile_w
+    return _padded_area(g, True) < g.padded_area
 
 
 def _pairs_problem(g: _Geometry, filter_splits: int, pool: bool) -> str | None:
@@ -785,7 +793,7 @@ def _resolve_pairs(g: _Geometry, tile: PatternConvKnobs, pooled: bool, filters: 
     pair = int(not pooled and pairs_rows(g)) if auto else tile.pair_rows
 
     def tasks(paired: int) -> int:
-        return g.n * (g.tiles_y * (g.tiles_x - paired) + (_paired_column(g).tiles_y if paired else 0))
+        return g.n * _tasks_per_image(g, bool(paired))
 
     if not tile.filter_splits and filters is not None:
         groups = -(-filters // tile.filters_per_group)
