@@ -16,7 +16,9 @@ Depthwise convs (one input channel per filter) have no channel reduction to tile
 parallel over channels with one channel's padded plane, sums and outputs kept in L1.
 Dense 3x3 stride-1 convs with enough channels go to Winograd's F(m x m, 3x3) instead
 (`winograd_conv`, knob `winograd`): a quarter of the multiplies for F(4x4). Unpadded 1x1 convs
-with many channels go to `pointwise_conv` (knob `pointwise`): vectors across filters.
+with many channels go to `pointwise_conv` (knob `pointwise`): vectors across filters; the other
+unpadded stride-1 1x1 convs to `pointwise_pixels`, the same register tile as here with the
+epilogue in registers (knob `channel_block` unused: one block).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels import pointwise_conv, register_plan, winograd_conv, winograd_plan
+from sparsec.lower.kernels import pointwise_conv, pointwise_pixels, register_plan, winograd_conv, winograd_plan
 from sparsec.lower.kernels.common import (
     ConvShape,
     Kernel,
@@ -181,6 +183,12 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
     return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 
+def _pixel_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
+    """Stride-1 1x1 convs (`pointwise_pixels`): the candidate register tile doing the least
+    padded work (filters and the plane's pixels padded to whole tiles), the knobs' own on ties."""
+    return min(_tile_shapes(g, k), key=lambda s: pointwise_pixels.padded_work(g.o, g.oh * g.ow, s[0], s[1] * k.lanes))
+
+
 def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
     if g.depthwise:
         row_vectors = ceil_div(g.ow, k.lanes)
@@ -212,19 +220,7 @@ def _padded_planes(x: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
         inside = tirx.all(h >= 0, h < g.h, w >= 0, w < g.w)
         return tirx.if_then_else(inside, x[n, c, h, w], tirx.const(0.0, "float32"))
 
-    if _panels(g, t):  # xp[n, tile, c, pixel of the tile]
-        return te.compute((g.n, t.jp // t.tile, g.c, t.tile),
-                          lambda n, jt, c, jl: value(n, c, 0, jt * t.tile + jl), name="xp")
     return te.compute((g.n, g.c, g.planes, rows * g.wq), value, name="xp")
-
-
-def _panels(g: _Geometry, t: _Tiling) -> bool:
-    """Stride-1 1x1 convs read their input as panels: each register tile's pixels of every channel
-    in a row, so the channel loop streams contiguous memory. (Planes a channel apart measured up
-    to 2.2x slower on znver5 at some plane sizes, e.g. ResNet-50's 56x56: the channel stride, not
-    the work, set the speed. Strided 1x1 convs gather their panels slowly (1.1-1.5x slower over
-    planes); a 3x3 conv's taps cross tiles: both keep the planes.)"""
-    return g.max_offset == 0 and not g.depthwise and g.strides == (1, 1)
 
 
 def _gemm_sums(xp: te.Tensor, wpk: te.Tensor, g: _Geometry, t: _Tiling) -> te.Tensor:
@@ -234,10 +230,7 @@ def _gemm_sums(xp: te.Tensor, wpk: te.Tensor, g: _Geometry, t: _Tiling) -> te.Te
 
     def value(n, o, j):
         chan = r if g.groups == 1 else o // g.og * g.cg + r
-        if _panels(g, t):
-            src = xp[n, j // t.tile, chan, j % t.tile]
-        else:
-            src = xp[n, chan, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
+        src = xp[n, chan, g.tap_plane(kh, kw), j + g.tap_offset(kh, kw)]
         return te.sum(wpk[o // t.ob, r, kh, kw, o % t.ob] * src, axis=[r, kh, kw])
 
     if t.block_rows:  # rows kept apart, so a block of rows is a rectangle for the epilogue
@@ -307,10 +300,9 @@ def _schedule_gemm(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     """Loops: parallel(n, filter group, pixel block) > channel block > filter tile > pixel tile >
     (channels, kh, kw) > unrolled ob x vectors register tile. The sums live in `wide` across
     channel blocks; inside one block LLVM keeps the tile in registers (buffers are noalias)."""
-    n, c = sch.get_loops(sch.get_sblock("xp"))[:2]  # panels: (n, tile)
+    n, c = sch.get_loops(sch.get_sblock("xp"))[:2]
     sch.parallel(sch.fuse(n, c))
-    if not _panels(g, t):
-        _schedule_planes(sch, g, outer=1)
+    _schedule_planes(sch, g, outer=1)
     blk = sch.get_sblock("wide")
     n, o, *pixels, r, kh, kw = sch.get_loops(blk)
     j = sch.fuse(*pixels) if len(pixels) > 1 else pixels[0]
@@ -463,6 +455,11 @@ def dense_conv_kernel(
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,
             lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
+    if pointwise_pixels.supports((g.kh, g.kw), strides, pads, groups):
+        ob, vectors = _pixel_tile(g, knobs)
+        return pointwise_pixels.pointwise_pixels_kernel(
+            weight, in_shape, out_block=ob, vectors=vectors, lanes=knobs.lanes, tiles_per_block=knobs.tiles_per_block,
+            out_groups=knobs.out_groups, bias=bias, activation=activation, residual=residual, name=name)
     t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)

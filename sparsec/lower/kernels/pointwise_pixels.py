@@ -1,0 +1,225 @@
+"""Dense stride-1 1x1 convolution as a GEMM with vectors across pixels, its epilogue in registers.
+
+An unpadded stride-1 1x1 conv is out[o, p] = sum over c of w[o, c] * x[c, p] on the flat plane
+(p = row * width + column, the same index in the NCHW input and output). A register tile is
+`out_block` filters (weights broadcast, packed [O/ob, C, ob]) x `vectors` vectors of consecutive
+pixels. Parallel over (image, pixel block, filter group); a task first packs its block's pixels
+of every channel into a panel ([tile, channel, pixel of the tile]: the channel loop then streams
+contiguous memory; rows of the plane a channel apart were up to 2.2x slower at 56x56), then runs
+each filter tile over each pixel tile, the whole reduction with the sums in registers, and stores
+act(sums + bias + residual) straight to the output. (`pointwise_conv` is the other direction:
+vectors across filters, for small planes.)
+
+Against the TE GEMM this replaces (a separate parallel packing pass over the whole input, sums
+zeroed in, and read back from, a per-block buffer, an epilogue pass over it), measured on znver3
+(AVX2, one thread, CPU time, ResNet-50's shapes): 56x56 and 28x28 layers 1.1-1.45x, 14x14 with
+1024 channels 1.05-1.2x; ResNet-50 (M2) on 2 threads 1.10x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from sparsec.ir.activation import Activation
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div
+
+
+def supports(kernel: tuple[int, int], strides: tuple[int, int], pads, groups: int) -> bool:
+    """Whether a conv has this kernel's shape: 1x1, stride 1, unpadded, one group."""
+    return tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads) and groups == 1
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Shapes of the conv and its tiling; all compile-time integers."""
+
+    n: int
+    c: int
+    plane: int  # pixels of a (flat) output plane, the input's too
+    o: int
+    ob: int  # filters per register tile
+    vectors: int  # vectors of pixels per register tile
+    lanes: int
+    tiles: int  # pixel tiles per parallel task (its panel)
+    groups: int  # filter groups in the parallel loop
+
+    @property
+    def tile(self) -> int:
+        """Pixels per register tile."""
+        return self.vectors * self.lanes
+
+    @property
+    def pixel_tiles(self) -> int:
+        return ceil_div(self.plane, self.tile)
+
+    @property
+    def blocks(self) -> int:
+        return ceil_div(self.pixel_tiles, self.tiles)
+
+    @property
+    def filter_tiles(self) -> int:
+        return ceil_div(self.o, self.ob)
+
+    @property
+    def per_group(self) -> int:
+        """Filter tiles per filter group."""
+        return ceil_div(self.filter_tiles, self.groups)
+
+
+def padded_work(o: int, plane: int, ob: int, tile: int) -> int:
+    """Multiply-adds per input channel the tiling computes: filters and pixels padded to whole tiles."""
+    return ceil_div(o, ob) * ob * ceil_div(plane, tile) * tile
+
+
+def _pack_weight(weight: np.ndarray, p: _Plan) -> np.ndarray:
+    """[O, C, 1, 1] -> [O/ob, C, ob], zero filters padding O: a tile's weights of one channel are contiguous."""
+    w = np.zeros((p.filter_tiles * p.ob, p.c), np.float32)
+    w[: p.o] = np.asarray(weight, np.float32).reshape(p.o, p.c)
+    return np.ascontiguousarray(w.reshape(p.filter_tiles, p.ob, p.c).transpose(0, 2, 1))
+
+
+def _vec(start, lanes: int):
+    return tirx.Ramp(start, 1, lanes)
+
+
+@dataclass(frozen=True)
+class _Buffers:
+    x: tirx.Buffer  # [N, C, plane]
+    w: tirx.Buffer  # [O/ob, C, ob]
+    bias: tirx.Buffer | None
+    residual: tirx.Buffer | None  # [N, O, plane]
+    out: tirx.Buffer  # [N, O, plane]
+    act: Activation | None
+
+
+def _emit_pack(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
+    """panel[t, c, :] = the pixels of tile first_tile + t in channel c; zeros past the plane."""
+    with T.serial(0, tiles) as t:
+        pix0 = (first_tile + t) * p.tile
+        with T.If(pix0 + p.tile <= p.plane):
+            with T.Then():
+                with T.serial(0, p.c) as c:
+                    for v in range(p.vectors):
+                        at = _vec(pix0 + v * p.lanes, p.lanes)
+                        T.buffer_store(panel, b.x[img, c, at], [t, c, _vec(v * p.lanes, p.lanes)])
+            with T.Else():  # the plane's last tile, partial
+                with T.serial(0, p.c) as c:
+                    with T.serial(0, p.tile) as k:
+                        inside = pix0 + k < p.plane
+                        value = tirx.if_then_else(inside, b.x[img, c, tirx.min(pix0 + k, p.plane - 1)],
+                                                  tirx.const(0.0, "float32"))
+                        T.buffer_store(panel, value, [t, c, k])
+
+
+def _epilogue(b: _Buffers, value, img, o, at, lanes: int):
+    if b.bias is not None:
+        value = value + (tirx.Broadcast(b.bias[o], lanes) if lanes > 1 else b.bias[o])
+    if b.residual is not None:
+        value = value + b.residual[img, o, at]
+    return apply_activation(value, b.act, lanes)
+
+
+def _emit_store(b: _Buffers, acc, p: _Plan, img, ft, pix0) -> None:
+    """out = act(acc + bias + residual) for one register tile: whole vectors where the tile lies in
+    the plane, else pixel by pixel; filters past O (the last tile's padding) are skipped."""
+    with T.If(pix0 + p.tile <= p.plane):
+        with T.Then():
+            for f in range(p.ob):
+                o = ft * p.ob + f
+                stores = [(_vec(pix0 + v * p.lanes, p.lanes), acc[f, _vec(v * p.lanes, p.lanes)])
+                          for v in range(p.vectors)]
+                if p.o % p.ob:
+                    with T.If(o < p.o):
+                        with T.Then():
+                            for at, value in stores:
+                                T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
+                else:
+                    for at, value in stores:
+                        T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
+        with T.Else():
+            for f in range(p.ob):
+                o = ft * p.ob + f
+                with T.serial(0, p.tile) as k:
+                    with T.If(tirx.all(pix0 + k < p.plane, o < p.o)):
+                        with T.Then():
+                            at = pix0 + k
+                            T.buffer_store(b.out, _epilogue(b, acc[f, k], img, o, at, 1), [img, o, at])
+
+
+def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
+    """One register tile: sums over every channel in registers, then the epilogue's store."""
+    # "global" scope: a stack buffer LLVM keeps in registers across the channel loop
+    acc = T.alloc_buffer((p.ob, p.tile), "float32")
+    zero = tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
+    for f in range(p.ob):
+        for v in range(p.vectors):
+            T.buffer_store(acc, zero, [f, _vec(v * p.lanes, p.lanes)])
+    with T.serial(0, p.c) as c:
+        pixels = [panel[t, c, _vec(v * p.lanes, p.lanes)] for v in range(p.vectors)]
+        for f in range(p.ob):
+            weight = tirx.Broadcast(b.w[ft, c, f], p.lanes)
+            for v in range(p.vectors):
+                at = (f, _vec(v * p.lanes, p.lanes))
+                T.buffer_store(acc, acc[at] + weight * pixels[v], list(at))
+    _emit_store(b, acc, p, img, ft, pix0)
+
+
+def _emit(b: _Buffers, p: _Plan) -> None:
+    with T.parallel(0, p.n * p.blocks * p.groups) as task:
+        img, blk, grp = task // (p.blocks * p.groups), task // p.groups % p.blocks, task % p.groups
+        first_tile = blk * p.tiles
+        tiles = tirx.min(p.tiles, p.pixel_tiles - first_tile)
+        panel = T.alloc_buffer((p.tiles, p.c, p.tile), "float32")
+        _emit_pack(b, panel, p, img, first_tile, tiles)
+        # loops from 0 (TVM 0.27 miscompiles nested bounds under a loop with a non-constant start)
+        with T.serial(0, tirx.min(p.per_group, p.filter_tiles - grp * p.per_group)) as fi:
+            with T.serial(0, tiles) as t:
+                _emit_tile(b, panel, p, img, grp * p.per_group + fi, t, (first_tile + t) * p.tile)
+
+
+def pointwise_pixels_kernel(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int, int],
+    *,
+    out_block: int,
+    vectors: int,
+    lanes: int,
+    tiles_per_block: int,
+    out_groups: int,
+    bias: np.ndarray | None = None,
+    activation: Activation | None = None,
+    residual: bool = False,
+    name: str = "pointwise_pixels",
+) -> Kernel:
+    """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)`, stride 1, unpadded, NCHW
+    float32: register tiles of `out_block` filters x `vectors` pixel vectors, at most
+    `tiles_per_block` pixel tiles per task (blocks of equal size, so tasks weigh the same), filters
+    split in `out_groups` groups; params (x, [residual], w, [bias],
+    out) like the direct conv's."""
+    n, c, h, w = (int(d) for d in in_shape)
+    o = int(weight.shape[0])
+    if tuple(weight.shape) != (o, c, 1, 1):
+        raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
+    pixel_tiles = ceil_div(h * w, vectors * lanes)
+    even = ceil_div(pixel_tiles, ceil_div(pixel_tiles, tiles_per_block))  # 9 tiles in blocks of 4: 3 x 3, not 4 + 4 + 1
+    plan = _Plan(n, c, h * w, o, out_block, vectors, lanes, even, min(out_groups, ceil_div(o, out_block)))
+    packed = _pack_weight(weight, plan)
+    constants = (packed,) + ((np.asarray(bias, np.float32).reshape(o),) if bias is not None else ())
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"tirx.noalias": True, "global_symbol": name})
+            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            res = T.arg("residual", T.buffer((n, o, h, w), "float32")) if residual else None
+            wb = T.arg("w", T.buffer(packed.shape, "float32"))
+            bb = T.arg("bias", T.buffer((o,), "float32")) if bias is not None else None
+            out = T.arg("out", T.buffer((n, o, h, w), "float32"))
+            flat = lambda buf, channels: T.decl_buffer((n, channels, h * w), "float32", data=buf.data)  # noqa: E731
+            buffers = _Buffers(flat(x, c), wb, bb, flat(res, o) if residual else None, flat(out, o), activation)
+            _emit(buffers, plan)
+    return Kernel(ib.get(), constants, (n, o, h, w), "float32")
