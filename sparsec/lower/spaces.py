@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
-from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, pointwise_pixels, winograd_plan
+from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_plan
 from sparsec.lower.kernels.common import ceil_div, conv_output_size
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
@@ -137,14 +137,13 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
     names = ("tiles_per_block", "channel_block", "out_groups")
     defaults = knobs_used(call, None, target, names)
     ignored = {"Winograd ignores": names, "vectors across filters ignore": ("tiles_per_block", "out_groups"),
-               "the stride-1 1x1 GEMM ignores": ("channel_block",)}
-    pixel_gemm = pointwise_pixels.supports(tuple(p["weight_shape"][2:]), p["strides"], p["pads"], p["groups"])
+               "the 1x1 GEMM ignores": ("channel_block",)}
 
     def rule(c: dict) -> str | None:
         if c["out_block"] * c["vectors"] > target.vector_registers - c["vectors"] - 2:
             return "the register tile takes more than the vector registers"
         other = "Winograd ignores" if c["winograd"] > 1 else "vectors across filters ignore" \
-            if c["pointwise"] == 2 else "the stride-1 1x1 GEMM ignores" if pixel_gemm else None
+            if c["pointwise"] == 2 else "the 1x1 GEMM ignores" if len(pointwise) == 2 else None
         if other and any(c[name] != defaults[name] for name in ignored[other]):
             return f"{other} the direct conv's blocks (one point of them is enough)"
         return None

@@ -84,24 +84,29 @@ def test_row_aligned_blocks_with_batch():
     check((1, 6, 14, 14), (12, 6, 3, 3), pads=(1, 1, 1, 1), bias=True)  # pitch 16: junk columns
 
 
-def test_stride1_1x1_runs_as_a_pixel_gemm_with_its_epilogue_in_registers():
-    """Unpadded stride-1 1x1 convs go to `pointwise_pixels` (weights packed [O/ob, C, ob]): the
-    plane's last tile partial, a plane smaller than one tile, filters not a multiple of the tile,
-    more filter groups than filter tiles, a last block of fewer tiles, batch, bias + residual +
-    activation; padded or strided 1x1 convs keep the direct GEMM (weights [O/ob, C, 1, 1, ob])."""
+def test_unpadded_1x1_runs_as_a_pixel_gemm_with_its_epilogue_in_registers():
+    """Unpadded 1x1 convs go to `pointwise_pixels` (weights packed [O/ob, C, ob]): the plane's
+    last tile partial, a plane smaller than one tile, filters not a multiple of the tile, more
+    filter groups than filter tiles, a last block of fewer tiles, batch, bias + residual +
+    activation, strides (a gathered panel); padded 1x1 convs keep the direct GEMM (weights
+    [O/ob, C, 1, 1, ob])."""
     def packed_weight_rank(in_shape, w_shape, **kw):
         w = np.zeros(w_shape, np.float32)
         return dense_conv_kernel(w, in_shape, target=HOST, knobs=DenseConvKnobs(pointwise=1), **kw).constants[0].ndim
 
     assert packed_weight_rank((1, 8, 14, 14), (16, 8, 1, 1)) == 3
+    assert packed_weight_rank((1, 8, 14, 14), (16, 8, 1, 1), strides=(2, 2)) == 3
     assert packed_weight_rank((1, 8, 14, 14), (16, 8, 1, 1), pads=(1, 0, 0, 0)) == 5
-    assert packed_weight_rank((1, 8, 14, 14), (16, 8, 1, 1), strides=(2, 2)) == 5
     check((1, 5, 9, 7), (6, 5, 1, 1), pads=(1, 0, 2, 1))
     for tile in ((11, 2), (8, 3)):  # 196 pixels: 12 whole tiles of 16 and a quarter; 8 tiles of 24 and a sixth
         check((2, 24, 14, 14), (30, 24, 1, 1), bias=True, act="relu", residual=True,
               knobs=DenseConvKnobs(out_block=tile[0], vectors=tile[1], tiles_per_block=3, out_groups=4, pointwise=1))
     check((1, 5, 3, 3), (7, 5, 1, 1), bias=True, act="clip", residual=True,
           knobs=DenseConvKnobs(out_block=4, vectors=2, pointwise=1))  # 9 pixels, one partial tile
+    # strided: 15x15 -> 8x8 (a ResNet downsample's odd side), 2 x 3 strides -> 7 x 4, batch 2
+    check((1, 6, 15, 15), (10, 6, 1, 1), strides=(2, 2), bias=True, act="relu", residual=True,
+          knobs=DenseConvKnobs(out_block=4, vectors=2, pointwise=1))
+    check((2, 6, 13, 11), (9, 6, 1, 1), strides=(2, 3), knobs=DenseConvKnobs(out_block=3, vectors=3, pointwise=1))
 
 
 def test_filters_not_a_multiple_of_the_tile_and_odd_width():
@@ -305,7 +310,7 @@ def test_channel_blocks_come_from_the_register_plan():
     wide = lambda size: resolve_knobs((64, 512, 1, 1), (1, 512, size, size), target=AVX2).pointwise  # noqa: E731
     assert (wide(7), wide(14), wide(28)) == (2, 2, 1)  # a 28x28 plane's sums (50 KB) leave L1
     assert block((64, 512, 1, 1), AVX512, strides=(2, 2)).pointwise == 2
-    check((1, 150, 5, 5), (7, 150, 1, 1), strides=(2, 2), knobs=DenseConvKnobs(pointwise=1, channel_block=100))
+    check((1, 150, 5, 5), (7, 150, 3, 3), pads=(1,) * 4, knobs=DenseConvKnobs(winograd=1, channel_block=100))
     # (blocks of 75: the largest divisor of 150 within 100)
 
 
@@ -332,4 +337,4 @@ def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
         "vectors across filters ignore the direct conv's blocks (one point of them is enough)"
     assert direct.problem(changed(direct, tiles_per_block=8)) is None
     assert direct.problem(changed(direct, channel_block=32)) == \
-        "the stride-1 1x1 GEMM ignores the direct conv's blocks (one point of them is enough)"
+        "the 1x1 GEMM ignores the direct conv's blocks (one point of them is enough)"

@@ -17,8 +17,8 @@ parallel over channels with one channel's padded plane, sums and outputs kept in
 Dense 3x3 stride-1 convs with enough channels go to Winograd's F(m x m, 3x3) instead
 (`winograd_conv`, knob `winograd`): a quarter of the multiplies for F(4x4). Unpadded 1x1 convs
 with many channels go to `pointwise_conv` (knob `pointwise`): vectors across filters; the other
-unpadded stride-1 1x1 convs to `pointwise_pixels`, the same register tile as here with the
-epilogue in registers (knob `channel_block` unused: one block).
+unpadded 1x1 convs to `pointwise_pixels`, the same register tile as here with the epilogue in
+registers (knob `channel_block` unused: one block).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
 
 
 def _pixel_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
-    """Stride-1 1x1 convs (`pointwise_pixels`): the candidate register tile doing the least
+    """Unpadded 1x1 convs (`pointwise_pixels`): the candidate register tile doing the least
     padded work (filters and the plane's pixels padded to whole tiles), the knobs' own on ties."""
     return min(_tile_shapes(g, k), key=lambda s: pointwise_pixels.padded_work(g.o, g.oh * g.ow, s[0], s[1] * k.lanes))
 
@@ -455,11 +455,12 @@ def dense_conv_kernel(
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,
             lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
-    if pointwise_pixels.supports((g.kh, g.kw), strides, pads, groups):
+    if pointwise_conv.supports((g.kh, g.kw), pads, groups):
         ob, vectors = _pixel_tile(g, knobs)
         return pointwise_pixels.pointwise_pixels_kernel(
-            weight, in_shape, out_block=ob, vectors=vectors, lanes=knobs.lanes, tiles_per_block=knobs.tiles_per_block,
-            out_groups=knobs.out_groups, bias=bias, activation=activation, residual=residual, name=name)
+            weight, in_shape, strides=strides, out_block=ob, vectors=vectors, lanes=knobs.lanes,
+            tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, bias=bias, activation=activation,
+            residual=residual, name=name)
     t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)

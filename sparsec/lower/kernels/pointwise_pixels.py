@@ -1,19 +1,21 @@
-"""Dense stride-1 1x1 convolution as a GEMM with vectors across pixels, its epilogue in registers.
+"""Dense 1x1 convolution (unpadded, any stride) as a GEMM with vectors across pixels, its epilogue
+in registers.
 
-An unpadded stride-1 1x1 conv is out[o, p] = sum over c of w[o, c] * x[c, p] on the flat plane
-(p = row * width + column, the same index in the NCHW input and output). A register tile is
+An unpadded 1x1 conv is out[o, p] = sum over c of w[o, c] * x[c, src(p)] on the flat output plane
+(stride 1: src(p) = p, the same index in the NCHW input and output). A register tile is
 `out_block` filters (weights broadcast, packed [O/ob, C, ob]) x `vectors` vectors of consecutive
-pixels. Parallel over (image, pixel block, filter group); a task first packs its block's pixels
-of every channel into a panel ([tile, channel, pixel of the tile]: the channel loop then streams
-contiguous memory; rows of the plane a channel apart were up to 2.2x slower at 56x56), then runs
-each filter tile over each pixel tile, the whole reduction with the sums in registers, and stores
-act(sums + bias + residual) straight to the output. (`pointwise_conv` is the other direction:
-vectors across filters, for small planes.)
+output pixels. Parallel over (image, pixel block, filter group); a task first packs its block's
+pixels of every channel into a panel ([tile, channel, pixel of the tile]: the channel loop then
+streams contiguous memory; rows of the plane a channel apart were up to 2.2x slower at 56x56;
+a strided conv gathers its pixels here), then runs each filter tile over each pixel tile, the
+whole reduction with the sums in registers, and stores act(sums + bias + residual) straight to
+the output. (`pointwise_conv` is the other direction: vectors across filters, for small planes.)
 
-Against the TE GEMM this replaces (a separate parallel packing pass over the whole input, sums
-zeroed in, and read back from, a per-block buffer, an epilogue pass over it), measured on znver3
-(AVX2, one thread, CPU time, ResNet-50's shapes): 56x56 and 28x28 layers 1.1-1.45x, 14x14 with
-1024 channels 1.05-1.2x; ResNet-50 (M2) on 2 threads 1.10x.
+Against the TE GEMM of `dense_conv` this replaced (a separate parallel packing pass over the whole
+input, sums zeroed in and read back from a per-block buffer, an epilogue pass over it), measured on
+znver3 (AVX2, ResNet-50's shapes, kernels alone, one thread's CPU time): stride 1 at 56x56 and
+28x28 1.1-1.45x, 14x14 with 1024 channels 1.05-1.2x; stride 2 (the downsamples) 1.06-1.20x (on two
+threads 0.94-1.16x). ResNet-50 (M2) on 2 threads: 1.05-1.10x.
 """
 
 from __future__ import annotations
@@ -29,11 +31,6 @@ from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div
 
 
-def supports(kernel: tuple[int, int], strides: tuple[int, int], pads, groups: int) -> bool:
-    """Whether a conv has this kernel's shape: 1x1, stride 1, unpadded, one group."""
-    return tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads) and groups == 1
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Shapes of the conv and its tiling; all compile-time integers."""
@@ -47,6 +44,8 @@ class _Plan:
     lanes: int
     tiles: int  # pixel tiles per parallel task (its panel)
     groups: int  # filter groups in the parallel loop
+    ow: int = 0  # output width (strided convs gather their panel)
+    strides: tuple[int, int] = (1, 1)
 
     @property
     def tile(self) -> int:
@@ -89,7 +88,7 @@ def _vec(start, lanes: int):
 
 @dataclass(frozen=True)
 class _Buffers:
-    x: tirx.Buffer  # [N, C, plane]
+    x: tirx.Buffer  # [N, C, plane]; strided: [N, C, H, W]
     w: tirx.Buffer  # [O/ob, C, ob]
     bias: tirx.Buffer | None
     residual: tirx.Buffer | None  # [N, O, plane]
@@ -101,6 +100,13 @@ def _emit_pack(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
     """panel[t, c, :] = the pixels of tile first_tile + t in channel c; zeros past the plane."""
     with T.serial(0, tiles) as t:
         pix0 = (first_tile + t) * p.tile
+        if p.strides != (1, 1):  # a gather: each pixel's input position once, then every channel
+            with T.serial(0, p.tile) as k:
+                pix = tirx.min(pix0 + k, p.plane - 1)
+                row, col = pix // p.ow * p.strides[0], pix % p.ow * p.strides[1]
+                with T.serial(0, p.c) as c:
+                    T.buffer_store(panel, b.x[img, c, row, col], [t, c, k])
+            return
         with T.If(pix0 + p.tile <= p.plane):
             with T.Then():
                 with T.serial(0, p.c) as c:
@@ -194,20 +200,22 @@ def pointwise_pixels_kernel(
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
+    strides: tuple[int, int] = (1, 1),
     name: str = "pointwise_pixels",
 ) -> Kernel:
-    """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)`, stride 1, unpadded, NCHW
-    float32: register tiles of `out_block` filters x `vectors` pixel vectors, at most
-    `tiles_per_block` pixel tiles per task (blocks of equal size, so tasks weigh the same), filters
-    split in `out_groups` groups; params (x, [residual], w, [bias],
-    out) like the direct conv's."""
+    """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)`, unpadded, NCHW float32:
+    register tiles of `out_block` filters x `vectors` pixel vectors, at most `tiles_per_block`
+    pixel tiles per task (blocks of equal size, so tasks weigh the same), filters split in
+    `out_groups` groups; params (x, [residual], w, [bias], out) like the direct conv's."""
     n, c, h, w = (int(d) for d in in_shape)
     o = int(weight.shape[0])
     if tuple(weight.shape) != (o, c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
-    pixel_tiles = ceil_div(h * w, vectors * lanes)
-    even = ceil_div(pixel_tiles, ceil_div(pixel_tiles, tiles_per_block))  # 9 tiles in blocks of 4: 3 x 3, not 4 + 4 + 1
-    plan = _Plan(n, c, h * w, o, out_block, vectors, lanes, even, min(out_groups, ceil_div(o, out_block)))
+    oh, ow = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
+    pixel_tiles = ceil_div(oh * ow, vectors * lanes)
+    even = ceil_div(pixel_tiles, ceil_div(pixel_tiles, tiles_per_block))  # 9 tiles, at most 4: 3 x 3, not 4 + 4 + 1
+    groups = min(out_groups, ceil_div(o, out_block))
+    plan = _Plan(n, c, oh * ow, o, out_block, vectors, lanes, even, groups, ow, tuple(strides))
     packed = _pack_weight(weight, plan)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(o),) if bias is not None else ())
     with IRBuilder() as ib:
@@ -215,11 +223,12 @@ def pointwise_pixels_kernel(
             T.func_name(name)
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
-            res = T.arg("residual", T.buffer((n, o, h, w), "float32")) if residual else None
+            res = T.arg("residual", T.buffer((n, o, oh, ow), "float32")) if residual else None
             wb = T.arg("w", T.buffer(packed.shape, "float32"))
             bb = T.arg("bias", T.buffer((o,), "float32")) if bias is not None else None
-            out = T.arg("out", T.buffer((n, o, h, w), "float32"))
-            flat = lambda buf, channels: T.decl_buffer((n, channels, h * w), "float32", data=buf.data)  # noqa: E731
-            buffers = _Buffers(flat(x, c), wb, bb, flat(res, o) if residual else None, flat(out, o), activation)
+            out = T.arg("out", T.buffer((n, o, oh, ow), "float32"))
+            flat = lambda buf, channels: T.decl_buffer((n, channels, oh * ow), "float32", data=buf.data)  # noqa: E731
+            source = flat(x, c) if tuple(strides) == (1, 1) else x  # strided: gathered by row and column
+            buffers = _Buffers(source, wb, bb, flat(res, o) if residual else None, flat(out, o), activation)
             _emit(buffers, plan)
-    return Kernel(ib.get(), constants, (n, o, h, w), "float32")
+    return Kernel(ib.get(), constants, (n, o, oh, ow), "float32")

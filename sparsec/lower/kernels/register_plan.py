@@ -161,8 +161,8 @@ def gemm_tile(t: Target) -> tuple[int, int]:
 def gemm_channel_block(taps: int) -> int:
     """Dense direct conv: input channels per block of the reduction (its partial sums go to memory
     between blocks). 1x1 convs: 256 (on znver3, AVX2, ResNet-50's ten 1x1 shapes 1.01-1.07x over
-    64, one 0.98x; znver5 found 128 within 2% of 64; measured when stride-1 1x1s ran this GEMM too:
-    now they run `pointwise_pixels`, one block). Wider kernels: 64, their 9 taps already make a long
+    64, one 0.98x; znver5 found 128 within 2% of 64; measured when 1x1s ran this GEMM: unpadded
+    ones now run `pointwise_pixels`, one block). Wider kernels: 64, their 9 taps already make a long
     reduction per block (3x3 direct convs with 256: 0.91-1.0x)."""
     return 256 if taps == 1 else 64
 
