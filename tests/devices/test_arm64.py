@@ -70,6 +70,17 @@ def test_kernels_on_cortex_a53(a53):
                                    target=A53)
         got = run_kernel_on(a53.rpc, kernel, A53, x)
         np.testing.assert_allclose(got, _conv_reference(x, dense, 1), rtol=1e-4, atol=1e-4)
+    # dense 1x1 as a pixel GEMM (`pointwise_pixels`: 7 filters x 4 vectors of 4 lanes, the last tile
+    # partial, the epilogue in registers), stride 1 with a residual, and stride 2 (a gathered panel)
+    pointwise = rng.standard_normal((9, 8, 1, 1)).astype(np.float32)
+    residual = rng.standard_normal((1, 9, 13, 19)).astype(np.float32)
+    kernel = dense_conv_kernel(pointwise, x.shape, bias=b[:1].repeat(9), activation=Activation("relu"), residual=True,
+                               target=A53)
+    want = np.maximum(_conv_reference(x, pointwise, 0) + b[0] + residual, 0)
+    np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x, residual), want, rtol=1e-4, atol=1e-4)
+    kernel = dense_conv_kernel(pointwise, x.shape, strides=(2, 2), target=A53)
+    want = _conv_reference(x, pointwise, 0)[:, :, ::2, ::2]
+    np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
     sparse = rng.standard_normal((7, 8, 1, 1)).astype(np.float32) * (rng.random((7, 8, 1, 1)) < 0.3)
     got = run_kernel_on(a53.rpc, csr_conv1x1_kernel(sparse, x.shape, target=A53), A53, x)
     np.testing.assert_allclose(got, _conv_reference(x, sparse, 0), rtol=1e-4, atol=1e-4)
