@@ -411,7 +411,8 @@ def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target)
 def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs: DenseConvKnobs,
                     target: Target) -> DenseConvKnobs:
     """The register tile, when the knobs leave it to the plan: among the target's tiles, the one
-    whose plan does the least padded work (then the one with more accumulators)."""
+    whose plan (unpadded 1x1s: `pointwise_pixels`'s) does the least padded work (then the one with
+    more accumulators)."""
     taps = int(np.prod(weight_shape[2:]))
     resolved = replace(knobs.resolved(target),
                        channel_block=knobs.channel_block or register_plan.gemm_channel_block(taps))
@@ -421,7 +422,11 @@ def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, kn
     macs = g.cg * g.kh * g.kw
 
     def cost(tile: tuple[int, int]) -> tuple[int, int]:
-        t = _plan(g, replace(resolved, out_block=tile[0], vectors=tile[1]))
+        tiled = replace(resolved, out_block=tile[0], vectors=tile[1])
+        if pointwise_conv.supports((g.kh, g.kw), pads, groups):  # run by `pointwise_pixels`
+            ob, vectors = _pixel_tile(g, tiled)
+            return pointwise_pixels.padded_work(g.o, g.oh * g.ow, ob, vectors * tiled.lanes), -tile[0] * tile[1]
+        t = _plan(g, tiled)
         return t.op * t.jp * (macs + (0 if t.block_rows else 16)), -tile[0] * tile[1]
 
     ob, vectors = min(register_plan.gemm_tiles(target), key=cost)
