@@ -288,7 +288,12 @@ def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
     plan = lambda c, target=AVX512, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
     assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels
     assert plan(64).pointwise == 1  # few channels: the per-tile epilogue weighs (measured slower)
-    assert [pixel_tile(p, 28, 2) for p in (49, 196, 30, 34, 10)] == [7, 14, 10, 14, 10]  # 34: not 2, a partial tile
+    assert [pixel_tile(p, 28, 2, 14) for p in (49, 196, 30, 34, 10)] == [7, 14, 10, 14, 10]  # 34: not 2, a partial tile
+    # AVX2 (2 x 6 pixels): 7 of 7x7 is no divisor within 6, 4 of 14x14 would leave 8 sums (fewer than 9): 6 each,
+    # the last tile partial; a 35-pixel plane takes 5 (10 sums)
+    avx2 = lambda size: resolve_knobs((64, 256, 1, 1), (1, 256, size, size), target=AVX2).out_block  # noqa: E731
+    assert (avx2(7), avx2(14)) == (6, 6)
+    assert pixel_tile(35, 12, 2, 9) == 5
     assert plan(256, pads=(1, 1, 1, 1)).pointwise == 1
     assert plan(256, target=resolve_target("arm64")).pointwise == 1  # not measured on NEON: pixels
     with pytest.raises(ValueError, match=r"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "

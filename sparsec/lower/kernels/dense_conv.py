@@ -183,7 +183,7 @@ def _gemm_plan(g: _Geometry, k: DenseConvKnobs, ob: int, vectors: int, aligned: 
     return _Tiling(ob, vectors, k.lanes, tiles, rb, og, op, jp, block_rows=rows)
 
 
-def _pixel_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
+def _pixel_gemm_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
     """Unpadded 1x1 convs (`pointwise_pixels`): the candidate register tile doing the least
     padded work (filters and the plane's pixels padded to whole tiles), the knobs' own on ties."""
     return min(_tile_shapes(g, k), key=lambda s: pointwise_pixels.padded_work(g.o, g.oh * g.ow, s[0], s[1] * k.lanes))
@@ -398,12 +398,14 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
 
 def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target) -> DenseConvKnobs:
     """Vectors across filters: `vectors` filter vectors x `out_block` pixels; unless the knobs set
-    it, a pixel count dividing the plane within the target's accumulators (`pointwise_conv.pixel_tile`:
-    7 of a 7x7 plane, 14 of 14x14 ... 56x56 on AVX-512)."""
+    it, a pixel count dividing the plane within the target's accumulators unless it leaves too many
+    of them idle (`pointwise_conv.pixel_tile`: 7 of a 7x7 plane, 14 of 14x14 ... 56x56 on AVX-512;
+    6 of either on AVX2, the last tile partial)."""
     vectors, accumulators = register_plan.pointwise_tile(target)
     vectors = knobs.vectors or vectors
     oh, ow = (conv_output_size(int(size), 0, 0, 1, stride) for size, stride in zip(in_shape[2:], strides))
-    pixels = knobs.out_block or pointwise_conv.pixel_tile(oh * ow, accumulators, vectors)
+    busy = register_plan.pointwise_busy_accumulators(target)
+    pixels = knobs.out_block or pointwise_conv.pixel_tile(oh * ow, accumulators, vectors, busy)
     block = knobs.channel_block or register_plan.pointwise_channel_block(target, int(in_shape[1]))
     return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), channel_block=block)
 
@@ -424,7 +426,7 @@ def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, kn
     def cost(tile: tuple[int, int]) -> tuple[int, int]:
         tiled = replace(resolved, out_block=tile[0], vectors=tile[1])
         if pointwise_conv.supports((g.kh, g.kw), pads, groups):  # run by `pointwise_pixels`
-            ob, vectors = _pixel_tile(g, tiled)
+            ob, vectors = _pixel_gemm_tile(g, tiled)
             return pointwise_pixels.padded_work(g.o, g.oh * g.ow, ob, vectors * tiled.lanes), -tile[0] * tile[1]
         t = _plan(g, tiled)
         return t.op * t.jp * (macs + (0 if t.block_rows else 16)), -tile[0] * tile[1]
@@ -461,7 +463,7 @@ def dense_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,
             lanes=knobs.lanes, bias=bias, activation=activation, residual=residual, name=name)
     if pointwise_conv.supports((g.kh, g.kw), pads, groups):
-        ob, vectors = _pixel_tile(g, knobs)
+        ob, vectors = _pixel_gemm_tile(g, knobs)
         return pointwise_pixels.pointwise_pixels_kernel(
             weight, in_shape, strides=strides, out_block=ob, vectors=vectors, lanes=knobs.lanes,
             tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, bias=bias, activation=activation,

@@ -4,7 +4,8 @@ A 7x7 plane has 49 pixels: vectors of 16 pixels pad it to 64 (77% of the lanes b
 register tile is `pixels` output pixels x `vectors` vectors of consecutive filters: per input
 channel, `vectors` contiguous weight loads (packed [O/F, C, F], F = vectors x lanes filters)
 and one broadcast input value per pixel feed pixels x vectors FMAs. The pixel count divides the
-plane (7 of 49), so no lane idles; filters pad to whole tiles (ResNet's 512 or 2048: none).
+plane (7 of 49) where that keeps enough sums in flight, so no lane idles (else the last tile is
+partial); filters pad to whole tiles (ResNet's 512 or 2048: none).
 Any stride reads its pixels directly (each input value is a broadcast scalar load), so there
 is no packing pass. Parallel over (image, filter tile); a task runs the input channels in
 blocks of `channel_block`, every pixel tile per block, so the block's weights (and inputs)
@@ -77,15 +78,16 @@ def supports(kernel: tuple[int, int], pads, groups: int) -> bool:
     return tuple(kernel) == (1, 1) and not any(pads) and groups == 1
 
 
-def pixel_tile(plane: int, accumulators: int, vectors: int) -> int:
+def pixel_tile(plane: int, accumulators: int, vectors: int, busy: int) -> int:
     """Pixels per register tile within the accumulators (accumulators // vectors of them): the
-    largest count dividing the plane (7 of 49), unless that leaves half the accumulators idle
-    (a 34-pixel plane's divisor 2): then the most, and the last tile is partial."""
+    largest count dividing the plane (7 of 49), unless its tile keeps fewer than `busy`
+    accumulators busy (`register_plan.pointwise_busy_accumulators`; a 34-pixel plane's divisor 2):
+    then the most, and the last tile is partial."""
     most = max(1, accumulators // vectors)
     if plane <= most:
         return plane
     divisor = max(p for p in range(1, most + 1) if plane % p == 0)
-    return divisor if 2 * divisor >= most else most
+    return divisor if divisor * vectors >= busy else most
 
 
 def _pack_weight(weight: np.ndarray, p: _Plan) -> np.ndarray:

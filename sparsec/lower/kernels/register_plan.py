@@ -208,6 +208,17 @@ def pointwise_tile(t: Target) -> tuple[int, int]:
     return 2, t.vector_registers - 4
 
 
+def pointwise_busy_accumulators(t: Target) -> int:
+    """Vectors across filters: the fewest accumulators a tile of pixels dividing the plane must keep
+    busy; below that the tile takes the most pixels and the plane's last tile is partial. AVX2: 3/4
+    of its 12 (a 14x14 plane's divisor 4 leaves 8 sums, too few FMA chains with the loads between
+    them: 6 pixels and a partial last tile ran ResNet-50 (M2) 1.022x and 1.067x on znver3, two
+    interleaved runs). Elsewhere half (AVX-512 takes 7 pixels of a 7x7 plane: 14 of 28, as chosen
+    on znver5; 14 not measured there)."""
+    accumulators = pointwise_tile(t)[1]
+    return -(-3 * accumulators // 4) if t.isa == "avx2" else -(-accumulators // 2)
+
+
 def pointwise_channel_block(t: Target, channels: int) -> int:
     """Vectors across filters: input channels per block (0: one). AVX2: 64, so a block's weights
     (64 x 2 vectors) and inputs stay in L1 while every pixel tile of the plane uses them (znver3:
