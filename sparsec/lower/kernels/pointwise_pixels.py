@@ -15,7 +15,9 @@ Against the TE GEMM of `dense_conv` this replaced (a separate parallel packing p
 input, sums zeroed in and read back from a per-block buffer, an epilogue pass over it), measured on
 znver3 (AVX2, ResNet-50's shapes, kernels alone, one thread's CPU time): stride 1 at 56x56 and
 28x28 1.1-1.45x, 14x14 with 1024 channels 1.05-1.2x; stride 2 (the downsamples) 1.06-1.20x (on two
-threads 0.94-1.16x). ResNet-50 (M2) on 2 threads: 1.05-1.10x.
+threads 0.94-1.16x). ResNet-50 (M2) on 2 threads: 1.05x timed after the old kernel (a harness that
+favoured the second by up to 4%); with `register_plan.pointwise_busy_accumulators`, 1.08-1.09x timed
+either way.
 """
 
 from __future__ import annotations
