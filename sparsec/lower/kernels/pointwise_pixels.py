@@ -30,7 +30,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ class _Plan:
     lanes: int
     tiles: int  # pixel tiles per parallel task (its panel)
     groups: int  # filter groups in the parallel loop
-    ow: int = 0  # output width (strided convs gather their panel)
-    strides: tuple[int, int] = (1, 1)
+    ow: int  # output width (strided convs gather their panel)
+    strides: tuple[int, int]
 
     @property
     def tile(self) -> int:
@@ -100,15 +100,11 @@ class _Buffers:
 
 def _emit_pack(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
     """panel[t, c, :] = the pixels of tile first_tile + t in channel c; zeros past the plane."""
+    if p.strides != (1, 1):
+        _emit_gather(b, panel, p, img, first_tile, tiles)
+        return
     with T.serial(0, tiles) as t:
         pix0 = (first_tile + t) * p.tile
-        if p.strides != (1, 1):  # a gather: each pixel's input position once, then every channel
-            with T.serial(0, p.tile) as k:
-                pix = tirx.min(pix0 + k, p.plane - 1)
-                row, col = pix // p.ow * p.strides[0], pix % p.ow * p.strides[1]
-                with T.serial(0, p.c) as c:
-                    T.buffer_store(panel, b.x[img, c, row, col], [t, c, k])
-            return
         with T.If(pix0 + p.tile <= p.plane):
             with T.Then():
                 with T.serial(0, p.c) as c:
@@ -122,6 +118,17 @@ def _emit_pack(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
                         value = tirx.if_then_else(inside, b.x[img, c, tirx.min(pix0 + k, p.plane - 1)],
                                                   tirx.const(0.0, "float32"))
                         T.buffer_store(panel, value, [t, c, k])
+
+
+def _emit_gather(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
+    """A strided conv's panel: each pixel's input position once, then every channel (pixels past
+    the plane repeat its last one; their sums are never stored)."""
+    with T.serial(0, tiles) as t:
+        with T.serial(0, p.tile) as k:
+            pix = tirx.min((first_tile + t) * p.tile + k, p.plane - 1)
+            row, col = pix // p.ow * p.strides[0], pix % p.ow * p.strides[1]
+            with T.serial(0, p.c) as c:
+                T.buffer_store(panel, b.x[img, c, row, col], [t, c, k])
 
 
 def _epilogue(b: _Buffers, value, img, o, at, lanes: int):
@@ -139,16 +146,12 @@ def _emit_store(b: _Buffers, acc, p: _Plan, img, ft, pix0) -> None:
         with T.Then():
             for f in range(p.ob):
                 o = ft * p.ob + f
-                stores = [(_vec(pix0 + v * p.lanes, p.lanes), acc[f, _vec(v * p.lanes, p.lanes)])
-                          for v in range(p.vectors)]
                 if p.o % p.ob:
                     with T.If(o < p.o):
                         with T.Then():
-                            for at, value in stores:
-                                T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
+                            _emit_store_vectors(b, acc, p, img, f, o, pix0)
                 else:
-                    for at, value in stores:
-                        T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
+                    _emit_store_vectors(b, acc, p, img, f, o, pix0)
         with T.Else():
             for f in range(p.ob):
                 o = ft * p.ob + f
@@ -157,6 +160,13 @@ def _emit_store(b: _Buffers, acc, p: _Plan, img, ft, pix0) -> None:
                         with T.Then():
                             at = pix0 + k
                             T.buffer_store(b.out, _epilogue(b, acc[f, k], img, o, at, 1), [img, o, at])
+
+
+def _emit_store_vectors(b: _Buffers, acc, p: _Plan, img, f: int, o, pix0) -> None:
+    for v in range(p.vectors):
+        at = _vec(pix0 + v * p.lanes, p.lanes)
+        value = acc[f, _vec(v * p.lanes, p.lanes)]
+        T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
 
 
 def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
@@ -213,7 +223,7 @@ def pointwise_pixels_kernel(
     o = int(weight.shape[0])
     if tuple(weight.shape) != (o, c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
-    oh, ow = (h - 1) // strides[0] + 1, (w - 1) // strides[1] + 1
+    oh, ow = (conv_output_size(size, 0, 0, 1, stride) for size, stride in zip((h, w), strides))
     pixel_tiles = ceil_div(oh * ow, vectors * lanes)
     even = ceil_div(pixel_tiles, ceil_div(pixel_tiles, tiles_per_block))  # 9 tiles, at most 4: 3 x 3, not 4 + 4 + 1
     groups = min(out_groups, ceil_div(o, out_block))
