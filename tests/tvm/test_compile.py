@@ -260,8 +260,8 @@ def test_pattern_conv_computes_its_max_pool(tmp_path, size):
 @pytest.mark.parametrize(
     "model, pruned",
     [(_conv_pool_model(pool_kernel=3, pool_pad=1), True), (_conv_pool_model(second_user=True), True),
-     (_conv_pool_model(), False), (_conv_pool_model(size=28), True)],  # 28 rows tile as 4 x 7: pairs would pad
-    ids=["3x3-pool", "two-users", "dense-conv", "7-row-tiles"],
+     (_conv_pool_model(), False), (_conv_pool_model(size=13), True)],  # odd rows: 13 = 7 + 6 on AVX2 (8 sums),
+    ids=["3x3-pool", "two-users", "dense-conv", "odd-row-tiles"],  # one tile of 13 on AVX-512 (14 sums)
 )
 def test_other_pools_keep_their_kernel(tmp_path, model, pruned):
     layers = _compile_pool_model(tmp_path, model, pruned)

@@ -822,7 +822,7 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
                     tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
-    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group)
+    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
                                                                          accumulators, pooled)) for v in choices]

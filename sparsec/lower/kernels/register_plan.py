@@ -30,7 +30,7 @@ def pattern_lanes(t: Target, out_width: int) -> int:
     return lanes
 
 
-def pattern_accumulators(t: Target, filters: int = 1) -> int:
+def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> int:
     """Pattern conv: accumulators (rows x vectors x filters) the hot loop keeps in registers.
 
     x86 keeps 4 broadcast tap weights and ~4 loaded input rows live: 16 registers leave 8
@@ -43,12 +43,18 @@ def pattern_accumulators(t: Target, filters: int = 1) -> int:
     With filter groups (F > 1 filters share each loaded row) on 32 registers: 16 (the F x 4 tap
     weights fold into the FMAs as broadcast operands; measured on znver5, L1 with kernel groups
     of 4: 4 filters x 4 rows 1.34x faster than x 2 rows, x 5 rows 0.6x: spills).
+    Three aligned tap copies (strided layers) on 32 registers: 7, so a channel block of the 3x
+    larger tiles stays in L1 (`pattern_channel_block`) and each block carries half the partial
+    sums: measured on znver4 (AVX-512), 7 rows against 14, each with its best block: 256x28
+    stride 2 1.5-2.2x, 128x56 1.05x; 4 rows 0.8x (too few FMA chains).
     """
     if t.isa == "neon":
         return t.vector_registers // 2
     if t.vector_registers <= 16:
         return 8
-    return 16 if filters > 1 else 14
+    if filters > 1:
+        return 16
+    return 7 if tap_copies == 3 else 14
 
 
 def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1, tile_bytes: int | None = None) -> int:
@@ -86,11 +92,12 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
                           tap_copies: int = 1, channel_line_bytes: int = 0, out_width: int = 0) -> int:
     """Pattern conv: input channels per block (0: one block of all). A block's input tiles stay in
     L1 while every filter uses them (one-copy rows padded to a line, so no load splits), for the
-    price of partial sums carried between blocks and 8 more pattern loops per block. AVX2 only
-    (measured on znver3 against one block; elsewhere one block):
-    - one tile copy (stride 1), where the whole tile (`channel_tile_bytes` a channel) overflows L1
-      and tile plus partial sums (`sums_bytes`) fit half of L2 (the streaming weights take the
-      rest; 512-channel layers 0.74-0.91x with blocks): on planes wider than 28 columns the
+    price of partial sums carried between blocks and 8 more pattern loops per block. x86 only
+    (NEON not measured on a phone: one block):
+    - one tile copy (stride 1), AVX2 only (measured on znver3 against one block), where the whole
+      tile (`channel_tile_bytes` a channel) overflows L1 and tile plus partial sums (`sums_bytes`)
+      fit half of L2 (the streaming weights take the rest; 512-channel layers 0.74-0.91x with
+      blocks): on planes wider than 28 columns the
       largest power of two (>= 32) whose padded lines (`channel_line_bytes` a channel) fit in L1,
       each filter keeping >= 8 kernels a block: blocks of 32 (20 KB of 8-row tiles) against 64
       (40 KB): L1 1.04-1.06x, 128x56 1.04x; at 27.8% kept against one block: 256x56 1.05x,
@@ -100,15 +107,18 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
     - three aligned copies (strided layers, 1.4-1.6 KB a channel): every load is its own, so the
       tile's residency is all that counts: the largest power of two whose tile fits in 1.5x L1.
       ResNet-50's stride-2 shapes at 50% kept: 128x56 1.39x (blocks of 16: 1.49x), 256x28 1.45x,
-      512x14 1.56x (16: 1.30x); 64x112 with blocks of 16 1.42x (32: 1.22x); 256x28 at 27.8% 1.30x."""
-    if t.isa != "avx2" or kept <= 0:
+      512x14 1.56x (16: 1.30x); 64x112 with blocks of 16 1.42x (32: 1.22x); 256x28 at 27.8% 1.30x.
+      On znver4 (AVX-512, 7-row tiles: `pattern_accumulators`) against one block: 256x28 1.9-2.1x
+      (blocks of 16; 8 and 32 0.8-0.9x of 16), 128x56 1.29x (16), 512x14 1.25x (32; 16 1.17x)."""
+    if t.isa not in ("avx2", "avx512") or kept <= 0:
         return 0
     if tap_copies == 3:
         block = 8
         while 2 * block * channel_tile_bytes <= 3 * t.l1d_bytes // 2:
             block *= 2
         return block if block < channels and block * channel_tile_bytes <= 3 * t.l1d_bytes // 2 else 0
-    if channels * channel_tile_bytes <= t.l1d_bytes or channels * channel_tile_bytes + sums_bytes > t.l2_bytes // 2:
+    tile_bytes = channels * channel_tile_bytes
+    if t.isa != "avx2" or tile_bytes <= t.l1d_bytes or tile_bytes + sums_bytes > t.l2_bytes // 2:
         return 0
     if out_width > 28:
         block = 32
