@@ -336,6 +336,12 @@ def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     assert plan(AVX512, (2, 2), tap_copies=1).prefetch == 2  # one copy chosen by hand: prefetched
     assert plan(AVX512, (2, 2), prefetch=1).prefetch == 1
     assert plan(ARM64, (1, 1)).tap_copies == 3 and plan(ARM64, (2, 2)).tap_copies == 3
+    # AVX-512 at stride 1 where enough kernels are kept: 16-lane rows are whole lines, so aligned copies
+    kept = lambda target, kept: resolve_knobs(  # noqa: E731
+        (1, 256, 14, 14), target=target, filters=256, kept=kept)
+    half = kept(AVX512, 0.5)
+    assert (half.tap_copies, half.rows_per_step, half.channel_block) == (3, 7, 16)
+    assert kept(AVX512, 0.278).tap_copies == 1 and kept(AVX2, 0.5).tap_copies == 1
 
 
 def test_next_tile_prefetch_comes_from_the_register_plan():
@@ -440,7 +446,8 @@ def test_channel_blocks_come_from_the_register_plan():
     assert block(256, 28, 0.278) == 0  # 32 kernels need 128 channels: 46 KB, more than L1
     assert block(512, 28, 0.5) == 0 and block(512, 56, 0.5) == 0  # tile and partial sums over half of L2
     assert block(64, 56, 0.5) == 0 and block(64, 224, 0.278) == 0  # the whole tile fits in L1 (25.6 KB)
-    assert block(256, 56, 0.5, AVX512) == 0 and block(256, 56, 0.5, ARM64) == 0  # not measured there
+    assert block(256, 56, 0.5, ARM64) == 0  # not measured there
+    assert block(256, 56, 0.278, AVX512) == 0  # one copy: one block (AVX-512's 3 copies at 50% kept: below)
     assert block(256, 56, 0.5, channel_block=0) == 0 and block(256, 56, 0.5, channel_block=16) == 16
     assert resolve_knobs((1, 256, 56, 56), target=AVX2).channel_block == 0  # kept kernels unknown
     plan = resolve_knobs((1, 256, 56, 56), target=AVX2, filters=256, kept=0.5)
@@ -455,8 +462,9 @@ def test_channel_blocks_come_from_the_register_plan():
         (1, c, size, size), strides, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=c, kept=0.5)
     assert (wide(256, 28).rows_per_step, wide(256, 28).channel_block) == (7, 16)
     assert (wide(512, 14).vector_width, wide(512, 14).channel_block) == (8, 32)  # a 7-wide output: 8 lanes
-    assert (wide(256, 56, (1, 1)).rows_per_step, wide(256, 56, (1, 1)).channel_block) == (14, 0)  # one copy
-    assert wide(256, 56, (1, 1), tap_copies=3).rows_per_step == 7
+    assert (wide(256, 56, (1, 1), tap_copies=1).rows_per_step, wide(256, 56, (1, 1), tap_copies=1).channel_block) \
+        == (14, 0)  # one copy: 14 rows, one block
+    assert (wide(256, 56, (1, 1)).rows_per_step, wide(256, 56, (1, 1)).channel_block) == (7, 16)  # 3 at 50% kept
 
 
 def test_blocked_rows_are_padded_to_a_line():
