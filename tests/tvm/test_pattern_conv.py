@@ -342,6 +342,9 @@ def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     half = kept(AVX512, 0.5)
     assert (half.tap_copies, half.rows_per_step, half.channel_block) == (3, 7, 16)
     assert kept(AVX512, 0.278).tap_copies == 1 and kept(AVX2, 0.5).tap_copies == 1
+    grouped = resolve_knobs((1, 256, 14, 14), knobs=PatternConvKnobs(filters_per_group=4), target=AVX512,
+                            filters=256, kept=0.5)
+    assert grouped.tap_copies == 1  # filter groups share each loaded row: the loads no longer bound the loop
 
 
 def test_next_tile_prefetch_comes_from_the_register_plan():

@@ -818,7 +818,8 @@ def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target,
                   filters: int | None, kept: float | None, pooled: bool = False) -> PatternConvKnobs:
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
-    copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides), kept or 0.0)
+    copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides), kept or 0.0,
+                                                                     knobs.filters_per_group)
     knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
                     tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
