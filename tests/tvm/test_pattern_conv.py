@@ -345,6 +345,8 @@ def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     grouped = resolve_knobs((1, 256, 14, 14), knobs=PatternConvKnobs(filters_per_group=4), target=AVX512,
                             filters=256, kept=0.5)
     assert grouped.tap_copies == 1  # filter groups share each loaded row: the loads no longer bound the loop
+    seven = resolve_knobs((1, 512, 7, 7), target=AVX512, filters=512, kept=0.5)
+    assert (seven.vector_width, seven.tap_copies) == (8, 1)  # half-line vectors split fewer loads
 
 
 def test_next_tile_prefetch_comes_from_the_register_plan():

@@ -818,10 +818,10 @@ def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target,
                   filters: int | None, kept: float | None, pooled: bool = False) -> PatternConvKnobs:
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
+    lanes = knobs.vector_width or register_plan.pattern_lanes(target, out_width)
     copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides), kept or 0.0,
-                                                                     knobs.filters_per_group)
-    knobs = replace(knobs, vector_width=knobs.vector_width or register_plan.pattern_lanes(target, out_width),
-                    tap_copies=copies)
+                                                                  knobs.filters_per_group, lanes)
+    knobs = replace(knobs, vector_width=lanes, tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)

@@ -134,7 +134,8 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
     return block if block < channels and fits else 0
 
 
-def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float = 0.0, filters: int = 1) -> int:
+def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float = 0.0, filters: int = 1,
+                       lanes: int = 0) -> int:
     """Pattern conv: copies of each input tile row. NEON: one aligned copy per tap column (3), so
     every input load is a 16-byte-aligned offset from one base (`ldr q`/`ldp q`, no address
     arithmetic; the unaligned single copy cost ~10% more instructions on VGG layers). x86, stride
@@ -145,10 +146,10 @@ def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float
     phase copies) only grows 1.5x. Measured on znver5, interleaved, 3 copies without prefetch
     against 1 with: ResNet-50's stride-2 shapes 128x56 1.41-1.46x, 256x28 1.35-1.41x, 512x14
     (7-wide output, 8 lanes) 0.99-1.13x, 64x112 1.33x; compiled for AVX2 1.07x / 1.12x / 0.99x.
-    AVX-512, stride 1, one filter a group, where the layer keeps at least 40% of its kernels
-    (`kept`): 3 as well. A
-    16-lane row is a whole cache line, so in the single copy 2 of every 3 tap columns' loads split
-    two lines; 7-row tiles of aligned copies, in blocks of 16 channels that stay in L1, leave each
+    AVX-512, stride 1, one filter a group, vectors of a whole cache line (`lanes`: 16; a 7-wide
+    plane's 8 lanes split fewer loads: 512x7 0.92-1.03x), where the layer keeps at least 40% of its
+    kernels (`kept`): 3 as well. In the single copy 2 of every 3 tap columns' loads then split two
+    lines; 7-row tiles of aligned copies, in blocks of 16 channels that stay in L1, leave each
     filter 8 kernels a block at 50% kept. Measured on znver4, 2 threads, interleaved, at 50% kept:
     256x14 (L3) 1.24-1.31x, 256x56 (L1) 1.0-1.15x (one thread 1.09-1.14x), 128x28 1.04-1.10x,
     64x56 1.04-1.08x, 512x7 1.03x; at 27.8% kept (4.4 kernels a block) 512x28 (L2) 0.78-0.90x;
@@ -156,7 +157,8 @@ def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float
     loop) lost: L1 with kernel groups of 4 at 62% of the peak against 75% with one copy."""
     if t.isa == "neon" or max(strides) >= 2:
         return 3
-    return 3 if t.isa == "avx512" and kept >= 0.4 and filters == 1 else 1
+    whole_lines = lanes * 4 == t.cache_line_bytes
+    return 3 if t.isa == "avx512" and whole_lines and kept >= 0.4 and filters == 1 else 1
 
 
 def weights_by_lane(t: Target, filters: int = 1) -> bool:
