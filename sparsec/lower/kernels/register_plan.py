@@ -43,11 +43,11 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
     With filter groups (F > 1 filters share each loaded row) on 32 registers: 16 (the F x 4 tap
     weights fold into the FMAs as broadcast operands; measured on znver5, L1 with kernel groups
     of 4: 4 filters x 4 rows 1.34x faster than x 2 rows, x 5 rows 0.6x: spills).
-    Three aligned tap copies (`pattern_tap_copies`: strided layers; on AVX-512 stride-1 ones too) on
-    32 registers: 7, so a channel block of the 3x
-    larger tiles stays in L1 (`pattern_channel_block`) and each block carries half the partial
-    sums: measured on znver4 (AVX-512), 7 rows against 14, each with its best block: 256x28
-    stride 2 1.5-2.2x, 128x56 1.05x; 4 rows 0.8x (too few FMA chains).
+    Three aligned tap copies (`pattern_tap_copies`: strided layers; on AVX-512 stride-1 ones too)
+    on 32 registers: 7, so a channel block of the 3x larger tiles stays in L1
+    (`pattern_channel_block`) and each block carries half the partial sums: measured on znver4
+    (AVX-512), 7 rows against 14, each with its best block: 256x28 stride 2 1.5-2.2x, 128x56
+    1.05x; 4 rows 0.8x (too few FMA chains).
     """
     if t.isa == "neon":
         return t.vector_registers // 2
@@ -151,8 +151,8 @@ def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float
     kernels (`kept`): 3 as well. In the single copy 2 of every 3 tap columns' loads then split two
     lines; 7-row tiles of aligned copies, in blocks of 16 channels that stay in L1, leave each
     filter 8 kernels a block at 50% kept. Measured on znver4, 2 threads, interleaved, at 50% kept:
-    256x14 (L3) 1.24-1.31x, 256x56 (L1) 1.0-1.15x (one thread 1.09-1.14x), 128x28 1.04-1.10x,
-    64x56 1.04-1.08x, 512x7 1.03x; at 27.8% kept (4.4 kernels a block) 512x28 (L2) 0.78-0.90x;
+    256x14 (L3) 1.24-1.31x, 256x56 (L1) 0.95-1.15x (one thread 1.09-1.23x), 128x28 1.04-1.10x,
+    64x56 1.04-1.08x, 128x112 1.04x, 64x224 1.03x; at 27.8% kept (4.4 kernels a block) 512x28 (L2) 0.78-0.90x;
     filter groups (`filters` > 1: each loaded row feeds 4 filters, the loads no longer bound the
     loop) lost: L1 with kernel groups of 4 at 62% of the peak against 75% with one copy."""
     if t.isa == "neon" or max(strides) >= 2:
