@@ -47,7 +47,8 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
     on 32 registers: 7, so a channel block of the 3x larger tiles stays in L1
     (`pattern_channel_block`) and each block carries half the partial sums: measured on znver4
     (AVX-512), 7 rows against 14, each with its best block: 256x28 stride 2 1.5-2.2x, 128x56
-    1.05x; 4 rows 0.8x (too few FMA chains).
+    1.05x; 4 rows 0.8x (too few FMA chains). Zen 4 runs one 512-bit FMA a cycle; an Intel core with
+    two 512-bit FMA pipes wants 8 or more chains (not measured there).
     """
     if t.isa == "neon":
         return t.vector_registers // 2
@@ -93,8 +94,8 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
                           tap_copies: int = 1, channel_line_bytes: int = 0, out_width: int = 0) -> int:
     """Pattern conv: input channels per block (0: one block of all). A block's input tiles stay in
     L1 while every filter uses them (one-copy rows padded to a line, so no load splits), for the
-    price of partial sums carried between blocks and 8 more pattern loops per block. x86 only
-    (NEON not measured on a phone: one block):
+    price of partial sums carried between blocks and 8 more pattern loops per block. AVX2 and
+    AVX-512 only (NEON not measured on a phone, SSE not at all: one block):
     - one tile copy (stride 1), AVX2 only (measured on znver3 against one block), where the whole
       tile (`channel_tile_bytes` a channel) overflows L1 and tile plus partial sums (`sums_bytes`)
       fit half of L2 (the streaming weights take the rest; 512-channel layers 0.74-0.91x with
