@@ -16,7 +16,7 @@ from sparsec.fkw import FKW
 from sparsec.ir.knobs import Knobs
 from sparsec.ir.module import Module
 from sparsec.ir.ops import AvgPool, Conv2d, GlobalAvgPool, Linear, MaxPool
-from sparsec.lower.kernels import pool
+from sparsec.lower.kernels import pool, register_plan
 from sparsec.lower.kernels.common import Kernel
 from sparsec.lower.kernels.csr import CsrKnobs, csr_conv1x1_kernel, csr_dense_kernel
 from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
@@ -29,11 +29,14 @@ KNOB_CLASSES = {"pattern_conv": PatternConvKnobs, "csr_conv1x1": CsrKnobs, "csr_
                 "dense_conv": DenseConvKnobs, "dense": MatmulKnobs}
 
 
-def generator_knobs(call: KernelCall, knobs: Mapping | None):
-    """The generator's knobs dataclass: its defaults (pattern conv: the IR's filter groups),
-    overridden by `knobs`; a name the generator does not know is a ValueError."""
+def generator_knobs(call: KernelCall, knobs: Mapping | None, target: Target):
+    """The generator's knobs dataclass: its defaults (pattern conv: the filters of the IR's filter
+    groups that `target`'s register plan shares each load between), overridden by `knobs`; a name
+    the generator does not know is a ValueError."""
     cls = KNOB_CLASSES[call.generator]
-    base = {"filters_per_group": call.params["filters_per_group"]} if call.generator == "pattern_conv" else {}
+    base = {}
+    if call.generator == "pattern_conv":
+        base["filters_per_group"] = register_plan.pattern_group_filters(target, call.params["filters_per_group"])
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(knobs or {}) - names)
     if unknown:
@@ -92,12 +95,12 @@ GENERATORS: dict[str, Callable[[KernelCall, object, Target], Kernel]] = {
 
 def build_kernel(call: KernelCall, knobs: Mapping | None, target: Target) -> Kernel:
     """The generator's kernel for `call` with `knobs` (None: its defaults)."""
-    return GENERATORS[call.generator](call, generator_knobs(call, knobs), target)
+    return GENERATORS[call.generator](call, generator_knobs(call, knobs, target), target)
 
 
 def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target) -> tuple[Kernel, str]:
     try:
-        knobs = generator_knobs(call, op.knobs)
+        knobs = generator_knobs(call, op.knobs, target)
     except ValueError as err:
         raise UserError(f"layer %{op.result} ({op.name}): knobs {dict(op.knobs)}: {err}") from None
     return GENERATORS[call.generator](call, knobs, target), FORMATS[call.generator]
@@ -139,7 +142,8 @@ def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKerne
         if used["rows_per_step"] % 2:
             return None
         kernel = pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
-                                     **_conv_common(call, target), pool=True, knobs=generator_knobs(call, op.knobs))
+                                     **_conv_common(call, target), pool=True,
+                                     knobs=generator_knobs(call, op.knobs, target))
     except ValueError:
         return None  # knobs or a plane the pooled epilogue cannot take: the two kernels instead
     return LayerKernel(kernel, FORMATS[call.generator], structural_key(call, target), used)

@@ -35,7 +35,7 @@ def _resolved(call: KernelCall, knobs, target: Target):
 
 def knobs_used(call: KernelCall, knobs: Mapping | None, target: Target, names: tuple[str, ...]) -> Knobs:
     """The values of `names` the generator really uses for `call` with `knobs` (0 = auto resolved)."""
-    resolved = dataclasses.asdict(_resolved(call, generator_knobs(call, knobs), target))
+    resolved = dataclasses.asdict(_resolved(call, generator_knobs(call, knobs, target), target))
     return Knobs.of({n: resolved[n] for n in names})
 
 

@@ -541,7 +541,27 @@ def test_auto_rows_pad_the_height_least():
     assert rows((1, 8, 12, 12), AVX512) == 12
     assert rows((1, 8, 7, 7), AVX512) == 7  # never more rows than the plane has
     assert rows((1, 8, 56, 56), AVX512, filters_per_group=4) == 4  # groups: 16 accumulators
-    assert rows((1, 8, 56, 56), AVX512, filters_per_group=2) == 8
+    assert rows((1, 8, 56, 56), AVX512, filters_per_group=2) == 7  # pairs: 14 accumulators
+
+
+def test_kernel_groups_share_loads_as_the_register_plan_says():
+    """The IR groups 4 filters whose kernels coincide; AVX-512's kernels take them in pairs (7 rows
+    each), AVX2's all 4 (2 rows); knobs from a tuning log still choose."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.layers import generator_knobs
+    from sparsec.models import conv_layer
+    from sparsec.prune import prune_model
+    from sparsec.tuning.task import kernel_call
+
+    model = conv_layer((1, 16, 14, 14), 8)
+    module = optimize(import_model(model, prune_model(model, keep_kernels=0.5, prune_first_conv=True,
+                                                      kernel_groups=4)), target=AVX512)
+    op = next(op for op in module.ops if op.name == "conv2d")
+    assert op.filter_groups == (4, 4)
+    call = kernel_call(op, module)
+    assert generator_knobs(call, None, AVX512).filters_per_group == 2
+    assert generator_knobs(call, None, AVX2).filters_per_group == 4
+    assert generator_knobs(call, {"filters_per_group": 4}, AVX512).filters_per_group == 4
 
 
 def test_width_and_vectors_come_from_the_target():

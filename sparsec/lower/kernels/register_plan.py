@@ -40,9 +40,11 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
     register (used by lane) but loads each input row once per vector: 16 accumulators; 24
     spilled (instruction counts under qemu: 12 rows x 2 vectors ran 1.3x the instructions of
     8 x 2 on the same padded area).
-    With filter groups (F > 1 filters share each loaded row) on 32 registers: 16 (the F x 4 tap
-    weights fold into the FMAs as broadcast operands; measured on znver5, L1 with kernel groups
-    of 4: 4 filters x 4 rows 1.34x faster than x 2 rows, x 5 rows 0.6x: spills).
+    With filter groups (F > 1 filters share each loaded row) on 32 registers: 4 filters 16 (the
+    F x 4 tap weights fold into the FMAs as broadcast operands; measured on znver5, L1 with kernel
+    groups of 4: 4 filters x 4 rows 1.34x faster than x 2 rows, x 5 rows 0.6x: spills); 2 filters
+    14, 7 rows each (`pattern_group_filters`; 8 rows, which pad no plane more, ran 0.89-0.95x on
+    znver4).
     Three aligned tap copies (`pattern_tap_copies`: strided layers; on AVX-512 stride-1 ones too)
     on 32 registers: 7, so a channel block of the 3x larger tiles stays in L1
     (`pattern_channel_block`) and each block carries half the partial sums: measured on znver4
@@ -55,8 +57,20 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
     if t.vector_registers <= 16:
         return 8
     if filters > 1:
-        return 16
+        return 14 if filters == 2 else 16
     return 7 if tap_copies == 3 else 14
+
+
+def pattern_group_filters(t: Target, group: int) -> int:
+    """Pattern conv: filters that share each loaded input row, where the IR groups `group` filters
+    whose kernels coincide (eliminate-redundant-loads; a pair of such a group shares them too).
+    AVX-512: at most 2, so the pair's 7-row tiles keep 14 FMA chains where 4 filters keep 4 rows
+    (their 16 broadcast operands take as many load slots as the FMAs). Measured on znver4, 2
+    threads, interleaved, kernel groups of 4 at 50% kept, 2 x 7 against 4 x 4: 256x56 (L1G4)
+    1.045-1.07x, 128x56 1.07x, 64x56 1.23x, 256x14 1.08x (once 1.6x), 512x7 1.00x; 512x28 at
+    27.8% 1.01x. Elsewhere the whole group (AVX2: 4 filters x 2 rows, measured on znver5 as
+    `pattern_accumulators` says; NEON not measured on a phone)."""
+    return min(group, 2) if _x86_wide(t) else group
 
 
 def pattern_prefetch(t: Target, filters: int = 1, tap_copies: int = 1, tile_bytes: int | None = None) -> int:
