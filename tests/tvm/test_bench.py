@@ -177,3 +177,30 @@ def test_profile_layers_runs_the_interleaved_engine_before_each_of_its_runs(tiny
     rows = profile_layers(engine, 3, between=lambda: order.append("peer"))
     assert order == ["peer", "sparsec"] * 4  # the warm-up run too
     assert all(row["median_ms"] > 0 for row in rows if row["op"] == "conv2d")
+
+
+def _script(name: str):
+    """A script of benchmarks/ as a module (they are run by path, not installed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv", [
+    ["pattern", "16x8", "--kernel-groups", "2", "{}", '{"filters_per_group": 2, "rows_per_step": 4}'],
+    ["pointwise", "16x8", "--filters", "24", "--residual", "{}", '{"out_block": 4, "vectors": 1}'],
+])
+def test_ab_knobs_times_every_variant_against_the_first(argv, capsys):
+    import re
+
+    assert _script("ab_knobs").main([*argv, "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^ +[\d.]+ ms +[\d.]+ GFLOP/s +\d+% of peak +x([\d.]+) +(\{.*\})$", out, flags=re.M)
+    assert [variant for _, variant in rows] == argv[-2:]
+    assert rows[0][0] == "1.000"
+    assert "FMA peak" in out
