@@ -257,6 +257,17 @@ def test_pattern_conv_computes_its_max_pool(tmp_path, size):
     assert layers["max_pool"]["format"] == "fused into %relu" and layers["max_pool"]["kernel"] == ""
 
 
+def test_kernel_grouped_conv_computes_its_max_pool(tmp_path):
+    """Filters in kernel groups of 4 on a 14-row plane: AVX-512 hosts take the conv's groups in pairs of
+    7 rows, so its pooled kernel takes the whole groups (4 x 2 rows); AVX2 hosts 4 x 2 rows anyway."""
+    model = _conv_pool_model(size=14)
+    masks = prune_model(model, keep_kernels=0.5, prune_first_conv=True, kernel_groups=4)
+    compiled = compile_and_compare(tmp_path, model, masks)
+    layers = {layer["op"]: layer for layer in compiled.manifest.layers}
+    assert layers["max_pool"]["format"] == "fused into %relu"
+    assert layers["conv2d"]["knobs"]["filters_per_group"] == 4
+
+
 @pytest.mark.parametrize(
     "model, pruned",
     [(_conv_pool_model(pool_kernel=3, pool_pad=1), True), (_conv_pool_model(second_user=True), True),

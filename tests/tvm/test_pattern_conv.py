@@ -564,6 +564,33 @@ def test_kernel_groups_share_loads_as_the_register_plan_says():
     assert generator_knobs(call, {"filters_per_group": 4}, AVX512).filters_per_group == 4
 
 
+def test_a_pooled_conv_keeps_its_whole_kernel_groups():
+    """AVX-512's pairs take 7 rows of a 14-row plane: no row pairs for a fused max pool, so the pooled
+    kernel takes the IR's whole groups (4 filters x 2 rows); the conv alone keeps the pairs, and a
+    tuning log's filters stand."""
+    import dataclasses
+
+    from sparsec.driver import import_model, optimize
+    from sparsec.ir.knobs import Knobs
+    from sparsec.lower.layers import layer_kernel, pooled_conv_kernel
+    from sparsec.models._graph import GraphBuilder
+    from sparsec.prune import prune_model
+
+    g = GraphBuilder(0)
+    pooled = g.maxpool("pool", g.relu("relu", g.conv("conv", "conv", "input", 4, 8, 3)), kernel=2, stride=2, pad=0)
+    model = g.finish("conv_pool", (1, 4, 14, 14), (1, 8, 7, 7), pooled)
+    masks = prune_model(model, keep_kernels=0.5, prune_first_conv=True, kernel_groups=4)
+    module = optimize(import_model(model, masks), target=AVX512)
+    op = next(op for op in module.ops if op.name == "conv2d")
+    assert op.filter_groups == (4, 4)
+    assert layer_kernel(op, module, AVX512).knobs["rows_per_step"] == 7
+    whole = pooled_conv_kernel(op, module, AVX512)
+    assert (whole.knobs["filters_per_group"], whole.knobs["rows_per_step"]) == (4, 2)
+    tuned = dataclasses.replace(op, knobs=Knobs.of({"filters_per_group": 2}))
+    assert pooled_conv_kernel(tuned, module.replace(ops=tuple(tuned if o is op else o for o in module.ops)),
+                              AVX512) is None
+
+
 def test_width_and_vectors_come_from_the_target():
     # a 7-wide plane on AVX-512: half-width vectors (7 of 8 lanes, not 7 of 16)
     for target, size, lanes, vectors, rows in ((AVX2, 56, 8, 1, 8), (AVX512, 56, 16, 1, 14), (ARM64, 56, 4, 2, 8),
