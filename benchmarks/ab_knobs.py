@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     data = layer_data(args)
     runs, first = [], None
     for knobs in args.knobs:
-        kernel, resolved, macs = build(args, knobs, target, data)
+        try:
+            kernel, resolved, macs = build(args, knobs, target, data)
+        except (TypeError, ValueError) as err:  # an unknown knob or a value the generator refuses
+            print(f"ab_knobs.py: error: knobs {json.dumps(knobs)}: {err}", file=sys.stderr)
+            return 2
         call, out = runner(kernel, target, data, args.kind == "pointwise" and args.residual)
         call()
         if first is None:

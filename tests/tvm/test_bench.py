@@ -204,3 +204,8 @@ def test_ab_knobs_times_every_variant_against_the_first(argv, capsys):
     assert [variant for _, variant in rows] == argv[-2:]
     assert rows[0][0] == "1.000"
     assert "FMA peak" in out
+
+
+def test_ab_knobs_names_a_bad_knob(capsys):
+    assert _script("ab_knobs").main(["pattern", "16x8", "{}", '{"rows_per_stepp": 4}']) == 2
+    assert "error: knobs {\"rows_per_stepp\": 4}: " in capsys.readouterr().err
