@@ -77,19 +77,18 @@ def build(args, knobs: dict, target, data):
         from sparsec.fkw import build_fkw
         from sparsec.lower.kernels.pattern_conv import PatternConvKnobs, pattern_conv_kernel, resolve_knobs
 
-        fkw = build_fkw(data["weight"])
-        kernel = pattern_conv_kernel(fkw, data["x"].shape, strides=strides, knobs=PatternConvKnobs(**knobs),
-                                     target=target)
+        fkw, asked = build_fkw(data["weight"]), PatternConvKnobs(**knobs)
+        kernel = pattern_conv_kernel(fkw, data["x"].shape, strides=strides, knobs=asked, target=target)
         kept = fkw.num_kernels / (fkw.num_filters * args.channels)
-        resolved = resolve_knobs(data["x"].shape, strides, knobs=PatternConvKnobs(**knobs), target=target,
-                                 filters=fkw.num_filters, kept=kept)
+        resolved = resolve_knobs(data["x"].shape, strides, knobs=asked, target=target, filters=fkw.num_filters,
+                                 kept=kept)
         return kernel, resolved, fkw.num_kernels * fkw.taps_per_pattern * kernel.out_shape[2] * kernel.out_shape[3]
     from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel, resolve_knobs
 
-    w = data["weight"]
+    w, asked = data["weight"], DenseConvKnobs(**knobs)
     kernel = dense_conv_kernel(w, data["x"].shape, strides=strides, bias=data["bias"], activation=Activation("relu"),
-                               residual=args.residual, knobs=DenseConvKnobs(**knobs), target=target)
-    resolved = resolve_knobs(w.shape, data["x"].shape, strides, knobs=DenseConvKnobs(**knobs), target=target)
+                               residual=args.residual, knobs=asked, target=target)
+    resolved = resolve_knobs(w.shape, data["x"].shape, strides, knobs=asked, target=target)
     return kernel, resolved, w.size * kernel.out_shape[2] * kernel.out_shape[3]
 
 

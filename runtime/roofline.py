@@ -18,6 +18,7 @@ from sparsec.lower.target import tvm_target
 from sparsec.target import Target
 
 CALL_TARGET_S = 0.05  # one call long enough that the thread pool's start-up is noise
+_BEST_GFLOPS: dict[tuple[Target, int], float] = {}  # (target, threads) -> the best rate this process measured
 
 
 def fma_peak_gflops(target: Target, threads: int, repeats: int = 7) -> float:
@@ -31,9 +32,6 @@ def fma_peak_gflops(target: Target, threads: int, repeats: int = 7) -> float:
     key = (target, threads)
     _BEST_GFLOPS[key] = max(_BEST_GFLOPS.get(key, 0.0), rate)
     return _BEST_GFLOPS[key]
-
-
-_BEST_GFLOPS: dict[tuple[Target, int], float] = {}
 
 
 @functools.cache

@@ -65,12 +65,13 @@ def pattern_group_filters(t: Target, group: int) -> int:
     """Pattern conv: filters that share each loaded input row, where the IR groups `group` filters
     whose kernels coincide (eliminate-redundant-loads; a pair of such a group shares them too).
     AVX-512: at most 2, so the pair's 7-row tiles keep 14 FMA chains and its 8 tap weights in
-    registers, where 4 filters x 4 rows keep 16 sums and 16 weights (in its znver4 assembly a fifth of
-    the FMAs take their weight as a broadcast memory operand, a load each; the pair's none). Measured on znver4, 2
-    threads, interleaved, kernel groups of 4 at 50% kept, 2 x 7 against 4 x 4: 256x56 (L1G4)
-    1.045-1.07x, 128x56 1.07x, 64x56 1.23x, 256x14 1.08x (once 1.6x), 512x7 1.00x; 512x28 at
-    27.8% 1.01x. Elsewhere the whole group (AVX2: 4 filters x 2 rows, measured on znver5 as
-    `pattern_accumulators` says; NEON not measured on a phone)."""
+    registers, where 4 filters x 4 rows keep 16 sums and 16 weights (in its znver4 assembly a
+    fifth of the FMAs take their weight as a broadcast memory operand, a load each; the pair's
+    none). Measured on znver4, 2 threads, interleaved, kernel groups of 4 at 50% kept, 2 x 7
+    against 4 x 4: 256x56 (L1G4) 1.045-1.07x, 128x56 1.07-1.08x, 64x56 1.15-1.23x, 256x14
+    1.08-1.12x, 512x7 1.00-1.05x; 512x28 at 27.8% 1.01x. Elsewhere the whole group (AVX2: 4
+    filters x 2 rows, measured on znver5 as `pattern_accumulators` says; NEON not measured on a
+    phone)."""
     return min(group, 2) if _x86_wide(t) else group
 
 
