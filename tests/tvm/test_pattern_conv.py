@@ -101,7 +101,6 @@ def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 
 
 
 # the two ways the input gets tiled: each task copies its own tile (one slice of filters per
-# tile), or a prologue copies every tile (filters sliced across tasks)
 # tile), or a prologue copies every tile (filters sliced across tasks); each task prefetching the
 # next task's new input lines (the last task's "next" is itself)
 COPIES = {"task-copy": PatternConvKnobs(filter_splits=1, prefetch_next_tile=0),
@@ -412,32 +411,46 @@ def test_avx2_tap_weights_by_lane(knobs):
     check((1, 8, 10, 12), 4, pads=(2, 0, 1, 2), dilations=(2, 1), knobs=knobs, target=AVX2, seed=2)
 
 
+runs_avx512 = pytest.mark.skipif(host_isa() != "avx512", reason="runs AVX-512 code")
+
+
+@runs_avx512
+@pytest.mark.parametrize("knobs", [PatternConvKnobs(), PatternConvKnobs(channel_block=4, tap_copies=3, rows_per_step=3),
+                                   PatternConvKnobs(channel_block=3, filter_splits=2, vector_width=8)])
+def test_avx512_tap_weights_by_lane(knobs):
+    # AVX-512: each kernel's 4 tap weights are one 128-bit load broadcast to the 4 parts of a
+    # 16-lane vector (8 lanes: 2 parts), each tap shuffled out of every part
+    check((1, 8, 11, 21), 6, bias=True, knobs=knobs, target=AVX512)
+    check((2, 8, 9, 37), 5, strides=(2, 2), knobs=knobs, target=AVX512, seed=1)
+    check((1, 8, 10, 20), 4, pads=(2, 0, 1, 2), dilations=(2, 1), knobs=knobs, target=AVX512, seed=2)
+
+
 def _fma_loops(asm: str) -> list[str]:
     """The basic blocks of `asm` (split at labels) holding vector FMAs."""
     blocks = re.split(r"\n\.LBB\w+:", asm)
     return [b for b in blocks if re.search(r"vfmadd\w*ps", b)]
 
 
-def test_avx2_loads_each_kernels_tap_weights_once():
+@pytest.mark.parametrize("target, part_broadcast", [(AVX2, "vbroadcastf128"), (AVX512, "vbroadcastf32x4")])
+def test_x86_loads_each_kernels_tap_weights_once(target, part_broadcast):
     import tvm
 
     from sparsec.lower.target import tvm_target
 
     w = pruned(np.random.default_rng(0), 8, 16)
-    broadcast_load = re.compile(r"vbroadcastss\s+[^%\s]*\(")
+    broadcast_load = re.compile(r"vbroadcastss\s+[^%\s]*\(|\{1to(8|16)\}")
 
     def loops(filters_per_group=1):
-        kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX2,
+        kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 32, 32), target=target,
                                      knobs=PatternConvKnobs(filters_per_group=filters_per_group))
-        return _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX2)).mod.inspect_source("asm"))
+        return _fma_loops(tvm.compile(kernel.func, target=tvm_target(target)).mod.inspect_source("asm"))
 
     assert len(loops()) >= len(PATTERNS)  # one loop per pattern
     for loop in loops():  # the weights: 128-bit loads, shuffled in registers, no broadcast loads
-        assert "vbroadcastf128" in loop and not broadcast_load.search(loop)
-    # filter groups keep broadcast loads (4 filters' shuffles would crowd the FMA pipes)
-    assert all(broadcast_load.search(loop) and "vbroadcastf128" not in loop for loop in loops(2))
-    avx512 = pattern_conv_kernel(build_fkw(w), (1, 16, 16, 16), target=AVX512)
-    assert "llvm.arithmetic.fence" not in avx512.func.script()
+        assert part_broadcast in loop and not broadcast_load.search(loop)
+    # filter groups keep broadcast loads (AVX2: 4 filters' shuffles would crowd the FMA pipes;
+    # AVX-512's pairs gained nothing)
+    assert all(broadcast_load.search(loop) and part_broadcast not in loop for loop in loops(2))
 
 
 def test_channel_blocks_come_from_the_register_plan():
