@@ -58,7 +58,8 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
 
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
-    prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs."""
+    prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs,
+    tile rows shifted in registers."""
     oh, ow = _out_hw(call, (3, 3))
     channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
@@ -76,6 +77,13 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
             problem = pattern_conv.pair_rows_problem(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
                                                      tuple(p["dilations"]), knobs, target=target)
             return f"row pairs in the last column: {problem}" if problem else None
+        if c["register_shifts"]:
+            p = call.params
+            knobs = pattern_conv.PatternConvKnobs(**c)
+            problem = pattern_conv.register_shifts_problem(tuple(p["in_shape"]), tuple(p["strides"]),
+                                                           tuple(p["pads"]), tuple(p["dilations"]), knobs,
+                                                           target=target)
+            return f"tile rows shifted in registers: {problem}" if problem else None
         return None
 
     return _space(call, target, [
@@ -89,6 +97,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("filter_splits", values((1, 2, 4, 8), high=filters)),
         ("prefetch_next_tile", values((0, 1), low=0)),
         ("pair_rows", values((0, 1), low=0)),
+        ("register_shifts", values((0, 1), low=0)),
     ], rule)
 
 

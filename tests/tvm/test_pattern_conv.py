@@ -126,6 +126,77 @@ def test_odd_width_wider_than_a_vector_and_all_empty_filters():
     check((1, 3, 5, 5), 2, keep=0.0)  # every filter empty: bias-free zeros
 
 
+SHIFTED = PatternConvKnobs(register_shifts=1, tap_copies=1)
+
+
+@pytest.mark.parametrize("copy", list(COPIES))
+def test_tile_rows_shifted_in_registers(copy):
+    """Each tile row one vector, the taps right of the first reading it rotated in registers: the
+    tile holds lanes - 2 * dilation output columns, so every tile sticks out of its vector."""
+    knobs = dataclasses.replace(COPIES[copy], register_shifts=1, tap_copies=1)
+    check((2, 6, 11, 28), 5, bias=True, act=Activation("relu"), knobs=knobs, keep=0.3)
+    check((1, 6, 9, 13), 4, pads=(0, 1, 2, 1), residual=True, knobs=knobs, seed=1)  # 13 columns: a partial tile
+    check((1, 4, 12, 30), 3, dilations=(2, 2), pads=(2, 2, 2, 2), knobs=knobs, seed=2)  # 2 columns of halo a side
+    check((1, 4, 13, 20), 3, strides=(2, 1), pads=(1, 0, 1, 1), knobs=knobs, seed=3)  # stride 2 down the plane
+    check((1, 8, 10, 17), 3, knobs=dataclasses.replace(knobs, rows_per_step=3, channel_block=3), seed=4)
+
+
+def test_register_shifts_plan():
+    """AVX-512 shifts tile rows where they take no more vectors a row (28- and 14-wide planes):
+    over one tile copy, or over three where the plane has more than one column of tiles."""
+    shifts = lambda target, shape, kept=0.278, strides=(1, 1), **knobs: resolve_knobs(  # noqa: E731
+        shape, strides, knobs=PatternConvKnobs(**knobs), target=target, filters=shape[1], kept=kept).register_shifts
+    assert shifts(AVX512, (1, 512, 28, 28)) == 1  # 2 x 14 columns, not 16 + 12
+    assert shifts(AVX512, (1, 512, 14, 14)) == 1  # 14, not 16
+    assert shifts(AVX512, (1, 256, 56, 56)) == 0  # 4 x 14 pads no less than 3 x 16 + 8 in row pairs
+    assert shifts(AVX512, (1, 128, 112, 112)) == 0  # 8 x 14 = 7 x 16
+    assert shifts(AVX512, (1, 256, 28, 28), kept=0.5) == 1  # over three copies, on 2 columns of tiles
+    assert resolve_knobs((1, 256, 28, 28), target=AVX512, filters=256, kept=0.5).tap_copies == 1
+    assert shifts(AVX512, (1, 256, 14, 14), kept=0.5) == 0  # one column of tiles: three copies stay
+    assert shifts(AVX512, (1, 256, 28, 28), kept=0.5, tap_copies=3) == 0  # asked for
+    assert shifts(AVX512, (1, 256, 28, 28), strides=(2, 2)) == 0
+    assert shifts(AVX512, (1, 256, 28, 28), strides=(2, 1)) == 0  # strided down: not measured
+    assert shifts(AVX2, (1, 512, 28, 28)) == 0 and shifts(ARM64, (1, 512, 28, 28)) == 0
+    assert shifts(AVX512, (1, 512, 28, 28), register_shifts=0) == 0
+    assert resolve_knobs((1, 512, 28, 28), target=AVX512, kept=0.278, pooled=True).register_shifts == 0
+
+
+def test_register_shifts_refuses_what_it_cannot_tile():
+    w = pruned(np.random.default_rng(0), 4, 3)
+    with pytest.raises(ValueError, match=r"knob register_shifts=1 needs one tile copy, .* got 3 tap copies"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), target=AVX512,
+                            knobs=PatternConvKnobs(register_shifts=1, tap_copies=3))
+    with pytest.raises(ValueError, match=r"stride 2 along"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), strides=(1, 2), target=AVX512, knobs=SHIFTED)
+    with pytest.raises(ValueError, match=r"a pool"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), target=AVX512, knobs=SHIFTED, pool=True)
+    with pytest.raises(ValueError, match=r"knob register_shifts must be 0 or 1"):
+        PatternConvKnobs(register_shifts=2)
+
+
+def test_shifted_rows_load_each_tile_row_once():
+    """The FMA loops of shifted rows load each input row once, aligned, and permute it for the
+    other tap columns; unshifted, the taps right of the first load the row again at their offset."""
+    import tvm
+
+    from sparsec.lower.target import tvm_target
+
+    w = pruned(np.random.default_rng(0), 8, 16, 0.3)
+    address = r"-?\d*\(%\w+(?:,%\w+(?:,\d)?)?\)"
+    vector_load = re.compile(rf"(?:vmov[au]ps|vfmadd\w+)\s+{address}, %zmm")
+
+    def loops(shifts: int):
+        kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 28, 28), target=AVX512,
+                                     knobs=PatternConvKnobs(register_shifts=shifts, tap_copies=1, rows_per_step=14))
+        return _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX512)).mod.inspect_source("asm"))
+
+    shifted, unshifted = loops(1), loops(0)
+    assert len(shifted) >= len(PATTERNS)
+    for loop in shifted:  # at most the tile's 16 input rows, each loaded once, none spilled (row by row)
+        assert len(vector_load.findall(loop)) <= 16 and re.search(r"vperm|valign", loop) and "(%rsp)" not in loop
+    assert all(len(vector_load.findall(loop)) > 16 and not re.search(r"vperm|valign", loop) for loop in unshifted)
+
+
 @pytest.mark.parametrize("copies", [1, 3], ids=["phase-tile", "tap-copies"])
 @pytest.mark.parametrize("copy", list(COPIES))
 def test_asymmetric_pads_and_dilation(copies, copy):

@@ -69,6 +69,9 @@ class PatternConvKnobs:
     pair_rows: int = -1  # 1: the last column tile, where the plane fills at most half of its lanes,
     # takes output rows in pairs (a vector's low half one row, its high half the row `rows` below);
     # 0 = never; -1 = where that pads the plane less
+    register_shifts: int = -1  # 1: each tile row is one aligned vector (its columns and halo: lanes - 2 output
+    # columns a tile), loaded once and shifted in registers for the taps right of the first; 0 = never;
+    # -1 = the register plan's, where that pads the plane less
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -78,7 +81,7 @@ class PatternConvKnobs:
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("prefetch_next_tile", "pair_rows"):
+        for name in ("prefetch_next_tile", "pair_rows", "register_shifts"):
             if getattr(self, name) not in (-1, 0, 1):
                 raise ValueError(f"knob {name} must be 0 or 1 (or -1: the target's choice), got {getattr(self, name)}")
         for name in ("prefetch", "channel_block"):
@@ -105,10 +108,15 @@ class _Geometry:
     line_floats: int = 16  # float32s in the target's cache line
     fold: int = 1  # output rows per vector: its lanes split in `fold` parts; part j of accumulator row
     # r is the tile's output row r + j * rows (see `_paired_column`)
+    shifted: bool = False  # a tile row is one vector: its lanes hold the output columns and their halo,
+    # the taps right of the first read it shifted in registers (`register_shifts`)
 
     @property
     def cols_per_vec(self) -> int:
-        """Output columns one vector covers (its lanes, or one part of them where rows fold)."""
+        """Output columns one vector covers (its lanes, or one part of them where rows fold, or
+        all but the halo's where taps shift the row in registers)."""
+        if self.shifted:
+            return self.lanes - 2 * self.dilations[1]
         return self.lanes // self.fold
 
     @property
@@ -353,14 +361,17 @@ class _Ctx:
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
     """Kernel-level LRE: (input row offset, tap column) -> the (accumulator row, tap slot) pairs
-    that read it, ordered column by column so each loaded vector dies young. (Folded rows: the
-    entry, whose parts are as many rows apart as the parts of the accumulator row.)"""
+    that read it, ordered column by column so each loaded vector dies young (shifted rows: row by
+    row, so each row vector dies once its shifts are made; column by column kept all 16 rows of a
+    14-row tile live and spilled them). (Folded rows: the entry, whose parts are as many rows
+    apart as the parts of the accumulator row.)"""
     uses: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for t, tap in enumerate(taps):
         ky, kx = divmod(int(tap), 3)
         for r in range(g.rows):
             uses.setdefault((r * g.strides[0] + ky * g.dilations[0], kx), []).append((r, t))
-    return dict(sorted(uses.items(), key=lambda item: (item[0][1], item[0][0])))
+    order = (lambda item: item[0]) if g.shifted else (lambda item: (item[0][1], item[0][0]))
+    return dict(sorted(uses.items(), key=order))
 
 
 def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
@@ -392,11 +403,25 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile):
         for (dy, kx), users in _row_consumers(x.patterns[p], g).items():
             ph, dq = g.column(kx)
             for v in range(g.vecs):
-                src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
+                if g.shifted:
+                    src = _shifted_row(x, t, c, dy, dq)
+                else:
+                    src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
                 for f in range(x.nf):
                     for r, tap in users:
                         value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
+
+
+def _shifted_row(x: _Ctx, t: _Tile, c, dy, dq: int):
+    """Tile row dy as one aligned vector, its lanes rotated by dq: lane i holds column i + dq (the
+    last dq lanes, outside the tile's output columns, wrap around). The row is loaded once for
+    every tap column (LLVM merges the equal loads); the fence keeps LLVM from turning load and
+    rotation back into a load at the shifted, line-crossing address."""
+    lanes = x.g.lanes
+    row = tirx.call_llvm_pure_intrin(f"float32x{lanes}", "llvm.arithmetic.fence",
+                                     x.input(t, c, dy, 0, _ramp(0, lanes)))
+    return row if dq == 0 else tirx.Shuffle([row], [(dq + i) % lanes for i in range(lanes)])
 
 
 def _prefetch_l1(element) -> None:
@@ -715,9 +740,33 @@ def pairs_rows(g: _Geometry) -> bool:
     much). Measured on znver3, 2 threads, against the unpaired kernel in one process: 28-wide
     planes at 128-512 channels 1.02-1.12x (the paired tiles' copies, three tap columns, cost most
     where 512 channels of them crowd L2)."""
-    if g.vecs != 1 or g.fold != 1 or g.strides[0] != 1 or g.lanes % 2 or not 0 < g.ow % g.tile_w <= g.lanes // 2:
+    if g.shifted or g.vecs != 1 or g.fold != 1 or g.strides[0] != 1 or g.lanes % 2:
+        return False
+    if not 0 < g.ow % g.tile_w <= g.lanes // 2:
         return False
     return _padded_area(g, True) < g.padded_area
+
+
+def _shifts_pay(g: _Geometry, target: Target, pool: bool, asked_copies: int = 0) -> bool:
+    """Whether the register plan shifts the tile rows of `g` (its tap copies the plan's, or
+    `asked_copies`) in registers (`register_shifts`, one copy), where that takes no more vectors
+    per output row than whole-vector tiles would, row pairs counting half (28 columns: 14 + 14
+    against 16 + 12; 56: 4 x 14 against 3 x 16 + 8 in pairs, more)."""
+    shifted = replace(g, tap_copies=1, shifted=True)
+    if asked_copies == 3 or g.strides != (1, 1) or _shifts_problem(shifted, pool):  # strided: not measured
+        return False
+    if not register_plan.pattern_register_shifts(target, g.tap_copies, g.lanes, shifted.tiles_x):
+        return False
+    unshifted = g.ow / g.lanes if g.strides[0] == 1 and 0 < g.ow % g.lanes <= g.lanes // 2 else g.tiles_x
+    return shifted.tiles_x <= unshifted
+
+
+def _shifts_problem(g: _Geometry, pool: bool) -> str | None:
+    """What keeps the tile rows of `g` from being shifted in registers (None: nothing)."""
+    if g.tap_copies != 1 or g.vecs != 1 or g.strides[1] != 1 or g.cols_per_vec < 1 or g.fold != 1 or pool:
+        return (f"{g.tap_copies} tap copies, {g.vecs} vectors of {g.lanes} lanes, stride {g.strides[1]} along, "
+                f"dilation {g.dilations[1]}{', row pairs' if g.fold != 1 else ''}{', a pool' if pool else ''}")
+    return None
 
 
 def _pairs_problem(g: _Geometry, filter_splits: int, pool: bool) -> str | None:
@@ -726,6 +775,12 @@ def _pairs_problem(g: _Geometry, filter_splits: int, pool: bool) -> str | None:
         return (f"{g.vecs} vectors of {g.lanes} lanes on a {g.oh}x{g.ow} output (stride {g.strides[0]} down), "
                 f"{g.rows} rows, {filter_splits} slices{', a pool' if pool else ''}")
     return None
+
+
+def register_shifts_problem(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, *,
+                            target: Target) -> str | None:
+    """Why `knobs` (resolved: the tuner's candidates) cannot shift tile rows in registers, or None."""
+    return _shifts_problem(replace(_geometry(in_shape, strides, pads, dilations, knobs, target), shifted=True), False)
 
 
 def pair_rows_problem(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, *, target: Target) -> str | None:
@@ -819,8 +874,13 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
                   filters: int | None, kept: float | None, pooled: bool = False) -> PatternConvKnobs:
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
     lanes = knobs.vector_width or register_plan.pattern_lanes(target, out_width)
-    copies = knobs.tap_copies or register_plan.pattern_tap_copies(target, tuple(strides), kept or 0.0,
-                                                                  knobs.filters_per_group, lanes)
+    copies = knobs.tap_copies or (1 if knobs.register_shifts == 1 else register_plan.pattern_tap_copies(
+        target, tuple(strides), kept or 0.0, knobs.filters_per_group, lanes))
+    if knobs.register_shifts < 0:
+        g = _geometry(in_shape, strides, pads, dilations, replace(knobs, vector_width=lanes, tap_copies=copies,
+                                                                  rows_per_step=1, vectors_per_step=1), target)
+        shifts = _shifts_pay(g, target, pooled, asked_copies=knobs.tap_copies)
+        knobs, copies = replace(knobs, register_shifts=int(shifts)), 1 if shifts else copies
     knobs = replace(knobs, vector_width=lanes, tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies)
@@ -849,7 +909,7 @@ def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, targe
     n, c, h, w = (int(d) for d in in_shape)
     return _Geometry(n, c, h, w, tuple(strides), tuple(pads), tuple(dilations), knobs.rows_per_step,
                      knobs.vector_width, knobs.vectors_per_step, knobs.tap_copies or 1, knobs.channel_block,
-                     target.cache_line_bytes // 4)
+                     target.cache_line_bytes // 4, shifted=knobs.register_shifts == 1)
 
 
 def pattern_conv_kernel(
@@ -883,6 +943,9 @@ def pattern_conv_kernel(
     if pool and (g.rows % 2 or g.lanes % 2 or min(g.oh, g.ow) < 2):
         raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and vector width and a conv output of "
                          f"at least 2x2, got {g.rows} rows, {g.lanes} lanes, {g.oh}x{g.ow}")
+    if g.shifted and (problem := _shifts_problem(g, pool)):
+        raise ValueError(f"knob register_shifts=1 needs one tile copy, one vector a tile row wider than the "
+                         f"kernel's columns, stride 1 along the row, no row pairs and no fused pool; got {problem}")
     if knobs.pair_rows == 1 and (problem := _pairs_problem(g, knobs.filter_splits, pool)):
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "

@@ -178,6 +178,25 @@ def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float
     return 3 if t.isa == "avx512" and whole_lines and kept >= 0.4 and filters == 1 else 1
 
 
+def pattern_register_shifts(t: Target, tap_copies: int, lanes: int, column_tiles: int) -> bool:
+    """Pattern conv: one tile copy whose rows are each one aligned vector, the taps right of the
+    first reading it rotated in registers (a permute each) instead of loaded at a shifted address
+    (one copy: each such load splits two cache lines, 2 load slots) or from three aligned copies
+    (3x the tile). The vector holds the tile's columns and their halo (16 lanes: 14 output
+    columns), so a tile row is one cache line: 16 lines of a 14-row tile to prefetch and fetch
+    from L2 where the one copy's 18-float rows take 18. AVX-512 where a vector is a cache line,
+    over the plan's one copy (`tap_copies`), or over its three copies where the plane has more
+    than one column of shifted tiles (`column_tiles`); the generator keeps it to planes whose
+    rows take no more vectors shifted (`_shifts_pay`: 28 and 14 columns). Measured on znver4, 2
+    threads, interleaved, kernels alone: over one copy (27.8% kept) 512x28 (L2) 1.13x (after a
+    40 MB write 1.04x), 256x28 1.06-1.08x, 512x14 1.16x; over three copies (50% kept) 512x28
+    1.12x, 128x28 1.05-1.06x, but 256x14 (L3, one column tile) 0.90-0.95x; where the 14-column
+    tiles take more vectors: 256x56 (L1) 0.91x, 128x112 0.82x, 64x224 0.82x. AVX2 (6 of 8 lanes)
+    and NEON not measured."""
+    copies_ok = tap_copies == 1 or column_tiles > 1
+    return t.isa == "avx512" and lanes * 4 == t.cache_line_bytes and copies_ok
+
+
 def weights_by_lane(t: Target, filters: int = 1) -> bool:
     """Pattern conv: load a kernel's 4 tap weights as one 128-bit vector and take each FMA's
     weight from a lane: NEON's by-element FMLA; on x86 one 128-bit load broadcast to every
