@@ -131,8 +131,7 @@ def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKerne
     output the pooled plane), or None where the conv does not lower to the pattern kernel or its
     tile has no row pairs: odd rows (7-row tiles of 28- and 14-wide planes: 8 would pad them
     4/28 and 2/14 more than the pool kernel they save costs). Where the conv's rows are even its
-    pooled knobs are its own (rows shifted in registers aside), so the tuning task and the
-    manifest's knobs stay the conv's. Where
+    pooled knobs are its own, so the tuning task and the manifest's knobs stay the conv's. Where
     the register plan takes the IR's filter groups in pairs with odd rows (AVX-512's 2 x 7), the
     whole groups' plan (4 filters x 4 rows) when its rows pair (`_whole_groups`)."""
     from sparsec.lower.spaces import knobs_used, space_for
@@ -142,8 +141,7 @@ def pooled_conv_kernel(op: Conv2d, module: Module, target: Target) -> LayerKerne
         return None
     names = space_for(call, target).names
     try:
-        # rows shifted in registers leave the pooled epilogue no whole vectors: unshifted, unless asked
-        knobs = {"register_shifts": 0, **dict(op.knobs or {})}
+        knobs = op.knobs
         used = knobs_used(call, knobs, target, names)
         if used["rows_per_step"] % 2 and (whole := _whole_groups(call, knobs)) is not None:
             knobs, used = whole, knobs_used(call, whole, target, names)

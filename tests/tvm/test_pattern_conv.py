@@ -103,6 +103,7 @@ def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 
 # the two ways the input gets tiled: each task copies its own tile (one slice of filters per
 # tile), or a prologue copies every tile (filters sliced across tasks); each task prefetching the
 # next task's new input lines (the last task's "next" is itself)
+SHIFTED = PatternConvKnobs(register_shifts=1, tap_copies=1)  # tile rows shifted in registers
 COPIES = {"task-copy": PatternConvKnobs(filter_splits=1, prefetch_next_tile=0),
           "task-copy-prefetched": PatternConvKnobs(filter_splits=1, prefetch_next_tile=1),
           "prologue": PatternConvKnobs(filter_splits=2)}
@@ -124,9 +125,6 @@ def test_bias_and_activation_epilogue(act):
 def test_odd_width_wider_than_a_vector_and_all_empty_filters():
     check((1, 5, 7, 19), 6, bias=True, keep=0.3)  # 19 = 2 vectors of 8 + 3
     check((1, 3, 5, 5), 2, keep=0.0)  # every filter empty: bias-free zeros
-
-
-SHIFTED = PatternConvKnobs(register_shifts=1, tap_copies=1)
 
 
 @pytest.mark.parametrize("copy", list(COPIES))
@@ -158,7 +156,7 @@ def test_register_shifts_plan():
     assert shifts(AVX512, (1, 256, 28, 28), strides=(2, 1)) == 0  # strided down: not measured
     assert shifts(AVX2, (1, 512, 28, 28)) == 0 and shifts(ARM64, (1, 512, 28, 28)) == 0
     assert shifts(AVX512, (1, 512, 28, 28), register_shifts=0) == 0
-    assert resolve_knobs((1, 512, 28, 28), target=AVX512, kept=0.278, pooled=True).register_shifts == 0
+    assert resolve_knobs((1, 512, 28, 28), target=AVX512, kept=0.278, pooled=True).register_shifts == 1
 
 
 def test_register_shifts_refuses_what_it_cannot_tile():
@@ -168,8 +166,9 @@ def test_register_shifts_refuses_what_it_cannot_tile():
                             knobs=PatternConvKnobs(register_shifts=1, tap_copies=3))
     with pytest.raises(ValueError, match=r"stride 2 along"):
         pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), strides=(1, 2), target=AVX512, knobs=SHIFTED)
-    with pytest.raises(ValueError, match=r"a pool"):
-        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), target=AVX512, knobs=SHIFTED, pool=True)
+    with pytest.raises(ValueError, match=r"a fused 2x2 max pool needs .* even .* columns a vector .*, 13 columns"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), target=AVX512, pool=True,
+                            knobs=PatternConvKnobs(register_shifts=1, vector_width=15))
     with pytest.raises(ValueError, match=r"knob register_shifts must be 0 or 1"):
         PatternConvKnobs(register_shifts=2)
 
@@ -269,8 +268,9 @@ def max_pool_2x2(y: np.ndarray) -> np.ndarray:
         ((1, 7, 13, 21), (1, 1), False, PatternConvKnobs(channel_block=3, filter_splits=1, prefetch_next_tile=1)),
         ((1, 5, 17, 23), (2, 2), True, PatternConvKnobs(filter_splits=2)),  # strided, tiles from a prologue
         ((1, 4, 9, 10), (1, 1), False, PatternConvKnobs(rows_per_step=4, vectors_per_step=2, vector_width=4)),
+        ((2, 5, 11, 31), (1, 1), True, SHIFTED),  # lanes - 2 columns a vector, the last tile sticking out
     ],
-    ids=["tiles", "odd-residual", "blocks", "stride-2", "narrow"],
+    ids=["tiles", "odd-residual", "blocks", "stride-2", "narrow", "shifted"],
 )
 def test_fused_max_pool(x_shape, strides, residual, knobs):
     """pool(act(conv + bias + residual)), 2x2 stride 2, from one kernel: rows in pairs, lane pairs."""
@@ -286,6 +286,14 @@ def test_fused_max_pool(x_shape, strides, residual, knobs):
     assert kernel.out_shape == want.shape
     got = run_kernel(kernel, HOST, x, *([r] if residual else []))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_pool_stores_the_windows_of_its_columns():
+    """Shifted rows hold 14 output columns a vector: 7 pooled columns a store (a store of 8 would
+    write a window of the junk lanes, which the next tile's store may or may not overwrite)."""
+    w = pruned(np.random.default_rng(0), 4, 4)
+    script = pattern_conv_kernel(build_fkw(w), (1, 4, 12, 28), target=AVX512, pool=True, knobs=SHIFTED).func.script()
+    assert re.search(r"\+ 7\] = T\.max\(T\.Shuffle", script) and not re.search(r"\+ 8\] = ", script)
 
 
 def test_fused_max_pool_takes_rows_in_pairs():

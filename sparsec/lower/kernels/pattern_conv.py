@@ -533,17 +533,19 @@ def _emit_store_row(x: _Ctx, acc, f: int, r: int, part: int, filt, t: _Tile):
 def _emit_store_pooled_rows(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
     """out[n, filt, oy / 2, ox0 / 2:] = the max over 2x2 windows of act(acc[f, r:r+2, :] + bias +
     residual): the two rows' maximum, then its even lanes against its odd ones; a window past the
-    plane's last whole pair of columns is dropped (floor), as a tile sticking out is."""
+    plane's last whole pair of columns is dropped (floor), as a tile sticking out is. (Shifted
+    rows: a vector's output columns, lanes - 2 of them.)"""
     g, oy, ox0 = x.g, t.oy0(x.g) + r, t.ox0(x.g)
-    half = g.lanes // 2
+    cols = g.cols_per_vec
+    half = cols // 2
     with T.If(ox0 + g.tile_w <= g.ow):
         with T.Then():
             for v in range(g.vecs):
-                rows = [_bias_act(x, acc[f, r + i, _vec(v, g.lanes)], filt, g.lanes,
-                                  [t.n, filt, oy + i, _ramp(ox0 + v * g.lanes, g.lanes)]) for i in (0, 1)]
+                rows = [_bias_act(x, acc[f, r + i, _ramp(v * g.lanes, cols)], filt, cols,
+                                  [t.n, filt, oy + i, _ramp(ox0 + v * cols, cols)]) for i in (0, 1)]
                 both = tirx.max(*rows)
-                pooled = tirx.max(tirx.Shuffle([both], list(range(0, g.lanes, 2))),
-                                  tirx.Shuffle([both], list(range(1, g.lanes, 2))))
+                pooled = tirx.max(tirx.Shuffle([both], list(range(0, cols, 2))),
+                                  tirx.Shuffle([both], list(range(1, cols, 2))))
                 T.buffer_store(x.out, pooled, [t.n, filt, oy // 2, _ramp(ox0 // 2 + v * half, half)])
         with T.Else():  # windows unrolled, as in _emit_store_row
             for col in range(half * g.vecs):
@@ -762,10 +764,13 @@ def _shifts_pay(g: _Geometry, target: Target, pool: bool, asked_copies: int = 0)
 
 
 def _shifts_problem(g: _Geometry, pool: bool) -> str | None:
-    """What keeps the tile rows of `g` from being shifted in registers (None: nothing)."""
-    if g.tap_copies != 1 or g.vecs != 1 or g.strides[1] != 1 or g.cols_per_vec < 1 or g.fold != 1 or pool:
+    """What keeps the tile rows of `g` from being shifted in registers (None: nothing); a fused
+    pool needs whole column pairs in each vector."""
+    odd_pool = pool and g.cols_per_vec % 2
+    if g.tap_copies != 1 or g.vecs != 1 or g.strides[1] != 1 or g.cols_per_vec < 1 or g.fold != 1 or odd_pool:
         return (f"{g.tap_copies} tap copies, {g.vecs} vectors of {g.lanes} lanes, stride {g.strides[1]} along, "
-                f"dilation {g.dilations[1]}{', row pairs' if g.fold != 1 else ''}{', a pool' if pool else ''}")
+                f"dilation {g.dilations[1]}{', row pairs' if g.fold != 1 else ''}"
+                f"{', a pool on odd columns' if odd_pool else ''}")
     return None
 
 
@@ -940,12 +945,13 @@ def pattern_conv_kernel(
     knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target, filters=fkw.num_filters, kept=kept,
                           pooled=pool)
     g = _geometry(in_shape, strides, pads, dilations, knobs, target)
-    if pool and (g.rows % 2 or g.lanes % 2 or min(g.oh, g.ow) < 2):
-        raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and vector width and a conv output of "
-                         f"at least 2x2, got {g.rows} rows, {g.lanes} lanes, {g.oh}x{g.ow}")
+    if pool and (g.rows % 2 or g.cols_per_vec % 2 or min(g.oh, g.ow) < 2):
+        raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and columns a vector and a conv output "
+                         f"of at least 2x2, got {g.rows} rows, {g.cols_per_vec} columns, {g.oh}x{g.ow}")
     if g.shifted and (problem := _shifts_problem(g, pool)):
         raise ValueError(f"knob register_shifts=1 needs one tile copy, one vector a tile row wider than the "
-                         f"kernel's columns, stride 1 along the row, no row pairs and no fused pool; got {problem}")
+                         f"kernel's columns, stride 1 along the row, no row pairs, and with a fused pool even "
+                         f"columns; got {problem}")
     if knobs.pair_rows == 1 and (problem := _pairs_problem(g, knobs.filter_splits, pool)):
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "
