@@ -335,6 +335,8 @@ def test_row_pairs_where_they_pad_less():
     assert pairs((1, 64, 56, 56), AVX512) == 1  # 16 lanes: 56 = 3 x 16 + 8
     assert pairs((1, 64, 28, 28), knobs=PatternConvKnobs(filter_splits=2)) == 0  # sliced filters: a prologue's tiles
     assert padded_work((1, 64, 28, 28), target=AVX2) == 1.0  # (unpaired 32 / 28 columns)
+    # AVX-512: rows shifted in registers, 2 x 14 columns in 2 vectors of 16 lanes
+    assert padded_work((1, 64, 28, 28), target=AVX512) == pytest.approx(32 / 28)
     w = pruned(np.random.default_rng(0), 4, 8)
     with pytest.raises(ValueError, match=r"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a "
                                          r"last column tile at most half filled, .*got 1 vectors of 8 lanes on a "

@@ -869,10 +869,12 @@ def _resolve_pairs(g: _Geometry, tile: PatternConvKnobs, pooled: bool, filters: 
 
 def padded_work(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), *, target: Target) -> float:
     """Multiply-adds the kernel does per useful one on `target`: its tiles' output area over the
-    output's (a 28-wide plane in 8-lane vectors computes 32 columns, a 7-wide one 8: 1.14)."""
+    output's (a 28-wide plane in 8-lane vectors computes 32 columns, a 7-wide one 8: 1.14; in rows
+    shifted in registers, 2 x 14 columns in 16-lane vectors: 32 lanes as well)."""
     knobs = resolve_knobs(in_shape, strides, pads, dilations, target=target)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, channel_block=0), target)
-    return _padded_area(g, knobs.pair_rows == 1) / (g.oh * g.ow)
+    halo_lanes = g.lanes / g.cols_per_vec if g.shifted else 1.0  # a shifted row's vector computes its halo's lanes
+    return _padded_area(g, knobs.pair_rows == 1) * halo_lanes / (g.oh * g.ow)
 
 
 def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, target: Target,
