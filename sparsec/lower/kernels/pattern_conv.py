@@ -19,6 +19,10 @@ Data flow:
 Where a plane's width leaves at most half a vector to its last column of tiles (28 = 3 x 8 + 4),
 that column's tiles take their rows in pairs (`_paired_column`): each vector holds two rows' last
 columns, so no lanes idle and the column needs half the tiles.
+
+Where a vector is a cache line and a plane's rows take no more vectors that way (28 = 14 + 14 in 16
+lanes), a tile row is one vector holding its output columns and their halo (`register_shifts`): each
+input row is one aligned load, and the taps of the other kernel columns rotate it in registers.
 """
 
 from __future__ import annotations
