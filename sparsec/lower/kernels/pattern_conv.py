@@ -75,7 +75,7 @@ class PatternConvKnobs:
     # 0 = never; -1 = where that pads the plane less
     register_shifts: int = -1  # 1: each tile row is one aligned vector (its columns and halo: lanes - 2 output
     # columns a tile), loaded once and shifted in registers for the taps right of the first; 0 = never;
-    # -1 = the register plan's, where that pads the plane less
+    # -1 = the register plan's, where the plane's rows take no more vectors that way
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -763,7 +763,7 @@ def _shifts_pay(g: _Geometry, target: Target, pool: bool, asked_copies: int = 0)
         return False
     if not register_plan.pattern_register_shifts(target, g.tap_copies, g.lanes, shifted.tiles_x):
         return False
-    unshifted = g.ow / g.lanes if g.strides[0] == 1 and 0 < g.ow % g.lanes <= g.lanes // 2 else g.tiles_x
+    unshifted = g.ow / g.lanes if 0 < g.ow % g.lanes <= g.lanes // 2 else g.tiles_x  # paired: exact
     return shifted.tiles_x <= unshifted
 
 
