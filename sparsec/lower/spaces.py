@@ -61,8 +61,10 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs,
     tile rows shifted in registers."""
     oh, ow = _out_hw(call, (3, 3))
-    channels, filters, lanes = call.params["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
+    p = call.params
+    channels, filters, lanes = p["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
     accumulators = target.vector_registers - 4  # ~4 registers hold the tap weights and input rows
+    conv_geometry = (tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]))
 
     def rule(c: dict) -> str | None:
         if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] > accumulators:
@@ -72,18 +74,13 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         if c["prefetch_next_tile"] and c["filter_splits"] != 1:
             return "the next tile's prefetch with filters sliced across tasks (no task copies a tile)"
         if c["pair_rows"]:
-            p = call.params
             knobs = pattern_conv.PatternConvKnobs(**{k: v for k, v in c.items() if k != "pair_rows"})
-            problem = pattern_conv.pair_rows_problem(tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]),
-                                                     tuple(p["dilations"]), knobs, target=target)
-            return f"row pairs in the last column: {problem}" if problem else None
+            if problem := pattern_conv.pair_rows_problem(*conv_geometry, knobs, target=target):
+                return f"row pairs in the last column: {problem}"
         if c["register_shifts"]:
-            p = call.params
             knobs = pattern_conv.PatternConvKnobs(**c)
-            problem = pattern_conv.register_shifts_problem(tuple(p["in_shape"]), tuple(p["strides"]),
-                                                           tuple(p["pads"]), tuple(p["dilations"]), knobs,
-                                                           target=target)
-            return f"tile rows shifted in registers: {problem}" if problem else None
+            if problem := pattern_conv.register_shifts_problem(*conv_geometry, knobs, target=target):
+                return f"tile rows shifted in registers: {problem}"
         return None
 
     return _space(call, target, [

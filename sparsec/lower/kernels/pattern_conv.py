@@ -887,13 +887,14 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     lanes = knobs.vector_width or register_plan.pattern_lanes(target, out_width)
     copies = knobs.tap_copies or (1 if knobs.register_shifts == 1 else register_plan.pattern_tap_copies(
         target, tuple(strides), kept or 0.0, knobs.filters_per_group, lanes))
-    if knobs.register_shifts < 0:
-        g = _geometry(in_shape, strides, pads, dilations, replace(knobs, vector_width=lanes, tap_copies=copies,
-                                                                  rows_per_step=1, vectors_per_step=1), target)
-        shifts = _shifts_pay(g, target, pooled, asked_copies=knobs.tap_copies)
-        knobs, copies = replace(knobs, register_shifts=int(shifts)), 1 if shifts else copies
+    asked_copies = knobs.tap_copies
     knobs = replace(knobs, vector_width=lanes, tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
+    if knobs.register_shifts < 0:
+        shifts = _shifts_pay(g, target, pooled, asked_copies)
+        copies = 1 if shifts else copies
+        knobs = replace(knobs, register_shifts=int(shifts), tap_copies=copies)
+        g = replace(g, tap_copies=copies, shifted=shifts)
     accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies)
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
