@@ -26,6 +26,7 @@ os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before anything imports tvm: it 
 import numpy as np  # noqa: E402
 
 from sparsec.ir.files import write_atomically  # noqa: E402
+from sparsec.runtime import cross_core  # noqa: E402
 from sparsec.runtime.bench import (  # noqa: E402
     RTOL,
     WINOGRAD_NOTE,
@@ -113,18 +114,20 @@ def verdict(case: Case, report: BenchReport) -> str:
 
 def summary_table(results: dict[str, BenchReport | str]) -> list[str]:
     lines = ["| case | sparsec ms | onnxruntime ms | sparsec-dense ms | onnxruntime / sparsec | target | met "
-             "| useful GFLOP/s | of FMA peak | others' CPU |", "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+             "| useful GFLOP/s | of FMA peak | others' CPU | cores' round trip |",
+             "|---|---:|---:|---:|---:|---|---|---:|---:|---:|---|"]
     for key, report in results.items():
         case = CASE_BY_KEY[key]
         if isinstance(report, str):
-            lines.append(f"| {key} | failed | | | | {case.target} | no | | | |")
+            lines.append(f"| {key} | failed | | | | {case.target} | no | | | | |")
             continue
         ms = lambda e, r=report: f"{r.median_ms(e):.2f}" if e in r.runs_ms else "-"  # noqa: E731
         met = verdict(case, report)
         useful, peak = report.useful_gflops(), report.peak_gflops
         roof = f"{useful:.1f} | {useful / peak:.0%}" if useful and peak else "- | -"
         lines.append(f"| {key} | {ms('sparsec')} | {ms('onnxruntime')} | {ms('sparsec-dense')} | "
-                     f"{speedup(report):.2f}x | {case.target} | {met} | {roof} | {_pct(report.others_cpu)} |")
+                     f"{speedup(report):.2f}x | {case.target} | {met} | {roof} | {_pct(report.others_cpu)} | "
+                     f"{_round_trips(report.cross_core_ns)} |")
     return lines
 
 
@@ -215,6 +218,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _round_trips(ns: tuple[float | None, float | None]) -> str:
+    """Before / after the case's rounds, e.g. '66 / 340 ns (far)'."""
+    if all(v is None for v in ns):
+        return "-"
+    far = " (far)" if any(v is not None and v > cross_core.FAR_NS for v in ns) else ""
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in ns) + f" ns{far}"
+
+
 def _host_target() -> str:
     """The host target the cases compiled for: its CPU and vector shape (`sparsec targets`)."""
     from sparsec.lower.target import host
@@ -240,7 +251,12 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
              "- \"others' CPU\": the share of all cores that other processes used while a case was measured. "
              "The machine is shared: a busy neighbour inflates the engines' times unevenly, "
-             "so trust ratios measured at a low share.", "",
+             "so trust ratios measured at a low share.",
+             "- \"cores' round trip\": a cache line's trip between the two cores and back, before and after the "
+             "case's rounds (`runtime/cross_core.py`). The VM's host moves its vCPUs between cores close together "
+             f"(~55-90 ns) and far apart (over {cross_core.FAR_NS:.0f} ns; on znver4 320-360 ns), and far apart "
+             "2-thread runs slow down (M2: sparsec 23%, onnxruntime 10%): compare cases measured in one placement.",
+             "",
              "## Summary", "", *summary_table(results), "", "## Cases", ""]
     for key, report in results.items():
         lines += case_section(CASE_BY_KEY[key], report)

@@ -28,6 +28,7 @@ import onnx
 from sparsec.check import TOLERANCE, EngineUnavailable, onnxruntime_session, require_onnxruntime, seeded_inputs
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
+from sparsec.runtime import cross_core
 from sparsec.sparsity import useful_gflops
 
 ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
@@ -295,6 +296,7 @@ class BenchReport:
     layers: list[dict] = field(default_factory=list)
     tvm_threads: int | None = None
     others_cpu: float | None = None  # share of the CPUs other processes used while measuring
+    cross_core_ns: tuple[float | None, float | None] = (None, None)  # cores' round trip before, after (`cross_core`)
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
     checked_against: str = REFERENCE
     peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
@@ -323,7 +325,7 @@ class BenchReport:
                           "max_rel_err": self.errors.get(name, (None, None))[1]}
                    for name, runs in self.runs_ms.items()}
         return {"model": self.model, "threads": self.threads, "tvm_threads": self.tvm_threads,
-                "rounds": self.rounds, "others_cpu_share": self.others_cpu,
+                "rounds": self.rounds, "others_cpu_share": self.others_cpu, "cross_core_ns": list(self.cross_core_ns),
                 "engines": engines, "ratios": self.ratios(),
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
@@ -354,6 +356,9 @@ class BenchReport:
             lines.append(f"fp32 FMA peak measured at {self.threads} threads: {self.peak_gflops:.1f} GFLOP/s{share}")
         if self.others_cpu is not None:
             lines.append(f"other processes used {self.others_cpu:.0%} of the CPUs while measuring")
+        if any(ns is not None for ns in self.cross_core_ns):
+            before, after = (cross_core.describe(ns) for ns in self.cross_core_ns)
+            lines.append(f"cross-core round trip: {before} before measuring, {after} after")
         if self.tvm_threads not in (None, self.threads):
             lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
                          "TVM_NUM_THREADS was set)")
@@ -394,8 +399,9 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     errs, against = _errors(built, lambda: _reference_outputs(model, masks, inputs, input_shapes))
     if check:
         _check_errors(errs, against)
-    start = cpu_snapshot()
+    start, apart = cpu_snapshot(), cores_apart_ns(threads)
     runs, repeats = measure(built, rounds, min_time_s)
+    apart = (apart, cores_apart_ns(threads))
     sparsec = next((e for e in built if e.name == "sparsec"), None)
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
@@ -404,7 +410,12 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
                        tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
-                       skipped=skipped, checked_against=against, peak_gflops=peak)
+                       apart, skipped=skipped, checked_against=against, peak_gflops=peak)
+
+
+def cores_apart_ns(threads: int) -> float | None:
+    """The round trip between two cores (`cross_core`), where the run uses more than one."""
+    return cross_core.round_trip_ns() if threads > 1 else None
 
 
 def measure_peak(threads: int) -> float:

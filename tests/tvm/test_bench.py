@@ -11,6 +11,7 @@ import pytest
 from sparsec.cli import main
 from sparsec.models import tiny_cnn
 from sparsec.prune import prune_model, save_masks
+from sparsec.runtime import cross_core
 from sparsec.runtime.bench import ENGINES, MismatchError, bench_model, densified, errors
 
 pytestmark = pytest.mark.tvm
@@ -42,6 +43,9 @@ def test_report_has_every_engine_with_positive_medians(report):
     assert {"tvm", "onnxruntime", "numpy", "sparsec"} <= set(data["versions"])
     assert data["date"]
     assert data["others_cpu_share"] is None or 0 <= data["others_cpu_share"] <= 1
+    before, after = data["cross_core_ns"]  # 2 threads: the cores' round trip around the rounds
+    assert 5 < before < 100_000 and 5 < after < 100_000
+    assert f"cross-core round trip: {cross_core.describe(before)} before measuring" in report.format_report()
 
 
 def test_sparsec_and_its_dense_path_match_onnxruntime(report):
