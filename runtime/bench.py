@@ -414,8 +414,12 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
 
 
 def cores_apart_ns(threads: int) -> float | None:
-    """The round trip between two cores (`cross_core`), where the run uses more than one."""
-    return cross_core.round_trip_ns() if threads > 1 else None
+    """The round trip between two cores (`cross_core`), where the run uses more than one; after a pause,
+    so TVM's workers have stopped spinning on the cores it measures."""
+    if threads < 2:
+        return None
+    time.sleep(PAUSE_S)
+    return cross_core.round_trip_ns()
 
 
 def measure_peak(threads: int) -> float:

@@ -84,16 +84,22 @@ def _probe_binary() -> Path | None:
     return binary if built.returncode == 0 else None
 
 
-def round_trip_ns(cpus: tuple[int, ...] | None = None, trips: int = 100_000) -> float | None:
+def round_trip_ns(cpus: tuple[int, ...] | None = None, trips: int = 50_000, repeats: int = 3) -> float | None:
     """Nanoseconds for a cache line to go from the first of `cpus` to the second and back (default: the
-    first two CPUs this process may use); None with fewer than two CPUs or no C compiler."""
+    first two CPUs this process may use), the least of `repeats` runs (a thread sharing either core only
+    adds to it); None with fewer than two CPUs or no C compiler."""
     allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
     binary = _probe_binary() if len(allowed) >= 2 else None
     if binary is None:
         return None
-    run = subprocess.run([str(binary), str(allowed[0]), str(allowed[1]), str(trips)], capture_output=True,
-                         text=True, timeout=60)
-    return float(run.stdout) if run.returncode == 0 else None
+    times = []
+    for _ in range(repeats):
+        run = subprocess.run([str(binary), str(allowed[0]), str(allowed[1]), str(trips)], capture_output=True,
+                             text=True, timeout=60)
+        if run.returncode != 0:
+            return None
+        times.append(float(run.stdout))
+    return min(times)
 
 
 def describe(ns: float | None) -> str:
