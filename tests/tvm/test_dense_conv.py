@@ -109,6 +109,17 @@ def test_unpadded_1x1_runs_as_a_pixel_gemm_with_its_epilogue_in_registers():
     check((2, 6, 13, 11), (9, 6, 1, 1), strides=(2, 3), knobs=DenseConvKnobs(out_block=3, vectors=3, pointwise=1))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pixel_gemm_ranges_one_per_thread(threads):
+    """The pixel GEMM cuts the plane's pixel tiles into one range per thread of the target, each in
+    blocks: ranges of unequal length, blocks left empty past the plane, batch, strides (169 pixels
+    in tiles of 2 vectors: 6 or 11 tiles; 3 threads with blocks of 2 leave the last range short)."""
+    knobs = DenseConvKnobs(out_block=4, vectors=2, tiles_per_block=2, out_groups=2, pointwise=1)
+    target = host(threads)
+    check((2, 6, 13, 13), (10, 6, 1, 1), bias=True, act="relu", residual=True, knobs=knobs, target=target)
+    check((1, 6, 15, 15), (10, 6, 1, 1), strides=(2, 2), residual=True, knobs=knobs, target=target)
+
+
 def test_filters_not_a_multiple_of_the_tile_and_odd_width():
     check((1, 3, 7, 9), (7, 3, 3, 3), pads=(1, 1, 1, 1))
     check((1, 8, 5, 5), (64, 8, 1, 1), knobs=DenseConvKnobs(channel_block=2))
