@@ -4,9 +4,10 @@ in registers.
 An unpadded 1x1 conv is out[o, p] = sum over c of w[o, c] * x[c, src(p)] on the flat output plane
 (stride 1: src(p) = p, the same index in the NCHW input and output). A register tile is
 `out_block` filters (weights broadcast, packed [O/ob, C, ob]) x `vectors` vectors of consecutive
-output pixels. Parallel over (image, pixel block, filter group); a task first packs its block's
-pixels of every channel into a panel ([tile, channel, pixel of the tile]: the channel loop then
-streams contiguous memory; rows of the plane a channel apart were up to 2.2x slower at 56x56;
+output pixels. Parallel over (image, range of pixel tiles (one per thread), pixel block, filter
+group); a task first packs its block's pixels of every channel into a panel ([tile, channel, pixel
+of the tile]: the channel loop then streams contiguous memory; rows of the plane a channel apart
+were up to 2.2x slower at 56x56;
 a strided conv gathers its pixels here), then runs each filter tile over each pixel tile, the
 whole reduction with the sums in registers, and stores act(sums + bias + residual) straight to
 the output. (`pointwise_conv` is the other direction: vectors across filters, for small planes.)
