@@ -222,7 +222,7 @@ def _round_trips(ns: tuple[float | None, float | None]) -> str:
     """Before / after the case's rounds, e.g. '66 / 340 ns (far)'."""
     if all(v is None for v in ns):
         return "-"
-    far = " (far)" if any(v is not None and v > cross_core.FAR_NS for v in ns) else ""
+    far = " (far)" if any(cross_core.is_far(v) for v in ns) else ""
     return " / ".join("-" if v is None else f"{v:.0f}" for v in ns) + f" ns{far}"
 
 
@@ -254,7 +254,7 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "so trust ratios measured at a low share.",
              "- \"cores' round trip\": a cache line's trip between the two cores and back, before and after the "
              "case's rounds (`runtime/cross_core.py`). The VM's host moves its vCPUs between cores close together "
-             f"(~55-90 ns) and far apart (over {cross_core.FAR_NS:.0f} ns; on znver4 320-360 ns), and far apart "
+             f"(~55-90 ns) and far apart (over {cross_core.FAR_NS:.0f} ns; on znver4 320-380 ns), and far apart "
              "2-thread runs slow down (M2: sparsec 23%, onnxruntime 10%): compare cases measured in one placement.",
              "",
              "## Summary", "", *summary_table(results), "", "## Cases", ""]

@@ -2,7 +2,7 @@
 
 On this project's VM (2 vCPUs of an AMD EPYC Zen 4) the host moves the vCPUs: for tens of seconds at a
 time they sit on cores close together (a round trip of ~55-90 ns: one L3, we take it), then far apart
-(~320-360 ns: a guess, cores on different CCDs; the VM shows no topology or counters). Memory latency and
+(~320-380 ns: a guess, cores on different CCDs; the VM shows no topology or counters). Memory latency and
 bandwidth per core and one-thread runs do not change, but 2-thread runs slow down: ResNet-50 (M2) took
 36.4 ms instead of 29.5 (onnxruntime 42.0 instead of 38.2: 1.15x instead of 1.29x), on 1 thread 55.9 ms
 either way. A benchmark run records this round trip, so a reader can tell which placement a figure was
@@ -14,6 +14,7 @@ pinned to each of the first two CPUs this process may use hands a flag back and 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-FAR_NS = 200.0  # between the two placements measured on znver4: 55-90 ns near, 320-360 ns far
+FAR_NS = 200.0  # between the two placements measured on znver4: 55-90 ns near, 320-380 ns far
 
 _SOURCE = r"""
 #define _GNU_SOURCE
@@ -78,6 +79,7 @@ def _probe_binary() -> Path | None:
     if compiler is None:
         return None
     folder = Path(tempfile.mkdtemp(prefix="sparsec-cross-core-"))
+    atexit.register(shutil.rmtree, folder, True)  # nothing left behind in /tmp
     source, binary = folder / "probe.c", folder / "probe"
     source.write_text(_SOURCE)
     built = subprocess.run([compiler, "-O2", "-pthread", str(source), "-o", str(binary)], capture_output=True)
@@ -102,8 +104,13 @@ def round_trip_ns(cpus: tuple[int, ...] | None = None, trips: int = 50_000, repe
     return min(times)
 
 
+def is_far(ns: float | None) -> bool:
+    """Whether a round trip says the two cores are far apart."""
+    return ns is not None and ns > FAR_NS
+
+
 def describe(ns: float | None) -> str:
     """'65 ns (near)' / '340 ns (far)' / '-'."""
     if ns is None:
         return "-"
-    return f"{ns:.0f} ns ({'far' if ns > FAR_NS else 'near'})"
+    return f"{ns:.0f} ns ({'far' if is_far(ns) else 'near'})"
