@@ -314,6 +314,21 @@ def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
         DenseConvKnobs(pointwise=3)
 
 
+def test_small_planes_take_vectors_across_filters_on_avx512():
+    """Under 256 channels the pixel GEMM keeps 1x1s on AVX-512, except on planes of at most 14x14
+    whose filters give every thread two tiles of 32."""
+    def mode(c, o, size, target=AVX512, strides=(1, 1)):
+        return resolve_knobs((o, c, 1, 1), (1, c, size, size), strides, target=target).pointwise
+
+    threads = AVX512.threads
+    enough = 2 * threads * 32
+    assert [mode(96, enough, size) for size in (7, 14, 15, 28)] == [2, 2, 1, 1]  # 15x15: 225 pixels
+    assert mode(96, enough, 28, strides=(2, 2)) == 2  # the output plane counts: 14x14
+    assert mode(96, enough - 1, 14) == 1  # too few filter tiles to keep the threads busy
+    assert mode(96, enough, 14, target=AVX2) == 1  # measured on AVX-512 only
+    assert mode(96, enough, 14, target=resolve_target("arm64")) == 1
+
+
 def test_channel_blocks_come_from_the_register_plan():
     block = lambda w, target=AVX2, **kw: resolve_knobs(w, (1, w[1], 14, 14), target=target, **kw)  # noqa: E731
     assert (block((64, 128, 1, 1)).pointwise, block((64, 128, 1, 1)).channel_block) == (1, 256)  # long: 1 tap

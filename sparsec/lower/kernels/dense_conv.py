@@ -389,7 +389,8 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
                          f"{tuple(weight_shape[2:])}, pads {tuple(pads)}, groups {groups}")
     if knobs.pointwise == 0:
         plane = math.prod(conv_output_size(int(size), 0, 0, 1, stride) for size, stride in zip(in_shape[2:], strides))
-        across = pointwise and register_plan.pointwise_across_filters(target, int(weight_shape[1]), strides, plane)
+        across = pointwise and register_plan.pointwise_across_filters(target, int(weight_shape[1]), strides, plane,
+                                                                      filters=int(weight_shape[0]))
         knobs = replace(knobs, pointwise=2 if across else 1)
     if knobs.pointwise == 2:
         return _resolve_pointwise(in_shape, strides, knobs, target)

@@ -250,7 +250,8 @@ def gemm_tiles(t: Target) -> tuple[tuple[int, int], ...]:
     return tuple(tiles)
 
 
-def pointwise_across_filters(t: Target, channels: int, strides: tuple[int, int] = (1, 1), plane: int = 0) -> bool:
+def pointwise_across_filters(t: Target, channels: int, strides: tuple[int, int] = (1, 1), plane: int = 0,
+                             filters: int = 0) -> bool:
     """Unpadded dense 1x1 convs: vectors across filters (pixels broadcast) rather than across
     pixels. AVX-512 with at least 256 input channels: measured on znver5 over ResNet-50's 1x1
     convs, 1.05-1.85x faster (7x7 planes no longer pad 49 pixels to 64, strided ones read their
@@ -259,11 +260,20 @@ def pointwise_across_filters(t: Target, channels: int, strides: tuple[int, int] 
     with 256+ channels, stride 1 and the output plane's partial sums (`plane` pixels x 16 filters)
     in L1: the 14x14 and 7x7 layers 1.02-1.22x; 28x28 planes (50 KB of sums) 0.94-1.01x, 56x56
     0.88-0.98x, strided 0.72-0.86x (a block's pixels, every other one of whole rows, leave L1).
+    AVX-512 with fewer channels on small planes too (at most `SMALL_PLANE` output pixels: 14x14, 7x7)
+    where the filters give every thread two tiles, measured on znver4, kernels alone, 32-192 channels
+    expanded 4-6x: 14x14 1.6-2.2x, 7x7 1.4-2.5x (the pixel GEMM pads 196 pixels to 240 and 49 to 64,
+    and splits the plane between the threads, so every filter's row has a cache line both write);
+    28x28 0.9-1.1x, 56x56 0.65-0.85x; 128 -> 32 at 14x14 (one filter tile, one thread busy) 0.88x.
     NEON and SSE not measured: vectors across pixels."""
     if t.isa == "avx2":
         sums = plane * pointwise_tile(t)[0] * t.lanes() * 4
         return channels >= 256 and tuple(strides) == (1, 1) and 0 < sums <= t.l1d_bytes
-    return t.isa == "avx512" and channels >= 256
+    few_pixels = 0 < plane <= SMALL_PLANE and filters >= 2 * t.threads * pointwise_tile(t)[0] * t.lanes()
+    return t.isa == "avx512" and (channels >= 256 or few_pixels)
+
+
+SMALL_PLANE = 196  # output pixels (14x14): see `pointwise_across_filters`
 
 
 def pointwise_tile(t: Target) -> tuple[int, int]:
