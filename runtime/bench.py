@@ -162,18 +162,27 @@ def warm_up(engine: Engine, min_time_s: float) -> int:
     return max(1, math.ceil(min_time_s * 1e3 / max(once_ms, 1e-6)))
 
 
-def measure(engines: list[Engine], rounds: int, min_time_s: float) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """ms per run of each engine in each round (rounds interleave the engines), and the runs per round."""
+def measure(engines: list[Engine], rounds: int, min_time_s: float,
+            probe: Callable[[], float | None] | None = None) -> tuple[dict[str, list[float]], dict[str, int], list]:
+    """ms per run of each engine in each round (rounds interleave the engines), the runs per round, and
+    `probe`'s readings (the cores' round trip) before each round and after the last (none without it)."""
     repeats = {}
     for engine in engines:
         time.sleep(PAUSE_S)
         repeats[engine.name] = warm_up(engine, min_time_s)
     runs: dict[str, list[float]] = {e.name: [] for e in engines}
+    readings = []
     for _ in range(rounds):
+        if probe is not None:
+            time.sleep(PAUSE_S)  # TVM's workers have stopped spinning on the cores it measures
+            readings.append(probe())
         for engine in engines:
             time.sleep(PAUSE_S)
             runs[engine.name].append(timed_ms(engine.call, repeats[engine.name]))
-    return runs, repeats
+    if probe is not None:
+        time.sleep(PAUSE_S)
+        readings.append(probe())
+    return runs, repeats, readings
 
 
 def profile_layers(engine: Engine, runs: int, between: Callable[[], object] | None = None) -> list[dict]:
@@ -297,6 +306,7 @@ class BenchReport:
     tvm_threads: int | None = None
     others_cpu: float | None = None  # share of the CPUs other processes used while measuring
     cross_core_ns: tuple[float | None, float | None] = (None, None)  # cores' round trip before, after (`cross_core`)
+    round_trips_ns: list[float | None] = field(default_factory=list)  # before each round and after the last
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
     checked_against: str = REFERENCE
     peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
@@ -314,6 +324,26 @@ class BenchReport:
         base = self.median_ms("sparsec")
         return {f"{name}/sparsec": self.median_ms(name) / base for name in self.runs_ms if name != "sparsec"}
 
+    def by_placement(self) -> dict[str, dict]:
+        """The rounds whose cores stayed near (or far) apart, by the round trips read before and after each
+        (a round between a near and a far reading is in neither): their count, each engine's median and
+        the ratios, as `ratios`. Empty without round trips."""
+        trips = self.round_trips_ns
+        if len(trips) != self.rounds + 1 or any(ns is None for ns in trips):
+            return {}
+        kept: dict[str, list[int]] = {}
+        for i in range(self.rounds):
+            before, after = (cross_core.is_far(ns) for ns in trips[i:i + 2])
+            if before == after:
+                kept.setdefault("far" if before else "near", []).append(i)
+        result = {}
+        for placement, rounds in sorted(kept.items(), key=lambda item: item[0] != "near"):
+            medians = {name: statistics.median(runs[i] for i in rounds) for name, runs in self.runs_ms.items()}
+            ratios = ({f"{name}/sparsec": ms / medians["sparsec"] for name, ms in medians.items() if name != "sparsec"}
+                      if "sparsec" in medians else {})
+            result[placement] = {"rounds": len(rounds), "median_ms": medians, "ratios": ratios}
+        return result
+
     def useful_gflops(self) -> float | None:
         """sparsec's whole-model useful GFLOP/s: 2 x kept MACs of its layers over its median."""
         macs = sum(row.get("kept_macs") or 0 for row in self.layers)
@@ -326,6 +356,7 @@ class BenchReport:
                    for name, runs in self.runs_ms.items()}
         return {"model": self.model, "threads": self.threads, "tvm_threads": self.tvm_threads,
                 "rounds": self.rounds, "others_cpu_share": self.others_cpu, "cross_core_ns": list(self.cross_core_ns),
+                "round_trips_ns": list(self.round_trips_ns), "by_placement": self.by_placement(),
                 "engines": engines, "ratios": self.ratios(),
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
@@ -359,12 +390,22 @@ class BenchReport:
         if any(ns is not None for ns in self.cross_core_ns):
             before, after = (cross_core.describe(ns) for ns in self.cross_core_ns)
             lines.append(f"cross-core round trip: {before} before measuring, {after} after")
+        if placements := self.by_placement():
+            lines.append("rounds by the cores' placement: " + "; ".join(
+                _placement_text(name, p) for name, p in placements.items()))
         if self.tvm_threads not in (None, self.threads):
             lines.append(f"warning: TVM ran {self.tvm_threads} threads (its pool had started before "
                          "TVM_NUM_THREADS was set)")
         if self.layers:
             lines += ["", format_layers(self.layers, self.peak_gflops)]
         return "\n".join(lines)
+
+
+def _placement_text(name: str, placement: dict) -> str:
+    """'5 rounds near, onnxruntime/sparsec 1.29x'."""
+    count = placement["rounds"]
+    ratios = "".join(f", {ratio} {value:.2f}x" for ratio, value in placement["ratios"].items())
+    return f"{count} {'round' if count == 1 else 'rounds'} {name}{ratios}"
 
 
 def format_layers(layers: list[dict], peak_gflops: float | None = None) -> str:
@@ -399,9 +440,9 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     errs, against = _errors(built, lambda: _reference_outputs(model, masks, inputs, input_shapes))
     if check:
         _check_errors(errs, against)
-    start, apart = cpu_snapshot(), cores_apart_ns(threads)
-    runs, repeats = measure(built, rounds, min_time_s)
-    apart = (apart, cores_apart_ns(threads))
+    start = cpu_snapshot()
+    runs, repeats, trips = measure(built, rounds, min_time_s, cross_core.round_trip_ns if threads > 1 else None)
+    apart = (trips[0], trips[-1]) if trips else (None, None)
     sparsec = next((e for e in built if e.name == "sparsec"), None)
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
@@ -410,16 +451,7 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
                        tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
-                       apart, skipped=skipped, checked_against=against, peak_gflops=peak)
-
-
-def cores_apart_ns(threads: int) -> float | None:
-    """The round trip between two cores (`cross_core`), where the run uses more than one; after a pause,
-    so TVM's workers have stopped spinning on the cores it measures."""
-    if threads < 2:
-        return None
-    time.sleep(PAUSE_S)
-    return cross_core.round_trip_ns()
+                       apart, skipped=skipped, checked_against=against, peak_gflops=peak, round_trips_ns=trips)
 
 
 def measure_peak(threads: int) -> float:

@@ -12,7 +12,7 @@ from sparsec.cli import main
 from sparsec.models import tiny_cnn
 from sparsec.prune import prune_model, save_masks
 from sparsec.runtime import cross_core
-from sparsec.runtime.bench import ENGINES, MismatchError, bench_model, densified, errors
+from sparsec.runtime.bench import ENGINES, BenchReport, MismatchError, bench_model, densified, errors
 
 pytestmark = pytest.mark.tvm
 
@@ -46,6 +46,27 @@ def test_report_has_every_engine_with_positive_medians(report):
     before, after = data["cross_core_ns"]  # 2 threads: the cores' round trip around the rounds
     assert 5 < before < 100_000 and 5 < after < 100_000
     assert f"cross-core round trip: {cross_core.describe(before)} before measuring" in report.format_report()
+    trips = data["round_trips_ns"]  # before each round and after the last, the first and last as above
+    assert len(trips) == FAST["rounds"] + 1 and (trips[0], trips[-1]) == (before, after)
+    assert sum(p["rounds"] for p in data["by_placement"].values()) <= FAST["rounds"]
+
+
+def test_rounds_split_by_the_cores_placement():
+    """A round counts where the round trips before and after it agree; one between placements is left out."""
+    runs = {"onnxruntime": [10.0, 30.0, 12.0, 50.0], "sparsec": [5.0, 25.0, 8.0, 40.0]}
+    report = BenchReport("m", 2, 4, runs, {"onnxruntime": 0.0, "sparsec": 1.0}, {},
+                         round_trips_ns=[60.0, 70.0, 350.0, 340.0, 80.0])
+    assert report.by_placement() == {
+        "near": {"rounds": 1, "median_ms": {"onnxruntime": 10.0, "sparsec": 5.0}, "ratios": {"onnxruntime/sparsec": 2.0}},
+        "far": {"rounds": 1, "median_ms": {"onnxruntime": 12.0, "sparsec": 8.0}, "ratios": {"onnxruntime/sparsec": 1.5}},
+    }
+    assert "rounds by the cores' placement: 1 round near, onnxruntime/sparsec 2.00x; 1 round far, " \
+           "onnxruntime/sparsec 1.50x" in report.format_report()
+    three_near = dataclasses.replace(report, round_trips_ns=[60.0, 70.0, 65.0, 75.0, 500.0])
+    assert three_near.by_placement()["near"]["median_ms"] == {"onnxruntime": 12.0, "sparsec": 8.0}
+    assert "far" not in three_near.by_placement()
+    assert dataclasses.replace(report, round_trips_ns=[60.0, None, 65.0, 75.0, 80.0]).by_placement() == {}
+    assert BenchReport("m", 2, 4, runs, {}, {}).by_placement() == {}  # one thread: no probe
 
 
 def test_sparsec_and_its_dense_path_match_onnxruntime(report):
