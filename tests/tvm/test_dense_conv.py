@@ -369,3 +369,10 @@ def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
     assert direct.problem(changed(direct, tiles_per_block=8)) is None
     assert direct.problem(changed(direct, channel_block=32)) == \
         "the 1x1 GEMM ignores the direct conv's blocks (one point of them is enough)"
+
+
+@pytest.mark.parametrize("size", [1, 2, 7])
+def test_depthwise_on_narrow_planes(size):
+    """Planes whose output row or column is one pixel (their unit loops are dropped by the schedule)."""
+    check((1, 5, size, size), (5, 1, 3, 3), strides=(2, 2), pads=(1, 1, 1, 1), groups=5, bias=True, act="clip")
+    check((1, 5, size, 1), (5, 1, 3, 3), pads=(1, 1, 1, 1), groups=5, bias=True, act="relu", residual=True)
