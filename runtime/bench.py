@@ -163,7 +163,8 @@ def warm_up(engine: Engine, min_time_s: float) -> int:
 
 
 def measure(engines: list[Engine], rounds: int, min_time_s: float,
-            probe: Callable[[], float | None] | None = None) -> tuple[dict[str, list[float]], dict[str, int], list]:
+            probe: Callable[[], float | None] | None = None,
+            ) -> tuple[dict[str, list[float]], dict[str, int], list[float | None]]:
     """ms per run of each engine in each round (rounds interleave the engines), the runs per round, and
     `probe`'s readings (the cores' round trip) before each round and after the last (none without it)."""
     repeats = {}
@@ -171,7 +172,7 @@ def measure(engines: list[Engine], rounds: int, min_time_s: float,
         time.sleep(PAUSE_S)
         repeats[engine.name] = warm_up(engine, min_time_s)
     runs: dict[str, list[float]] = {e.name: [] for e in engines}
-    readings = []
+    readings: list[float | None] = []
     for _ in range(rounds):
         if probe is not None:
             time.sleep(PAUSE_S)  # TVM's workers have stopped spinning on the cores it measures
