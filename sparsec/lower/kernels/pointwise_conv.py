@@ -126,19 +126,32 @@ def _emit_block(x, w, sums, p: _Plan, nn, grp, blk) -> None:
 
 
 def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, act: Activation | None) -> None:
-    """out[n, o, pixel] = act(sums + bias + residual), one row of filters after the other."""
+    """out[n, o, pixel] = act(sums + bias + residual), one row of filters after the other, a vector of
+    pixels at a time: a filter's sums lie `filters` floats apart (a strided gather; scalar, this
+    epilogue ran 1x1s of 64 channels at 14x14 0.88x as fast on znver4), the plane's tail one by one."""
+    sums_flat = T.decl_buffer((p.tiles * p.pixels * p.filters,), "float32", data=sums.data)
+    out_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=out.data)
+    res_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=residual.data) if residual is not None else None
+
+    def store(o, f, j, lanes: int) -> None:
+        at = (nn * p.o + o) * p.plane + j  # pixel j of filter o in the flat output (and residual)
+        span = (lambda first, stride: tirx.Ramp(first, stride, lanes)) if lanes > 1 else (lambda first, _: first)
+        value = sums_flat[span(j * p.filters + f, p.filters)]
+        if bias is not None:
+            value = value + (tirx.Broadcast(bias[o], lanes) if lanes > 1 else bias[o])
+        if res_flat is not None:
+            value = value + res_flat[span(at, 1)]
+        T.buffer_store(out_flat, apply_activation(value, act, lanes), [span(at, 1)])
+
     with T.serial(0, p.filters) as f:
         o = grp * p.filters + f
         with T.If(o < p.o):
             with T.Then():
-                with T.serial(0, p.plane) as j:
-                    at = [nn, o, j // p.ow, j % p.ow]
-                    val = sums[j // p.pixels, j % p.pixels, f]
-                    if bias is not None:
-                        val = val + bias[o]
-                    if residual is not None:
-                        val = val + residual[tuple(at)]
-                    T.buffer_store(out, apply_activation(val, act, 1), at)
+                with T.serial(0, p.plane // p.lanes) as v:
+                    store(o, f, v * p.lanes, p.lanes)
+                if p.plane % p.lanes:
+                    with T.serial(0, p.plane % p.lanes) as k:
+                        store(o, f, p.plane // p.lanes * p.lanes + k, 1)
 
 
 def _emit(x, w, bias, residual, out, p: _Plan, act: Activation | None) -> None:
