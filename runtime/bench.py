@@ -306,8 +306,8 @@ class BenchReport:
     layers: list[dict] = field(default_factory=list)
     tvm_threads: int | None = None
     others_cpu: float | None = None  # share of the CPUs other processes used while measuring
-    cross_core_ns: tuple[float | None, float | None] = (None, None)  # cores' round trip before, after (`cross_core`)
-    round_trips_ns: list[float | None] = field(default_factory=list)  # before each round and after the last
+    round_trips_ns: list[float | None] = field(default_factory=list)  # cores' round trip (`cross_core`) before
+    # each round and after the last
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
     checked_against: str = REFERENCE
     peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
@@ -324,6 +324,12 @@ class BenchReport:
             return {}
         base = self.median_ms("sparsec")
         return {f"{name}/sparsec": self.median_ms(name) / base for name in self.runs_ms if name != "sparsec"}
+
+    @property
+    def cross_core_ns(self) -> tuple[float | None, float | None]:
+        """The cores' round trip before the first round and after the last."""
+        trips = self.round_trips_ns
+        return (trips[0], trips[-1]) if trips else (None, None)
 
     def by_placement(self) -> dict[str, dict]:
         """The rounds whose cores stayed near (or far) apart, by the round trips read before and after each
@@ -443,7 +449,6 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
         _check_errors(errs, against)
     start = cpu_snapshot()
     runs, repeats, trips = measure(built, rounds, min_time_s, cross_core.round_trip_ns if threads > 1 else None)
-    apart = (trips[0], trips[-1]) if trips else (None, None)
     sparsec = next((e for e in built if e.name == "sparsec"), None)
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
@@ -452,7 +457,7 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
                        tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
-                       apart, skipped=skipped, checked_against=against, peak_gflops=peak, round_trips_ns=trips)
+                       trips, skipped=skipped, checked_against=against, peak_gflops=peak)
 
 
 def measure_peak(threads: int) -> float:
