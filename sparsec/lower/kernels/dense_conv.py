@@ -472,7 +472,8 @@ def dense_conv_kernel(
         ob, vectors = _pixel_gemm_tile(g, knobs)
         return pointwise_pixels.pointwise_pixels_kernel(
             weight, in_shape, strides=strides, out_block=ob, vectors=vectors, lanes=knobs.lanes,
-            tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, threads=target.threads, bias=bias,
+            tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, threads=target.threads,
+            line_floats=target.cache_line_bytes // 4, bias=bias,
             activation=activation, residual=residual, name=name)
     t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")

@@ -50,6 +50,7 @@ class _Plan:
     ow: int  # output width (strided convs gather their panel)
     strides: tuple[int, int]
     ranges: int = 1  # the plane's pixel tiles in this many equal ranges, one per thread
+    line_floats: int = 16  # float32s in the target's cache line
 
     @property
     def tile(self) -> int:
@@ -177,8 +178,28 @@ def _emit_store_vectors(b: _Buffers, acc, p: _Plan, img, f: int, o, pix0) -> Non
         T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
 
 
+def _prefetch(element, write: bool) -> None:
+    addr = tirx.call_intrin("handle", "tirx.address_of", element)
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, int(write), 3, 1))  # keep in L1, data
+
+
+def _emit_epilogue_prefetch(b: _Buffers, p: _Plan, img, ft, pix0) -> None:
+    """Prefetch the lines the tile's epilogue writes (and reads of the residual) into L1 before its
+    reduction, which then covers their misses: each filter's row piece is its own stream, a
+    tile's worth of them too many for the hardware prefetchers (measured on znver4 after a 40 MB
+    write, 2 threads: 64x56 -> 256 with a residual 1.18x, 128x28 -> 512 1.06x; ResNet-50 1.008x)."""
+    for f in range(p.ob):
+        o = tirx.min(ft * p.ob + f, p.o - 1)  # the last tile's padding filters: a real row, prefetched twice
+        for first in (*range(0, p.tile, p.line_floats), p.tile - 1):  # the last pixel: a row piece off the lines
+            at = tirx.min(pix0 + first, p.plane - 1)
+            _prefetch(b.out[img, o, at], True)
+            if b.residual is not None:
+                _prefetch(b.residual[img, o, at], False)
+
+
 def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
     """One register tile: sums over every channel in registers, then the epilogue's store."""
+    _emit_epilogue_prefetch(b, p, img, ft, pix0)
     # "global" scope: a stack buffer LLVM keeps in registers across the channel loop
     acc = T.alloc_buffer((p.ob, p.tile), "float32")
     zero = tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
@@ -225,6 +246,7 @@ def pointwise_pixels_kernel(
     tiles_per_block: int,
     out_groups: int,
     threads: int = 1,
+    line_floats: int = 16,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
@@ -234,7 +256,8 @@ def pointwise_pixels_kernel(
     """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)`, unpadded, NCHW float32:
     register tiles of `out_block` filters x `vectors` pixel vectors; the plane's pixel tiles in one
     equal range per thread (of `threads`), each in blocks of at most `tiles_per_block` tiles (of
-    equal size, so tasks weigh the same); filters split in `out_groups` groups; params (x,
+    equal size, so tasks weigh the same); filters split in `out_groups` groups; the epilogue's
+    lines prefetched `line_floats` apart (the target's cache line); params (x,
     [residual], w, [bias], out) like the direct conv's."""
     n, c, h, w = (int(d) for d in in_shape)
     o = int(weight.shape[0])
@@ -246,7 +269,7 @@ def pointwise_pixels_kernel(
     span = ceil_div(pixel_tiles, ranges)
     even = ceil_div(span, ceil_div(span, tiles_per_block))  # 9 tiles, at most 4: 3 x 3, not 4 + 4 + 1
     groups = min(out_groups, ceil_div(o, out_block))
-    plan = _Plan(n, c, oh * ow, o, out_block, vectors, lanes, even, groups, ow, tuple(strides), ranges)
+    plan = _Plan(n, c, oh * ow, o, out_block, vectors, lanes, even, groups, ow, tuple(strides), ranges, line_floats)
     packed = _pack_weight(weight, plan)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(o),) if bias is not None else ())
     with IRBuilder() as ib:
