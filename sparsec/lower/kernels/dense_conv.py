@@ -30,7 +30,14 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels import pointwise_conv, pointwise_pixels, register_plan, winograd_conv, winograd_plan
+from sparsec.lower.kernels import (
+    depthwise_conv,
+    pointwise_conv,
+    pointwise_pixels,
+    register_plan,
+    winograd_conv,
+    winograd_plan,
+)
 from sparsec.lower.kernels.common import (
     ConvShape,
     Kernel,
@@ -52,17 +59,24 @@ class DenseConvKnobs:
     tiles_per_block: int = 4  # register tiles along the pixels per parallel work item
     channel_block: int = 0  # input channels per block of the reduction (0: the register plan's)
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
-    dw_vectors: int = 8  # depthwise: most SIMD vectors of one output row per step
+    dw_vectors: int = 8  # depthwise, the direct conv: most SIMD vectors of one output row per step
+    depthwise: int = 0  # depthwise 3x3, stride 1 or 2: 2 = tap columns taken apart in registers
+    # (`depthwise_conv`, `dw_rows` output rows a band), 1 = the direct conv, 0 = the plan's choice
+    dw_rows: int = 0  # `depthwise_conv`: output rows per band (0: the register plan's)
     winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
     # 0 = the plan's choice (`winograd_plan.auto_tile`)
     pointwise: int = 0  # 1x1 without padding: 2 = vectors across filters (`pointwise_conv`: out_block
     # pixels x `vectors` filter vectors), 1 = across pixels (the GEMM above), 0 = the plan's choice
 
     def __post_init__(self) -> None:
-        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "channel_block", "winograd", "pointwise"))
+        require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "channel_block", "winograd", "pointwise",
+                                           "depthwise", "dw_rows"))
         if self.pointwise > 2:
             raise ValueError(f"knob pointwise must be 0 (auto), 1 (vectors of pixels) or 2 (vectors of filters), "
                              f"got {self.pointwise}")
+        if self.depthwise > 2:
+            raise ValueError(f"knob depthwise must be 0 (auto), 1 (the direct conv) or 2 (tap columns in registers), "
+                             f"got {self.depthwise}")
         if self.winograd not in (0, 1, *winograd_plan.TRANSFORMS):
             raise ValueError(f"knob winograd must be 0 (auto), 1 (direct) or an output tile "
                              f"{sorted(winograd_plan.TRANSFORMS)}, got {self.winograd}")
@@ -388,6 +402,16 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
         knobs = replace(knobs, winograd=tile)
     if knobs.winograd > 1:
         return replace(knobs.resolved(target), pointwise=1)
+    by_registers = depthwise_conv.supports(weight_shape, in_shape, strides, dilations, groups)
+    if knobs.depthwise == 2 and not by_registers:
+        raise ValueError(f"knob depthwise=2 needs a 3x3 depthwise conv (one filter per channel) of stride 1 or 2, "
+                         f"undilated; got weight {tuple(weight_shape)}, strides {tuple(strides)}, "
+                         f"dilations {tuple(dilations)}, groups {groups}")
+    if knobs.depthwise == 2 or (knobs.depthwise == 0 and by_registers):
+        out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1])
+        return replace(knobs, depthwise=2, lanes=knobs.lanes or depthwise_conv.pick_lanes(out_width, target.lanes()),
+                       dw_rows=knobs.dw_rows or register_plan.depthwise_rows(target))
+    knobs = replace(knobs, depthwise=1)
     pointwise = pointwise_conv.supports(tuple(weight_shape[2:]), pads, groups)
     if knobs.pointwise == 2 and not pointwise:
         raise ValueError(f"knob pointwise=2 needs an unpadded ungrouped 1x1 conv, got kernel "
@@ -460,6 +484,10 @@ def dense_conv_kernel(
     (x, [residual], w, [bias], out), the residual shaped like out."""
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
     knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
+    if knobs.depthwise == 2:
+        return depthwise_conv.depthwise_conv_kernel(
+            weight, in_shape, strides=strides, pads=pads, lanes=knobs.lanes, rows=knobs.dw_rows, bias=bias,
+            activation=activation, residual=residual, name=name)
     if knobs.pointwise == 2:
         return pointwise_conv.pointwise_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,

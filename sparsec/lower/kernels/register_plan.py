@@ -223,6 +223,13 @@ def gemm_tile(t: Target) -> tuple[int, int]:
     return max(1, (t.vector_registers - vectors - 2) // vectors), vectors
 
 
+def depthwise_rows(t: Target) -> int:
+    """Depthwise 3x3 in registers (`depthwise_conv`): output rows per band, their accumulators
+    beside the three tap columns, the loaded vectors and the nine weights: 4 with 32 registers, 2
+    with 16."""
+    return 4 if t.vector_registers >= 32 else 2
+
+
 def gemm_channel_block(taps: int) -> int:
     """Dense direct conv: input channels per block of the reduction (its partial sums go to memory
     between blocks). 1x1 convs: 256 (on znver3, AVX2, ResNet-50's ten 1x1 shapes 1.01-1.07x over
