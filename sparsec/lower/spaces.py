@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 from sparsec.ir.knobs import Knobs
-from sparsec.lower.kernels import dense_conv, pattern_conv, pointwise_conv, winograd_plan
+from sparsec.lower.kernels import dense_conv, depthwise_conv, pattern_conv, pointwise_conv, winograd_plan
 from sparsec.lower.kernels.common import ceil_div, conv_output_size
 from sparsec.lower.layers import generator_knobs
 from sparsec.target import Target
@@ -129,11 +129,12 @@ def csr_dense_space(call: KernelCall, target: Target) -> Space:
 def dense_conv_space(call: KernelCall, target: Target) -> Space:
     """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups, and
     for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)), for unpadded 1x1
-    convs the vector direction (pixels or filters); depthwise convs: vectors of one output row."""
+    convs the vector direction (pixels or filters); depthwise convs: vectors of one output row, and
+    for 3x3 ones of stride 1 or 2 the kernel (direct or tap columns in registers) and its band rows."""
     p = call.params
     o, cg = p["weight_shape"][:2]
     if cg == 1:
-        return _space(call, target, [("dw_vectors", values((1, 2, 4, 8, 16)))], lambda c: None)
+        return _depthwise_space(call, target)
     algorithms = (1, *winograd_plan.TRANSFORMS) if winograd_plan.supports(
         tuple(p["weight_shape"][2:]), p["strides"], p["dilations"], p["groups"]) else (1,)
     pointwise = (1, 2) if pointwise_conv.supports(tuple(p["weight_shape"][2:]), p["pads"], p["groups"]) else (1,)
@@ -163,6 +164,24 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         ("winograd", algorithms),
         ("pointwise", pointwise),
     ], rule)
+
+
+def _depthwise_space(call: KernelCall, target: Target) -> Space:
+    p = call.params
+    vectors = ("dw_vectors", values((1, 2, 4, 8, 16)))
+    if not depthwise_conv.supports(p["weight_shape"], p["in_shape"], p["strides"], p["dilations"], p["groups"]):
+        return _space(call, target, [vectors], lambda c: None)
+    defaults = knobs_used(call, None, target, ("dw_vectors", "dw_rows"))
+
+    def rule(c: dict) -> str | None:
+        kernel, ignored = ("tap columns in registers", "dw_vectors") if c["depthwise"] == 2 else \
+            ("the direct conv", "dw_rows")
+        if c[ignored] != defaults[ignored]:
+            return f"{kernel} ignores {ignored} (one point of it is enough)"
+        return None
+
+    rows = values((1, 2, 3, 4, 6, 8), high=_out_hw(call, (3, 3))[0])
+    return _space(call, target, [("depthwise", (1, 2)), ("dw_rows", rows), vectors], rule)
 
 
 def dense_space(call: KernelCall, target: Target) -> Space:

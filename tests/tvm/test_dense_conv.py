@@ -376,3 +376,83 @@ def test_depthwise_on_narrow_planes(size):
     """Planes whose output row or column is one pixel (their unit loops are dropped by the schedule)."""
     check((1, 5, size, size), (5, 1, 3, 3), strides=(2, 2), pads=(1, 1, 1, 1), groups=5, bias=True, act="clip")
     check((1, 5, size, 1), (5, 1, 3, 3), pads=(1, 1, 1, 1), groups=5, bias=True, act="relu", residual=True)
+
+
+# --- depthwise 3x3 with the tap columns taken apart in registers ----------------------------------
+
+REGISTERS = DenseConvKnobs(depthwise=2)
+
+
+@pytest.mark.parametrize("s", [1, 2])
+@pytest.mark.parametrize("width", [1, 7, 8, 14, 17, 33, 56])
+def test_depthwise_in_registers_widths(s, width):
+    """Output rows of whole vectors, a partial last vector, one short vector, a single column; both
+    strides; bands of rows that do not divide the height (9 rows in bands of 4)."""
+    check((1, 3, 17, width), (3, 1, 3, 3), strides=(s, s), pads=(1, 1, 1, 1), groups=3, bias=True, act="clip",
+          knobs=REGISTERS)
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (0, 0, 1, 1), (2, 1, 0, 2), (1, 2, 2, 0)])
+@pytest.mark.parametrize("s", [1, 2])
+def test_depthwise_in_registers_pads(pads, s):
+    """No padding, TF-SAME's bottom-right only, and lopsided pads wider than the tap reach on one side."""
+    check((2, 4, 12, 19), (4, 1, 3, 3), strides=(s, s), pads=pads, groups=4, residual=True, act="relu",
+          knobs=REGISTERS)
+
+
+@pytest.mark.parametrize("lanes, rows", [(4, 1), (8, 3), (16, 2), (16, 8)])
+def test_depthwise_in_registers_lanes_and_rows(lanes, rows):
+    """Vector widths from NEON's to AVX-512's (the tap shuffles' indices scale with them) and band
+    heights from one row to more rows than the plane has."""
+    for s in (1, 2):
+        check((1, 5, 15, 23), (5, 1, 3, 3), strides=(s, s), pads=(1, 1, 1, 1), groups=5, bias=True,
+              knobs=DenseConvKnobs(depthwise=2, lanes=lanes, dw_rows=rows))
+
+
+def test_depthwise_in_registers_is_the_default_where_it_applies():
+    """3x3 depthwise of stride 1 or 2: tap columns in registers, half-width vectors where a row
+    fits in one, bands from the register count; dilated, strides differing by axis, channel
+    multipliers and 5x5 kernels stay on the direct conv."""
+    def resolved(w_shape, in_shape, strides=(1, 1), dilations=(1, 1), target=AVX512, knobs=DenseConvKnobs()):
+        k = resolve_knobs(w_shape, in_shape, strides, (1, 1, 1, 1), dilations, in_shape[1], knobs, target=target)
+        return k.depthwise, k.lanes, k.dw_rows
+
+    assert resolved((8, 1, 3, 3), (1, 8, 112, 112), (2, 2)) == (2, 16, 4)  # 56 columns: 4 x 16 lanes
+    assert resolved((8, 1, 3, 3), (1, 8, 14, 14), (2, 2))[:2] == (2, 8)  # 7 columns: half a vector
+    assert resolved((8, 1, 3, 3), (1, 8, 8, 8))[:2] == (2, 8)
+    assert resolved((8, 1, 3, 3), (1, 8, 9, 9))[:2] == (2, 16)
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), target=AVX2) == (2, 8, 2)
+    assert resolved((8, 1, 3, 3), (1, 8, 4, 4), target=AVX2) == (2, 4, 2)
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), dilations=(2, 2))[0] == 1
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), (2, 1))[0] == 1
+    assert resolved((8, 1, 5, 5), (1, 8, 56, 56))[0] == 1
+    assert resolved((16, 1, 3, 3), (1, 8, 56, 56))[0] == 1  # multiplier 2 (groups 8)
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), knobs=DenseConvKnobs(depthwise=1))[0] == 1
+    with pytest.raises(ValueError, match=r"knob depthwise=2 needs a 3x3 depthwise conv \(one filter per channel\) "
+                                         r"of stride 1 or 2, undilated; got weight \(8, 1, 3, 3\), strides \(3, 3\)"):
+        resolved((8, 1, 3, 3), (1, 8, 56, 56), (3, 3), knobs=REGISTERS)
+    with pytest.raises(ValueError, match="knob depthwise must be 0 .auto., 1 .the direct conv. or 2"):
+        DenseConvKnobs(depthwise=3)
+
+
+def test_depthwise_kernels_in_the_tuning_space():
+    """A 3x3 depthwise conv offers both kernels; each ignores the other's knobs (one point of them);
+    a dilated one keeps the direct conv's vectors only."""
+    from sparsec.lower.spaces import space_for
+    from sparsec.tuning.task import KernelCall
+
+    params = {"weight_shape": [16, 1, 3, 3], "in_shape": [1, 16, 28, 28], "strides": [2, 2], "pads": [1, 1, 1, 1],
+              "dilations": [1, 1], "groups": 16, "activation": None, "residual": False, "bias": False}
+    call = KernelCall("dense_conv", params, {})
+    space = space_for(call, AVX512)
+    knobs = {k.name: k.values for k in space.knobs}
+    assert knobs["depthwise"] == (1, 2) and knobs["dw_rows"] == (1, 2, 3, 4, 6, 8) and space.default["depthwise"] == 2
+    changed = lambda **kv: Knobs.of({**space.default, **kv})  # noqa: E731
+    assert space.problem(changed(dw_rows=2)) is None
+    assert space.problem(changed(dw_vectors=2)) == \
+        "tap columns in registers ignores dw_vectors (one point of it is enough)"
+    assert space.problem(changed(depthwise=1, dw_vectors=2)) is None
+    assert space.problem(changed(depthwise=1, dw_rows=2)) == \
+        "the direct conv ignores dw_rows (one point of it is enough)"
+    dilated = space_for(KernelCall("dense_conv", {**params, "dilations": [2, 2]}, {}), AVX512)
+    assert [k.name for k in dilated.knobs] == ["dw_vectors"]
