@@ -81,6 +81,15 @@ def test_kernels_on_cortex_a53(a53):
     kernel = dense_conv_kernel(pointwise, x.shape, strides=(2, 2), target=A53)
     want = _conv_reference(x, pointwise, 0)[:, :, ::2, ::2]
     np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
+    # depthwise 3x3 with its tap columns taken apart in registers (`depthwise_conv`: 4-lane shuffles of
+    # 2 or 3 loaded vectors), stride 1 and 2, 19 columns: whole vectors and a partial last one
+    depthwise = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    full = np.concatenate([_conv_reference(x[:, c:c + 1], depthwise[c:c + 1], 1) for c in range(8)], axis=1)
+    for s in (1, 2):
+        kernel = dense_conv_kernel(depthwise, x.shape, strides=(s, s), pads=(1, 1, 1, 1), groups=8,
+                                   knobs=DenseConvKnobs(depthwise=2), target=A53)
+        want = full[:, :, ::s, ::s]
+        np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
     sparse = rng.standard_normal((7, 8, 1, 1)).astype(np.float32) * (rng.random((7, 8, 1, 1)) < 0.3)
     got = run_kernel_on(a53.rpc, csr_conv1x1_kernel(sparse, x.shape, target=A53), A53, x)
     np.testing.assert_allclose(got, _conv_reference(x, sparse, 0), rtol=1e-4, atol=1e-4)
