@@ -560,9 +560,39 @@ def _emit_store_pooled_rows(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
                                    [t.n, filt, oy // 2, ox0 // 2 + col])
 
 
+EPILOGUE_AHEAD = 2  # filter groups
+
+
+def _prefetch_w(element) -> None:
+    addr = tirx.call_intrin("handle", "tirx.address_of", element)
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 1, 3, 1))  # write, keep in L1, data
+
+
+def _emit_epilogue_prefetch(x: _Ctx, grp, t: _Tile):
+    """Prefetch for writing (and the residual for reading) the output lines of the group
+    `EPILOGUE_AHEAD` groups on: with channel blocks every group's epilogue runs after the last block,
+    one burst of stores to rows scattered by `filter_order`, each line's miss (at worst a trip to
+    the other core, which wrote the line's other half) otherwise met one after the other. Measured
+    on znver4, kernels alone, 2 threads: L3's shape (256 x 14x14) 1.009x near / 1.028x far, L2's
+    and 512 x 7x7 1.00x; ResNet-50 1.000x near / 1.006x far."""
+    g = x.g
+    for f in range(x.nf):
+        slot = tirx.min((grp + EPILOGUE_AHEAD) * x.nf + f, x.num_filters - 1)
+        filt = _i32(x.order[slot])
+        for r in range(g.rows):
+            oy = tirx.min(t.oy0(g) + r, g.oh - 1)
+            for col in (*range(0, g.tile_w, g.line_floats), g.tile_w - 1):
+                ox = tirx.min(t.ox0(g) + col, g.ow - 1)
+                _prefetch_w(x.out[t.n, filt, oy, ox])
+                if x.residual is not None:
+                    _prefetch_l1(x.residual[t.n, filt, oy, ox])
+
+
 def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
     """Bias, activation, and the store through `filter_order` into the original channels (with a
     fused pool: rows in pairs, each pair's pooled row)."""
+    if not x.pool and x.g.fold == 1:
+        _emit_epilogue_prefetch(x, grp, t)
     for f in range(x.nf):
         slot = grp * x.nf + f
         with T.If(slot < x.num_filters):
