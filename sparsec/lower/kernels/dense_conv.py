@@ -92,6 +92,8 @@ class DenseConvKnobs:
 class _Geometry(ConvShape):
     """One convolution's shapes and what the direct conv derives from them."""
 
+    pitch: int = 0  # a phase plane's row pitch where the plan widens it (see `wq`)
+
     @property
     def depthwise(self) -> bool:
         return self.cg == 1
@@ -110,7 +112,7 @@ class _Geometry(ConvShape):
         """Row pitch of a phase plane: the padded width per phase, and enough that an output
         row plus the widest tap shift never wraps into the next row."""
         padded = ceil_div(self.w + self.pads[1] + self.pads[3], self.strides[1])
-        return max(padded, self.ow + (self.kw - 1) * self.dilations[1] // self.strides[1])
+        return max(padded, self.ow + (self.kw - 1) * self.dilations[1] // self.strides[1], self.pitch)
 
     @property
     def max_offset(self) -> int:
@@ -203,20 +205,24 @@ def _pixel_gemm_tile(g: _Geometry, k: DenseConvKnobs) -> tuple[int, int]:
     return min(_tile_shapes(g, k), key=lambda s: pointwise_pixels.padded_work(g.o, g.oh * g.ow, s[0], s[1] * k.lanes))
 
 
-def _plan(g: _Geometry, k: DenseConvKnobs) -> _Tiling:
+def _plan(g: _Geometry, k: DenseConvKnobs) -> tuple[_Geometry, _Tiling]:
+    """The geometry (its row pitch) and tiling the kernel uses."""
     if g.depthwise:
         row_vectors = ceil_div(g.ow, k.lanes)
         vectors = ceil_div(row_vectors, ceil_div(row_vectors, k.dw_vectors))
         row = ceil_div(row_vectors, vectors) * vectors * k.lanes
         # jp: whole plane rows are read (so the padding loop splits into rows without a tail)
         reads = ceil_div((g.oh - 1) * g.wq + row + g.max_offset, g.wq) * g.wq
-        return _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, reads - g.max_offset, row)
-    # the plan doing the least padded work (the knobs' own tile shape on ties); a separate
-    # epilogue pass costs about 16 multiply-adds per output (measured on znver3)
-    plans = [p for aligned in (True, False) for ob, v in _tile_shapes(g, k)
-             if (p := _gemm_plan(g, k, ob, v, aligned)) is not None]
+        return g, _Tiling(1, vectors, k.lanes, 1, 1, 1, g.o, reads - g.max_offset, row)
+    # the plan doing the least padded work (the knobs' own tile shape, then the narrower pitch on
+    # ties); a separate epilogue pass costs about 16 multiply-adds per output (measured on znver3).
+    # Pitches up to a vector wider: blocks of whole rows need rows x pitch to make whole tiles, and
+    # an odd pitch (113, a 224 plane's stride-2 phases) takes 48 rows a block (112 rows padded to 144)
+    plans = [(wide, p) for wide in (replace(g, pitch=g.wq + extra) for extra in range(k.lanes))
+             for aligned in (True, False) for ob, v in _tile_shapes(wide, k)
+             if (p := _gemm_plan(wide, k, ob, v, aligned)) is not None]
     macs = g.cg * g.kh * g.kw
-    return min(plans, key=lambda t: t.op * t.jp * (macs + (0 if t.block_rows else 16)))
+    return min(plans, key=lambda plan: plan[1].op * plan[1].jp * (macs + (0 if plan[1].block_rows else 16)))
 
 
 # --- compute (TE) -------------------------------------------------------------------------
@@ -289,16 +295,22 @@ def _interior_columns(g: _Geometry) -> tuple[int, int]:
     return max(0, lo), min(g.wq, max(lo, hi))
 
 
-def _schedule_planes(sch: s_tir.Schedule, g: _Geometry, outer: int) -> None:
+def _schedule_planes(sch: s_tir.Schedule, g: _Geometry, outer: int, parallel: bool = False) -> None:
     """Padding copy (its loops after the first `outer`), looping in input order (rows, row phase,
     columns, column phase) so loads are contiguous; the column loop is cut at the padding so the
     middle part has no bounds checks left once simplified, and LLVM vectorizes it (de-interleaving
-    the stride phases). A single plane's loop may be gone (compute_at drops unit loops)."""
+    the stride phases). A single plane's loop may be gone (compute_at drops unit loops).
+    `parallel`: the outer loops and the plane rows as one parallel loop (a stem's 3 channels were 3
+    tasks for the threads, the copy of a 224x224 image into stride phases ~0.1 ms a channel)."""
     *plane, f = sch.get_loops(sch.get_sblock("xp"))[outer:]
     hq, wq = sch.split(f, [None, g.wq])
     if g.planes > 1:
         rh, rw = sch.split(plane[0], [None, g.phases(1)])
         sch.reorder(hq, rh, wq, rw)
+    elif plane:
+        sch.reorder(hq, *plane, wq)
+    if parallel:
+        sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("xp"))[:outer], hq))
     lo, hi = _interior_columns(g)
     cuts = [c for c in (lo, hi - lo) if c > 0]
     if sum(cuts) < g.wq and cuts:
@@ -314,9 +326,7 @@ def _schedule_gemm(sch: s_tir.Schedule, g: _Geometry, t: _Tiling) -> None:
     """Loops: parallel(n, filter group, pixel block) > channel block > filter tile > pixel tile >
     (channels, kh, kw) > unrolled ob x vectors register tile. The sums live in `wide` across
     channel blocks; inside one block LLVM keeps the tile in registers (buffers are noalias)."""
-    n, c = sch.get_loops(sch.get_sblock("xp"))[:2]
-    sch.parallel(sch.fuse(n, c))
-    _schedule_planes(sch, g, outer=1)
+    _schedule_planes(sch, g, outer=2, parallel=True)
     blk = sch.get_sblock("wide")
     n, o, *pixels, r, kh, kw = sch.get_loops(blk)
     j = sch.fuse(*pixels) if len(pixels) > 1 else pixels[0]
@@ -458,7 +468,7 @@ def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, kn
         if pointwise_conv.supports((g.kh, g.kw), pads, groups):  # run by `pointwise_pixels`
             ob, vectors = _pixel_gemm_tile(g, tiled)
             return pointwise_pixels.padded_work(g.o, g.oh * g.ow, ob, vectors * tiled.lanes), -tile[0] * tile[1]
-        t = _plan(g, tiled)
+        t = _plan(g, tiled)[1]
         return t.op * t.jp * (macs + (0 if t.block_rows else 16)), -tile[0] * tile[1]
 
     ob, vectors = min(register_plan.gemm_tiles(target), key=cost)
@@ -503,7 +513,7 @@ def dense_conv_kernel(
             tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, threads=target.threads,
             line_floats=target.cache_line_bytes // 4, bias=bias,
             activation=activation, residual=residual, name=name)
-    t = _plan(g, knobs)
+    g, t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)
     w = te.placeholder(packed.shape, "float32", name="w")
