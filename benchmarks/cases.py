@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from sparsec.models import conv1x1_layer, conv_layer, resnet50, vgg16
+from sparsec.models import conv1x1_layer, conv_layer, mobilenet_v2, resnet50, vgg16
 from sparsec.prune import prune_model, weight_layers
 
 THREADS = 2
@@ -86,6 +86,9 @@ CASES: tuple[Case, ...] = (
          lambda: resnet50(224), _pattern(0.5, first=False), 1.5, is_layer=False),
     Case("dense", "VGG-16 224x224 with all-ones masks (dense check)",
          lambda: vgg16(224), _all_ones, 0.9, is_layer=False),
+    # issue 10's "dense layers at onnxruntime's speed" on a mobile model: depthwise and 1x1 convs
+    Case("MB2", "MobileNet-V2 224x224 with all-ones masks (dense depthwise and 1x1 convs)",
+         lambda: mobilenet_v2(224), _all_ones, 0.9, is_layer=False),
 )
 
 CASE_BY_KEY = {case.key: case for case in CASES}
@@ -93,7 +96,7 @@ CASE_BY_KEY = {case.key: case for case in CASES}
 
 def engines_for(case: Case, dense_path: bool | None = None) -> tuple[str, ...]:
     """The reference first, sparsec last; sparsec's dense path (sparsity ignored) by default for
-    layers and pruned models: for the all-ones dense check it is the same compile twice."""
+    layers and pruned models: for all-ones masks it is the same compile twice."""
     if dense_path is None:
-        dense_path = case.key != "dense"
+        dense_path = case.prune is not _all_ones
     return ("onnxruntime", "sparsec-dense", "sparsec") if dense_path else ("onnxruntime", "sparsec")

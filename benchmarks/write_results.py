@@ -183,11 +183,11 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
                   f"({storage['fkw_bytes'] / storage['kept_bytes']:.3f}x; dense {storage['dense_bytes']:,} bytes).", ""]
     elif isinstance(storage, str):
         lines += ["## FKW storage (L1)", "", f"Failed: `{storage}`", ""]
-    for key in ("M1", "M2", "dense"):
+    for key in ("M1", "M2", "dense", "MB2"):
         report = results.get(key)
         if isinstance(report, BenchReport) and report.layers:
             lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]
-            if key != "dense":
+            if key in ("M1", "M2", "MB2"):
                 lines += peer_section(CASE_BY_KEY[key])
     return lines
 
