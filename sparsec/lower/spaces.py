@@ -130,7 +130,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
     """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups, and
     for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)), for unpadded 1x1
     convs the vector direction (pixels or filters); depthwise convs: vectors of one output row, and
-    for 3x3 ones of stride 1 or 2 the kernel (direct or tap columns in registers) and its band rows."""
+    for square ones of stride 1 or 2 the kernel (direct or tap columns in registers) and its band rows."""
     p = call.params
     o, cg = p["weight_shape"][:2]
     if cg == 1:
@@ -180,7 +180,7 @@ def _depthwise_space(call: KernelCall, target: Target) -> Space:
             return f"{kernel} ignores {ignored} (one point of it is enough)"
         return None
 
-    rows = values((1, 2, 3, 4, 6, 8), high=_out_hw(call, (3, 3))[0])
+    rows = values((1, 2, 3, 4, 6, 8), high=_out_hw(call, tuple(p["weight_shape"][2:]))[0])
     return _space(call, target, [("depthwise", (1, 2)), ("dw_rows", rows), vectors], rule)
 
 

@@ -378,7 +378,7 @@ def test_depthwise_on_narrow_planes(size):
     check((1, 5, size, 1), (5, 1, 3, 3), pads=(1, 1, 1, 1), groups=5, bias=True, act="relu", residual=True)
 
 
-# --- depthwise 3x3 with the tap columns taken apart in registers ----------------------------------
+# --- depthwise convs with the tap columns taken apart in registers --------------------------------
 
 REGISTERS = DenseConvKnobs(depthwise=2)
 
@@ -409,10 +409,22 @@ def test_depthwise_in_registers_lanes_and_rows(lanes, rows):
               knobs=DenseConvKnobs(depthwise=2, lanes=lanes, dw_rows=rows))
 
 
+@pytest.mark.parametrize("taps, dilation, s", [(5, 1, 1), (5, 1, 2), (7, 1, 2), (2, 1, 1), (3, 2, 1), (3, 3, 2),
+                                               (5, 2, 2)])
+def test_depthwise_in_registers_kernel_sizes_and_dilations(taps, dilation, s):
+    """MobileNet-V3's 5x5, a 7x7, an even kernel, DeepLab's dilated 3x3: taps reaching past one loaded
+    vector (16 lanes at stride 2 with a reach of 8 columns: 3 loads) and rows a dilation apart."""
+    pad = (taps - 1) * dilation // 2
+    for lanes in (0, 4):  # the target's, and NEON's 4 (a 7x7 reaches two vectors past the first)
+        check((1, 3, 19, 37), (3, 1, taps, taps), strides=(s, s), pads=(pad, pad + 1, pad, pad),
+              dilations=(dilation,) * 2, groups=3, bias=True, act="relu",
+              knobs=DenseConvKnobs(depthwise=2, lanes=lanes))
+
+
 def test_depthwise_in_registers_is_the_default_where_it_applies():
-    """3x3 depthwise of stride 1 or 2: tap columns in registers, half-width vectors where a row
-    fits in one, bands from the register count; dilated, strides differing by axis, channel
-    multipliers and 5x5 kernels stay on the direct conv."""
+    """Depthwise of stride 1 or 2 with square kernels of 2-7 taps: tap columns in registers,
+    half-width vectors where a row fits in one, bands from the register count; strides differing
+    by axis, channel multipliers and 9x9 kernels stay on the direct conv."""
     def resolved(w_shape, in_shape, strides=(1, 1), dilations=(1, 1), target=AVX512, knobs=DenseConvKnobs()):
         k = resolve_knobs(w_shape, in_shape, strides, (1, 1, 1, 1), dilations, in_shape[1], knobs, target=target)
         return k.depthwise, k.lanes, k.dw_rows
@@ -423,13 +435,16 @@ def test_depthwise_in_registers_is_the_default_where_it_applies():
     assert resolved((8, 1, 3, 3), (1, 8, 9, 9))[:2] == (2, 16)
     assert resolved((8, 1, 3, 3), (1, 8, 56, 56), target=AVX2) == (2, 8, 2)
     assert resolved((8, 1, 3, 3), (1, 8, 4, 4), target=AVX2) == (2, 4, 2)
-    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), dilations=(2, 2))[0] == 1
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), dilations=(2, 2))[0] == 2
+    assert resolved((8, 1, 5, 5), (1, 8, 56, 56), (2, 2))[0] == 2
+    assert resolved((8, 1, 3, 3), (1, 8, 56, 56), dilations=(2, 1))[0] == 1
     assert resolved((8, 1, 3, 3), (1, 8, 56, 56), (2, 1))[0] == 1
-    assert resolved((8, 1, 5, 5), (1, 8, 56, 56))[0] == 1
+    assert resolved((8, 1, 9, 9), (1, 8, 56, 56))[0] == 1
     assert resolved((16, 1, 3, 3), (1, 8, 56, 56))[0] == 1  # multiplier 2 (groups 8)
     assert resolved((8, 1, 3, 3), (1, 8, 56, 56), knobs=DenseConvKnobs(depthwise=1))[0] == 1
-    with pytest.raises(ValueError, match=r"knob depthwise=2 needs a 3x3 depthwise conv \(one filter per channel\) "
-                                         r"of stride 1 or 2, undilated; got weight \(8, 1, 3, 3\), strides \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"knob depthwise=2 needs a depthwise conv \(one filter per channel\) with "
+                                         r"a square kernel of 2-7 taps, stride 1 or 2 and one dilation both ways; "
+                                         r"got weight \(8, 1, 3, 3\), strides \(3, 3\)"):
         resolved((8, 1, 3, 3), (1, 8, 56, 56), (3, 3), knobs=REGISTERS)
     with pytest.raises(ValueError, match="knob depthwise must be 0 .auto., 1 .the direct conv. or 2"):
         DenseConvKnobs(depthwise=3)
@@ -437,7 +452,7 @@ def test_depthwise_in_registers_is_the_default_where_it_applies():
 
 def test_depthwise_kernels_in_the_tuning_space():
     """A 3x3 depthwise conv offers both kernels; each ignores the other's knobs (one point of them);
-    a dilated one keeps the direct conv's vectors only."""
+    one whose strides differ by axis keeps the direct conv's vectors only."""
     from sparsec.lower.spaces import space_for
     from sparsec.tuning.task import KernelCall
 
@@ -454,5 +469,5 @@ def test_depthwise_kernels_in_the_tuning_space():
     assert space.problem(changed(depthwise=1, dw_vectors=2)) is None
     assert space.problem(changed(depthwise=1, dw_rows=2)) == \
         "the direct conv ignores dw_rows (one point of it is enough)"
-    dilated = space_for(KernelCall("dense_conv", {**params, "dilations": [2, 2]}, {}), AVX512)
-    assert [k.name for k in dilated.knobs] == ["dw_vectors"]
+    uneven = space_for(KernelCall("dense_conv", {**params, "strides": [2, 1]}, {}), AVX512)
+    assert [k.name for k in uneven.knobs] == ["dw_vectors"]

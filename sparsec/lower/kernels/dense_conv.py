@@ -60,7 +60,7 @@ class DenseConvKnobs:
     channel_block: int = 0  # input channels per block of the reduction (0: the register plan's)
     out_groups: int = 2  # filter groups in the parallel loop (load balance with few pixel blocks)
     dw_vectors: int = 8  # depthwise, the direct conv: most SIMD vectors of one output row per step
-    depthwise: int = 0  # depthwise 3x3, stride 1 or 2: 2 = tap columns taken apart in registers
+    depthwise: int = 0  # depthwise (square, 2-7 taps, stride 1 or 2): 2 = tap columns taken apart in registers
     # (`depthwise_conv`, `dw_rows` output rows a band), 1 = the direct conv, 0 = the plan's choice
     dw_rows: int = 0  # `depthwise_conv`: output rows per band (0: the register plan's)
     winograd: int = 0  # 3x3 stride 1: Winograd F(m x m, 3x3) output tile m (2 or 4), 1 = direct,
@@ -421,11 +421,12 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
         return replace(knobs.resolved(target), pointwise=1)
     by_registers = depthwise_conv.supports(weight_shape, in_shape, strides, dilations, groups)
     if knobs.depthwise == 2 and not by_registers:
-        raise ValueError(f"knob depthwise=2 needs a 3x3 depthwise conv (one filter per channel) of stride 1 or 2, "
-                         f"undilated; got weight {tuple(weight_shape)}, strides {tuple(strides)}, "
-                         f"dilations {tuple(dilations)}, groups {groups}")
+        raise ValueError(f"knob depthwise=2 needs a depthwise conv (one filter per channel) with a square kernel "
+                         f"of 2-7 taps, stride 1 or 2 and one dilation both ways; got weight {tuple(weight_shape)}, "
+                         f"strides {tuple(strides)}, dilations {tuple(dilations)}, groups {groups}")
     if knobs.depthwise == 2 or (knobs.depthwise == 0 and by_registers):
-        out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1])
+        out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], int(weight_shape[3]), strides[1],
+                                     dilations[1])
         return replace(knobs, depthwise=2, lanes=knobs.lanes or depthwise_conv.pick_lanes(out_width, target.lanes()),
                        dw_rows=knobs.dw_rows or register_plan.depthwise_rows(target))
     knobs = replace(knobs, depthwise=1)
@@ -503,8 +504,8 @@ def dense_conv_kernel(
     knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
     if knobs.depthwise == 2:
         return depthwise_conv.depthwise_conv_kernel(
-            weight, in_shape, strides=strides, pads=pads, lanes=knobs.lanes, rows=knobs.dw_rows, bias=bias,
-            activation=activation, residual=residual, name=name)
+            weight, in_shape, strides=strides, pads=pads, dilation=dilations[0], lanes=knobs.lanes, rows=knobs.dw_rows,
+            bias=bias, activation=activation, residual=residual, name=name)
     if knobs.pointwise == 2:
         return pointwise_conv.pointwise_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,

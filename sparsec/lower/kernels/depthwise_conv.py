@@ -1,16 +1,20 @@
-"""Depthwise 3x3 convolution, stride 1 or 2, its taps' columns taken apart in registers.
+"""Depthwise convolution (square kernels of 2-7 taps a side, any dilation, stride 1 or 2), its taps'
+columns taken apart in registers.
 
 Parallel over (image, channel). A task walks its channel's output rows in bands of `rows`: it
 copies the band's input rows into a zero-padded buffer (rows `pitch` floats apart, a whole number
 of vectors, each row one contiguous vector copy), then for each output vector of the band's rows
-loads every input row it reads as `stride + 1` aligned vectors and builds the three tap columns
-from them with one shuffle each (stride 2: the even columns, the odd ones, the even ones one
-further; stride 1: the row and its shifts by one and two). Each input row is loaded once for the
-band's output rows that read it (rows 2i .. 2i + 2 at stride 2: one row serves two output rows).
+loads every input row it reads as a few aligned vectors and builds each tap column from them with
+one shuffle (3x3 at stride 2: the even columns, the odd ones, the even ones one further; at stride
+1: the row and its shifts by one and two). Each input row is loaded once for the band's output rows
+that read it (3x3 at stride 2, rows 2i .. 2i + 2: one row serves two output rows).
 
 The direct conv it replaces for these shapes (`dense_conv`: a padded copy of the whole plane
 split into stride phases, then unaligned loads per tap) spent most of a stride-2 layer on the
-phase copy: one scalar move per input float (~15k cycles per 112x112 channel on znver4).
+phase copy: one scalar move per input float (~15k cycles per 112x112 channel on znver4). Measured
+on znver4, 2 threads, kernels alone: MobileNet-V2's 3x3s 1.2-3.8x (stride 2 at 112 and 56 wide
+3.3-3.8x; 192 x 28x28 stride 2 0.9x), the model 1.19x; MobileNet-V3's 5x5s 1.25-2.1x and a
+dilated 3x3 (256 x 28x28, dilation 2) 1.27x (cores far apart).
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, con
 
 
 def supports(weight_shape, in_shape, strides, dilations, groups: int) -> bool:
-    """Whether a conv has this kernel's shape: one 3x3 filter per channel, stride 1 or 2 (the same
-    both ways), undilated."""
+    """Whether a conv has this kernel's shape: one square filter of 2-7 taps a side per channel,
+    stride 1 or 2 and one dilation (each the same both ways)."""
     o, cg, kh, kw = (int(d) for d in weight_shape)
     c = int(in_shape[1])
-    return (groups == c == o and cg == 1 and (kh, kw) == (3, 3) and tuple(dilations) == (1, 1)
-            and tuple(strides) in ((1, 1), (2, 2)))
+    return (groups == c == o and cg == 1 and kh == kw and 2 <= kh <= MAX_TAPS
+            and dilations[0] == dilations[1] >= 1 and tuple(strides) in ((1, 1), (2, 2)))
+
+
+MAX_TAPS = 7  # a side of the kernel: its tap columns are shuffles, its weights broadcasts
 
 
 def pick_lanes(out_width: int, lanes: int) -> int:
@@ -56,14 +63,16 @@ class _Plan:
     pads: tuple[int, int, int, int]  # top, left, bottom, right (ONNX order)
     lanes: int
     rows: int  # output rows per band (accumulators)
+    taps: int = 3  # a side of the kernel
+    dilation: int = 1
 
     @property
     def oh(self) -> int:
-        return conv_output_size(self.h, self.pads[0], self.pads[2], 3, self.stride)
+        return conv_output_size(self.h, self.pads[0], self.pads[2], self.taps, self.stride, self.dilation)
 
     @property
     def ow(self) -> int:
-        return conv_output_size(self.w, self.pads[1], self.pads[3], 3, self.stride)
+        return conv_output_size(self.w, self.pads[1], self.pads[3], self.taps, self.stride, self.dilation)
 
     @property
     def vectors(self) -> int:
@@ -71,9 +80,14 @@ class _Plan:
         return ceil_div(self.ow, self.lanes)
 
     @property
+    def reach(self) -> int:
+        """Input rows (and columns) from a window's first tap to its last."""
+        return (self.taps - 1) * self.dilation
+
+    @property
     def loads(self) -> int:
         """Vectors loaded per input row per output vector: its columns and the taps' reach past them."""
-        return self.stride + 1
+        return ceil_div(self.stride * (self.lanes - 1) + self.reach + 1, self.lanes)
 
     @property
     def pitch(self) -> int:
@@ -85,7 +99,7 @@ class _Plan:
     @property
     def band_rows(self) -> int:
         """Input rows one band of output rows reads."""
-        return self.stride * (self.rows - 1) + 3
+        return self.stride * (self.rows - 1) + self.reach + 1
 
     @property
     def bands(self) -> int:
@@ -103,7 +117,7 @@ def _zero(lanes: int):
 @dataclass(frozen=True)
 class _Buffers:
     x: tirx.Buffer  # [N, C, H, W]
-    w: tirx.Buffer  # [C, 9]
+    w: tirx.Buffer  # [C, taps * taps]
     bias: tirx.Buffer | None
     residual: tirx.Buffer | None  # [N, C, OH, OW]
     out: tirx.Buffer
@@ -130,11 +144,12 @@ def _emit_band_copy(b: _Buffers, band, p: _Plan, img, c, band_index) -> None:
 
 
 def _tap_columns(band, p: _Plan, r: int, vec) -> list:
-    """Row r's three tap columns for output vector `vec`: lane l of column kw holds padded input
-    column stride * (first output + l) + kw."""
+    """Row r's tap columns for output vector `vec`: lane l of column kw holds padded input column
+    stride * (first output + l) + kw * dilation."""
     first = vec * p.stride * p.lanes
     parts = [band[r, _vec(first + k * p.lanes, p.lanes)] for k in range(p.loads)]
-    return [tirx.Shuffle(parts, [p.stride * lane + kw for lane in range(p.lanes)]) for kw in range(3)]
+    return [tirx.Shuffle(parts, [p.stride * lane + kw * p.dilation for lane in range(p.lanes)])
+            for kw in range(p.taps)]
 
 
 def _emit_sums(b: _Buffers, band, acc, p: _Plan, c, vec) -> None:
@@ -145,10 +160,10 @@ def _emit_sums(b: _Buffers, band, acc, p: _Plan, c, vec) -> None:
     for r in range(p.band_rows):
         columns = _tap_columns(band, p, r, vec)
         for i in range(p.rows):
-            kh = r - p.stride * i
-            if 0 <= kh < 3:
-                for kw in range(3):
-                    weight = tirx.Broadcast(b.w[c, kh * 3 + kw], p.lanes)
+            kh, off = divmod(r - p.stride * i, p.dilation)
+            if 0 <= kh < p.taps and off == 0:
+                for kw in range(p.taps):
+                    weight = tirx.Broadcast(b.w[c, kh * p.taps + kw], p.lanes)
                     T.buffer_store(acc, acc[i, _vec(0, p.lanes)] + weight * columns[kw], [i, _vec(0, p.lanes)])
 
 
@@ -202,6 +217,7 @@ def depthwise_conv_kernel(
     *,
     strides: tuple[int, int] = (1, 1),
     pads: tuple[int, int, int, int] = (1, 1, 1, 1),
+    dilation: int = 1,
     lanes: int,
     rows: int,
     bias: np.ndarray | None = None,
@@ -209,17 +225,18 @@ def depthwise_conv_kernel(
     residual: bool = False,
     name: str = "depthwise_conv",
 ) -> Kernel:
-    """The TIR kernel of `act(depthwise_conv3x3(x, weight) + bias + residual)`, NCHW float32 (see
+    """The TIR kernel of `act(depthwise_conv(x, weight) + bias + residual)`, NCHW float32 (see
     `supports`): vectors of `lanes` outputs, bands of `rows` output rows; params (x, [residual], w,
     [bias], out) like the direct conv's."""
     n, c, h, w = (int(d) for d in in_shape)
-    if tuple(weight.shape) != (c, 1, 3, 3) or strides[0] != strides[1] or strides[0] not in (1, 2):
-        raise ValueError(f"depthwise conv needs a ({c}, 1, 3, 3) weight and stride 1 or 2, got {weight.shape} and "
-                         f"strides {tuple(strides)}")
-    plan = _Plan(n, c, h, w, int(strides[0]), tuple(int(v) for v in pads), lanes, rows)
+    taps = int(weight.shape[-1])
+    if not supports(weight.shape, in_shape, strides, (dilation, dilation), c):
+        raise ValueError(f"depthwise conv needs a ({c}, 1, k, k) weight (k 2-{MAX_TAPS}) and stride 1 or 2, got "
+                         f"{tuple(weight.shape)} and strides {tuple(strides)}")
+    plan = _Plan(n, c, h, w, int(strides[0]), tuple(int(v) for v in pads), lanes, rows, taps, int(dilation))
     plan = replace(plan, rows=max(1, min(rows, plan.oh)))
     out_shape = (n, c, plan.oh, plan.ow)
-    constants = (np.ascontiguousarray(np.asarray(weight, np.float32).reshape(c, 9)),)
+    constants = (np.ascontiguousarray(np.asarray(weight, np.float32).reshape(c, taps * taps)),)
     constants += (np.asarray(bias, np.float32).reshape(c),) if bias is not None else ()
     with IRBuilder() as ib:
         with T.prim_func():
@@ -227,7 +244,7 @@ def depthwise_conv_kernel(
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
             res = T.arg("residual", T.buffer(out_shape, "float32")) if residual else None
-            wb = T.arg("w", T.buffer((c, 9), "float32"))
+            wb = T.arg("w", T.buffer((c, taps * taps), "float32"))
             bb = T.arg("bias", T.buffer((c,), "float32")) if bias is not None else None
             out = T.arg("out", T.buffer(out_shape, "float32"))
             _emit(_Buffers(x, wb, bb, res, out, activation), plan)
