@@ -141,8 +141,7 @@ def _emit_gather(b: _Buffers, panel, p: _Plan, img, first_tile, tiles) -> None:
 
 
 def _epilogue(b: _Buffers, value, img, o, at, lanes: int):
-    if b.bias is not None:
-        value = value + (tirx.Broadcast(b.bias[o], lanes) if lanes > 1 else b.bias[o])
+    """The sums (which started at the bias) plus the residual, activated."""
     if b.residual is not None:
         value = value + b.residual[img, o, at]
     return apply_activation(value, b.act, lanes)
@@ -161,20 +160,25 @@ def _emit_store(b: _Buffers, acc, p: _Plan, img, ft, pix0) -> None:
                             _emit_store_vectors(b, acc, p, img, f, o, pix0)
                 else:
                     _emit_store_vectors(b, acc, p, img, f, o, pix0)
-        with T.Else():
+        with T.Else():  # the plane's last tile: its sums copied out by vector, so `acc` stays in registers
+            sums = T.alloc_buffer((p.ob, p.tile), "float32")
+            for f in range(p.ob):
+                for v in range(p.vectors):
+                    at = _vec(v * p.lanes, p.lanes)
+                    T.buffer_store(sums, acc[f][at], [f, at])
             for f in range(p.ob):
                 o = ft * p.ob + f
                 with T.serial(0, p.tile) as k:
                     with T.If(tirx.all(pix0 + k < p.plane, o < p.o)):
                         with T.Then():
                             at = pix0 + k
-                            T.buffer_store(b.out, _epilogue(b, acc[f, k], img, o, at, 1), [img, o, at])
+                            T.buffer_store(b.out, _epilogue(b, sums[f, k], img, o, at, 1), [img, o, at])
 
 
 def _emit_store_vectors(b: _Buffers, acc, p: _Plan, img, f: int, o, pix0) -> None:
     for v in range(p.vectors):
         at = _vec(pix0 + v * p.lanes, p.lanes)
-        value = acc[f, _vec(v * p.lanes, p.lanes)]
+        value = acc[f][_vec(v * p.lanes, p.lanes)]
         T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
 
 
@@ -200,20 +204,34 @@ def _emit_epilogue_prefetch(b: _Buffers, p: _Plan, img, ft, pix0) -> None:
 def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
     """One register tile: sums over every channel in registers, then the epilogue's store."""
     _emit_epilogue_prefetch(b, p, img, ft, pix0)
-    # "global" scope: a stack buffer LLVM keeps in registers across the channel loop
-    acc = T.alloc_buffer((p.ob, p.tile), "float32")
-    zero = tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
+    acc = _register_tile(p)
     for f in range(p.ob):
+        start = _start_value(b, p, ft * p.ob + f)
         for v in range(p.vectors):
-            T.buffer_store(acc, zero, [f, _vec(v * p.lanes, p.lanes)])
+            T.buffer_store(acc[f], start, [_vec(v * p.lanes, p.lanes)])
     with T.serial(0, p.c) as c:
         pixels = [panel[t, c, _vec(v * p.lanes, p.lanes)] for v in range(p.vectors)]
         for f in range(p.ob):
             weight = tirx.Broadcast(b.w[ft, c, f], p.lanes)
             for v in range(p.vectors):
-                at = (f, _vec(v * p.lanes, p.lanes))
-                T.buffer_store(acc, acc[at] + weight * pixels[v], list(at))
+                at = _vec(v * p.lanes, p.lanes)
+                T.buffer_store(acc[f], acc[f][at] + weight * pixels[v], [at])
     _emit_store(b, acc, p, img, ft, pix0)
+
+
+def _start_value(b: _Buffers, p: _Plan, o):
+    """Sums start at the filter's bias (one add fewer per output vector: with 64 channels the
+    epilogue is a tenth of a tile's work); the last tile's padding filters read the last bias."""
+    if b.bias is None:
+        return tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
+    return tirx.Broadcast(b.bias[tirx.min(o, p.o - 1)], p.lanes)
+
+
+def _register_tile(p: _Plan) -> list:
+    """One stack buffer per filter of the tile, which LLVM keeps in registers while every index into it
+    is a constant: TVM 0.27 puts allocations over 1 KiB on the heap (one [ob, tile] buffer was, its
+    sums stored and reloaded around every epilogue)."""
+    return [T.alloc_buffer((p.tile,), "float32") for _ in range(p.ob)]
 
 
 def _emit(b: _Buffers, p: _Plan) -> None:
