@@ -12,7 +12,10 @@ blocks of `channel_block`, every pixel tile per block, so the block's weights (a
 stay in L1 while all the plane's tiles use them; the plane's partial sums wait in a per-task
 buffer between blocks. (Unblocked, each pixel tile streamed all the channels' weights and
 inputs from L2: on AVX2 that ran 0.66-0.8x of the pixel-vector GEMM; blocks of 64 run 1.1-1.25x
-of it.) The epilogue writes the sums to the NCHW output with bias, residual and activation.
+of it.) The first pixel tile of a block prefetches its weights a few channels ahead: on 7x7
+planes each weight serves only 49 pixels and comes from memory (znver4, out of the caches:
+1.13-1.15x; M2 1.014x near). The epilogue writes the sums to the NCHW output with bias,
+residual and activation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
+
+WEIGHTS_AHEAD = 32  # channels the weight prefetch leads by (znver4, 7x7 planes: 32 and 64 alike, 8 half the gain)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class _Plan:
     vectors: int  # vectors of filters per register tile
     lanes: int
     channel_block: int  # input channels per block (every tile of the plane runs one block at a time)
+    line_floats: int = 16  # float32s in the target's cache line
 
     @property
     def oh(self) -> int:
@@ -101,28 +107,52 @@ def _vec(v: int, lanes: int):
     return tirx.Ramp(v * lanes, 1, lanes)
 
 
+def _emit_weight_prefetch(w, p: _Plan, grp, c) -> None:
+    """Channel c's weights of the task's filter tile (a line at a time) into L1."""
+    for first in range(0, p.filters, p.line_floats):
+        addr = tirx.call_intrin("handle", "tirx.address_of", w[grp, c, first])
+        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))
+
+
+def _emit_channels(x, w, acc, p: _Plan, nn, grp, blk, ti, prefetch: bool) -> None:
+    """acc += block `blk`'s channels for pixel tile `ti`; with `prefetch`, each channel also fetches the
+    weights WEIGHTS_AHEAD channels on: the first tile reads them from memory, each used only as many
+    times as the plane has pixels (49 at 7x7), a stream the hardware prefetchers ramp up on too late."""
+    with T.serial(0, tirx.min(p.channel_block, p.c - blk * p.channel_block)) as ci:
+        c = blk * p.channel_block + ci
+        if prefetch:
+            _emit_weight_prefetch(w, p, grp, tirx.min(c + WEIGHTS_AHEAD, p.c - 1))
+        wv = [w[grp, c, _vec(v, p.lanes)] for v in range(p.vectors)]
+        for px in range(p.pixels):
+            j = tirx.min(ti * p.pixels + px, p.plane - 1)  # a partial last tile recomputes the last pixel
+            xb = tirx.Broadcast(x[nn, c, j // p.ow * p.strides[0], j % p.ow * p.strides[1]], p.lanes)
+            for v in range(p.vectors):
+                at = _vec(v, p.lanes)
+                T.buffer_store(acc[px], acc[px][at] + xb * wv[v], [at])
+
+
 def _emit_block(x, w, sums, p: _Plan, nn, grp, blk) -> None:
-    """sums[tile] += the channels of block `blk`, for every pixel tile of the plane."""
+    """sums[tile] += the channels of block `blk`, for every pixel tile of the plane (the first tile
+    prefetching the block's weights; the others find them in the caches)."""
     with T.serial(0, p.tiles) as ti:
-        # "global" scope: a stack buffer LLVM keeps in registers across the channel loop
-        acc = T.alloc_buffer((p.pixels, p.filters), "float32")
+        # one stack buffer per pixel, which LLVM keeps in registers across the channel loop (TVM 0.27
+        # puts allocations over 1 KiB on the heap, where the prefetches kept every sum in memory)
+        acc = [T.alloc_buffer((p.filters,), "float32") for _ in range(p.pixels)]
+        for px, buf in enumerate(acc):
+            IRBuilder.name(f"acc{px}", buf)
         for px in range(p.pixels):
             for v in range(p.vectors):
                 zero = tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
                 first = tirx.Select(blk == 0, zero, sums[ti, px, _vec(v, p.lanes)])
-                T.buffer_store(acc, first, [px, _vec(v, p.lanes)])
-        with T.serial(0, tirx.min(p.channel_block, p.c - blk * p.channel_block)) as ci:
-            c = blk * p.channel_block + ci
-            wv = [w[grp, c, _vec(v, p.lanes)] for v in range(p.vectors)]
-            for px in range(p.pixels):
-                j = tirx.min(ti * p.pixels + px, p.plane - 1)  # a partial last tile recomputes the last pixel
-                xb = tirx.Broadcast(x[nn, c, j // p.ow * p.strides[0], j % p.ow * p.strides[1]], p.lanes)
-                for v in range(p.vectors):
-                    at = [px, _vec(v, p.lanes)]
-                    T.buffer_store(acc, acc[tuple(at)] + xb * wv[v], at)
+                T.buffer_store(acc[px], first, [_vec(v, p.lanes)])
+        with T.If(ti == 0):
+            with T.Then():
+                _emit_channels(x, w, acc, p, nn, grp, blk, ti, prefetch=True)
+            with T.Else():
+                _emit_channels(x, w, acc, p, nn, grp, blk, ti, prefetch=False)
         for px in range(p.pixels):
             for v in range(p.vectors):
-                T.buffer_store(sums, acc[px, _vec(v, p.lanes)], [ti, px, _vec(v, p.lanes)])
+                T.buffer_store(sums, acc[px][_vec(v, p.lanes)], [ti, px, _vec(v, p.lanes)])
 
 
 def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, act: Activation | None) -> None:
@@ -173,6 +203,7 @@ def pointwise_conv_kernel(
     vectors: int,
     lanes: int,
     channel_block: int = 0,
+    line_floats: int = 16,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
@@ -186,7 +217,8 @@ def pointwise_conv_kernel(
     if tuple(weight.shape) != (weight.shape[0], c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
     block = channel_block if 0 < channel_block < c else c
-    plan = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), pixels, vectors, lanes, block)
+    plan = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), pixels, vectors, lanes, block,
+                 line_floats)
     packed = _pack_weight(weight, plan)
     out_shape = (n, plan.o, plan.oh, plan.ow)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(plan.o),) if bias is not None else ())

@@ -231,7 +231,10 @@ def _register_tile(p: _Plan) -> list:
     """One stack buffer per filter of the tile, which LLVM keeps in registers while every index into it
     is a constant: TVM 0.27 puts allocations over 1 KiB on the heap (one [ob, tile] buffer was, its
     sums stored and reloaded around every epilogue)."""
-    return [T.alloc_buffer((p.tile,), "float32") for _ in range(p.ob)]
+    tile = [T.alloc_buffer((p.tile,), "float32") for _ in range(p.ob)]
+    for f, buf in enumerate(tile):
+        IRBuilder.name(f"acc{f}", buf)
+    return tile
 
 
 def _emit(b: _Buffers, p: _Plan) -> None:
