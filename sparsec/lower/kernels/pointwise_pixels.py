@@ -220,8 +220,8 @@ def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
 
 
 def _start_value(b: _Buffers, p: _Plan, o):
-    """Sums start at the filter's bias (one add fewer per output vector: with 64 channels the
-    epilogue is a tenth of a tile's work); the last tile's padding filters read the last bias."""
+    """Sums start at the filter's bias: one add fewer per output vector (with 64 channels a tile's
+    epilogue is ~6% of its vector work); the last tile's padding filters read the last bias."""
     if b.bias is None:
         return tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
     return tirx.Broadcast(b.bias[tirx.min(o, p.o - 1)], p.lanes)
