@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
+from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels.shapes import ConvShape as ConvShape  # noqa: F401 (the generators import them here)
@@ -27,6 +28,13 @@ class Kernel:
     constants: tuple[np.ndarray, ...]
     out_shape: tuple[int, ...]
     out_dtype: str
+
+
+def emit_prefetch(element, *, write: bool = False) -> None:
+    """(IRBuilder) Prefetch the line holding `element` into L1 (LLVM's prefetch: data, keep in all
+    levels), for reading or, with `write`, for writing."""
+    addr = tirx.call_intrin("handle", "tirx.address_of", element)
+    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, int(write), 3, 1))
 
 
 def require_positive_knobs(knobs, auto: tuple[str, ...] = ()) -> None:

@@ -509,7 +509,8 @@ def dense_conv_kernel(
     if knobs.pointwise == 2:
         return pointwise_conv.pointwise_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,
-            channel_block=knobs.channel_block, line_floats=target.cache_line_bytes // 4, bias=bias,
+            channel_block=knobs.channel_block, line_floats=target.cache_line_bytes // 4,
+            weights_ahead=register_plan.pointwise_weight_lead(target), bias=bias,
             activation=activation, residual=residual, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(

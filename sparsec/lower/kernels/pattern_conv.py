@@ -38,7 +38,7 @@ from tvm.script.ir_builder import tirx as T
 from sparsec.fkw import FKW, KernelTable, kernel_table
 from sparsec.ir.activation import Activation
 from sparsec.lower.kernels import register_plan
-from sparsec.lower.kernels.common import Kernel, apply_activation, conv_output_size
+from sparsec.lower.kernels.common import Kernel, apply_activation, conv_output_size, emit_prefetch
 from sparsec.target import Target
 
 
@@ -428,11 +428,6 @@ def _shifted_row(x: _Ctx, t: _Tile, c, dy, dq: int):
     return row if dq == 0 else tirx.Shuffle([row], [(dq + i) % lanes for i in range(lanes)])
 
 
-def _prefetch_l1(element) -> None:
-    addr = tirx.call_intrin("handle", "tirx.address_of", element)
-    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))  # read, keep in L1, data
-
-
 def _emit_prefetch(x: _Ctx, k, t: _Tile):
     """Prefetch into L1 the input tile (every line of it) of kernel k's channel: the channels a
     filter's kernels read jump by data, so the hardware prefetchers cannot run ahead of them."""
@@ -442,9 +437,9 @@ def _emit_prefetch(x: _Ctx, k, t: _Tile):
     for first in range(0, g.in_rows * row, g.line_floats):
         if g.fold > 1:  # slot-major
             slot, rest = divmod(first, g.in_rows * g.pitch)
-            _prefetch_l1(x.input(t, c, rest // g.pitch, slot, rest % g.pitch))
+            emit_prefetch(x.input(t, c, rest // g.pitch, slot, rest % g.pitch))
         else:
-            _prefetch_l1(x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
+            emit_prefetch(x.input(t, c, first // row, first // g.pitch % g.slots, first % g.pitch))
 
 
 def next_tile_columns(g: _Geometry) -> tuple[int, ...]:
@@ -475,7 +470,7 @@ def _emit_next_tile_prefetch(x: _Ctx, t: _Tile, step, steps: int):
         for r in range(g.in_rows):
             y = _clamp(ty * g.out_rows * g.strides[0] + r - g.pads[0], g.h)
             for offset in next_tile_columns(g):
-                _prefetch_l1(x.data[n, first_c + i, y, _clamp(last + offset, g.w)])
+                emit_prefetch(x.data[n, first_c + i, y, _clamp(last + offset, g.w)])
 
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
@@ -563,11 +558,6 @@ def _emit_store_pooled_rows(x: _Ctx, acc, f: int, r: int, filt, t: _Tile):
 EPILOGUE_AHEAD = 2  # filter groups
 
 
-def _prefetch_w(element) -> None:
-    addr = tirx.call_intrin("handle", "tirx.address_of", element)
-    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 1, 3, 1))  # write, keep in L1, data
-
-
 def _emit_epilogue_prefetch(x: _Ctx, grp, t: _Tile):
     """Prefetch for writing (and the residual for reading) the output lines of the group
     `EPILOGUE_AHEAD` groups on: with channel blocks every group's epilogue runs after the last block,
@@ -583,9 +573,9 @@ def _emit_epilogue_prefetch(x: _Ctx, grp, t: _Tile):
             oy = tirx.min(t.oy0(g) + r, g.oh - 1)
             for col in (*range(0, g.tile_w, g.line_floats), g.tile_w - 1):
                 ox = tirx.min(t.ox0(g) + col, g.ow - 1)
-                _prefetch_w(x.out[t.n, filt, oy, ox])
+                emit_prefetch(x.out[t.n, filt, oy, ox], write=True)
                 if x.residual is not None:
-                    _prefetch_l1(x.residual[t.n, filt, oy, ox])
+                    emit_prefetch(x.residual[t.n, filt, oy, ox])
 
 
 def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):

@@ -28,9 +28,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
-
-WEIGHTS_AHEAD = 32  # channels the weight prefetch leads by (znver4, 7x7 planes: 32 and 64 alike, 8 half the gain)
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size, emit_prefetch
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,7 @@ class _Plan:
     lanes: int
     channel_block: int  # input channels per block (every tile of the plane runs one block at a time)
     line_floats: int = 16  # float32s in the target's cache line
+    weights_ahead: int = 32  # channels the first tile's weight prefetch leads by
 
     @property
     def oh(self) -> int:
@@ -110,18 +109,17 @@ def _vec(v: int, lanes: int):
 def _emit_weight_prefetch(w, p: _Plan, grp, c) -> None:
     """Channel c's weights of the task's filter tile (a line at a time) into L1."""
     for first in range(0, p.filters, p.line_floats):
-        addr = tirx.call_intrin("handle", "tirx.address_of", w[grp, c, first])
-        T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, 0, 3, 1))
+        emit_prefetch(w[grp, c, first])
 
 
 def _emit_channels(x, w, acc, p: _Plan, nn, grp, blk, ti, prefetch: bool) -> None:
     """acc += block `blk`'s channels for pixel tile `ti`; with `prefetch`, each channel also fetches the
-    weights WEIGHTS_AHEAD channels on: the first tile reads them from memory, each used only as many
+    weights `weights_ahead` channels on: the first tile reads them from memory, each used only as many
     times as the plane has pixels (49 at 7x7), a stream the hardware prefetchers ramp up on too late."""
     with T.serial(0, tirx.min(p.channel_block, p.c - blk * p.channel_block)) as ci:
         c = blk * p.channel_block + ci
         if prefetch:
-            _emit_weight_prefetch(w, p, grp, tirx.min(c + WEIGHTS_AHEAD, p.c - 1))
+            _emit_weight_prefetch(w, p, grp, tirx.min(c + p.weights_ahead, p.c - 1))
         wv = [w[grp, c, _vec(v, p.lanes)] for v in range(p.vectors)]
         for px in range(p.pixels):
             j = tirx.min(ti * p.pixels + px, p.plane - 1)  # a partial last tile recomputes the last pixel
@@ -204,6 +202,7 @@ def pointwise_conv_kernel(
     lanes: int,
     channel_block: int = 0,
     line_floats: int = 16,
+    weights_ahead: int = 32,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
@@ -211,14 +210,15 @@ def pointwise_conv_kernel(
 ) -> Kernel:
     """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)` without padding, NCHW
     float32, vectors across filters, a register tile of `pixels` x `vectors` (see `pixel_tile`),
-    input channels in blocks of `channel_block` (0: one block); params (x, [residual], w, [bias],
-    out) like the direct conv's."""
+    input channels in blocks of `channel_block` (0: one block), the first pixel tile prefetching
+    the weights `weights_ahead` channels ahead (`register_plan.pointwise_weight_lead`); params
+    (x, [residual], w, [bias], out) like the direct conv's."""
     n, c, h, w = (int(d) for d in in_shape)
     if tuple(weight.shape) != (weight.shape[0], c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
     block = channel_block if 0 < channel_block < c else c
     plan = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), pixels, vectors, lanes, block,
-                 line_floats)
+                 line_floats, weights_ahead)
     packed = _pack_weight(weight, plan)
     out_shape = (n, plan.o, plan.oh, plan.ow)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(plan.o),) if bias is not None else ())

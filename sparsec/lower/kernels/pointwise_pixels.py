@@ -31,7 +31,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from sparsec.ir.activation import Activation
-from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size
+from sparsec.lower.kernels.common import Kernel, apply_activation, ceil_div, conv_output_size, emit_prefetch
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,6 @@ def _emit_store_vectors(b: _Buffers, acc, p: _Plan, img, f: int, o, pix0) -> Non
         T.buffer_store(b.out, _epilogue(b, value, img, o, at, p.lanes), [img, o, at])
 
 
-def _prefetch(element, write: bool) -> None:
-    addr = tirx.call_intrin("handle", "tirx.address_of", element)
-    T.evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", addr, int(write), 3, 1))  # keep in L1, data
-
-
 def _emit_epilogue_prefetch(b: _Buffers, p: _Plan, img, ft, pix0) -> None:
     """Prefetch the lines the tile's epilogue writes (and reads of the residual) into L1 before its
     reduction, which then covers their misses: each filter's row piece is its own stream, a
@@ -196,9 +191,9 @@ def _emit_epilogue_prefetch(b: _Buffers, p: _Plan, img, ft, pix0) -> None:
         o = tirx.min(ft * p.ob + f, p.o - 1)  # the last tile's padding filters: a real row, prefetched twice
         for first in (*range(0, p.tile, p.line_floats), p.tile - 1):  # the last pixel: a row piece off the lines
             at = tirx.min(pix0 + first, p.plane - 1)
-            _prefetch(b.out[img, o, at], True)
+            emit_prefetch(b.out[img, o, at], write=True)
             if b.residual is not None:
-                _prefetch(b.residual[img, o, at], False)
+                emit_prefetch(b.residual[img, o, at])
 
 
 def _emit_tile(b: _Buffers, panel, p: _Plan, img, ft, t, pix0) -> None:
