@@ -297,6 +297,29 @@ def test_pointwise_channel_blocks(block):
               knobs=DenseConvKnobs(pointwise=2, channel_block=block, out_block=4))
 
 
+@pytest.mark.parametrize("ranges", [2, 3, 4])
+def test_pointwise_pixel_ranges(ranges):
+    """The plane's pixel tiles in ranges, one a task: 30 pixels in tiles of 4 (the last partial) make
+    ranges of 3, 3, 2 tiles or 2, 2, 2, 2 (12 and 6 pixels: partial vectors); 5 tiles of 7 in 4 ranges
+    leave the last one empty; batch and stride 2 with channel blocks."""
+    check((1, 8, 5, 6), (20, 8, 1, 1), bias=True, act="relu", residual=True,
+          knobs=DenseConvKnobs(pointwise=2, out_block=4, vectors=1, ranges=ranges))
+    check((1, 8, 5, 7), (40, 8, 1, 1), residual=True, knobs=DenseConvKnobs(pointwise=2, out_block=7, ranges=ranges))
+    check((2, 40, 9, 11), (16, 40, 1, 1), strides=(2, 2), bias=True,
+          knobs=DenseConvKnobs(pointwise=2, channel_block=16, out_block=4, ranges=ranges))
+
+
+def test_pointwise_ranges_follow_the_heavier_operand():
+    """The threads split the plane where its input outweighs the weights (56x56 -> 64 filters), the
+    filters where the weights outweigh it (7x7 -> 2048)."""
+    def ranges(c, size, filters):
+        return resolve_knobs((filters, c, 1, 1), (1, c, size, size), knobs=DenseConvKnobs(pointwise=2),
+                             target=AVX512).ranges
+
+    assert (ranges(256, 56, 64), ranges(512, 28, 128), ranges(1024, 14, 256), ranges(512, 7, 2048)) == \
+        (AVX512.threads, AVX512.threads, 1, 1)
+
+
 def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
     plan = lambda c, target=AVX512, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
     assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels

@@ -67,10 +67,11 @@ class DenseConvKnobs:
     # 0 = the plan's choice (`winograd_plan.auto_tile`)
     pointwise: int = 0  # 1x1 without padding: 2 = vectors across filters (`pointwise_conv`: out_block
     # pixels x `vectors` filter vectors), 1 = across pixels (the GEMM above), 0 = the plan's choice
+    ranges: int = 0  # pointwise=2: the plane's pixels in this many ranges, one a thread (0: the plan's)
 
     def __post_init__(self) -> None:
         require_positive_knobs(self, auto=("out_block", "vectors", "lanes", "channel_block", "winograd", "pointwise",
-                                           "depthwise", "dw_rows"))
+                                           "depthwise", "dw_rows", "ranges"))
         if self.pointwise > 2:
             raise ValueError(f"knob pointwise must be 0 (auto), 1 (vectors of pixels) or 2 (vectors of filters), "
                              f"got {self.pointwise}")
@@ -440,11 +441,11 @@ def resolve_knobs(weight_shape, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dil
                                                                       filters=int(weight_shape[0]))
         knobs = replace(knobs, pointwise=2 if across else 1)
     if knobs.pointwise == 2:
-        return _resolve_pointwise(in_shape, strides, knobs, target)
+        return _resolve_pointwise(in_shape, strides, int(weight_shape[0]), knobs, target)
     return _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs, target)
 
 
-def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target) -> DenseConvKnobs:
+def _resolve_pointwise(in_shape, strides, filters: int, knobs: DenseConvKnobs, target: Target) -> DenseConvKnobs:
     """Vectors across filters: `vectors` filter vectors x `out_block` pixels; unless the knobs set
     it, a pixel count dividing the plane within the target's accumulators unless it leaves too many
     of them idle (`pointwise_conv.pixel_tile`: 7 of a 7x7 plane, 14 of 14x14 ... 56x56 on AVX-512;
@@ -455,7 +456,9 @@ def _resolve_pointwise(in_shape, strides, knobs: DenseConvKnobs, target: Target)
     busy = register_plan.pointwise_busy_accumulators(target)
     pixels = knobs.out_block or pointwise_conv.pixel_tile(oh * ow, accumulators, vectors, busy)
     block = knobs.channel_block or register_plan.pointwise_channel_block(target, int(in_shape[1]))
-    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), channel_block=block)
+    ranges = knobs.ranges or register_plan.pointwise_ranges(target, oh * ow, filters)
+    return replace(knobs, out_block=pixels, vectors=vectors, lanes=knobs.lanes or target.lanes(), channel_block=block,
+                   ranges=ranges)
 
 
 def _resolve_direct(weight_shape, in_shape, strides, pads, dilations, groups, knobs: DenseConvKnobs,
@@ -510,7 +513,7 @@ def dense_conv_kernel(
         return pointwise_conv.pointwise_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,
             channel_block=knobs.channel_block, line_floats=target.cache_line_bytes // 4,
-            weights_ahead=register_plan.pointwise_weight_lead(target), bias=bias,
+            weights_ahead=register_plan.pointwise_weight_lead(target), ranges=knobs.ranges, bias=bias,
             activation=activation, residual=residual, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(

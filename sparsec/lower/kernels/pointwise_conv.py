@@ -7,10 +7,11 @@ and one broadcast input value per pixel feed pixels x vectors FMAs. The pixel co
 plane (7 of 49) where that keeps enough sums in flight, so no lane idles (else the last tile is
 partial); filters pad to whole tiles (ResNet's 512 or 2048: none).
 Any stride reads its pixels directly (each input value is a broadcast scalar load), so there
-is no packing pass. Parallel over (image, filter tile); a task runs the input channels in
-blocks of `channel_block`, every pixel tile per block, so the block's weights (and inputs)
-stay in L1 while all the plane's tiles use them; the plane's partial sums wait in a per-task
-buffer between blocks. (Unblocked, each pixel tile streamed all the channels' weights and
+is no packing pass. Parallel over (image, pixel range, filter tile): a range is a thread's share
+of the plane where the input outweighs the weights (`register_plan.pointwise_ranges`), else the
+whole plane. A task runs the input channels in blocks of `channel_block`, every pixel tile of its
+share per block, so the block's weights (and inputs) stay in L1 while all those tiles use them;
+the partial sums wait in a per-task buffer between blocks. (Unblocked, each pixel tile streamed all the channels' weights and
 inputs from L2: on AVX2 that ran 0.66-0.8x of the pixel-vector GEMM; blocks of 64 run 1.1-1.25x
 of it.) The first pixel tile of a block prefetches its weights a few channels ahead: on 7x7
 planes each weight serves only 49 pixels and comes from memory (znver4, out of the caches:
@@ -47,6 +48,7 @@ class _Plan:
     channel_block: int  # input channels per block (every tile of the plane runs one block at a time)
     line_floats: int = 16  # float32s in the target's cache line
     weights_ahead: int = 32  # channels the first tile's weight prefetch leads by
+    ranges: int = 1  # the plane's pixel tiles in this many equal ranges, each a thread's share
 
     @property
     def oh(self) -> int:
@@ -76,6 +78,16 @@ class _Plan:
     @property
     def blocks(self) -> int:
         return ceil_div(self.c, self.channel_block)
+
+    @property
+    def span(self) -> int:
+        """Pixel tiles per range."""
+        return ceil_div(self.tiles, self.ranges)
+
+    @property
+    def groups(self) -> int:
+        """Filter tiles."""
+        return self.op // self.filters
 
 
 def supports(kernel: tuple[int, int], pads, groups: int) -> bool:
@@ -129,10 +141,10 @@ def _emit_channels(x, w, acc, p: _Plan, nn, grp, blk, ti, prefetch: bool) -> Non
                 T.buffer_store(acc[px], acc[px][at] + xb * wv[v], [at])
 
 
-def _emit_block(x, w, sums, p: _Plan, nn, grp, blk) -> None:
-    """sums[tile] += the channels of block `blk`, for every pixel tile of the plane (the first tile
-    prefetching the block's weights; the others find them in the caches)."""
-    with T.serial(0, p.tiles) as ti:
+def _emit_block(x, w, sums, p: _Plan, nn, grp, blk, share: _Share) -> None:
+    """sums[tile] += the channels of block `blk`, for every pixel tile of the task's share of the
+    plane (the first tile prefetching the block's weights; the others find them in the caches)."""
+    with T.serial(0, share.tiles) as ti:
         # one stack buffer per pixel, which LLVM keeps in registers across the channel loop (TVM 0.27
         # puts allocations over 1 KiB on the heap, where the prefetches kept every sum in memory)
         acc = [T.alloc_buffer((p.filters,), "float32") for _ in range(p.pixels)]
@@ -145,24 +157,25 @@ def _emit_block(x, w, sums, p: _Plan, nn, grp, blk) -> None:
                 T.buffer_store(acc[px], first, [_vec(v, p.lanes)])
         with T.If(ti == 0):
             with T.Then():
-                _emit_channels(x, w, acc, p, nn, grp, blk, ti, prefetch=True)
+                _emit_channels(x, w, acc, p, nn, grp, blk, share.first_tile + ti, prefetch=True)
             with T.Else():
-                _emit_channels(x, w, acc, p, nn, grp, blk, ti, prefetch=False)
+                _emit_channels(x, w, acc, p, nn, grp, blk, share.first_tile + ti, prefetch=False)
         for px in range(p.pixels):
             for v in range(p.vectors):
                 T.buffer_store(sums, acc[px][_vec(v, p.lanes)], [ti, px, _vec(v, p.lanes)])
 
 
-def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, act: Activation | None) -> None:
-    """out[n, o, pixel] = act(sums + bias + residual), one row of filters after the other, a vector of
-    pixels at a time: a filter's sums lie `filters` floats apart (a strided gather; scalar, this
-    epilogue ran 1x1s of 64 channels at 14x14 0.88x as fast on znver4), the plane's tail one by one."""
-    sums_flat = T.decl_buffer((p.tiles * p.pixels * p.filters,), "float32", data=sums.data)
+def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, share: _Share, act: Activation | None) -> None:
+    """out[n, o, pixel] = act(sums + bias + residual) over the task's share of the plane, one row of
+    filters after the other, a vector of pixels at a time: a filter's sums lie `filters` floats apart
+    (a strided gather; scalar, this epilogue ran 1x1s of 64 channels at 14x14 0.88x as fast on
+    znver4), the share's tail one by one."""
+    sums_flat = T.decl_buffer((p.span * p.pixels * p.filters,), "float32", data=sums.data)
     out_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=out.data)
     res_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=residual.data) if residual is not None else None
 
     def store(o, f, j, lanes: int) -> None:
-        at = (nn * p.o + o) * p.plane + j  # pixel j of filter o in the flat output (and residual)
+        at = (nn * p.o + o) * p.plane + share.first_pixel + j  # the share's pixel j of filter o in the output
         span = (lambda first, stride: tirx.Ramp(first, stride, lanes)) if lanes > 1 else (lambda first, _: first)
         value = sums_flat[span(j * p.filters + f, p.filters)]
         if bias is not None:
@@ -175,21 +188,46 @@ def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, act: Activation
         o = grp * p.filters + f
         with T.If(o < p.o):
             with T.Then():
-                with T.serial(0, p.plane // p.lanes) as v:
+                with T.serial(0, share.pixels // p.lanes) as v:
                     store(o, f, v * p.lanes, p.lanes)
-                if p.plane % p.lanes:
-                    with T.serial(0, p.plane % p.lanes) as k:
-                        store(o, f, p.plane // p.lanes * p.lanes + k, 1)
+                if share.ragged(p):
+                    with T.serial(0, share.pixels % p.lanes) as k:
+                        store(o, f, share.pixels // p.lanes * p.lanes + k, 1)
+
+
+@dataclass(frozen=True)
+class _Share:
+    """A task's pixel tiles: all the plane's (one range: compile-time integers) or a range's."""
+
+    first_tile: object  # int or PrimExpr
+    tiles: object
+    first_pixel: object
+    pixels: object  # output pixels the share writes
+
+    def ragged(self, p: _Plan) -> bool:
+        """Whether some share's pixel count may leave a partial vector."""
+        return bool(p.plane % p.lanes) or (p.ranges > 1 and (p.span * p.pixels) % p.lanes != 0)
+
+
+def _share(p: _Plan, rng) -> _Share:
+    if p.ranges == 1:
+        return _Share(0, p.tiles, 0, p.plane)
+    first = rng * p.span  # the last ranges may be short or empty (5 tiles in 4 ranges: 2, 2, 1, 0)
+    return _Share(first, tirx.max(tirx.min(p.span, p.tiles - first), 0), first * p.pixels,
+                  tirx.max(tirx.min(p.span * p.pixels, p.plane - first * p.pixels), 0))
 
 
 def _emit(x, w, bias, residual, out, p: _Plan, act: Activation | None) -> None:
-    groups = p.op // p.filters
-    with T.parallel(0, p.n * groups) as task:
-        nn, grp = task // groups, task % groups
-        sums = T.alloc_buffer((p.tiles, p.pixels, p.filters), "float32")
+    """Parallel over (image, range, filter tile): TVM gives each thread a contiguous run of tasks, so
+    with one range per thread each thread writes (and the next layer reads) its own part of the
+    plane, and reads only its part of the input."""
+    with T.parallel(0, p.n * p.ranges * p.groups) as task:
+        nn, rng, grp = task // (p.ranges * p.groups), task // p.groups % p.ranges, task % p.groups
+        share = _share(p, rng)
+        sums = T.alloc_buffer((p.span, p.pixels, p.filters), "float32")
         with T.serial(0, p.blocks) as blk:
-            _emit_block(x, w, sums, p, nn, grp, blk)
-        _emit_epilogue(sums, bias, residual, out, p, nn, grp, act)
+            _emit_block(x, w, sums, p, nn, grp, blk, share)
+        _emit_epilogue(sums, bias, residual, out, p, nn, grp, share, act)
 
 
 def pointwise_conv_kernel(
@@ -203,6 +241,7 @@ def pointwise_conv_kernel(
     channel_block: int = 0,
     line_floats: int = 16,
     weights_ahead: int = 32,
+    ranges: int = 1,
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
@@ -218,7 +257,7 @@ def pointwise_conv_kernel(
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
     block = channel_block if 0 < channel_block < c else c
     plan = _Plan(n, c, h, w, int(weight.shape[0]), tuple(int(s) for s in strides), pixels, vectors, lanes, block,
-                 line_floats, weights_ahead)
+                 line_floats, weights_ahead, ranges)
     packed = _pack_weight(weight, plan)
     out_shape = (n, plan.o, plan.oh, plan.ow)
     constants = (packed,) + ((np.asarray(bias, np.float32).reshape(plan.o),) if bias is not None else ())

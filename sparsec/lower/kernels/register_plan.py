@@ -309,6 +309,15 @@ def pointwise_busy_accumulators(t: Target) -> int:
     return -(-3 * accumulators // 4) if t.isa == "avx2" else -(-accumulators // 2)
 
 
+def pointwise_ranges(t: Target, plane: int, filters: int) -> int:
+    """Vectors across filters: the output plane's pixel ranges, one a thread, where the input
+    outweighs the weights (more pixels than filters): each thread then reads its share of the input
+    (and all the weights) rather than all of it, and writes the part of the plane the next layer's
+    thread reads. Otherwise one range (the threads split the filters). Measured on znver4, ResNet-50
+    (56x56 and 28x28 layers split): 1.006x with the cores near, 1.032x far; kernels alone 0.99x."""
+    return t.threads if plane > filters else 1
+
+
 def pointwise_channel_block(t: Target, channels: int) -> int:
     """Vectors across filters: input channels per block (0: one). AVX2: 64, so a block's weights
     (64 x 2 vectors) and inputs stay in L1 while every pixel tile of the plane uses them (znver3:
