@@ -11,10 +11,10 @@ is no packing pass. Parallel over (image, pixel range, filter tile): a range is 
 of the plane where the input outweighs the weights (`register_plan.pointwise_ranges`), else the
 whole plane. A task runs the input channels in blocks of `channel_block`, every pixel tile of its
 share per block, so the block's weights (and inputs) stay in L1 while all those tiles use them;
-the partial sums wait in a per-task buffer between blocks. (Unblocked, each pixel tile streamed all the channels' weights and
-inputs from L2: on AVX2 that ran 0.66-0.8x of the pixel-vector GEMM; blocks of 64 run 1.1-1.25x
-of it.) The first pixel tile of a block prefetches its weights a few channels ahead: on 7x7
-planes each weight serves only 49 pixels and comes from memory (znver4, out of the caches:
+the partial sums wait in a per-task buffer between blocks. (Unblocked, each pixel tile streamed
+all the channels' weights and inputs from L2: on AVX2 that ran 0.66-0.8x of the pixel-vector
+GEMM; blocks of 64 run 1.1-1.25x of it.) The first pixel tile of a block prefetches its weights
+a few channels ahead: on 7x7 planes each weight serves only 49 pixels and comes from memory (znver4, out of the caches:
 1.13-1.15x; M2 1.014x near). The epilogue writes the sums to the NCHW output with bias,
 residual and activation.
 """
