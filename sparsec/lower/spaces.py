@@ -59,7 +59,7 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
     prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs,
-    tile rows shifted in registers."""
+    tile rows shifted in registers, chains of sums."""
     oh, ow = _out_hw(call, (3, 3))
     p = call.params
     channels, filters, lanes = p["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
@@ -67,7 +67,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     conv_geometry = (tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]))
 
     def rule(c: dict) -> str | None:
-        if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] > accumulators:
+        if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] * c["sum_chains"] > accumulators:
             return f"more than {accumulators} accumulators"
         if c["vector_width"] * (c["vectors_per_step"] - 1) >= ow:
             return "a tile vector lies wholly past the output width"
@@ -95,6 +95,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("prefetch_next_tile", values((0, 1), low=0)),
         ("pair_rows", values((0, 1), low=0)),
         ("register_shifts", values((0, 1), low=0)),
+        ("sum_chains", values((1, 2))),
     ], rule)
 
 

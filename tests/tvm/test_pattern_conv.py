@@ -610,6 +610,7 @@ def test_blocked_tiles_keep_their_padded_rows_in_the_compiled_kernel():
     (AVX2, (1, 8, 28, 28), {"pair_rows": 1}, False, True),  # the last column's rows in pairs
     (AVX2, (1, 8, 12, 11), {"pair_rows": 1}, False, False),  # ... its tile sticking out (3 of 4 columns)
     (AVX512, (1, 8, 24, 24), {"pair_rows": 1}, False, False),
+    (AVX512, (1, 8, 24, 24), {"sum_chains": 2, "tap_copies": 3, "rows_per_step": 6}, True, True),  # two sets of sums
 ])
 def test_accumulators_are_only_indexed_by_constants(target, shape, knobs, pool, residual):
     """Tiles sticking out of the plane store their columns one by one: a loop over them indexed the
@@ -619,7 +620,7 @@ def test_accumulators_are_only_indexed_by_constants(target, shape, knobs, pool, 
     rng = np.random.default_rng(3)
     kernel = pattern_conv_kernel(build_fkw(pruned(rng, 4, shape[1])), shape, target=target, pool=pool,
                                  residual=residual, knobs=PatternConvKnobs(**knobs))
-    indices = re.findall(r"\bacc(?:_\d+)?\[([^\]]*)\]", kernel.func.script())
+    indices = re.findall(r"\b(?:acc|odd)(?:_\d+)?\[([^\]]*)\]", kernel.func.script())
     assert indices  # the buffer is named `acc`
     constant = r"\d+, \d+, (\d+|\d+:\d+|T\.Ramp\(\d+, 1, \d+\))"
     assert [i for i in indices if not re.fullmatch(constant, i)] == []
@@ -698,14 +699,54 @@ def test_width_and_vectors_come_from_the_target():
         assert (knobs.vector_width, knobs.vectors_per_step, knobs.rows_per_step) == (lanes, vectors, rows)
 
 
-def test_unpruned_and_odd_tap_counts():
+@pytest.mark.parametrize("chains", [1, 2])
+def test_unpruned_and_odd_tap_counts(chains):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 3, 7, 9)).astype(np.float32)
     dense = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)  # one 9-tap pattern
     three = dense * np.array([1, 0, 0, 0, 1, 0, 0, 0, 1], np.float32).reshape(3, 3)  # 3 taps
     for w in (dense, three):
-        got = run_kernel(pattern_conv_kernel(build_fkw(w), x.shape, target=HOST), HOST, x)
+        kernel = pattern_conv_kernel(build_fkw(w), x.shape, target=HOST, knobs=PatternConvKnobs(sum_chains=chains))
+        got = run_kernel(kernel, HOST, x)
         np.testing.assert_allclose(got, reference_conv(x, w, (1, 1), (1,) * 4, (1, 1)), rtol=1e-4, atol=1e-4)
+
+
+TWO_CHAINS = [
+    ((2, 11, 10, 17), {"strides": (2, 2), "bias": True, "act": Activation("relu")}, {"channel_block": 4}),
+    ((1, 11, 10, 17), {"residual": True}, {"filters_per_group": 3, "channel_block": 5, "filter_splits": 2}),
+    ((1, 6, 13, 30), {"dilations": (2, 1), "pads": (2, 1, 0, 2)}, {"tap_copies": 3, "prefetch": 2}),
+    ((1, 6, 14, 28), {"residual": True}, {"register_shifts": 1, "tap_copies": 1, "rows_per_step": 7}),
+    ((1, 6, 12, 28), {}, {"pair_rows": 1, "vector_width": 8, "rows_per_step": 3}),
+]
+
+
+@pytest.mark.parametrize("x_shape, kwargs, knobs", TWO_CHAINS,
+                         ids=["strided-blocks", "groups-splits", "dilated-copies", "shifted", "pairs"])
+def test_two_chains_of_sums(x_shape, kwargs, knobs):
+    """The odd tap slots' products in a second set of sums that joins the first at the end of each
+    block: channel blocks, filter groups and slices, strides, dilation and asymmetric pads, rows
+    shifted in registers, the last column's rows in pairs; against the reference."""
+    check(x_shape, 7, knobs=PatternConvKnobs(sum_chains=2, **knobs), **kwargs)
+
+
+def test_two_chains_of_sums_in_the_code_and_the_plan():
+    """2 sets where both fit the plain plan's accumulators (7-row tiles of tap copies on AVX-512), else
+    1 (14-row tiles; AVX2's 8 accumulators); the kernel's second set is a buffer of its own, only where
+    asked for."""
+    plan = lambda shape, target=AVX512, **knobs: resolve_knobs(  # noqa: E731
+        shape, knobs=PatternConvKnobs(**knobs), target=target, filters=256, kept=0.5).sum_chains
+    assert (plan((1, 256, 14, 14)), plan((1, 256, 56, 56)), plan((1, 128, 28, 28))) == (2, 2, 1)
+    assert (plan((1, 256, 56, 56), target=AVX2), plan((1, 256, 14, 14), rows_per_step=14)) == (1, 1)
+    rng = np.random.default_rng(5)
+    fkw = build_fkw(pruned(rng, 4, 8))
+    scripts = [pattern_conv_kernel(fkw, (1, 8, 12, 12), target=HOST, knobs=PatternConvKnobs(sum_chains=chains))
+               .func.script() for chains in (1, 2)]
+    assert [len(re.findall(r"\bodd(?:_\d+)?\[", script)) > 0 for script in scripts] == [False, True]
+
+
+def test_bad_sum_chains():
+    with pytest.raises(ValueError, match=r"knob sum_chains must be 1 or 2 \(or 0: the target's choice\), got 3"):
+        PatternConvKnobs(sum_chains=3)
 
 
 def test_the_tuning_space_offers_row_pairs_and_zero_settings():

@@ -76,6 +76,8 @@ class PatternConvKnobs:
     register_shifts: int = -1  # 1: each tile row is one aligned vector (its columns and halo: lanes - 2 output
     # columns a tile), loaded once and shifted in registers for the taps right of the first; 0 = never;
     # -1 = the register plan's, where the plane's rows take no more vectors that way
+    sum_chains: int = 0  # chains of sums per accumulator: 2 = the odd tap slots add into a second set, so
+    # each sum waits on half as many FMAs a kernel; 1 = one; 0 = the register plan's (where 2 sets fit)
 
     def __post_init__(self) -> None:
         if self.tap_copies not in (0, 1, 3):
@@ -88,6 +90,8 @@ class PatternConvKnobs:
         for name in ("prefetch_next_tile", "pair_rows", "register_shifts"):
             if getattr(self, name) not in (-1, 0, 1):
                 raise ValueError(f"knob {name} must be 0 or 1 (or -1: the target's choice), got {getattr(self, name)}")
+        if self.sum_chains not in (0, 1, 2):
+            raise ValueError(f"knob sum_chains must be 1 or 2 (or 0: the target's choice), got {self.sum_chains}")
         for name in ("prefetch", "channel_block"):
             if getattr(self, name) < -1:
                 raise ValueError(f"knob {name} must be >= 0 (or -1: the target's choice), got {getattr(self, name)}")
@@ -355,6 +359,7 @@ class _Ctx:
     residual: object | None = None  # [N, O, OH, OW] like `out`: added before the activation
     prefetch_next_tile: bool = False  # the next task's new input lines prefetched (needs `data`)
     pool: bool = False  # a 2x2 stride-2 max pool after the activation: `out` holds the pooled plane
+    chains: int = 1  # chains of sums per accumulator: 2 = the odd tap slots' products in a second buffer
 
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
@@ -395,9 +400,9 @@ def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
     return tirx.Shuffle([every_part], [4 * (i // 4) + tap for i in range(lanes)])
 
 
-def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile):
+def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile, odd=None):
     """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of pattern p in the table's
-    row (block, group)."""
+    row (block, group); with `odd`, the odd tap slots' products go there (a second chain of sums)."""
     g, lanes = x.g, x.g.lanes
     base = _i32(x.offset[row])
     with T.serial(base + _i32(x.stride[row, p]), base + _i32(x.stride[row, p + 1])) as k:
@@ -413,8 +418,9 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile):
                     src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
                 for f in range(x.nf):
                     for r, tap in users:
-                        value = acc[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
-                        T.buffer_store(acc, value, [f, r, _vec(v, lanes)])
+                        sums = odd if odd is not None and tap % 2 else acc
+                        value = sums[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
+                        T.buffer_store(sums, value, [f, r, _vec(v, lanes)])
 
 
 def _shifted_row(x: _Ctx, t: _Tile, c, dy, dq: int):
@@ -474,8 +480,25 @@ def _emit_next_tile_prefetch(x: _Ctx, t: _Tile, step, steps: int):
 
 
 def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
+    """acc += the kernels of block `blk` for group `grp`, pattern by pattern; with two chains of
+    sums, the odd tap slots' products go to a second set that joins acc at the end."""
+    odd = None
+    if x.chains == 2:
+        odd = _local_acc(x, "odd")
+        _emit_copy(odd, None, x)
     for p in range(len(x.patterns)):
-        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t)
+        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t, odd)
+    if odd is not None:
+        _emit_fold(acc, odd, x)
+
+
+def _emit_fold(acc, odd, x: _Ctx):
+    """acc += odd, for one group."""
+    lanes = x.g.lanes
+    for f in range(x.nf):
+        for r in range(x.g.rows):
+            for v in range(x.g.vecs):
+                T.buffer_store(acc, acc[f, r, _vec(v, lanes)] + odd[f, r, _vec(v, lanes)], [f, r, _vec(v, lanes)])
 
 
 def _emit_copy(dst, src, x: _Ctx, dst_pre=(), src_pre=()):
@@ -601,12 +624,12 @@ def _emit_epilogue(x: _Ctx, acc, grp, t: _Tile):
                                     _emit_store_row(x, acc, f, r, part, filt, t)
 
 
-def _local_acc(x: _Ctx):
+def _local_acc(x: _Ctx, name: str = "acc"):
     # "global" scope: TVM 0.27 puts small global allocations on the stack, where LLVM keeps
     # them in registers across the pattern loops (while every index into it is a constant);
     # "local" ones become heap workspaces.
     acc = T.alloc_buffer((x.nf, x.g.rows, x.g.acc_w), "float32")
-    IRBuilder.name("acc", acc)
+    IRBuilder.name(name, acc)
     return acc
 
 
@@ -860,6 +883,9 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept, pooled)
     tile = _resolve_pairs(_geometry(in_shape, strides, pads, dilations, tile, target), tile, pooled, filters,
                           target.threads)
+    if not tile.sum_chains:
+        accumulators = tile.rows_per_step * tile.vectors_per_step * tile.filters_per_group
+        tile = replace(tile, sum_chains=register_plan.pattern_sum_chains(target, accumulators))
     if tile.prefetch_next_tile >= 0 or not tile.filter_splits:
         return tile
     input_bytes = 4 * int(np.prod([int(d) for d in in_shape]))
@@ -1017,6 +1043,7 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, b
             bias = bufs[5] if len(bufs) > 5 else None
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
-                     data if local else None, res, local and knobs.prefetch_next_tile == 1, pool)
+                     data if local else None, res, local and knobs.prefetch_next_tile == 1, pool,
+                     knobs.sum_chains)
             _emit_main(x, knobs.filter_splits, knobs.pair_rows == 1)
     return ib.get(), out_shape

@@ -61,6 +61,17 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
     return 7 if tap_copies == 3 else 14
 
 
+def pattern_sum_chains(t: Target, accumulators: int) -> int:
+    """Pattern conv: chains of sums per accumulator. Each output row's sum takes the kernel's 4 tap
+    products one after the other, so a tile of few rows is bound by the FMA latency, not its
+    throughput; 2 (the odd taps into a second set of sums, added at the end of a block) where the
+    two sets fit the accumulators the plain plan keeps (`pattern_accumulators`: 7-row tiles on
+    AVX-512). Measured on znver4, kernels alone, 2 sets against 1 on 7-row tiles: 256x56 (L1) 1.047x,
+    64x56 1.019x, 256x14 (L3) 1.026x, 512x7 (8 lanes) 1.028x, stride 2 0.996-1.006x; on 14-row
+    tiles (28 sums: spills) 512x28 0.97x and 128x28 0.77x. AVX2 and NEON not measured."""
+    return 2 if 2 * accumulators <= pattern_accumulators(t) else 1
+
+
 def pattern_group_filters(t: Target, group: int) -> int:
     """Pattern conv: filters that share each loaded input row, where the IR groups `group` filters
     whose kernels coincide (eliminate-redundant-loads; a pair of such a group shares them too).
