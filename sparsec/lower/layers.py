@@ -71,9 +71,10 @@ def _csr_conv1x1(call: KernelCall, knobs, target: Target) -> Kernel:
                               strides=tuple(call.params["strides"]), knobs=knobs, **_conv_common(call, target))
 
 
-def _dense_conv(call: KernelCall, knobs, target: Target) -> Kernel:
+def _dense_conv(call: KernelCall, knobs, target: Target, in_place: bool = False) -> Kernel:
     return dense_conv_kernel(call.values["weight"], tuple(call.params["in_shape"]), **_geometry(call),
-                             groups=call.params["groups"], knobs=knobs, **_conv_common(call, target))
+                             groups=call.params["groups"], knobs=knobs, in_place=in_place,
+                             **_conv_common(call, target))
 
 
 def _csr_dense(call: KernelCall, knobs, target: Target) -> Kernel:
@@ -98,11 +99,13 @@ def build_kernel(call: KernelCall, knobs: Mapping | None, target: Target) -> Ker
     return GENERATORS[call.generator](call, generator_knobs(call, knobs, target), target)
 
 
-def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target) -> tuple[Kernel, str]:
+def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target, in_place: bool) -> tuple[Kernel, str]:
     try:
         knobs = generator_knobs(call, op.knobs, target)
     except ValueError as err:
         raise UserError(f"layer %{op.result} ({op.name}): knobs {dict(op.knobs)}: {err}") from None
+    if in_place and call.generator == "dense_conv":
+        return _dense_conv(call, knobs, target, in_place=True), FORMATS[call.generator]
     return GENERATORS[call.generator](call, knobs, target), FORMATS[call.generator]
 
 
@@ -116,12 +119,14 @@ class LayerKernel:
     knobs: Knobs
 
 
-def layer_kernel(op: Conv2d | Linear, module: Module, target: Target) -> LayerKernel:
-    """The kernel of a conv2d or linear with what the manifest records about its tuning."""
+def layer_kernel(op: Conv2d | Linear, module: Module, target: Target, in_place: bool = False) -> LayerKernel:
+    """The kernel of a conv2d or linear with what the manifest records about its tuning; `in_place`:
+    a conv's residual is dead after it, so its kernel may write over it (where the kernel can:
+    `Kernel.in_place`)."""
     from sparsec.lower.spaces import knobs_used, space_for
 
     call = kernel_call(op, module)
-    kernel, fmt = _layer_kernel(op, call, target)
+    kernel, fmt = _layer_kernel(op, call, target, in_place)
     used = knobs_used(call, op.knobs, target, space_for(call, target).names)
     return LayerKernel(kernel, fmt, structural_key(call, target), used)
 

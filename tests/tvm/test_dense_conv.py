@@ -55,14 +55,16 @@ def reference_conv(x, w, strides, pads, dilations, groups):
 
 
 def check(in_shape, w_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1,
-          bias=False, act=None, knobs=DenseConvKnobs(), target=HOST, residual=False):
+          bias=False, act=None, knobs=DenseConvKnobs(), target=HOST, residual=False, in_place=False):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(in_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias else None
     activation, act_ref = ACTIVATIONS[act] if act else (None, lambda y: y)
     kernel = dense_conv_kernel(w, in_shape, strides=strides, pads=pads, dilations=dilations, groups=groups,
-                               bias=b, activation=activation, residual=residual, knobs=knobs, target=target)
+                               bias=b, activation=activation, residual=residual, in_place=in_place, knobs=knobs,
+                               target=target)
+    assert kernel.in_place == (1 if in_place else None)
     want = reference_conv(x, w, strides, pads, dilations, groups)
     r = (2 * rng.standard_normal(want.shape)).astype(np.float32) if residual else 0
     got = run_kernel(kernel, target, x, *([r] if residual else []))
@@ -318,6 +320,24 @@ def test_pointwise_ranges_follow_the_heavier_operand():
 
     assert (ranges(256, 56, 64), ranges(512, 28, 128), ranges(1024, 14, 256), ranges(512, 7, 2048)) == \
         (AVX512.threads, AVX512.threads, 1, 1)
+
+
+@pytest.mark.parametrize("knobs", [
+    DenseConvKnobs(pointwise=1, out_block=4, vectors=2, tiles_per_block=2),  # pixel GEMM: 169 pixels, a partial tile
+    DenseConvKnobs(pointwise=2, out_block=4, vectors=1, ranges=3),  # across filters: ranges, a partial tile
+    DenseConvKnobs(pointwise=2, out_block=7, channel_block=3),  # channel blocks
+], ids=["pixels", "filters-ranges", "filters-blocks"])
+def test_1x1_kernels_write_over_their_residual(knobs):
+    """In place: no `out` parameter, the result written over the residual (each element read once, just
+    before it is written: a partial tile's recomputed pixels must not add the residual twice); batch,
+    stride 2; a kernel without a residual refuses, the other kernels ignore the request."""
+    for strides, shape in (((1, 1), (2, 6, 13, 13)), ((2, 2), (1, 6, 15, 15))):
+        check(shape, (10, 6, 1, 1), strides=strides, bias=True, act="relu", residual=True, in_place=True, knobs=knobs)
+    with pytest.raises(ValueError, match=r"an in-place conv writes over its residual: it needs one"):
+        dense_conv_kernel(np.ones((10, 6, 1, 1), np.float32), (1, 6, 5, 5), in_place=True, knobs=knobs, target=HOST)
+    direct = dense_conv_kernel(np.ones((10, 6, 3, 3), np.float32), (1, 6, 5, 5), pads=(1, 1, 1, 1), residual=True,
+                               in_place=True, target=HOST)
+    assert direct.in_place is None and [str(p) for p in direct.func.params][-1] == "out"
 
 
 def test_pointwise_is_the_default_for_wide_1x1_on_avx512():

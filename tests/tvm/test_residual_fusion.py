@@ -5,6 +5,7 @@ onnxruntime; the tuner's builder gives a residual kernel its residual input."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import onnx
@@ -109,3 +110,42 @@ def _alone(module, op, data, residual):
     params = tuple(Param(ref[1:], TensorType("f32", a.shape)) for ref, a in ((op.input, data), (op.residual, residual)))
     alone = module.replace(inputs=params, ops=(op,), outputs=(op.result,))
     return run_reference(alone, {p.name: a for p, a in zip(params, (data, residual))})[op.result]
+
+
+def _branch(g: GraphBuilder, name: str, x: str) -> str:
+    return _conv_bn(g, f"{name}2", g.relu(f"{name}1.relu", _conv_bn(g, f"{name}1", x, 16, 16, 1)), 16, 16, 1)
+
+
+def shortcuts() -> onnx.ModelProto:
+    """Dense 1x1 blocks whose shortcut is a model input (x), dies at its add (a) and is read again
+    after its add (b: `c.add` reads a too)."""
+    g = GraphBuilder(5)
+    x = g.relu("x.relu", g.add("x.add", _conv_bn(g, "x", "input", 8, 8, 1), "input"))
+    s = g.relu("s.relu", _conv_bn(g, "s", x, 8, 16, 1))
+    a = g.relu("a.relu", g.add("a.add", _branch(g, "a", s), s))
+    b = g.relu("b.relu", g.add("b.add", _branch(g, "b", a), a))
+    return g.finish("shortcuts", (1, 8, 9, 11), (1, 16, 9, 11), g.add("c.add", b, a))
+
+
+def test_a_residual_dead_after_its_conv_is_written_over(tmp_path):
+    """The 1x1 kernel whose residual nothing reads afterwards writes its result over it (Relax
+    `call_tir_inplace`, no output of its own); a model input and a value read later keep theirs;
+    the model still matches onnxruntime."""
+    model = shortcuts()
+    model_path = tmp_path / "s.onnx"
+    model_path.write_bytes(model.SerializeToString())
+    module = optimize(import_model(model_path, None), target=HOST)
+    relax_mod, plans = build_relax(module, HOST)
+    script = relax_mod["main"].script()
+    kernels = {plan.result: plan.kernel for plan in plans}
+    residual = {op.result: op.residual for op in module.ops if getattr(op, "residual", None)}
+    assert residual == {"x.relu": "%input", "a.relu": "%s.relu", "b.relu": "%a.relu"}
+    in_place = {result: bool(re.search(rf"call_tir_inplace\((cls\.)?{kernels[result]},", script))
+                for result in residual}
+    assert in_place == {"x.relu": False, "a.relu": True, "b.relu": False}
+    inputs = random_inputs(module)
+    want = onnxruntime_outputs(model_path, None, inputs)
+    got = sparsec.compile(module).run(inputs)
+    for key, value in want.items():
+        assert relative_error(got[key], value) <= 1e-4, key
+

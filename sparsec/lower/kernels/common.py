@@ -22,12 +22,15 @@ class Kernel:
 
     `func` takes (data, *constants, out), out last, so a Relax `call_tir(gv, [data, *constants],
     out_ty)` can call it; `constants` are the arrays it reads at run time, in parameter order.
+    With `in_place` set, it has no `out`: it writes its result over parameter `in_place` (a fused
+    residual it reads element by element just before), for `call_tir_inplace`.
     """
 
     func: tirx.PrimFunc
     constants: tuple[np.ndarray, ...]
     out_shape: tuple[int, ...]
     out_dtype: str
+    in_place: int | None = None
 
 
 def emit_prefetch(element, *, write: bool = False) -> None:
@@ -56,13 +59,16 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
 
 def run_kernel(kernel: Kernel, target: Target, *inputs: np.ndarray) -> np.ndarray:
     """Compile `kernel` for `target` (a host CPU target), run it with `inputs` + its constants,
-    return out."""
+    return out (an in-place kernel's: the input it wrote over; the caller's array is left as it was)."""
     from sparsec.lower.target import tvm_target
 
     name = str(kernel.func.attrs["global_symbol"])
     lib = tvm.compile(kernel.func, target=tvm_target(target))
     dev = tvm.cpu(0)
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (*inputs, *kernel.constants)]
+    if kernel.in_place is not None:
+        lib[name](*args)
+        return args[kernel.in_place].numpy()
     out = tvm.runtime.tensor(np.zeros(kernel.out_shape, dtype=kernel.out_dtype), dev)
     lib[name](*args, out)
     return out.numpy()

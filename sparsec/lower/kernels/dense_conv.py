@@ -497,12 +497,17 @@ def dense_conv_kernel(
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
+    in_place: bool = False,
     target: Target,
     knobs: DenseConvKnobs = DenseConvKnobs(),
     name: str = "dense_conv",
 ) -> Kernel:
     """The TIR kernel of `act(conv(x, weight) + bias + residual)`, NCHW float32; params
-    (x, [residual], w, [bias], out), the residual shaped like out."""
+    (x, [residual], w, [bias], out), the residual shaped like out. `in_place`: where the kernel is
+    a 1x1's (`pointwise_conv`, `pointwise_pixels`), it writes over the residual and has no `out`
+    (`Kernel.in_place`); the other kernels ignore it."""
+    if in_place and not residual:
+        raise ValueError("an in-place conv writes over its residual: it needs one")
     g = _geometry(weight, in_shape, strides, pads, dilations, groups)
     knobs = resolve_knobs(weight.shape, in_shape, strides, pads, dilations, groups, knobs, target=target)
     if knobs.depthwise == 2:
@@ -514,7 +519,7 @@ def dense_conv_kernel(
             weight, in_shape, strides=strides, pixels=knobs.out_block, vectors=knobs.vectors, lanes=knobs.lanes,
             channel_block=knobs.channel_block, line_floats=target.cache_line_bytes // 4,
             weights_ahead=register_plan.pointwise_weight_lead(target), ranges=knobs.ranges, bias=bias,
-            activation=activation, residual=residual, name=name)
+            activation=activation, residual=residual, in_place=in_place, name=name)
     if knobs.winograd > 1:
         return winograd_conv.winograd_conv_kernel(
             weight, in_shape, pads=pads, tile=knobs.winograd, out_block=knobs.out_block, vectors=knobs.vectors,
@@ -525,7 +530,7 @@ def dense_conv_kernel(
             weight, in_shape, strides=strides, out_block=ob, vectors=vectors, lanes=knobs.lanes,
             tiles_per_block=knobs.tiles_per_block, out_groups=knobs.out_groups, threads=target.threads,
             line_floats=target.cache_line_bytes // 4, bias=bias,
-            activation=activation, residual=residual, name=name)
+            activation=activation, residual=residual, in_place=in_place, name=name)
     g, t = _plan(g, knobs)
     x = te.placeholder((g.n, g.c, g.h, g.w), "float32", name="x")
     packed = _pack_weight(weight, g, t)

@@ -245,13 +245,15 @@ def pointwise_conv_kernel(
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
+    in_place: bool = False,
     name: str = "pointwise_conv",
 ) -> Kernel:
     """The TIR kernel of `act(conv1x1(x, weight) + bias + residual)` without padding, NCHW
     float32, vectors across filters, a register tile of `pixels` x `vectors` (see `pixel_tile`),
     input channels in blocks of `channel_block` (0: one block), the first pixel tile prefetching
     the weights `weights_ahead` channels ahead (`register_plan.pointwise_weight_lead`); params
-    (x, [residual], w, [bias], out) like the direct conv's."""
+    (x, [residual], w, [bias], out) like the direct conv's; `in_place` (with a residual): no `out`, the
+    result overwrites the residual (each element read just before it is written, once)."""
     n, c, h, w = (int(d) for d in in_shape)
     if tuple(weight.shape) != (weight.shape[0], c, 1, 1):
         raise ValueError(f"pointwise conv needs a {c}-channel 1x1 weight, got {weight.shape}")
@@ -269,6 +271,6 @@ def pointwise_conv_kernel(
             res = T.arg("residual", T.buffer(out_shape, "float32")) if residual else None
             wb = T.arg("w", T.buffer(packed.shape, "float32"))
             b = T.arg("bias", T.buffer((plan.o,), "float32")) if bias is not None else None
-            out = T.arg("out", T.buffer(out_shape, "float32"))
+            out = res if in_place else T.arg("out", T.buffer(out_shape, "float32"))
             _emit(xb, wb, b, res, out, plan, activation)
-    return Kernel(ib.get(), constants, out_shape, "float32")
+    return Kernel(ib.get(), constants, out_shape, "float32", in_place=1 if in_place else None)

@@ -266,6 +266,7 @@ def pointwise_pixels_kernel(
     bias: np.ndarray | None = None,
     activation: Activation | None = None,
     residual: bool = False,
+    in_place: bool = False,
     strides: tuple[int, int] = (1, 1),
     name: str = "pointwise_pixels",
 ) -> Kernel:
@@ -274,7 +275,8 @@ def pointwise_pixels_kernel(
     equal range per thread (of `threads`), each in blocks of at most `tiles_per_block` tiles (of
     equal size, so tasks weigh the same); filters split in `out_groups` groups; the epilogue's
     lines prefetched `line_floats` apart (the target's cache line); params (x,
-    [residual], w, [bias], out) like the direct conv's."""
+    [residual], w, [bias], out) like the direct conv's; `in_place` (with a residual): no `out`, the result
+    overwrites the residual (each element read just before it is written, once)."""
     n, c, h, w = (int(d) for d in in_shape)
     o = int(weight.shape[0])
     if tuple(weight.shape) != (o, c, 1, 1):
@@ -296,9 +298,9 @@ def pointwise_pixels_kernel(
             res = T.arg("residual", T.buffer((n, o, oh, ow), "float32")) if residual else None
             wb = T.arg("w", T.buffer(packed.shape, "float32"))
             bb = T.arg("bias", T.buffer((o,), "float32")) if bias is not None else None
-            out = T.arg("out", T.buffer((n, o, oh, ow), "float32"))
+            out = res if in_place else T.arg("out", T.buffer((n, o, oh, ow), "float32"))
             flat = lambda buf, channels: T.decl_buffer((n, channels, oh * ow), "float32", data=buf.data)  # noqa: E731
             source = flat(x, c) if tuple(strides) == (1, 1) else x  # strided: gathered by row and column
             buffers = _Buffers(source, wb, bb, flat(res, o) if residual else None, flat(out, o), activation)
             _emit(buffers, plan)
-    return Kernel(ib.get(), constants, (n, o, oh, ow), "float32")
+    return Kernel(ib.get(), constants, (n, o, oh, ow), "float32", in_place=1 if in_place else None)
