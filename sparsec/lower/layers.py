@@ -99,7 +99,8 @@ def build_kernel(call: KernelCall, knobs: Mapping | None, target: Target) -> Ker
     return GENERATORS[call.generator](call, generator_knobs(call, knobs, target), target)
 
 
-def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target, in_place: bool) -> tuple[Kernel, str]:
+def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target,
+                  in_place: bool = False) -> tuple[Kernel, str]:
     try:
         knobs = generator_knobs(call, op.knobs, target)
     except ValueError as err:
