@@ -130,7 +130,8 @@ def csr_dense_space(call: KernelCall, target: Target) -> Space:
 def dense_conv_space(call: KernelCall, target: Target) -> Space:
     """Register tile (filters x vectors), tiles per work item, channel blocks, filter groups, and
     for 3x3 stride-1 convs the algorithm (direct or Winograd F(2x2) / F(4x4)), for unpadded 1x1
-    convs the vector direction (pixels or filters); depthwise convs: vectors of one output row, and
+    convs the vector direction (pixels or filters) and, across filters, the plane in one range or one
+    a thread; depthwise convs: vectors of one output row, and
     for square ones of stride 1 or 2 the kernel (direct or tap columns in registers) and its band rows."""
     p = call.params
     o, cg = p["weight_shape"][:2]
@@ -143,7 +144,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
     # the direct conv's own knobs at their defaults for this layer (as resolved: 0 where the default
     # algorithm leaves them unused); Winograd ignores them all, vectors across filters block channels
     names = ("tiles_per_block", "channel_block", "out_groups")
-    defaults = knobs_used(call, None, target, names)
+    defaults = knobs_used(call, None, target, names + ("ranges",))
     ignored = {"Winograd ignores": names, "vectors across filters ignore": ("tiles_per_block", "out_groups"),
                "the 1x1 GEMM ignores": ("channel_block",)}
 
@@ -154,6 +155,8 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
             if c["pointwise"] == 2 else "the 1x1 GEMM ignores" if len(pointwise) == 2 else None
         if other and any(c[name] != defaults[name] for name in ignored[other]):
             return f"{other} the direct conv's blocks (one point of them is enough)"
+        if c["pointwise"] != 2 and c["ranges"] != defaults["ranges"]:
+            return "only vectors across filters take the plane in ranges (one point of them is enough)"
         return None
 
     return _space(call, target, [
@@ -164,6 +167,7 @@ def dense_conv_space(call: KernelCall, target: Target) -> Space:
         ("out_groups", values((1, 2, 4))),
         ("winograd", algorithms),
         ("pointwise", pointwise),
+        ("ranges", values((1, target.threads)) if len(pointwise) == 2 else (0,)),
     ], rule)
 
 

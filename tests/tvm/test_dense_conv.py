@@ -447,6 +447,11 @@ def test_vectors_across_filters_stay_in_the_space_of_a_direct_1x1():
     assert direct.problem(changed(direct, tiles_per_block=8)) is None
     assert direct.problem(changed(direct, channel_block=32)) == \
         "the 1x1 GEMM ignores the direct conv's blocks (one point of them is enough)"
+    # ranges of the plane, one a thread: a choice across filters only (7x7 -> 64: one range by default)
+    assert {k.name: k.values for k in across.knobs}["ranges"] == tuple(sorted({1, AVX2.threads}))
+    assert across.default["ranges"] == 1 and across.problem(changed(across, ranges=AVX2.threads)) is None
+    assert direct.problem(changed(direct, ranges=1)) == \
+        "only vectors across filters take the plane in ranges (one point of them is enough)"
 
 
 @pytest.mark.parametrize("size", [1, 2, 7])
