@@ -14,9 +14,9 @@ share per block, so the block's weights (and inputs) stay in L1 while all those 
 the partial sums wait in a per-task buffer between blocks. (Unblocked, each pixel tile streamed
 all the channels' weights and inputs from L2: on AVX2 that ran 0.66-0.8x of the pixel-vector
 GEMM; blocks of 64 run 1.1-1.25x of it.) The first pixel tile of a block prefetches its weights
-a few channels ahead: on 7x7 planes each weight serves only 49 pixels and comes from memory (znver4, out of the caches:
-1.13-1.15x; M2 1.014x near). The epilogue writes the sums to the NCHW output with bias,
-residual and activation.
+a few channels ahead: on 7x7 planes each weight serves only 49 pixels and comes from memory
+(znver4, out of the caches: 1.13-1.15x; M2 1.014x near). The epilogue writes the sums to the NCHW
+output with bias, residual and activation.
 """
 
 from __future__ import annotations
