@@ -61,9 +61,9 @@ def _geometry(call: KernelCall) -> dict:
     return {k: tuple(call.params[k]) for k in ("strides", "pads", "dilations")}
 
 
-def _pattern_conv(call: KernelCall, knobs, target: Target) -> Kernel:
+def _pattern_conv(call: KernelCall, knobs, target: Target, in_place: bool = False) -> Kernel:
     return pattern_conv_kernel(_fkw(call), tuple(call.params["in_shape"]), **_geometry(call),
-                               **_conv_common(call, target), knobs=knobs)
+                               **_conv_common(call, target), knobs=knobs, in_place=in_place)
 
 
 def _csr_conv1x1(call: KernelCall, knobs, target: Target) -> Kernel:
@@ -94,6 +94,10 @@ GENERATORS: dict[str, Callable[[KernelCall, object, Target], Kernel]] = {
 }
 
 
+# generators that can write a conv's result over its residual (`Kernel.in_place`; the dense conv for its 1x1s)
+IN_PLACE: dict[str, Callable[..., Kernel]] = {"pattern_conv": _pattern_conv, "dense_conv": _dense_conv}
+
+
 def build_kernel(call: KernelCall, knobs: Mapping | None, target: Target) -> Kernel:
     """The generator's kernel for `call` with `knobs` (None: its defaults)."""
     return GENERATORS[call.generator](call, generator_knobs(call, knobs, target), target)
@@ -105,8 +109,8 @@ def _layer_kernel(op: Conv2d | Linear, call: KernelCall, target: Target,
         knobs = generator_knobs(call, op.knobs, target)
     except ValueError as err:
         raise UserError(f"layer %{op.result} ({op.name}): knobs {dict(op.knobs)}: {err}") from None
-    if in_place and call.generator == "dense_conv":
-        return _dense_conv(call, knobs, target, in_place=True), FORMATS[call.generator]
+    if in_place and call.generator in IN_PLACE:
+        return IN_PLACE[call.generator](call, knobs, target, in_place=True), FORMATS[call.generator]
     return GENERATORS[call.generator](call, knobs, target), FORMATS[call.generator]
 
 

@@ -80,14 +80,16 @@ ACTIVATIONS = {
 
 
 def check(x_shape, filters, *, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), bias=False,
-          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0, target=HOST, residual=False, filter_order=None):
+          act=None, knobs=PatternConvKnobs(), keep=0.5, seed=0, target=HOST, residual=False, filter_order=None,
+          in_place=False):
     rng = np.random.default_rng(seed)
     w = pruned(rng, filters, x_shape[1], keep)
     x = rng.standard_normal(x_shape).astype(np.float32)
     b = rng.standard_normal(filters).astype(np.float32) if bias else None
     fkw = build_fkw(w, filter_order=None if filter_order is None else np.array(filter_order))
     kernel = pattern_conv_kernel(fkw, x_shape, strides=strides, pads=pads, dilations=dilations, bias=b,
-                                 activation=act, residual=residual, knobs=knobs, target=target)
+                                 activation=act, residual=residual, in_place=in_place, knobs=knobs, target=target)
+    assert kernel.in_place == (1 if in_place else None)
     want = reference_conv(x, w, strides, pads, dilations)
     if b is not None:
         want += b[None, :, None, None]
@@ -245,13 +247,33 @@ def test_knobs(knobs):
     ],
     ids=["default", "blocks", "groups", "tap-copies", "narrow", "task-copy", "splits-blocks"],
 )
-def test_residual_epilogue(knobs):
+@pytest.mark.parametrize("in_place", [False, True], ids=["out", "in-place"])
+def test_residual_epilogue(knobs, in_place):
     """act(conv + bias + residual), the residual read at each stored filter's original channel:
-    17 columns run the vector stores and the per-element tail; stride 2 (9 columns) the tail alone."""
+    17 columns run the vector stores and the per-element tail; stride 2 (9 columns) the tail alone.
+    In place, the result is written over the residual (an element stored twice would add it twice)."""
     order = (4, 0, 6, 2, 1, 5, 3)
-    check((1, 11, 10, 17), 7, bias=True, act=Activation("relu"), knobs=knobs, residual=True, filter_order=order)
+    check((1, 11, 10, 17), 7, bias=True, act=Activation("relu"), knobs=knobs, residual=True, filter_order=order,
+          in_place=in_place)
     check((2, 11, 10, 17), 7, strides=(2, 2), act=Activation("clip", (0.0, 6.0)), knobs=knobs, residual=True,
-          filter_order=order, seed=1)
+          filter_order=order, seed=1, in_place=in_place)
+
+
+@pytest.mark.parametrize("x_shape, kwargs, knobs", [
+    ((1, 6, 9, 13), {"pads": (0, 1, 2, 1)}, SHIFTED),  # rows shifted in registers, a partial tile
+    ((2, 5, 23, 12), {"bias": True}, PatternConvKnobs(pair_rows=1, vector_width=8)),  # rows in pairs, a tile outside
+    ((1, 6, 14, 28), {}, PatternConvKnobs(sum_chains=2, tap_copies=3, rows_per_step=5)),  # two chains, 3 tiles of 5
+], ids=["shifted", "pairs", "chains"])
+def test_residual_written_over_in_place(x_shape, kwargs, knobs):
+    check(x_shape, 7, residual=True, in_place=True, knobs=knobs, **kwargs)
+
+
+def test_in_place_needs_a_residual_and_no_pool():
+    fkw = build_fkw(pruned(np.random.default_rng(0), 4, 4))
+    for kw in ({}, {"residual": True, "pool": True}):
+        with pytest.raises(ValueError, match=r"an in-place pattern conv writes over its residual: it needs one and "
+                                             r"no fused pool, got residual=(False|True), pool=(False|True)"):
+            pattern_conv_kernel(fkw, (1, 4, 8, 8), in_place=True, target=HOST, **kw)
 
 
 def max_pool_2x2(y: np.ndarray) -> np.ndarray:

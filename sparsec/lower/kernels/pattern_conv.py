@@ -981,6 +981,7 @@ def pattern_conv_kernel(
     activation: Activation | None = None,
     residual: bool = False,
     pool: bool = False,
+    in_place: bool = False,
     target: Target,
     knobs: PatternConvKnobs = PatternConvKnobs(),
     name: str = "pattern_conv",
@@ -990,10 +991,15 @@ def pattern_conv_kernel(
     output. `pool`: a 2x2 stride-2 max pool fused after the activation (floor: a last odd row or
     column is dropped), so `out` is the pooled plane and the conv's never reaches memory (VGG-16's
     64x224 layer with its pool 1.17-1.49x against the two kernels on znver3).
+    `in_place`: no `out`, the result written over the residual (each element's residual read once,
+    in the store that overwrites it; `Kernel.in_place`); not with `pool`.
 
     Constants (parameter order): the kernel table's offset, stride, index, weight and
     filter_order (the FKW's own arrays when groups and blocks are trivial), then bias.
     """
+    if in_place and (pool or not residual):
+        raise ValueError(f"an in-place pattern conv writes over its residual: it needs one and no fused pool, "
+                         f"got residual={residual}, pool={pool}")
     kept = fkw.num_kernels / max(1, fkw.num_filters * int(in_shape[1]))
     knobs = resolve_knobs(in_shape, strides, pads, dilations, knobs, target=target, filters=fkw.num_filters, kept=kept,
                           pooled=pool)
@@ -1012,16 +1018,17 @@ def pattern_conv_kernel(
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
     constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
     by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
-    func, out_shape = _build_func(g, table, knobs, constants, activation, name, by_lane, residual, pool)
-    return Kernel(func, constants, out_shape, "float32")
+    func, out_shape = _build_func(g, table, knobs, constants, activation, name, by_lane, residual, pool, in_place)
+    return Kernel(func, constants, out_shape, "float32", in_place=1 if in_place else None)
 
 
 _CONST_NAMES = ("offset", "stride", "index", "weight", "order", "bias")
 
 
 def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, by_lane: bool, residual: bool,
-                pool: bool) -> tuple[tirx.PrimFunc, tuple[int, ...]]:
-    """The PrimFunc and its output shape (the pooled plane's with `pool`)."""
+                pool: bool, in_place: bool = False) -> tuple[tirx.PrimFunc, tuple[int, ...]]:
+    """The PrimFunc and its output shape (the pooled plane's with `pool`); `in_place`: the output is
+    the residual's buffer (no `out` parameter)."""
     conv_shape = (g.n, table.num_filters, g.oh, g.ow)
     out_shape = (g.n, table.num_filters, g.oh // 2, g.ow // 2) if pool else conv_shape
     with IRBuilder() as ib:
@@ -1031,7 +1038,7 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, b
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
             res = T.arg("residual", T.buffer(conv_shape, "float32")) if residual else None
             bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
-            out = T.arg("out", T.buffer(out_shape, "float32"))
+            out = res if in_place else T.arg("out", T.buffer(out_shape, "float32"))
             # one task per tile: it copies its own tile (measured on znver5, 1.04-1.28x over a
             # prologue copying every tile: VGG-16 conv1_2's shape 1.27x); sliced filters would copy it
             # once per slice, so they share a prologue's copy
