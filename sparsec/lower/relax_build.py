@@ -71,9 +71,11 @@ class _Ctx:
     plans: list[LayerPlan] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     users: dict[str, list[Op]] = field(init=False)  # the module's, read by the fusions
+    producers: dict[str, tuple[int, Op]] = field(init=False)  # value name -> (position, the op computing it)
 
     def __post_init__(self) -> None:
         self.users = self.module.users()
+        self.producers = {op.result: (i, op) for i, op in enumerate(self.module.ops)}
 
     def ref(self, ref: str) -> relax.Expr:
         """A `%value` as its Relax var, a `@weight` as a Relax constant."""
@@ -215,14 +217,13 @@ def _residual_dies_here(op: Conv2d | Linear, ctx: _Ctx) -> bool:
     if not residual or not residual.startswith("%") or residual == op.input:
         return False
     name = residual[1:]
-    if name in ctx.module.outputs or any(p.name == name for p in ctx.module.inputs):
+    if name in ctx.module.outputs or name not in ctx.producers:  # a model input has no producer
         return False
-    position = {id(o): i for i, o in enumerate(ctx.module.ops)}
-    producer = next((o for o in ctx.module.ops if o.result == name), None)
-    users = ctx.users.get(residual, [])
     views = (Reshape, Flatten)
-    return (producer is not None and not isinstance(producer, views) and not any(isinstance(u, views) for u in users)
-            and all(position[id(u)] <= position[id(op)] for u in users))
+    users = ctx.users.get(residual, [])
+    here = ctx.producers[op.result][0]
+    return (not isinstance(ctx.producers[name][1], views) and not any(isinstance(u, views) for u in users)
+            and all(ctx.producers[u.result][0] <= here for u in users))
 
 
 def _kernel_inputs(op: Conv2d | Linear, ctx: _Ctx) -> list[relax.Expr]:

@@ -89,6 +89,11 @@ class _Plan:
         """Filter tiles."""
         return self.op // self.filters
 
+    @property
+    def ragged(self) -> bool:
+        """Whether some task's share of the plane may end in a partial vector of pixels."""
+        return bool(self.plane % self.lanes) or (self.ranges > 1 and (self.span * self.pixels) % self.lanes != 0)
+
 
 def supports(kernel: tuple[int, int], pads, groups: int) -> bool:
     """Whether a conv has this kernel's shape: 1x1, unpadded, one group (any stride)."""
@@ -190,7 +195,7 @@ def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, share: _Share, 
             with T.Then():
                 with T.serial(0, share.pixels // p.lanes) as v:
                     store(o, f, v * p.lanes, p.lanes)
-                if share.ragged(p):
+                if p.ragged:
                     with T.serial(0, share.pixels % p.lanes) as k:
                         store(o, f, share.pixels // p.lanes * p.lanes + k, 1)
 
@@ -203,10 +208,6 @@ class _Share:
     tiles: object
     first_pixel: object
     pixels: object  # output pixels the share writes
-
-    def ragged(self, p: _Plan) -> bool:
-        """Whether some share's pixel count may leave a partial vector."""
-        return bool(p.plane % p.lanes) or (p.ranges > 1 and (p.span * p.pixels) % p.lanes != 0)
 
 
 def _share(p: _Plan, rng) -> _Share:
