@@ -340,6 +340,28 @@ def test_1x1_kernels_write_over_their_residual(knobs):
     assert direct.in_place is None and [str(p) for p in direct.func.params][-1] == "out"
 
 
+@pytest.mark.parametrize("in_shape, filters, strides, knobs", [
+    ((1, 6, 7, 7), 40, (1, 1), DenseConvKnobs(pointwise=2, out_block=7, vectors=2)),  # 7 of 16 lanes a tile
+    ((2, 6, 13, 13), 24, (1, 1), DenseConvKnobs(pointwise=2, out_block=4, vectors=1, ranges=3)),
+    ((1, 6, 16, 16), 32, (1, 1), DenseConvKnobs(pointwise=2, out_block=16, vectors=1)),  # a whole vector
+    ((1, 6, 15, 15), 16, (2, 2), DenseConvKnobs(pointwise=2, out_block=8, vectors=1, ranges=2)),
+], ids=["7x7", "ranges-batch", "whole-vectors", "stride-2"])
+def test_across_filters_store_each_tile_transposed(in_shape, filters, strides, knobs):
+    """With one channel block and no residual each pixel tile's sums leave the registers transposed (a
+    filter's pixels one vector): the lanes past the tile write the next tile's pixels before that tile
+    does, and a share's last tiles, which must not write past it, go pixel by pixel; filters padding the
+    last tile are skipped. With a residual or channel blocks the sums wait in the share's buffer."""
+    for residual in (False, True):
+        check(in_shape, (filters, in_shape[1], 1, 1), strides=strides, bias=True, act="relu", residual=residual,
+              knobs=knobs)
+    w = np.ones((filters, in_shape[1], 1, 1), np.float32)
+    script = lambda **kw: dense_conv_kernel(w, in_shape, strides=strides, target=AVX512, **kw).func.script()  # noqa: E731
+    plain = script(knobs=knobs)
+    assert "tail = T.alloc_buffer" in plain and plain.count("T.Shuffle") >= 64  # 16 x 4 rounds a filter vector
+    for other in (script(knobs=knobs, residual=True), script(knobs=dataclasses.replace(knobs, channel_block=3))):
+        assert "tail" not in other and "T.Shuffle" not in other
+
+
 def test_pointwise_is_the_default_for_wide_1x1_on_avx512():
     plan = lambda c, target=AVX512, **kw: resolve_knobs((64, c, 1, 1), (1, c, 7, 7), target=target, **kw)  # noqa: E731
     assert (plan(256).pointwise, plan(256).out_block, plan(256).vectors) == (2, 7, 2)  # 7 x 7 = 49 pixels
@@ -404,7 +426,7 @@ def test_across_filters_prefetch_weights_in_the_first_pixel_tile():
     knobs = DenseConvKnobs(pointwise=2, out_block=7, vectors=2)
     script = dense_conv_kernel(w, (1, 512, 7, 7), knobs=knobs, target=AVX512).func.script()
     assert len(re.findall(r"llvm\.prefetch.*T\.address_of\(w\[", script)) == 2  # 2 lines of 16 floats, one loop
-    assert len(re.findall(r"for \w+ in range\(T\.min\(512, ", script)) == 2  # the channel loop, with and without
+    assert len(re.findall(r"for \w+ in range\((T\.min\()?512\b", script)) == 2  # the channel loop, with and without
 
 
 def test_channel_blocks_come_from_the_register_plan():
