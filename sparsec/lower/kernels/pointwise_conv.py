@@ -22,7 +22,7 @@ its sums transposed in registers (`_emit_tile_epilogue`); else the share's, from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import tirx
@@ -157,7 +157,7 @@ def _emit_channels(x, w, acc, p: _Plan, nn, grp, blk, ti, prefetch: bool) -> Non
 def _emit_block(x, w, sums, p: _Plan, nn, grp, blk, share: _Share, dest: "_Dest") -> None:
     """sums[tile] += the channels of block `blk`, for every pixel tile of the task's share of the
     plane (the first tile prefetching the block's weights; the others find them in the caches); with
-    `dest`, each tile's sums go straight to the output instead (`_emit_tile_epilogue`)."""
+    `dest.tail`, each tile's sums go straight to the output instead (`_emit_tile_epilogue`)."""
     with T.serial(0, share.tiles) as ti:
         # one stack buffer per pixel, which LLVM keeps in registers across the channel loop (TVM 0.27
         # puts allocations over 1 KiB on the heap, where the prefetches kept every sum in memory)
@@ -167,14 +167,14 @@ def _emit_block(x, w, sums, p: _Plan, nn, grp, blk, share: _Share, dest: "_Dest"
         for px in range(p.pixels):
             for v in range(p.vectors):
                 zero = tirx.Broadcast(tirx.const(0.0, "float32"), p.lanes)
-                first = zero if dest is not None else tirx.Select(blk == 0, zero, sums[ti, px, _vec(v, p.lanes)])
+                first = zero if dest.tail is not None else tirx.Select(blk == 0, zero, sums[ti, px, _vec(v, p.lanes)])
                 T.buffer_store(acc[px], first, [_vec(v, p.lanes)])
         with T.If(ti == 0):
             with T.Then():
                 _emit_channels(x, w, acc, p, nn, grp, blk, share.first_tile + ti, prefetch=True)
             with T.Else():
                 _emit_channels(x, w, acc, p, nn, grp, blk, share.first_tile + ti, prefetch=False)
-        if dest is not None:
+        if dest.tail is not None:
             _emit_tile_epilogue(acc, p, dest, ti)
         else:
             for px in range(p.pixels):
@@ -184,25 +184,28 @@ def _emit_block(x, w, sums, p: _Plan, nn, grp, blk, share: _Share, dest: "_Dest"
 
 @dataclass(frozen=True)
 class _Dest:
-    """Where a task's sums end (a conv without a residual): act(sums + bias) into the flat output, and a
-    buffer for a tile's sums where its pixels pass the end of the task's share."""
+    """Where a task's sums end: act(sums + bias + residual) into the flat output; with a `tail` (a buffer
+    for a tile's sums where its pixels pass the end of the task's share), tile by tile."""
 
     bias: object | None
+    residual: object | None  # flat [N * O * plane]
     out: object  # flat [N * O * plane]
     act: Activation | None
     nn: object
     grp: object
     share: "_Share"
-    tail: object = None  # [pixels, filters]
+    tail: object = None  # [pixels, filters]: each tile's sums leave transposed (`_emit_tile_epilogue`)
 
     def at(self, p: _Plan, o, j):
         """Flat output index of the share's pixel j of filter o."""
         return (self.nn * p.o + o) * p.plane + self.share.first_pixel + j
 
-    def finish(self, value, o, lanes: int):
-        """act(value + bias[o])."""
+    def finish(self, value, o, at, lanes: int):
+        """act(value + bias[o] + residual at `at`, `lanes` pixels on)."""
         if self.bias is not None:
             value = value + (tirx.Broadcast(self.bias[o], lanes) if lanes > 1 else self.bias[o])
+        if self.residual is not None:
+            value = value + self.residual[tirx.Ramp(at, 1, lanes) if lanes > 1 else at]
         return apply_activation(value, self.act, lanes)
 
 
@@ -245,7 +248,7 @@ def _emit_tile_epilogue(acc, p: _Plan, dest: _Dest, ti) -> None:
                 for f, column in enumerate(_transposed(rows, lanes)):
                     o = dest.grp * p.filters + v * lanes + f
                     at = dest.at(p, o, j0)
-                    value = dest.finish(column, o, lanes)
+                    value = dest.finish(column, o, at, lanes)
                     _store_if_filter(p, o, lambda value=value, at=at: T.buffer_store(
                         dest.out, value, [tirx.Ramp(at, 1, lanes)]))
         with T.Else():
@@ -258,7 +261,7 @@ def _emit_tile_epilogue(acc, p: _Plan, dest: _Dest, ti) -> None:
                     with T.If(tirx.all(j0 + px < dest.share.pixels, o < p.o)):
                         with T.Then():
                             at = dest.at(p, o, j0 + px)
-                            T.buffer_store(dest.out, dest.finish(dest.tail[px, f], o, 1), [at])
+                            T.buffer_store(dest.out, dest.finish(dest.tail[px, f], o, at, 1), [at])
 
 
 def _store_if_filter(p: _Plan, o, store) -> None:
@@ -271,27 +274,22 @@ def _store_if_filter(p: _Plan, o, store) -> None:
             store()
 
 
-def _emit_epilogue(sums, bias, residual, out, p: _Plan, nn, grp, share: _Share, act: Activation | None) -> None:
+def _emit_epilogue(sums, p: _Plan, dest: _Dest) -> None:
     """out[n, o, pixel] = act(sums + bias + residual) over the task's share of the plane, one row of
     filters after the other, a vector of pixels at a time: a filter's sums lie `filters` floats apart
     (a strided gather; scalar, this epilogue ran 1x1s of 64 channels at 14x14 0.88x as fast on
     znver4), the share's tail one by one."""
     sums_flat = T.decl_buffer((p.span * p.pixels * p.filters,), "float32", data=sums.data)
-    out_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=out.data)
-    res_flat = T.decl_buffer((p.n * p.o * p.plane,), "float32", data=residual.data) if residual is not None else None
+    share = dest.share
 
     def store(o, f, j, lanes: int) -> None:
-        at = (nn * p.o + o) * p.plane + share.first_pixel + j  # the share's pixel j of filter o in the output
+        at = dest.at(p, o, j)
         span = (lambda first, stride: tirx.Ramp(first, stride, lanes)) if lanes > 1 else (lambda first, _: first)
-        value = sums_flat[span(j * p.filters + f, p.filters)]
-        if bias is not None:
-            value = value + (tirx.Broadcast(bias[o], lanes) if lanes > 1 else bias[o])
-        if res_flat is not None:
-            value = value + res_flat[span(at, 1)]
-        T.buffer_store(out_flat, apply_activation(value, act, lanes), [span(at, 1)])
+        value = dest.finish(sums_flat[span(j * p.filters + f, p.filters)], o, at, lanes)
+        T.buffer_store(dest.out, value, [span(at, 1)])
 
     with T.serial(0, p.filters) as f:
-        o = grp * p.filters + f
+        o = dest.grp * p.filters + f
         with T.If(o < p.o):
             with T.Then():
                 with T.serial(0, share.pixels // p.lanes) as v:
@@ -326,17 +324,17 @@ def _emit(x, w, bias, residual, out, p: _Plan, act: Activation | None) -> None:
     with T.parallel(0, p.n * p.ranges * p.groups) as task:
         nn, rng, grp = task // (p.ranges * p.groups), task // p.groups % p.ranges, task % p.groups
         share = _share(p, rng)
+        flat = lambda buf: T.decl_buffer((p.n * p.o * p.plane,), "float32", data=buf.data)  # noqa: E731
+        dest = _Dest(bias, flat(residual) if residual is not None else None, flat(out), act, nn, grp, share)
         if p.tile_epilogue and residual is None:
-            flat = lambda buf: T.decl_buffer((p.n * p.o * p.plane,), "float32", data=buf.data)  # noqa: E731
             tail = T.alloc_buffer((p.pixels, p.filters), "float32")
             IRBuilder.name("tail", tail)
-            dest = _Dest(bias, flat(out), act, nn, grp, share, tail)
-            _emit_block(x, w, None, p, nn, grp, 0, share, dest)
+            _emit_block(x, w, None, p, nn, grp, 0, share, replace(dest, tail=tail))
             return
         sums = T.alloc_buffer((p.span, p.pixels, p.filters), "float32")
         with T.serial(0, p.blocks) as blk:
-            _emit_block(x, w, sums, p, nn, grp, blk, share, None)
-        _emit_epilogue(sums, bias, residual, out, p, nn, grp, share, act)
+            _emit_block(x, w, sums, p, nn, grp, blk, share, dest)
+        _emit_epilogue(sums, p, dest)
 
 
 def pointwise_conv_kernel(
