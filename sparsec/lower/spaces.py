@@ -67,8 +67,11 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     conv_geometry = (tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]))
 
     def rule(c: dict) -> str | None:
-        if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] * c["sum_chains"] > accumulators:
+        sets = 3 if c["register_shifts"] == 2 else c["sum_chains"]  # shifted sums: a set per tap column
+        if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] * sets > accumulators:
             return f"more than {accumulators} accumulators"
+        if c["register_shifts"] == 2 and c["sum_chains"] == 2:
+            return "two chains of sums with the sums shifted (their tap columns' sets are the chains)"
         if c["vector_width"] * (c["vectors_per_step"] - 1) >= ow:
             return "a tile vector lies wholly past the output width"
         if c["prefetch_next_tile"] and c["filter_splits"] != 1:
@@ -94,7 +97,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("filter_splits", values((1, 2, 4, 8), high=filters)),
         ("prefetch_next_tile", values((0, 1), low=0)),
         ("pair_rows", values((0, 1), low=0)),
-        ("register_shifts", values((0, 1), low=0)),
+        ("register_shifts", values((0, 1, 2), low=0)),
         ("sum_chains", values((1, 2))),
     ], rule)
 

@@ -129,11 +129,13 @@ def test_odd_width_wider_than_a_vector_and_all_empty_filters():
     check((1, 3, 5, 5), 2, keep=0.0)  # every filter empty: bias-free zeros
 
 
+@pytest.mark.parametrize("shifts", [1, 2], ids=["rows", "sums"])
 @pytest.mark.parametrize("copy", list(COPIES))
-def test_tile_rows_shifted_in_registers(copy):
-    """Each tile row one vector, the taps right of the first reading it rotated in registers: the
-    tile holds lanes - 2 * dilation output columns, so every tile sticks out of its vector."""
-    knobs = dataclasses.replace(COPIES[copy], register_shifts=1, tap_copies=1)
+def test_tile_rows_shifted_in_registers(copy, shifts):
+    """Each tile row one vector, the taps right of the first reading it rotated in registers (or their
+    sums, a set per tap column, rotated once a block): the tile holds lanes - 2 * dilation output
+    columns, so every tile sticks out of its vector."""
+    knobs = dataclasses.replace(COPIES[copy], register_shifts=shifts, tap_copies=1, sum_chains=1)
     check((2, 6, 11, 28), 5, bias=True, act=Activation("relu"), knobs=knobs, keep=0.3)
     check((1, 6, 9, 13), 4, pads=(0, 1, 2, 1), residual=True, knobs=knobs, seed=1)  # 13 columns: a partial tile
     check((1, 4, 12, 30), 3, dilations=(2, 2), pads=(2, 2, 2, 2), knobs=knobs, seed=2)  # 2 columns of halo a side
@@ -142,23 +144,28 @@ def test_tile_rows_shifted_in_registers(copy):
 
 
 def test_register_shifts_plan():
-    """AVX-512 shifts tile rows where they take no more vectors a row (28- and 14-wide planes):
-    over one tile copy, or over three where the plane has more than one column of tiles."""
-    shifts = lambda target, shape, kept=0.278, strides=(1, 1), **knobs: resolve_knobs(  # noqa: E731
-        shape, strides, knobs=PatternConvKnobs(**knobs), target=target, filters=shape[1], kept=kept).register_shifts
-    assert shifts(AVX512, (1, 512, 28, 28)) == 1  # 2 x 14 columns, not 16 + 12
-    assert shifts(AVX512, (1, 512, 14, 14)) == 1  # 14, not 16
+    """AVX-512 shifts tile rows where they take no more vectors a row (28- and 14-wide planes), and
+    shifts their sums (2), whatever its tap copies would have been, in tiles of 7 rows: 3 sets of 7
+    sums. Asked for, shifted rows (1) keep the plain plan's 14 rows."""
+    plan = lambda target, shape, kept=0.278, strides=(1, 1), pooled=False, **knobs: resolve_knobs(  # noqa: E731
+        shape, strides, knobs=PatternConvKnobs(**knobs), target=target, filters=shape[1], kept=kept, pooled=pooled)
+    shifts = lambda *args, **kwargs: plan(*args, **kwargs).register_shifts  # noqa: E731
+    assert shifts(AVX512, (1, 512, 28, 28)) == 2  # 2 x 14 columns, not 16 + 12
+    assert shifts(AVX512, (1, 512, 14, 14)) == 2  # 14, not 16
     assert shifts(AVX512, (1, 256, 56, 56)) == 0  # 4 x 14 pads no less than 3 x 16 + 8 in row pairs
     assert shifts(AVX512, (1, 128, 112, 112)) == 0  # 8 x 14 = 7 x 16
-    assert shifts(AVX512, (1, 256, 28, 28), kept=0.5) == 1  # over three copies, on 2 columns of tiles
-    assert resolve_knobs((1, 256, 28, 28), target=AVX512, filters=256, kept=0.5).tap_copies == 1
-    assert shifts(AVX512, (1, 256, 14, 14), kept=0.5) == 0  # one column of tiles: three copies stay
+    assert shifts(AVX512, (1, 256, 28, 28), kept=0.5) == 2  # over three copies
+    assert shifts(AVX512, (1, 256, 14, 14), kept=0.5) == 2  # over three copies, one column of tiles
+    assert resolve_knobs((1, 256, 14, 14), target=AVX512, filters=256, kept=0.5).tap_copies == 1
     assert shifts(AVX512, (1, 256, 28, 28), kept=0.5, tap_copies=3) == 0  # asked for
     assert shifts(AVX512, (1, 256, 28, 28), strides=(2, 2)) == 0
     assert shifts(AVX512, (1, 256, 28, 28), strides=(2, 1)) == 0  # strided down: not measured
     assert shifts(AVX2, (1, 512, 28, 28)) == 0 and shifts(ARM64, (1, 512, 28, 28)) == 0
     assert shifts(AVX512, (1, 512, 28, 28), register_shifts=0) == 0
-    assert resolve_knobs((1, 512, 28, 28), target=AVX512, kept=0.278, pooled=True).register_shifts == 1
+    assert shifts(AVX512, (1, 512, 28, 28), pooled=True) == 2
+    sums, rows = plan(AVX512, (1, 512, 28, 28)), plan(AVX512, (1, 512, 28, 28), register_shifts=1)
+    assert (sums.rows_per_step, sums.sum_chains, rows.rows_per_step) == (7, 1, 14)
+    assert plan(AVX512, (1, 512, 28, 28), pooled=True).rows_per_step == 4  # even rows tiling 28 exactly
 
 
 def test_register_shifts_refuses_what_it_cannot_tile():
@@ -171,8 +178,14 @@ def test_register_shifts_refuses_what_it_cannot_tile():
     with pytest.raises(ValueError, match=r"a fused 2x2 max pool needs .* even .* columns a vector .*, 13 columns"):
         pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), target=AVX512, pool=True,
                             knobs=PatternConvKnobs(register_shifts=1, vector_width=15))
-    with pytest.raises(ValueError, match=r"knob register_shifts must be 0 or 1"):
-        PatternConvKnobs(register_shifts=2)
+    with pytest.raises(ValueError, match=r"knob register_shifts=2 needs one tile copy, .* stride 2 along"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), strides=(1, 2), target=AVX512,
+                            knobs=PatternConvKnobs(register_shifts=2))
+    with pytest.raises(ValueError, match=r"knob register_shifts must be 0, 1 or 2 \(or -1: the target's choice\), "
+                                         r"got 3"):
+        PatternConvKnobs(register_shifts=3)
+    with pytest.raises(ValueError, match=r"knob sum_chains=2 does not go with register_shifts=2"):
+        PatternConvKnobs(register_shifts=2, sum_chains=2)
 
 
 def test_shifted_rows_load_each_tile_row_once():
@@ -196,6 +209,28 @@ def test_shifted_rows_load_each_tile_row_once():
     for loop in shifted:  # at most the tile's 16 input rows, each loaded once, none spilled (row by row)
         assert len(vector_load.findall(loop)) <= 16 and re.search(r"vperm|valign", loop) and "(%rsp)" not in loop
     assert all(len(vector_load.findall(loop)) > 16 and not re.search(r"vperm|valign", loop) for loop in unshifted)
+
+
+def test_shifted_sums_leave_the_rotations_out_of_the_kernel_loops():
+    """Shifted sums: each pattern loop loads its 7-row tile's 9 input rows once, aligned, and feeds
+    every tap from them unrotated, its 21 sums in registers; the rotations (2 a tile row) come once,
+    after the loops."""
+    import tvm
+
+    from sparsec.lower.target import tvm_target
+
+    w = pruned(np.random.default_rng(0), 8, 16, 0.3)
+    address = r"-?\d*\(%\w+(?:,%\w+(?:,\d)?)?\)"
+    vector_load = re.compile(rf"(?:vmov[au]ps|vfmadd\w+)\s+{address}, %zmm")
+    kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 28, 28), target=AVX512,
+                                 knobs=PatternConvKnobs(register_shifts=2, channel_block=0))
+    asm = tvm.compile(kernel.func, target=tvm_target(AVX512)).mod.inspect_source("asm")
+    loops = _fma_loops(asm)
+    assert len(loops) >= len(PATTERNS)
+    for loop in loops:
+        assert len(vector_load.findall(loop)) <= 9 and not re.search(r"vperm|valign", loop), loop
+        assert "(%rsp)" not in loop
+    assert re.search(r"vperm|valign", asm)  # the fold's rotations
 
 
 @pytest.mark.parametrize("copies", [1, 3], ids=["phase-tile", "tap-copies"])
@@ -412,7 +447,8 @@ def test_filter_slices_keep_every_thread_busy():
     assert auto_filter_splits(1, 3, threads=2) == 3  # never more slices than groups
     splits = lambda shape, filters=256, **knobs: resolve_knobs(  # noqa: E731
         shape, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=filters).filter_splits
-    assert splits((1, 8, 14, 14)) == auto_filter_splits(1, 256, AVX512.threads)
+    assert splits((1, 8, 14, 14), rows_per_step=14) == auto_filter_splits(1, 256, AVX512.threads)  # one tile
+    assert splits((1, 8, 14, 14)) == auto_filter_splits(2, 256, AVX512.threads) == 1  # shifted sums: 7-row tiles
     assert splits((1, 8, 14, 14), filter_splits=2) == 2
     assert resolve_knobs((1, 8, 14, 14), target=AVX512).filter_splits == 0  # no filter count: left to the kernel
 
@@ -440,7 +476,7 @@ def test_strided_layers_take_aligned_tap_copies_and_no_prefetch():
     assert plan(ARM64, (1, 1)).tap_copies == 3 and plan(ARM64, (2, 2)).tap_copies == 3
     # AVX-512 at stride 1 where enough kernels are kept: 16-lane rows are whole lines, so aligned copies
     kept = lambda target, kept: resolve_knobs(  # noqa: E731
-        (1, 256, 14, 14), target=target, filters=256, kept=kept)
+        (1, 256, 56, 56), target=target, filters=256, kept=kept)
     half = kept(AVX512, 0.5)
     assert (half.tap_copies, half.rows_per_step, half.channel_block) == (3, 7, 16)
     assert kept(AVX512, 0.278).tap_copies == 1 and kept(AVX2, 0.5).tap_copies == 1
@@ -633,6 +669,7 @@ def test_blocked_tiles_keep_their_padded_rows_in_the_compiled_kernel():
     (AVX2, (1, 8, 12, 11), {"pair_rows": 1}, False, False),  # ... its tile sticking out (3 of 4 columns)
     (AVX512, (1, 8, 24, 24), {"pair_rows": 1}, False, False),
     (AVX512, (1, 8, 24, 24), {"sum_chains": 2, "tap_copies": 3, "rows_per_step": 6}, True, True),  # two sets of sums
+    (AVX512, (1, 8, 28, 28), {"register_shifts": 2, "channel_block": 4}, False, True),  # a set per tap column
 ])
 def test_accumulators_are_only_indexed_by_constants(target, shape, knobs, pool, residual):
     """Tiles sticking out of the plane store their columns one by one: a loop over them indexed the
@@ -642,7 +679,7 @@ def test_accumulators_are_only_indexed_by_constants(target, shape, knobs, pool, 
     rng = np.random.default_rng(3)
     kernel = pattern_conv_kernel(build_fkw(pruned(rng, 4, shape[1])), shape, target=target, pool=pool,
                                  residual=residual, knobs=PatternConvKnobs(**knobs))
-    indices = re.findall(r"\b(?:acc|odd)(?:_\d+)?\[([^\]]*)\]", kernel.func.script())
+    indices = re.findall(r"\b(?:acc|odd|column\d)(?:_\d+)?\[([^\]]*)\]", kernel.func.script())
     assert indices  # the buffer is named `acc`
     constant = r"\d+, \d+, (\d+|\d+:\d+|T\.Ramp\(\d+, 1, \d+\))"
     assert [i for i in indices if not re.fullmatch(constant, i)] == []
@@ -658,7 +695,8 @@ def test_auto_rows_pad_the_height_least():
     assert rows((1, 8, 28, 28), vectors_per_step=2) == 4
     assert rows((1, 8, 56, 56), filters_per_group=2) == 4
     assert rows((1, 8, 56, 56), AVX512) == 14  # 32 registers leave 14
-    assert rows((1, 8, 12, 12), AVX512) == 12
+    assert rows((1, 8, 12, 12), AVX512, register_shifts=0) == 12
+    assert rows((1, 8, 12, 12), AVX512) == 6  # shifted sums: 3 sets of at most 7 rows
     assert rows((1, 8, 7, 7), AVX512) == 7  # never more rows than the plane has
     assert rows((1, 8, 56, 56), AVX512, filters_per_group=4) == 4  # groups: 16 accumulators
     assert rows((1, 8, 56, 56), AVX512, filters_per_group=2) == 7  # pairs: 14 accumulators
@@ -712,9 +750,9 @@ def test_a_pooled_conv_keeps_its_whole_kernel_groups():
 
 
 def test_width_and_vectors_come_from_the_target():
-    # a 7-wide plane on AVX-512: half-width vectors (7 of 8 lanes, not 7 of 16)
+    # a 7-wide plane on AVX-512: half-width vectors (7 of 8 lanes, not 7 of 16); 14-wide: shifted sums, 7 rows
     for target, size, lanes, vectors, rows in ((AVX2, 56, 8, 1, 8), (AVX512, 56, 16, 1, 14), (ARM64, 56, 4, 2, 8),
-                                               (ARM64, 28, 4, 1, 14), (AVX512, 14, 16, 1, 14), (AVX512, 7, 8, 1, 7),
+                                               (ARM64, 28, 4, 1, 14), (AVX512, 14, 16, 1, 7), (AVX512, 7, 8, 1, 7),
                                                (AVX2, 4, 4, 1, 4)):
         knobs = resolve_knobs((1, 8, size, size), target=target)
         # NEON: the tile (16 accumulators at most) that pads the plane least: 56 = 7 x 8, 28 = 7 x 4
@@ -757,7 +795,9 @@ def test_two_chains_of_sums_in_the_code_and_the_plan():
     asked for."""
     plan = lambda shape, target=AVX512, **knobs: resolve_knobs(  # noqa: E731
         shape, knobs=PatternConvKnobs(**knobs), target=target, filters=256, kept=0.5).sum_chains
-    assert (plan((1, 256, 14, 14)), plan((1, 256, 56, 56)), plan((1, 128, 28, 28))) == (2, 2, 1)
+    assert (plan((1, 256, 14, 14), register_shifts=0), plan((1, 256, 56, 56)),
+            plan((1, 128, 28, 28), register_shifts=1)) == (2, 2, 1)
+    assert plan((1, 256, 14, 14)) == 1  # shifted sums: the tap columns' sets are the chains
     assert (plan((1, 256, 56, 56), target=AVX2), plan((1, 256, 14, 14), rows_per_step=14)) == (1, 1)
     rng = np.random.default_rng(5)
     fkw = build_fkw(pruned(rng, 4, 8))

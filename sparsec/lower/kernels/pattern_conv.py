@@ -22,7 +22,9 @@ columns, so no lanes idle and the column needs half the tiles.
 
 Where a vector is a cache line and a plane's rows take no more vectors that way (28 = 14 + 14 in 16
 lanes), a tile row is one vector holding its output columns and their halo (`register_shifts`): each
-input row is one aligned load, and the taps of the other kernel columns rotate it in registers.
+input row is one aligned load, and the taps of the other kernel columns rotate it in registers, or
+(`register_shifts=2`, AVX-512's plan) take it unrotated into a set of sums of their tap column, the
+three sets joining rotated once a block (`_emit_shifted_fold`): no permute is left in the kernel loops.
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ class PatternConvKnobs:
     # takes output rows in pairs (a vector's low half one row, its high half the row `rows` below);
     # 0 = never; -1 = where that pads the plane less
     register_shifts: int = -1  # 1: each tile row is one aligned vector (its columns and halo: lanes - 2 output
-    # columns a tile), loaded once and shifted in registers for the taps right of the first; 0 = never;
-    # -1 = the register plan's, where the plane's rows take no more vectors that way
+    # columns a tile), loaded once and shifted in registers for the taps right of the first; 2: the same rows,
+    # each tap column's products summed unshifted in a set of their own, the sets shifted once a block
+    # (`shift_sums`); 0 = never; -1 = the register plan's, where the plane's rows take no more vectors that way
     sum_chains: int = 0  # chains of sums per accumulator: 2 = the odd tap slots add into a second set, so
     # each sum waits on half as many FMAs a kernel; 1 = one; 0 = the register plan's (where 2 sets fit)
 
@@ -87,11 +90,17 @@ class PatternConvKnobs:
         for name in ("rows_per_step", "vector_width", "vectors_per_step", "filter_splits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("prefetch_next_tile", "pair_rows", "register_shifts"):
+        if self.register_shifts not in (-1, 0, 1, 2):
+            raise ValueError(f"knob register_shifts must be 0, 1 or 2 (or -1: the target's choice), "
+                             f"got {self.register_shifts}")
+        for name in ("prefetch_next_tile", "pair_rows"):
             if getattr(self, name) not in (-1, 0, 1):
                 raise ValueError(f"knob {name} must be 0 or 1 (or -1: the target's choice), got {getattr(self, name)}")
         if self.sum_chains not in (0, 1, 2):
             raise ValueError(f"knob sum_chains must be 1 or 2 (or 0: the target's choice), got {self.sum_chains}")
+        if self.sum_chains == 2 and self.register_shifts == 2:
+            raise ValueError("knob sum_chains=2 does not go with register_shifts=2: its tap columns' sets of sums "
+                             "are the chains; ask for sum_chains=1 (or 0)")
         for name in ("prefetch", "channel_block"):
             if getattr(self, name) < -1:
                 raise ValueError(f"knob {name} must be >= 0 (or -1: the target's choice), got {getattr(self, name)}")
@@ -118,6 +127,7 @@ class _Geometry:
     # r is the tile's output row r + j * rows (see `_paired_column`)
     shifted: bool = False  # a tile row is one vector: its lanes hold the output columns and their halo,
     # the taps right of the first read it shifted in registers (`register_shifts`)
+    shift_sums: bool = False  # (shifted rows) the shift moves to the sums: one set per tap column
 
     @property
     def cols_per_vec(self) -> int:
@@ -400,9 +410,10 @@ def _tap_weight(x: _Ctx, k, f: int, tap: int, lanes: int):
     return tirx.Shuffle([every_part], [4 * (i // 4) + tap for i in range(lanes)])
 
 
-def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile, odd=None):
+def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile, odd=None, columns=None):
     """acc[f, r, v] += w[k, f, tap] * input(tap) over the kernels k of pattern p in the table's
-    row (block, group); with `odd`, the odd tap slots' products go there (a second chain of sums)."""
+    row (block, group); with `odd`, the odd tap slots' products go there (a second chain of sums);
+    with `columns` (shifted sums), tap column kx's unshifted products go to columns[kx]."""
     g, lanes = x.g, x.g.lanes
     base = _i32(x.offset[row])
     with T.serial(base + _i32(x.stride[row, p]), base + _i32(x.stride[row, p + 1])) as k:
@@ -413,12 +424,15 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile, odd=None):
             ph, dq = g.column(kx)
             for v in range(g.vecs):
                 if g.shifted:
-                    src = _shifted_row(x, t, c, dy, dq)
+                    src = _shifted_row(x, t, c, dy, 0 if columns else dq)
                 else:
                     src = x.input(t, c, dy, ph, _ramp(v * lanes + dq, lanes))
                 for f in range(x.nf):
                     for r, tap in users:
-                        sums = odd if odd is not None and tap % 2 else acc
+                        if columns:
+                            sums = columns[kx]
+                        else:
+                            sums = odd if odd is not None and tap % 2 else acc
                         value = sums[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(sums, value, [f, r, _vec(v, lanes)])
 
@@ -486,10 +500,17 @@ def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
     if x.chains == 2:
         odd = _local_acc(x, "odd")
         _emit_copy(odd, None, x)
+    columns = None
+    if x.g.shift_sums:
+        columns = [acc] + [_local_acc(x, f"column{kx}") for kx in (1, 2)]
+        for sums in columns[1:]:
+            _emit_copy(sums, None, x)
     for p in range(len(x.patterns)):
-        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t, odd)
+        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t, odd, columns)
     if odd is not None:
         _emit_fold(acc, odd, x)
+    if columns:
+        _emit_shifted_fold(acc, columns, x)
 
 
 def _emit_fold(acc, odd, x: _Ctx):
@@ -499,6 +520,20 @@ def _emit_fold(acc, odd, x: _Ctx):
         for r in range(x.g.rows):
             for v in range(x.g.vecs):
                 T.buffer_store(acc, acc[f, r, _vec(v, lanes)] + odd[f, r, _vec(v, lanes)], [f, r, _vec(v, lanes)])
+
+
+def _emit_shifted_fold(acc, columns, x: _Ctx):
+    """acc += tap column kx's sums rotated by its shift (lane i takes lane i + shift: the product of
+    the row's lane i + shift, as a shifted row would have put in lane i), for one group."""
+    lanes = x.g.lanes
+    for f in range(x.nf):
+        for r in range(x.g.rows):
+            value = acc[f, r, _vec(0, lanes)]
+            for kx in (1, 2):
+                shift = x.g.column(kx)[1]
+                sums = columns[kx][f, r, _vec(0, lanes)]
+                value = value + tirx.Shuffle([sums], [(shift + i) % lanes for i in range(lanes)])
+            T.buffer_store(acc, value, [f, r, _vec(0, lanes)])
 
 
 def _emit_copy(dst, src, x: _Ctx, dst_pre=(), src_pre=()):
@@ -796,18 +831,23 @@ def pairs_rows(g: _Geometry) -> bool:
     return _padded_area(g, True) < g.padded_area
 
 
-def _shifts_pay(g: _Geometry, target: Target, pool: bool, asked_copies: int = 0) -> bool:
-    """Whether the register plan shifts the tile rows of `g` (its tap copies the plan's, or
-    `asked_copies`) in registers (`register_shifts`, one copy), where that takes no more vectors
+def _auto_shifts(g: _Geometry, target: Target, pool: bool, knobs: PatternConvKnobs, asked_copies: int = 0
+                 ) -> int:
+    """The register plan's `register_shifts` for the tile rows of `g` (its tap copies the plan's, or
+    `asked_copies`) and `knobs`' filter groups: 0 unless shifted rows (one copy) take no more vectors
     per output row than whole-vector tiles would, row pairs counting half (28 columns: 14 + 14
-    against 16 + 12; 56: 4 x 14 against 3 x 16 + 8 in pairs, more)."""
+    against 16 + 12; 56: 4 x 14 against 3 x 16 + 8 in pairs, more); then 2 (the sums shifted) where
+    the target's plan says and two chains of sums were not asked for, else 1 where shifting the
+    rows pays."""
     shifted = replace(g, tap_copies=1, shifted=True)
     if asked_copies == 3 or g.strides != (1, 1) or _shifts_problem(shifted, pool):  # strided: not measured
-        return False
-    if not register_plan.pattern_register_shifts(target, g.tap_copies, g.lanes, shifted.tiles_x):
-        return False
+        return 0
     unshifted = g.ow / g.lanes if 0 < g.ow % g.lanes <= g.lanes // 2 else g.tiles_x  # paired: exact
-    return shifted.tiles_x <= unshifted
+    if shifted.tiles_x > unshifted:
+        return 0
+    if knobs.sum_chains != 2 and register_plan.pattern_shift_sums(target, g.lanes, knobs.filters_per_group):
+        return 2
+    return int(register_plan.pattern_register_shifts(target, g.tap_copies, g.lanes, shifted.tiles_x))
 
 
 def _shifts_problem(g: _Geometry, pool: bool) -> str | None:
@@ -883,6 +923,8 @@ def resolve_knobs(in_shape, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
     tile = _resolve_tile(in_shape, strides, pads, dilations, knobs, target, filters, kept, pooled)
     tile = _resolve_pairs(_geometry(in_shape, strides, pads, dilations, tile, target), tile, pooled, filters,
                           target.threads)
+    if not tile.sum_chains and tile.register_shifts == 2:
+        tile = replace(tile, sum_chains=1)  # the tap columns' sets are the chains
     if not tile.sum_chains:
         accumulators = tile.rows_per_step * tile.vectors_per_step * tile.filters_per_group
         tile = replace(tile, sum_chains=register_plan.pattern_sum_chains(target, accumulators))
@@ -931,17 +973,18 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
                   filters: int | None, kept: float | None, pooled: bool = False) -> PatternConvKnobs:
     out_width = conv_output_size(int(in_shape[3]), pads[1], pads[3], 3, strides[1], dilations[1])
     lanes = knobs.vector_width or register_plan.pattern_lanes(target, out_width)
-    copies = knobs.tap_copies or (1 if knobs.register_shifts == 1 else register_plan.pattern_tap_copies(
+    copies = knobs.tap_copies or (1 if knobs.register_shifts in (1, 2) else register_plan.pattern_tap_copies(
         target, tuple(strides), kept or 0.0, knobs.filters_per_group, lanes))
     asked_copies = knobs.tap_copies
     knobs = replace(knobs, vector_width=lanes, tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
     if knobs.register_shifts < 0:
-        shifts = _shifts_pay(g, target, pooled, asked_copies)
+        shifts = _auto_shifts(g, target, pooled, knobs, asked_copies)
         copies = 1 if shifts else copies
-        knobs = replace(knobs, register_shifts=int(shifts), tap_copies=copies)
-        g = replace(g, tap_copies=copies, shifted=shifts)
-    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies)
+        knobs = replace(knobs, register_shifts=shifts, tap_copies=copies)
+        g = replace(g, tap_copies=copies, shifted=bool(shifts), shift_sums=shifts == 2)
+    sets = 3 if knobs.register_shifts == 2 else 1  # shifted sums: a set per tap column
+    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies, sets == 3) // sets
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
                                                                          accumulators, pooled)) for v in choices]
@@ -967,7 +1010,8 @@ def _geometry(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, targe
     n, c, h, w = (int(d) for d in in_shape)
     return _Geometry(n, c, h, w, tuple(strides), tuple(pads), tuple(dilations), knobs.rows_per_step,
                      knobs.vector_width, knobs.vectors_per_step, knobs.tap_copies or 1, knobs.channel_block,
-                     target.cache_line_bytes // 4, shifted=knobs.register_shifts == 1)
+                     target.cache_line_bytes // 4, shifted=knobs.register_shifts in (1, 2),
+                     shift_sums=knobs.register_shifts == 2)
 
 
 def pattern_conv_kernel(
@@ -1008,9 +1052,9 @@ def pattern_conv_kernel(
         raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and columns a vector and a conv output "
                          f"of at least 2x2, got {g.rows} rows, {g.cols_per_vec} columns, {g.oh}x{g.ow}")
     if g.shifted and (problem := _shifts_problem(g, pool)):
-        raise ValueError(f"knob register_shifts=1 needs one tile copy, one vector a tile row wider than the "
-                         f"kernel's columns, stride 1 along the row, no row pairs, and with a fused pool even "
-                         f"columns; got {problem}")
+        raise ValueError(f"knob register_shifts={knobs.register_shifts} needs one tile copy, one vector a tile row "
+                         f"wider than the kernel's columns, stride 1 along the row, no row pairs, and with a fused "
+                         f"pool even columns; got {problem}")
     if knobs.pair_rows == 1 and (problem := _pairs_problem(g, knobs.filter_splits, pool)):
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "

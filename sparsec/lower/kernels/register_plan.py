@@ -30,7 +30,7 @@ def pattern_lanes(t: Target, out_width: int) -> int:
     return lanes
 
 
-def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> int:
+def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1, shift_sums: bool = False) -> int:
     """Pattern conv: accumulators (rows x vectors x filters) the hot loop keeps in registers.
 
     x86 keeps 4 broadcast tap weights and ~4 loaded input rows live: 16 registers leave 8
@@ -56,6 +56,8 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1) -> in
         return t.vector_registers // 2
     if t.vector_registers <= 16:
         return 8
+    if shift_sums:
+        return t.vector_registers - 11  # three sets (tap columns) of 7 rows, one row vector and 4 weights
     if filters > 1:
         return 14 if filters == 2 else 16
     return 7 if tap_copies == 3 else 14
@@ -198,7 +200,7 @@ def pattern_register_shifts(t: Target, tap_copies: int, lanes: int, column_tiles
     from L2 where the one copy's 18-float rows take 18. AVX-512 where a vector is a cache line,
     over the plan's one copy (`tap_copies`), or over its three copies where the plane has more
     than one column of shifted tiles (`column_tiles`); the generator keeps it to planes whose
-    rows take no more vectors shifted (`_shifts_pay`: 28 and 14 columns). Measured on znver4, 2
+    rows take no more vectors shifted (`_auto_shifts`: 28 and 14 columns). Measured on znver4, 2
     threads, interleaved, kernels alone: over one copy (27.8% kept) 512x28 (L2) 1.13x (after a
     40 MB write 1.04x), 256x28 1.06-1.08x, 512x14 1.16x; over three copies (50% kept) 512x28
     1.12x, 128x28 1.05-1.06x, but 256x14 (L3, one column tile) 0.90-0.95x; where the 14-column
@@ -206,6 +208,20 @@ def pattern_register_shifts(t: Target, tap_copies: int, lanes: int, column_tiles
     and NEON not measured."""
     copies_ok = tap_copies == 1 or column_tiles > 1
     return t.isa == "avx512" and lanes * 4 == t.cache_line_bytes and copies_ok
+
+
+def pattern_shift_sums(t: Target, lanes: int, filters: int = 1) -> bool:
+    """Pattern conv, on tile rows shifted in registers (`pattern_register_shifts`): the shift moves
+    from the rows to the sums. Each tap column's products go to a set of sums of its own from the
+    row loaded unshifted, and the sets join rotated once a block: 2 rotations per tile row and
+    block, where rotating the rows took 1-2 permutes per input row and kernel (34 of 136
+    instructions a kernel on L2's shape: 56 FMAs). The 3 sets keep 7-row tiles (21 sums,
+    `pattern_accumulators`). Measured on znver4, 2 threads, interleaved, kernels alone, 7 rows
+    against the plan before (rotated rows, 14 rows; three copies where one column tile): 512x28 at
+    27.8% (L2) 1.06x, 128x28 1.09-1.12x, 256x14 (L3) 1.10x. AVX-512 where a vector is a cache
+    line, as the shifted rows, without filter groups (a pair's 3 sets would leave it 3 rows: not
+    measured); AVX2 and NEON not measured."""
+    return t.isa == "avx512" and lanes * 4 == t.cache_line_bytes and filters == 1
 
 
 def weights_by_lane(t: Target, filters: int = 1) -> bool:
