@@ -13,8 +13,9 @@ same kernels, as `sparsec prune --kernel-groups` makes them); a pointwise layer 
 with bias and ReLU. Each variant prints the knobs it resolves to, its median ms over the rounds (each
 round times every variant, the order reversed every other round, ~0.15 s of back-to-back calls after
 a short pause), useful GFLOP/s, the share of the FMA peak measured in the same process, and its speed
-against the first variant. Every variant's output must match the first's. `--flush-mb N` writes N MB
-before each call, so the kernel finds its data out of the caches, as a layer inside a model does.
+against the first variant. Every variant's output must match the first's (1e-4 relative, or 1e-5 of its
+largest value: sums in another order round differently). `--flush-mb N` writes N MB before each call,
+so the kernel finds its data out of the caches, as a layer inside a model does.
 The machine is shared and noisy: trust ratios measured in one run, and repeat a run before keeping a rule.
 """
 
@@ -153,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         if first is None:
             first = out.numpy()
         else:
-            np.testing.assert_allclose(out.numpy(), first, rtol=1e-4, atol=1e-4)
+            # sums in another order: fp32 rounding grows with the output's scale (a 1024-channel
+            # layer's outputs reach ~250, and its near-zero ones differ by 2e-4 between tilings)
+            scale = max(1.0, float(np.abs(first).max()))
+            np.testing.assert_allclose(out.numpy(), first, rtol=1e-4, atol=1e-5 * scale)
         print(f"{json.dumps(knobs)} -> {resolved}", flush=True)
         runs.append((json.dumps(knobs), call, macs))
     # measured before and after the rounds, the best kept: a neighbour holding a core through one
