@@ -326,8 +326,9 @@ def max_pool_2x2(y: np.ndarray) -> np.ndarray:
         ((1, 5, 17, 23), (2, 2), True, PatternConvKnobs(filter_splits=2)),  # strided, tiles from a prologue
         ((1, 4, 9, 10), (1, 1), False, PatternConvKnobs(rows_per_step=4, vectors_per_step=2, vector_width=4)),
         ((2, 5, 11, 31), (1, 1), True, SHIFTED),  # lanes - 2 columns a vector, the last tile sticking out
+        ((1, 6, 12, 28), (1, 1), True, PatternConvKnobs(register_shifts=2, tap_copies=1, channel_block=2)),
     ],
-    ids=["tiles", "odd-residual", "blocks", "stride-2", "narrow", "shifted"],
+    ids=["tiles", "odd-residual", "blocks", "stride-2", "narrow", "shifted", "shifted-sums"],
 )
 def test_fused_max_pool(x_shape, strides, residual, knobs):
     """pool(act(conv + bias + residual)), 2x2 stride 2, from one kernel: rows in pairs, lane pairs."""
