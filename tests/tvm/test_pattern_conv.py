@@ -839,3 +839,24 @@ def test_the_tuning_space_offers_row_pairs_and_zero_settings():
     narrow = space((1, 64, 14, 14))
     assert narrow.default["pair_rows"] == 0 and narrow.rule(dict(narrow.default, pair_rows=1)).startswith(
         "row pairs in the last column: 1 vectors of 8 lanes on a 14x14 output")
+
+
+def test_the_tuning_space_counts_the_shifted_sums_sets():
+    """AVX-512's space offers the shifted sums (its default on a 28-wide plane) and counts their 3 sets
+    against the accumulators: 7 rows fit (21 sums), 10 do not (30 of 28); two chains do not go with them."""
+    from sparsec.driver import import_model, optimize
+    from sparsec.lower.spaces import space_for
+    from sparsec.models import conv_layer
+    from sparsec.prune import prune_model
+    from sparsec.tuning.task import extract_tasks
+
+    model = conv_layer((1, 64, 28, 28), 32)
+    module = optimize(import_model(model, prune_model(model, keep_kernels=0.5, prune_first_conv=True)), target=AVX512)
+    space = space_for(extract_tasks(module, AVX512)[0].call, AVX512)
+    assert {k.name: k.values for k in space.knobs}["register_shifts"] == (0, 1, 2)
+    assert (space.default["register_shifts"], space.default["rows_per_step"]) == (2, 7)
+    assert space.rule(dict(space.default)) is None
+    assert space.rule(dict(space.default, rows_per_step=10)) == "more than 28 accumulators"
+    assert space.rule(dict(space.default, register_shifts=1, rows_per_step=10)) is None
+    assert space.rule(dict(space.default, sum_chains=2)) == (
+        "two chains of sums with the sums shifted (their tap columns' sets are the chains)")
