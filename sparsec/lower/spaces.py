@@ -67,7 +67,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     conv_geometry = (tuple(p["in_shape"]), tuple(p["strides"]), tuple(p["pads"]), tuple(p["dilations"]))
 
     def rule(c: dict) -> str | None:
-        sets = 3 if c["register_shifts"] == 2 else c["sum_chains"]  # shifted sums: a set per tap column
+        sets = pattern_conv.SHIFTED_SUM_SETS if c["register_shifts"] == 2 else c["sum_chains"]
         if c["filters_per_group"] * c["rows_per_step"] * c["vectors_per_step"] * sets > accumulators:
             return f"more than {accumulators} accumulators"
         if c["register_shifts"] == 2 and c["sum_chains"] == 2:

@@ -43,6 +43,8 @@ from sparsec.lower.kernels import register_plan
 from sparsec.lower.kernels.common import Kernel, apply_activation, conv_output_size, emit_prefetch
 from sparsec.target import Target
 
+SHIFTED_SUM_SETS = 3  # shifted sums: a set per tap column, the first the tile's own accumulators
+
 
 @dataclass(frozen=True)
 class PatternConvKnobs:
@@ -502,7 +504,7 @@ def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
         _emit_copy(odd, None, x)
     columns = None
     if x.g.shift_sums:
-        columns = [acc] + [_local_acc(x, f"column{kx}") for kx in (1, 2)]
+        columns = [acc] + [_local_acc(x, f"column{kx}") for kx in range(1, SHIFTED_SUM_SETS)]
         for sums in columns[1:]:
             _emit_copy(sums, None, x)
     for p in range(len(x.patterns)):
@@ -529,7 +531,7 @@ def _emit_shifted_fold(acc, columns, x: _Ctx):
     for f in range(x.nf):
         for r in range(x.g.rows):
             value = acc[f, r, _vec(0, lanes)]
-            for kx in (1, 2):
+            for kx in range(1, SHIFTED_SUM_SETS):
                 shift = x.g.column(kx)[1]
                 sums = columns[kx][f, r, _vec(0, lanes)]
                 value = value + tirx.Shuffle([sums], [(shift + i) % lanes for i in range(lanes)])
@@ -983,8 +985,9 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
         copies = 1 if shifts else copies
         knobs = replace(knobs, register_shifts=shifts, tap_copies=copies)
         g = replace(g, tap_copies=copies, shifted=bool(shifts), shift_sums=shifts == 2)
-    sets = 3 if knobs.register_shifts == 2 else 1  # shifted sums: a set per tap column
-    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies, sets == 3) // sets
+    shift_sums = knobs.register_shifts == 2
+    accumulators = register_plan.pattern_accumulators(target, knobs.filters_per_group, copies, shift_sums)
+    accumulators //= SHIFTED_SUM_SETS if shift_sums else 1
     choices = (knobs.vectors_per_step,) if knobs.vectors_per_step else register_plan.pattern_vector_choices(target)
     tiles = [replace(knobs, vectors_per_step=v, rows_per_step=_auto_rows(g.oh, replace(knobs, vectors_per_step=v),
                                                                          accumulators, pooled)) for v in choices]
