@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/compare_layers.py M2 [--runs 25] [--threads 2]
 
 Both engines run the case's masked model in this process on the same threads; layers are matched by
-kind in execution order (`sparsec.runtime.peer_profile`). Per sort of layer, then per layer:
-onnxruntime / sparsec > 1 where sparsec is faster. Profilers add a little to every node, so compare
+kind in execution order (`sparsec.runtime.peer_profile`). Per sort of layer (with sparsec's useful
+GFLOP/s against the FMA peak measured in the same process), what the case's target asks of the
+matched layers in those terms, then per layer: onnxruntime / sparsec > 1 where sparsec is faster. Profilers add a little to every node, so compare
 ratios, not these milliseconds with `make bench`'s.
 """
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sparsec.check import seeded_inputs
     from sparsec.errors import UserError
-    from sparsec.runtime.bench import input_shapes_of
+    from sparsec.runtime.bench import input_shapes_of, measure_peak
     from sparsec.runtime.peer_profile import compare_layers, format_comparison
 
     case = CASE_BY_KEY[args.case]
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"compare_layers: {err}", file=sys.stderr)
         return 2
-    print(f"## {case.key}: {case.title} ({args.threads} threads, medians of {args.runs} profiled runs)\n")
-    print(format_comparison(pairs))
+    peak = measure_peak(args.threads)
+    print(f"## {case.key}: {case.title} ({args.threads} threads, medians of {args.runs} profiled runs; "
+          f"FMA peak {peak:.1f} GFLOP/s)\n")
+    print(format_comparison(pairs, peak, case.min_speedup))
     return 0
 
 

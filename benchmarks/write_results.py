@@ -188,30 +188,32 @@ def extras(results: dict[str, BenchReport | str], storage: dict | str | None) ->
         if isinstance(report, BenchReport) and report.layers:
             lines += [f"## Per-layer times, {key} (sparsec, VM instrument hook)", "", *layer_table(report), ""]
             if key in ("M1", "M2", "MB2"):
-                lines += peer_section(CASE_BY_KEY[key])
+                lines += peer_section(CASE_BY_KEY[key], report.peak_gflops)
     return lines
 
 
 PEER_RUNS = 20
 
 
-def peer_section(case: Case) -> list[str]:
+def peer_section(case: Case, peak: float | None) -> list[str]:
     """The case's layers by sort against onnxruntime's own profiler, the two interleaved (sparsec
-    compiled again; `benchmarks/compare_layers.py CASE` prints them layer by layer)."""
+    compiled again; `benchmarks/compare_layers.py CASE` prints them layer by layer), with their share
+    of the run's FMA `peak` and what the case's target asks in those terms."""
     from sparsec.check import seeded_inputs
     from sparsec.runtime.bench import input_shapes_of
-    from sparsec.runtime.peer_profile import compare_layers, group_table
+    from sparsec.runtime.peer_profile import compare_layers, group_table, target_lines
 
     title = f"### {case.key} by sort of layer, against onnxruntime's profiler"
     try:
         inputs = seeded_inputs(input_shapes_of(case.model))
-        table = group_table(compare_layers(case.model, case.masks, inputs, threads=THREADS, runs=PEER_RUNS))
+        pairs = compare_layers(case.model, case.masks, inputs, threads=THREADS, runs=PEER_RUNS)
     except Exception as err:  # reported in the file like a failed case
         return [title, "", f"Failed: `{type(err).__name__}: {err}`", ""]
+    target = ["", *target_lines(pairs, case.min_speedup, peak)] if peak else []
     return [title, "", f"Each engine's per-layer medians over {PEER_RUNS} profiled runs, the engines' runs "
             "interleaved; onnxruntime's nodes matched with sparsec's layers by kind in execution order "
             f"(`python benchmarks/compare_layers.py {case.key}` lists every layer). Profilers add to "
-            "every node: compare the ratios.", "", *table, ""]
+            "every node: compare the ratios.", "", *group_table(pairs, peak), *target, ""]
 
 
 def _pct(value: float | None) -> str:

@@ -26,6 +26,7 @@ import onnx
 from sparsec.check import onnxruntime_session
 from sparsec.errors import UserError
 from sparsec.prune import apply_masks
+from sparsec.sparsity import useful_gflops
 
 # onnxruntime op names (after its fusions) and sparsec's manifest ops, by the kind they match on
 _ORT_KINDS = {"Conv": "conv", "FusedConv": "conv", "NchwcConv": "conv", "Gemm": "fc", "FusedGemm": "fc",
@@ -69,6 +70,18 @@ class LayerPair:
     format: str
     sparsec_ms: float | None  # None: not called (a pool fused into its conv)
     peer: PeerNode | None
+    kept_macs: int = 0  # the layer's useful multiply-adds (nonzero weights x output positions)
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """The matched layers of one sort (`PeerNode.describe` and sparsec's format), summed."""
+
+    sort: str
+    count: int
+    sparsec_ms: float
+    peer_ms: float
+    kept_macs: int
 
 
 def peer_nodes(events: list[dict], warmup: int = WARMUP_RUNS) -> list[PeerNode]:
@@ -113,7 +126,7 @@ def match_layers(layers: list[dict], nodes: list[PeerNode]) -> list[LayerPair]:
                 raise UserError(f"layer %{row['result']}: onnxruntime ran {len(peers)} {kind} node(s) and sparsec "
                                 "more; the two graphs cannot be matched layer by layer")
             peer = peers[rank]
-        pairs.append(LayerPair(row["result"], row["format"], row["median_ms"], peer))
+        pairs.append(LayerPair(row["result"], row["format"], row["median_ms"], peer, row.get("kept_macs") or 0))
     for kind, peers in by_kind.items():
         if kind != "other" and len(peers) != ranks.get(kind, -1) + 1:
             raise UserError(f"onnxruntime ran {len(peers)} {kind} node(s), sparsec {ranks.get(kind, -1) + 1}; "
@@ -121,20 +134,21 @@ def match_layers(layers: list[dict], nodes: list[PeerNode]) -> list[LayerPair]:
     return pairs
 
 
-def group_totals(pairs: list[LayerPair]) -> list[tuple[str, int, float, float]]:
-    """(sort of layer, count, sparsec ms, onnxruntime ms) per sort: a conv's kernel size and
-    output plane with sparsec's format, an FC or pool with its format; in order of first use."""
+def group_totals(pairs: list[LayerPair]) -> list[LayerGroup]:
+    """The matched layers per sort: a conv's kernel size and output plane with sparsec's format, an FC
+    or pool with its format; in order of first use."""
     groups: dict[str, list] = {}
     for pair in pairs:
         if pair.peer is None:
             continue
         fmt = "fused into its conv" if pair.format.startswith("fused into") else pair.format
         key = f"{pair.peer.describe()}, {fmt}"
-        total = groups.setdefault(key, [0, 0.0, 0.0])
+        total = groups.setdefault(key, [0, 0.0, 0.0, 0])
         total[0] += 1
         total[1] += pair.sparsec_ms or 0.0
         total[2] += pair.peer.ms
-    return [(key, n, ours, theirs) for key, (n, ours, theirs) in groups.items()]
+        total[3] += pair.kept_macs
+    return [LayerGroup(key, *total) for key, total in groups.items()]
 
 
 def _profiled_session(model: onnx.ModelProto, masks, threads: int, folder: str):
@@ -167,14 +181,48 @@ def _ratio(theirs: float, ours: float | None) -> str:
     return f"{theirs / ours:.2f}x" if ours else "-"
 
 
-def group_table(pairs: list[LayerPair]) -> list[str]:
-    """Markdown rows per sort of layer (onnxruntime / sparsec > 1: sparsec faster)."""
-    lines = ["| layers | count | sparsec ms | onnxruntime ms | onnxruntime / sparsec |", "|---|---:|---:|---:|---:|"]
+def _rate(macs: int, ms: float, peak: float | None) -> str:
+    """Useful GFLOP/s and, with the FMA peak, its share: two table cells (blank without MACs)."""
+    gflops = useful_gflops(macs, ms) if macs else None
+    if gflops is None:
+        return " | |" if peak else " |"
+    return f" {gflops:.1f} |" + (f" {gflops / peak:.0%} |" if peak else "")
+
+
+def group_table(pairs: list[LayerPair], peak: float | None = None) -> list[str]:
+    """Markdown rows per sort of layer (onnxruntime / sparsec > 1: sparsec faster), with sparsec's
+    useful GFLOP/s and, given the machine's FMA `peak`, their share of it."""
+    head = "| layers | count | sparsec ms | onnxruntime ms | onnxruntime / sparsec | useful GFLOP/s |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    lines = [head + (" of peak |" if peak else ""), rule + ("---:|" if peak else "")]
     groups = group_totals(pairs)
-    for key, n, ours, theirs in groups:
-        lines.append(f"| {key} | {n} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |")
-    count, ours, theirs = (sum(g[i] for g in groups) for i in (1, 2, 3))
-    return lines + [f"| **matched layers** | {count} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |"]
+    for g in groups:
+        lines.append(f"| {g.sort} | {g.count} | {g.sparsec_ms:.3f} | {g.peer_ms:.3f} | "
+                     f"{_ratio(g.peer_ms, g.sparsec_ms)} |{_rate(g.kept_macs, g.sparsec_ms, peak)}")
+    count, ours, theirs, macs = _sums(groups)
+    return lines + [f"| **matched layers** | {count} | {ours:.3f} | {theirs:.3f} | {_ratio(theirs, ours)} |"
+                    f"{_rate(macs, ours, peak)}"]
+
+
+def _sums(groups: list[LayerGroup]) -> tuple[int, float, float, int]:
+    return (sum(g.count for g in groups), sum(g.sparsec_ms for g in groups), sum(g.peer_ms for g in groups),
+            sum(g.kept_macs for g in groups))
+
+
+def target_lines(pairs: list[LayerPair], speedup: float, peak: float) -> list[str]:
+    """What a speed-up target over onnxruntime asks of the matched layers, in roofline terms: the
+    time it allows, the useful GFLOP/s and share of the FMA peak that time means, against where
+    sparsec is; and the speed-up if every sort slower than onnxruntime's ran at its time."""
+    groups = group_totals(pairs)
+    _, ours, theirs, macs = _sums(groups)
+    allowed = theirs / speedup
+    at_parity = sum(min(g.sparsec_ms, g.peer_ms) for g in groups)
+    needed, now = useful_gflops(macs, allowed), useful_gflops(macs, ours)
+    return [f"Target onnxruntime / sparsec >= {speedup:g}x: the matched layers in at most {allowed:.3f} ms "
+            f"(onnxruntime's {theirs:.3f} / {speedup:g}), {needed:.1f} useful GFLOP/s, {needed / peak:.0%} of the "
+            f"FMA peak ({peak:.1f} GFLOP/s); sparsec now {ours:.3f} ms, {now:.1f} GFLOP/s, {now / peak:.0%}.",
+            f"With every sort sparsec runs slower at onnxruntime's time: {at_parity:.3f} ms, "
+            f"onnxruntime / sparsec {_ratio(theirs, at_parity)}."]
 
 
 def pair_table(pairs: list[LayerPair]) -> list[str]:
@@ -189,6 +237,8 @@ def pair_table(pairs: list[LayerPair]) -> list[str]:
     return lines
 
 
-def format_comparison(pairs: list[LayerPair]) -> str:
-    """Markdown: per sort of layer, then per layer."""
-    return "\n".join([*group_table(pairs), "", *pair_table(pairs)])
+def format_comparison(pairs: list[LayerPair], peak: float | None = None, speedup: float | None = None) -> str:
+    """Markdown: per sort of layer (with the roofline, given the FMA `peak`), what a `speedup` target
+    asks (given both), then per layer."""
+    target = ["", *target_lines(pairs, speedup, peak)] if peak and speedup else []
+    return "\n".join([*group_table(pairs, peak), *target, "", *pair_table(pairs)])

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sparsec.errors import UserError
-from sparsec.runtime.peer_profile import PeerNode, format_comparison, group_totals, match_layers, peer_nodes
+from sparsec.runtime.peer_profile import (
+    LayerGroup,
+    PeerNode,
+    format_comparison,
+    group_totals,
+    match_layers,
+    peer_nodes,
+)
 
 
 def _event(node: str, op: str, us: float, weight=None, out=(1, 8, 4, 4), inp=(1, 8, 4, 4)) -> dict:
@@ -14,8 +21,8 @@ def _event(node: str, op: str, us: float, weight=None, out=(1, 8, 4, 4), inp=(1,
             "args": {"op_name": op, "input_type_shape": inputs, "output_type_shape": [{"float": list(out)}]}}
 
 
-def _row(result: str, op: str, fmt: str = "dense", ms: float | None = 1.0) -> dict:
-    return {"result": result, "op": op, "format": fmt, "median_ms": ms}
+def _row(result: str, op: str, fmt: str = "dense", ms: float | None = 1.0, macs: int = 0) -> dict:
+    return {"result": result, "op": op, "format": fmt, "median_ms": ms, "kept_macs": macs}
 
 
 def _node(name: str, op: str, ms: float = 2.0, weight=(8, 8, 3, 3), out=(1, 8, 28, 28)) -> PeerNode:
@@ -66,9 +73,36 @@ def test_groups_sum_layers_of_one_plane_kernel_and_format():
     nodes = [_node("a", "Conv", 4.0), _node("b", "Conv", 8.0), _node("c", "Conv", 1.0, weight=(8, 8, 1, 1)),
              _node("p", "MaxPool", 0.5, weight=None, out=(1, 8, 14, 14))]
     groups = group_totals(match_layers(layers, nodes))
-    assert groups == [("conv 3x3 -> 28x28, pattern", 2, 4.0, 12.0), ("conv 1x1 -> 28x28, dense", 1, 2.0, 1.0),
-                      ("pool, fused into its conv", 1, 0.0, 0.5)]
+    assert groups == [LayerGroup("conv 3x3 -> 28x28, pattern", 2, 4.0, 12.0, 0),
+                      LayerGroup("conv 1x1 -> 28x28, dense", 1, 2.0, 1.0, 0), LayerGroup("pool, fused into its conv", 1, 0.0, 0.5, 0)]
     text = format_comparison(match_layers(layers, nodes))
     assert "| conv 3x3 -> 28x28, pattern | 2 | 4.000 | 12.000 | 3.00x |" in text
     assert "| **matched layers** | 4 | 6.000 | 13.500 | 2.25x |" in text
     assert "| p | fused into %b | not called | p (MaxPool) | 0.500 | - |" in text
+
+
+def test_sorts_carry_their_useful_rate_and_the_target_is_put_in_roofline_terms():
+    # a: 1e9 useful MACs in 20 ms = 100 GFLOP/s; c: 0.5e9 in 5 ms = 200 GFLOP/s; the peak 250
+    layers = [_row("a", "conv2d", "pattern", 20.0, macs=10**9), _row("c", "conv2d", "dense", 5.0, macs=5 * 10**8),
+              _row("p", "max_pool", "dense", 1.0)]
+    nodes = [_node("a", "Conv", 60.0), _node("c", "Conv", 4.0, weight=(8, 8, 1, 1)),
+             _node("p", "MaxPool", 0.5, weight=None, out=(1, 8, 14, 14))]
+    pairs = match_layers(layers, nodes)
+    assert [g.kept_macs for g in group_totals(pairs)] == [10**9, 5 * 10**8, 0]
+    text = format_comparison(pairs, peak=250.0, speedup=4.0)
+    assert "| conv 3x3 -> 28x28, pattern | 1 | 20.000 | 60.000 | 3.00x | 100.0 | 40% |" in text
+    assert "| conv 1x1 -> 28x28, dense | 1 | 5.000 | 4.000 | 0.80x | 200.0 | 80% |" in text
+    assert "| pool, dense | 1 | 1.000 | 0.500 | 0.50x | | |" in text
+    # 3e9 useful FLOP over 26 ms = 115.4 GFLOP/s; 64.5 / 4 = 16.125 ms asks 186.0 GFLOP/s
+    assert "| **matched layers** | 3 | 26.000 | 64.500 | 2.48x | 115.4 | 46% |" in text
+    assert ("Target onnxruntime / sparsec >= 4x: the matched layers in at most 16.125 ms (onnxruntime's 64.500 / 4), "
+            "186.0 useful GFLOP/s, 74% of the FMA peak (250.0 GFLOP/s); sparsec now 26.000 ms, 115.4 GFLOP/s, 46%.") in text
+    # c and p at onnxruntime's 4.0 and 0.5 ms: 20 + 4 + 0.5
+    assert "With every sort sparsec runs slower at onnxruntime's time: 24.500 ms, onnxruntime / sparsec 2.63x." in text
+
+
+def test_without_the_peak_the_tables_have_no_share_and_no_target():
+    pairs = match_layers([_row("a", "conv2d", "pattern", 2.0, macs=10**9)], [_node("a", "Conv", 6.0)])
+    text = format_comparison(pairs)
+    assert "| conv 3x3 -> 28x28, pattern | 1 | 2.000 | 6.000 | 3.00x | 1000.0 |" in text
+    assert "of peak" not in text and "Target" not in text
