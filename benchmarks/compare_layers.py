@@ -5,8 +5,8 @@
 Both engines run the case's masked model in this process on the same threads; layers are matched by
 kind in execution order (`sparsec.runtime.peer_profile`). Per sort of layer (with sparsec's useful
 GFLOP/s against the FMA peak measured in the same process), what the case's target asks of the
-matched layers in those terms, then per layer: onnxruntime / sparsec > 1 where sparsec is faster. Profilers add a little to every node, so compare
-ratios, not these milliseconds with `make bench`'s.
+matched layers in those terms, then per layer: onnxruntime / sparsec > 1 where sparsec is faster.
+Profilers add a little to every node, so compare ratios, not these milliseconds with `make bench`'s.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def test_groups_sum_layers_of_one_plane_kernel_and_format():
              _node("p", "MaxPool", 0.5, weight=None, out=(1, 8, 14, 14))]
     groups = group_totals(match_layers(layers, nodes))
     assert groups == [LayerGroup("conv 3x3 -> 28x28, pattern", 2, 4.0, 12.0, 0),
-                      LayerGroup("conv 1x1 -> 28x28, dense", 1, 2.0, 1.0, 0), LayerGroup("pool, fused into its conv", 1, 0.0, 0.5, 0)]
+                      LayerGroup("conv 1x1 -> 28x28, dense", 1, 2.0, 1.0, 0),
+                      LayerGroup("pool, fused into its conv", 1, 0.0, 0.5, 0)]
     text = format_comparison(match_layers(layers, nodes))
     assert "| conv 3x3 -> 28x28, pattern | 2 | 4.000 | 12.000 | 3.00x |" in text
     assert "| **matched layers** | 4 | 6.000 | 13.500 | 2.25x |" in text
@@ -96,7 +97,8 @@ def test_sorts_carry_their_useful_rate_and_the_target_is_put_in_roofline_terms()
     # 3e9 useful FLOP over 26 ms = 115.4 GFLOP/s; 64.5 / 4 = 16.125 ms asks 186.0 GFLOP/s
     assert "| **matched layers** | 3 | 26.000 | 64.500 | 2.48x | 115.4 | 46% |" in text
     assert ("Target onnxruntime / sparsec >= 4x: the matched layers in at most 16.125 ms (onnxruntime's 64.500 / 4), "
-            "186.0 useful GFLOP/s, 74% of the FMA peak (250.0 GFLOP/s); sparsec now 26.000 ms, 115.4 GFLOP/s, 46%.") in text
+            "186.0 useful GFLOP/s, 74% of the FMA peak (250.0 GFLOP/s); "
+            "sparsec now 26.000 ms, 115.4 GFLOP/s, 46%.") in text
     # c and p at onnxruntime's 4.0 and 0.5 ms: 20 + 4 + 0.5
     assert "With every sort sparsec runs slower at onnxruntime's time: 24.500 ms, onnxruntime / sparsec 2.63x." in text
 
