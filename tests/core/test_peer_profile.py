@@ -108,3 +108,10 @@ def test_without_the_peak_the_tables_have_no_share_and_no_target():
     text = format_comparison(pairs)
     assert "| conv 3x3 -> 28x28, pattern | 1 | 2.000 | 6.000 | 3.00x | 1000.0 |" in text
     assert "of peak" not in text and "Target" not in text
+
+
+def test_a_target_over_layers_without_kept_work_gives_its_time_but_no_rate():
+    pairs = match_layers([_row("p", "max_pool", "dense", 1.0)], [_node("p", "MaxPool", 0.5, weight=None)])
+    text = format_comparison(pairs, peak=250.0, speedup=2.0)
+    assert ("Target onnxruntime / sparsec >= 2x: the matched layers in at most 0.250 ms (onnxruntime's 0.500 / 2); "
+            "sparsec now 1.000 ms.") in text
