@@ -181,6 +181,11 @@ def test_register_shifts_refuses_what_it_cannot_tile():
     with pytest.raises(ValueError, match=r"knob register_shifts=2 needs one tile copy, .* stride 2 along"):
         pattern_conv_kernel(build_fkw(w), (1, 3, 20, 20), strides=(1, 2), target=AVX512,
                             knobs=PatternConvKnobs(register_shifts=2))
+    # a halo that fills the vector (4 lanes, dilation 2) leaves no column to tile: refused, not divided by zero
+    with pytest.raises(ValueError, match=r"knob register_shifts=2 needs one tile copy, .* got .* 4 lanes, .* "
+                                         r"dilation 2"):
+        pattern_conv_kernel(build_fkw(w), (1, 3, 10, 14), dilations=(2, 2), target=AVX512,
+                            knobs=PatternConvKnobs(register_shifts=2, vector_width=4))
     with pytest.raises(ValueError, match=r"knob register_shifts must be 0, 1 or 2 \(or -1: the target's choice\), "
                                          r"got 3"):
         PatternConvKnobs(register_shifts=3)

@@ -863,6 +863,11 @@ def _shifts_problem(g: _Geometry, pool: bool) -> str | None:
     return None
 
 
+def _shifts_refusal(asked: int, problem: str) -> str:
+    return (f"knob register_shifts={asked} needs one tile copy, one vector a tile row wider than the kernel's "
+            f"columns, stride 1 along the row, no row pairs, and with a fused pool even columns; got {problem}")
+
+
 def _pairs_problem(g: _Geometry, filter_splits: int, pool: bool) -> str | None:
     """What keeps the tiles of `g` from pairing the last column's rows (None: nothing)."""
     if pool or filter_splits != 1 or not pairs_rows(g):
@@ -980,6 +985,8 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     asked_copies = knobs.tap_copies
     knobs = replace(knobs, vector_width=lanes, tap_copies=copies)
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
+    if g.shifted and g.cols_per_vec < 1:  # asked for, with a halo that fills the vector: no tile to size
+        raise ValueError(_shifts_refusal(knobs.register_shifts, _shifts_problem(g, pooled)))
     if knobs.register_shifts < 0:
         shifts = _auto_shifts(g, target, pooled, knobs, asked_copies)
         copies = 1 if shifts else copies
@@ -1055,9 +1062,7 @@ def pattern_conv_kernel(
         raise ValueError(f"a fused 2x2 max pool needs an even rows_per_step and columns a vector and a conv output "
                          f"of at least 2x2, got {g.rows} rows, {g.cols_per_vec} columns, {g.oh}x{g.ow}")
     if g.shifted and (problem := _shifts_problem(g, pool)):
-        raise ValueError(f"knob register_shifts={knobs.register_shifts} needs one tile copy, one vector a tile row "
-                         f"wider than the kernel's columns, stride 1 along the row, no row pairs, and with a fused "
-                         f"pool even columns; got {problem}")
+        raise ValueError(_shifts_refusal(knobs.register_shifts, problem))
     if knobs.pair_rows == 1 and (problem := _pairs_problem(g, knobs.filter_splits, pool)):
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "
