@@ -865,3 +865,29 @@ def test_the_tuning_space_counts_the_shifted_sums_sets():
     assert space.rule(dict(space.default, register_shifts=1, rows_per_step=10)) is None
     assert space.rule(dict(space.default, sum_chains=2)) == (
         "two chains of sums with the sums shifted (their tap columns' sets are the chains)")
+
+
+KNOB_VALUES = {"filters_per_group": [1, 2, 4], "rows_per_step": [0, 1, 2, 3, 4, 5, 7, 8, 14],
+               "vector_width": [0, 4, 8, 16], "vectors_per_step": [0, 1, 2, 3],
+               "channel_block": [-1, 0, 2, 3, 4, 8, 16], "tap_copies": [0, 1, 3], "filter_splits": [0, 1, 2, 3],
+               "prefetch": [-1, 0, 1, 2], "prefetch_next_tile": [-1, 0, 1], "pair_rows": [-1, 0, 1],
+               "register_shifts": [-1, 0, 1, 2], "sum_chains": [0, 1]}
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(knobs=st.fixed_dictionaries({k: st.sampled_from(v) for k, v in KNOB_VALUES.items()}),
+       batch=st.integers(1, 2), channels=st.integers(1, 12), height=st.integers(5, 32),
+       width=st.sampled_from([5, 9, 13, 14, 17, 28, 30, 32]), filters=st.integers(1, 9), stride=st.integers(1, 2),
+       dilation=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 2)] * 4), bias=st.booleans(),
+       residual=st.booleans(), keep=st.sampled_from([0.3, 0.5, 1.0]))
+def test_any_knob_set_the_kernel_takes_computes_the_conv(knobs, batch, channels, height, width, filters, stride,
+                                                         dilation, pads, bias, residual, keep):
+    """Random knob sets (the tuner's axes and values past them) on random shapes: the kernel either refuses
+    the set with a message naming the knob, or matches the reference. (A 4-lane shifted row at dilation 2,
+    whose halo fills the vector, once raised ZeroDivisionError while the tiles were sized.)"""
+    try:
+        check((batch, channels, height, width), filters, strides=(stride, stride), pads=pads,
+              dilations=(dilation, dilation), bias=bias, residual=residual, keep=keep,
+              knobs=PatternConvKnobs(**knobs))
+    except ValueError as err:
+        assert str(err).startswith("knob "), str(err)
