@@ -51,13 +51,16 @@ def pattern_accumulators(t: Target, filters: int = 1, tap_copies: int = 1, shift
     (AVX-512), 7 rows against 14, each with its best block: 256x28 stride 2 1.5-2.2x, 128x56
     1.05x; 4 rows 0.8x (too few FMA chains). Zen 4 runs one 512-bit FMA a cycle; an Intel core with
     two 512-bit FMA pipes wants 8 or more chains (not measured there).
+    Shifted sums (`pattern_shift_sums`) on 32 registers: 21, three sets (tap columns) of 7 rows; the
+    other 11 hold the loaded row, the 4 tap weights and room to spare (no stack traffic in the kernel
+    loops: `test_shifted_sums_leave_the_rotations_out_of_the_kernel_loops`).
     """
     if t.isa == "neon":
         return t.vector_registers // 2
     if t.vector_registers <= 16:
         return 8
     if shift_sums:
-        return t.vector_registers - 11  # three sets (tap columns) of 7 rows, one row vector and 4 weights
+        return t.vector_registers - 11  # 21 of 32: three sets (tap columns) of 7 rows
     if filters > 1:
         return 14 if filters == 2 else 16
     return 7 if tap_copies == 3 else 14
