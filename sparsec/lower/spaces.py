@@ -59,7 +59,7 @@ def _space(call: KernelCall, target: Target, knobs: list[tuple[str, tuple[int, .
 def pattern_conv_space(call: KernelCall, target: Target) -> Space:
     """Rows x vectors x filters of the register tile, vector width, channel blocks, tap copies,
     prefetch distance, filter slices per tile, the next tile's prefetch, the last column's row pairs,
-    tile rows shifted in registers, chains of sums."""
+    tile rows shifted in registers, one loop with the taps read at run time, chains of sums."""
     oh, ow = _out_hw(call, (3, 3))
     p = call.params
     channels, filters, lanes = p["in_shape"][1], len(call.structure["filter_order"]), target.lanes()
@@ -80,6 +80,8 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
             knobs = pattern_conv.PatternConvKnobs(**{k: v for k, v in c.items() if k != "pair_rows"})
             if problem := pattern_conv.pair_rows_problem(*conv_geometry, knobs, target=target):
                 return f"row pairs in the last column: {problem}"
+        if c["runtime_taps"] and (c["register_shifts"] or c["pair_rows"]):
+            return "one loop with the taps read at run time on shifted tile rows or paired rows"
         if c["register_shifts"]:
             knobs = pattern_conv.PatternConvKnobs(**c)
             if problem := pattern_conv.register_shifts_problem(*conv_geometry, knobs, target=target):
@@ -98,6 +100,7 @@ def pattern_conv_space(call: KernelCall, target: Target) -> Space:
         ("prefetch_next_tile", values((0, 1), low=0)),
         ("pair_rows", values((0, 1), low=0)),
         ("register_shifts", values((0, 1, 2), low=0)),
+        ("runtime_taps", values((0, 1), low=0)),
         ("sum_chains", values((1, 2))),
     ], rule)
 

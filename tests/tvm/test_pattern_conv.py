@@ -579,6 +579,68 @@ def _fma_loops(asm: str) -> list[str]:
     return [b for b in blocks if re.search(r"vfmadd\w*ps", b)]
 
 
+# one loop a (block, group) whatever the kernels' patterns, each tap's input address from the table
+RUNTIME_TAPS = [
+    ((1, 6, 11, 13), dict(strides=(2, 2)), {}),  # a task's own tile, the tile sticking out of the plane
+    ((2, 6, 11, 13), dict(strides=(2, 2), pads=(0,) * 4), dict(filter_splits=2)),  # a prologue's tiles, 2 images
+    ((1, 7, 15, 15), dict(strides=(2, 2), bias=True, act=Activation("relu"), residual=True), dict(channel_block=3)),
+    ((1, 6, 30, 28), dict(pads=(0, 1, 2, 0), dilations=(2, 1)), dict(tap_copies=1)),  # stride 1, one copy
+    ((1, 6, 17, 17), dict(strides=(2, 1), dilations=(1, 2)), dict(tap_copies=3, sum_chains=2, vector_width=4)),
+    ((1, 8, 14, 14), dict(strides=(2, 2), keep=1.0), dict(filters_per_group=2, vectors_per_step=2)),  # groups
+]
+
+
+@pytest.mark.parametrize("x_shape, kwargs, knobs", RUNTIME_TAPS,
+                         ids=["task-tile", "prologue", "blocks-epilogue", "dilation", "chains-4-lanes", "groups"])
+def test_one_loop_with_runtime_taps(x_shape, kwargs, knobs):
+    check(x_shape, 5, knobs=PatternConvKnobs(runtime_taps=1, **knobs), **kwargs)
+
+
+def test_runtime_taps_run_one_loop_over_every_pattern():
+    """The kernel's only FMA loop is the block's: its taps' 4 x 7 FMAs each load at the kernel's own
+    table offset; per pattern there are 8 loops."""
+    import tvm
+
+    from sparsec.lower.target import tvm_target
+
+    w = pruned(np.random.default_rng(0), 8, 16)
+
+    def loops(runtime_taps: int):
+        kernel = pattern_conv_kernel(build_fkw(w), (1, 16, 14, 14), strides=(2, 2), target=AVX512,
+                                     knobs=PatternConvKnobs(runtime_taps=runtime_taps, rows_per_step=7))
+        return _fma_loops(tvm.compile(kernel.func, target=tvm_target(AVX512)).mod.inspect_source("asm"))
+
+    one, per_pattern = loops(1), loops(0)
+    assert len(per_pattern) >= len(PATTERNS) and len(one) == 1
+    assert len(re.findall(r"vfmadd\w+ps\s+-?\d*\(%\w+,%\w+,4\), %ymm", one[0])) == 28
+
+
+def test_runtime_taps_plan_and_refusals():
+    plan = lambda shape, strides=(2, 2), target=AVX512, **knobs: resolve_knobs(  # noqa: E731
+        shape, strides, knobs=PatternConvKnobs(**knobs), target=target, filters=shape[1], kept=0.5).runtime_taps
+    # AVX-512: strided down the plane, in half vectors (a 7-wide output's 8 lanes)
+    assert (plan((1, 512, 14, 14)), plan((1, 512, 14, 7), (2, 1))) == (1, 1)
+    assert (plan((1, 256, 28, 28)), plan((1, 512, 7, 7), (1, 1)), plan((1, 64, 28, 14), (1, 2))) == (0, 0, 0)
+    assert (plan((1, 512, 14, 14), target=AVX2), plan((1, 512, 14, 14), target=ARM64)) == (0, 0)
+    assert plan((1, 512, 14, 14), runtime_taps=0) == 0 and plan((1, 256, 28, 28), runtime_taps=1) == 1
+    # asked for, it keeps the tile rows unshifted and the last column's rows unpaired
+    assert resolve_knobs((1, 64, 28, 28), knobs=PatternConvKnobs(runtime_taps=1), target=AVX512).register_shifts == 0
+    assert resolve_knobs((1, 6, 28, 28), knobs=PatternConvKnobs(runtime_taps=1, vector_width=8), target=AVX2,
+                         filters=5, kept=0.5).pair_rows == 0
+    fkw = build_fkw(pruned(np.random.default_rng(0), 5, 6))
+    message = ("knob runtime_taps=1 needs unshifted tile rows (register_shifts=0) and no row pairs (pair_rows=0), "
+               "got register_shifts={}, pair_rows={}")
+    with pytest.raises(ValueError, match=re.escape(message.format(1, 0))):
+        pattern_conv_kernel(fkw, (1, 6, 28, 28), target=AVX512,
+                            knobs=PatternConvKnobs(runtime_taps=1, register_shifts=1))
+    with pytest.raises(ValueError, match=re.escape(message.format(0, 1))):
+        pattern_conv_kernel(fkw, (1, 6, 28, 28), target=AVX2,
+                            knobs=PatternConvKnobs(runtime_taps=1, pair_rows=1, vector_width=8))
+    with pytest.raises(ValueError, match=re.escape("knob runtime_taps must be 0 or 1 (or -1: the target's choice), "
+                                                   "got 2")):
+        PatternConvKnobs(runtime_taps=2)
+
+
 @pytest.mark.parametrize("target, part_broadcast", [(AVX2, "vbroadcastf128"), (AVX512, "vbroadcastf32x4")])
 def test_x86_loads_each_kernels_tap_weights_once(target, part_broadcast):
     import tvm
@@ -627,7 +689,9 @@ def test_channel_blocks_come_from_the_register_plan():
     wide = lambda c, size, strides=(2, 2), **knobs: resolve_knobs(  # noqa: E731
         (1, c, size, size), strides, knobs=PatternConvKnobs(**knobs), target=AVX512, filters=c, kept=0.5)
     assert (wide(256, 28).rows_per_step, wide(256, 28).channel_block) == (7, 16)
-    assert (wide(512, 14).vector_width, wide(512, 14).channel_block) == (8, 32)  # a 7-wide output: 8 lanes
+    # a 7-wide output: 8 lanes, one loop a block (`runtime_taps`), so 16 channels, whose tile fits L1 itself
+    assert (wide(512, 14).vector_width, wide(512, 14).runtime_taps, wide(512, 14).channel_block) == (8, 1, 16)
+    assert (wide(512, 14, runtime_taps=0).runtime_taps, wide(512, 14, runtime_taps=0).channel_block) == (0, 32)
     assert (wide(256, 56, (1, 1), tap_copies=1).rows_per_step, wide(256, 56, (1, 1), tap_copies=1).channel_block) \
         == (14, 0)  # one copy: 14 rows, one block
     assert (wide(256, 56, (1, 1)).rows_per_step, wide(256, 56, (1, 1)).channel_block) == (7, 16)  # 3 at 50% kept
@@ -865,13 +929,18 @@ def test_the_tuning_space_counts_the_shifted_sums_sets():
     assert space.rule(dict(space.default, register_shifts=1, rows_per_step=10)) is None
     assert space.rule(dict(space.default, sum_chains=2)) == (
         "two chains of sums with the sums shifted (their tap columns' sets are the chains)")
+    # one loop with run-time taps: offered, not with the shifted rows (its table addresses unshifted ones)
+    assert {k.name: k.values for k in space.knobs}["runtime_taps"] == (0, 1) and space.default["runtime_taps"] == 0
+    assert space.rule(dict(space.default, runtime_taps=1)) == (
+        "one loop with the taps read at run time on shifted tile rows or paired rows")
+    assert space.rule(dict(space.default, runtime_taps=1, register_shifts=0, sum_chains=1)) is None
 
 
 KNOB_VALUES = {"filters_per_group": [1, 2, 4], "rows_per_step": [0, 1, 2, 3, 4, 5, 7, 8, 14],
                "vector_width": [0, 4, 8, 16], "vectors_per_step": [0, 1, 2, 3],
                "channel_block": [-1, 0, 2, 3, 4, 8, 16], "tap_copies": [0, 1, 3], "filter_splits": [0, 1, 2, 3],
                "prefetch": [-1, 0, 1, 2], "prefetch_next_tile": [-1, 0, 1], "pair_rows": [-1, 0, 1],
-               "register_shifts": [-1, 0, 1, 2], "sum_chains": [0, 1]}
+               "register_shifts": [-1, 0, 1, 2], "runtime_taps": [-1, 0, 1], "sum_chains": [0, 1]}
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

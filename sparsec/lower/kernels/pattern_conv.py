@@ -25,6 +25,10 @@ lanes), a tile row is one vector holding its output columns and their halo (`reg
 input row is one aligned load, and the taps of the other kernel columns rotate it in registers, or
 (`register_shifts=2`, AVX-512's plan) take it unrotated into a set of sums of their tap column, the
 three sets joining rotated once a block (`_emit_shifted_fold`): no permute is left in the kernel loops.
+
+Where a block's pattern loops run a kernel or two each, their exits are coin tosses; `runtime_taps` runs
+one loop over the block's kernels instead, each tap's input offset read from a per-kernel table
+(`tap_offsets`), for the price of the loads that compile-time taps share (`_emit_runtime_taps_loop`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,9 @@ class PatternConvKnobs:
     # columns a tile), loaded once and shifted in registers for the taps right of the first; 2: the same rows,
     # each tap column's products summed unshifted in a set of their own, the sets shifted once a block
     # (`shift_sums`); 0 = never; -1 = the register plan's, where the plane's rows take no more vectors that way
+    runtime_taps: int = -1  # 1: one loop over a block's kernels whatever their pattern, each tap's input
+    # address read from a per-kernel table (no loop entry per pattern); 0: one loop per pattern, taps
+    # compile-time constants (rows shared by vertical taps loaded once); -1: the register plan's
     sum_chains: int = 0  # chains of sums per accumulator: 2 = the odd tap slots add into a second set, so
     # each sum waits on half as many FMAs a kernel; 1 = one; 0 = the register plan's (where 2 sets fit)
 
@@ -95,7 +102,7 @@ class PatternConvKnobs:
         if self.register_shifts not in (-1, 0, 1, 2):
             raise ValueError(f"knob register_shifts must be 0, 1 or 2 (or -1: the target's choice), "
                              f"got {self.register_shifts}")
-        for name in ("prefetch_next_tile", "pair_rows"):
+        for name in ("prefetch_next_tile", "pair_rows", "runtime_taps"):
             if getattr(self, name) not in (-1, 0, 1):
                 raise ValueError(f"knob {name} must be 0 or 1 (or -1: the target's choice), got {getattr(self, name)}")
         if self.sum_chains not in (0, 1, 2):
@@ -205,6 +212,11 @@ class _Geometry:
     def qw(self) -> int:
         """Input columns of one slot: a phase's columns plus the halo, or exactly the tile's."""
         return self.tile_w if self.tap_copies == 3 else self.tile_w + (2 * self.dilations[1]) // self.strides[1]
+
+    @property
+    def channel_floats(self) -> int:
+        """Floats of one channel's rows in a tile (unfolded rows)."""
+        return self.in_rows * self.slots * self.pitch
 
     def task_tile_shape(self) -> tuple[int, ...]:
         """The shape of a task's own input tile: [.., c, row, slot, column], or with folded rows
@@ -372,6 +384,7 @@ class _Ctx:
     prefetch_next_tile: bool = False  # the next task's new input lines prefetched (needs `data`)
     pool: bool = False  # a 2x2 stride-2 max pool after the activation: `out` holds the pooled plane
     chains: int = 1  # chains of sums per accumulator: 2 = the odd tap slots' products in a second buffer
+    taps: object | None = None  # (K, T) int32: each kernel tap's offset in the flat tile (`runtime_taps`)
 
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
@@ -437,6 +450,42 @@ def _emit_pattern_loop(x: _Ctx, acc, p: int, row, t: _Tile, odd=None, columns=No
                             sums = odd if odd is not None and tap % 2 else acc
                         value = sums[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
                         T.buffer_store(sums, value, [f, r, _vec(v, lanes)])
+
+
+def _emit_runtime_taps_loop(x: _Ctx, acc, row, t: _Tile, odd=None):
+    """acc[f, r, v] += w[k, f, tap] * input(tap) over every kernel k of the table's row (block, group),
+    whatever its pattern: one loop, each tap's input address its `taps` entry, so no loop entry per
+    pattern, but each tap loads its own rows (compile-time taps load a row vertical taps share once)."""
+    g, lanes = x.g, x.g.lanes
+    flat = T.decl_buffer((int(np.prod([int(d) for d in x.xt.shape])),), "float32", data=x.xt.data)
+    tile = 0 if x.data is not None else ((t.n * g.tiles_y + t.ty) * g.tiles_x + t.tx) * g.c * g.channel_floats
+    row_step = g.strides[0] * g.slots * g.pitch
+    base = _i32(x.offset[row])
+    with T.serial(base + _i32(x.stride[row, 0]), base + _i32(x.stride[row, len(x.patterns)])) as k:
+        if x.prefetch:
+            _emit_prefetch(x, tirx.min(k + x.prefetch, x.index.shape[0] - 1), t)
+        for tap in range(x.patterns.shape[1]):
+            at = tile + x.taps[k, tap]
+            for r in range(g.rows):
+                for v in range(g.vecs):
+                    src = flat[_ramp(at + r * row_step + v * lanes, lanes)]
+                    for f in range(x.nf):
+                        sums = odd if odd is not None and tap % 2 else acc
+                        value = sums[f, r, _vec(v, lanes)] + _tap_weight(x, k, f, tap, lanes) * src
+                        T.buffer_store(sums, value, [f, r, _vec(v, lanes)])
+
+
+def tap_offsets(table: KernelTable, g: _Geometry) -> np.ndarray:
+    """(K, T) int32: where each kernel's taps read row 0 of its tile, as offsets into the flattened
+    tile (channel, row, slot, column) of `_Geometry.task_tile_shape`."""
+    rows, patterns = table.stride.shape[0], len(table.patterns)
+    counts = np.diff(table.stride.astype(np.int64), axis=1)
+    pattern = np.repeat(np.tile(np.arange(patterns), rows), counts.ravel())
+    ky, kx = np.divmod(table.patterns.astype(np.int64), 3)
+    slot_col = np.array([g.column(int(c)) for c in range(3)])
+    at_tap = ((ky * g.dilations[0]) * g.slots + slot_col[kx, 0]) * g.pitch + slot_col[kx, 1]  # (P, T)
+    channel = table.index.astype(np.int64)[:, None] * g.channel_floats
+    return (channel + at_tap[pattern]).astype(np.int32)
 
 
 def _shifted_row(x: _Ctx, t: _Tile, c, dy, dq: int):
@@ -507,8 +556,11 @@ def _emit_block(x: _Ctx, acc, blk, grp, t: _Tile):
         columns = [acc] + [_local_acc(x, f"column{kx}") for kx in range(1, SHIFTED_SUM_SETS)]
         for sums in columns[1:]:
             _emit_copy(sums, None, x)
-    for p in range(len(x.patterns)):
-        _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t, odd, columns)
+    if x.taps is not None:
+        _emit_runtime_taps_loop(x, acc, blk * x.num_groups + grp, t, odd)
+    else:
+        for p in range(len(x.patterns)):
+            _emit_pattern_loop(x, acc, p, blk * x.num_groups + grp, t, odd, columns)
     if odd is not None:
         _emit_fold(acc, odd, x)
     if columns:
@@ -949,7 +1001,7 @@ def _resolve_pairs(g: _Geometry, tile: PatternConvKnobs, pooled: bool, filters: 
     filters share a prologue's copy of the tiles, and the pairs have tiles of their own), so
     pairs asked for take one slice, and automatic ones give way to the slices a plane needs."""
     auto = tile.pair_rows < 0
-    pair = int(not pooled and pairs_rows(g)) if auto else tile.pair_rows
+    pair = int(not pooled and tile.runtime_taps != 1 and pairs_rows(g)) if auto else tile.pair_rows
 
     def tasks(paired: int) -> int:
         return g.n * _tasks_per_image(g, bool(paired))
@@ -987,6 +1039,8 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
     g = _geometry(in_shape, strides, pads, dilations, replace(knobs, rows_per_step=1, vectors_per_step=1), target)
     if g.shifted and g.cols_per_vec < 1:  # asked for, with a halo that fills the vector: no tile to size
         raise ValueError(_shifts_refusal(knobs.register_shifts, _shifts_problem(g, pooled)))
+    if knobs.runtime_taps == 1 and knobs.register_shifts < 0:
+        knobs = replace(knobs, register_shifts=0)  # the table's taps address unshifted rows
     if knobs.register_shifts < 0:
         shifts = _auto_shifts(g, target, pooled, knobs, asked_copies)
         copies = 1 if shifts else copies
@@ -1004,11 +1058,15 @@ def _resolve_tile(in_shape, strides, pads, dilations, knobs: PatternConvKnobs, t
         return g.padded_area, -k.rows_per_step * k.vectors_per_step
 
     tile = min(tiles, key=padded_area)
+    if tile.runtime_taps < 0:
+        auto = (not g.shifted and tile.pair_rows != 1
+                and register_plan.pattern_runtime_taps(target, tuple(strides), lanes))
+        tile = replace(tile, runtime_taps=int(auto))
     if tile.channel_block < 0:
         g = _geometry(in_shape, strides, pads, dilations, replace(tile, channel_block=0), target)
         block = register_plan.pattern_channel_block(target, g.c, kept or 0.0, g.tile_bytes(1),
                                                     (filters or 0) * g.rows * g.tile_w * 4, g.tap_copies,
-                                                    g.tile_bytes(1, padded=True), g.ow)
+                                                    g.tile_bytes(1, padded=True), g.ow, tile.runtime_taps == 1)
         tile = replace(tile, channel_block=block)
     if tile.prefetch >= 0:
         return tile
@@ -1067,8 +1125,12 @@ def pattern_conv_kernel(
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "
                          f"fused pool; got {problem}")
+    if knobs.runtime_taps == 1 and (g.shifted or g.fold > 1 or knobs.pair_rows == 1):
+        raise ValueError("knob runtime_taps=1 needs unshifted tile rows (register_shifts=0) and no row pairs "
+                         f"(pair_rows=0), got register_shifts={knobs.register_shifts}, pair_rows={knobs.pair_rows}")
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
-    constants = table.arrays() + ((np.asarray(bias, np.float32),) if bias is not None else ())
+    taps = (tap_offsets(table, g),) if knobs.runtime_taps == 1 else ()
+    constants = table.arrays() + taps + ((np.asarray(bias, np.float32),) if bias is not None else ())
     by_lane = register_plan.weights_by_lane(target, knobs.filters_per_group) and table.patterns.shape[1] == 4
     func, out_shape = _build_func(g, table, knobs, constants, activation, name, by_lane, residual, pool, in_place)
     return Kernel(func, constants, out_shape, "float32", in_place=1 if in_place else None)
@@ -1089,7 +1151,9 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, b
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             data = T.arg("data", T.buffer((g.n, g.c, g.h, g.w), "float32"))
             res = T.arg("residual", T.buffer(conv_shape, "float32")) if residual else None
-            bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(_CONST_NAMES, constants)]
+            names = _CONST_NAMES[:5] + (("taps",) if knobs.runtime_taps == 1 else ()) + _CONST_NAMES[5:]
+            bufs = [T.arg(nm, T.buffer(a.shape, str(a.dtype))) for nm, a in zip(names, constants)]
+            taps = bufs.pop(5) if knobs.runtime_taps == 1 else None
             out = res if in_place else T.arg("out", T.buffer(out_shape, "float32"))
             # one task per tile: it copies its own tile (measured on znver5, 1.04-1.28x over a
             # prologue copying every tile: VGG-16 conv1_2's shape 1.27x); sliced filters would copy it
@@ -1103,6 +1167,6 @@ def _build_func(g: _Geometry, table: KernelTable, knobs, constants, act, name, b
             x = _Ctx(g, table.patterns, table.num_filters, table.filters_per_group, table.num_groups,
                      table.num_blocks, act, xt, *bufs[:5], bias, out, by_lane, knobs.prefetch,
                      data if local else None, res, local and knobs.prefetch_next_tile == 1, pool,
-                     knobs.sum_chains)
+                     knobs.sum_chains, taps)
             _emit_main(x, knobs.filter_splits, knobs.pair_rows == 1)
     return ib.get(), out_shape

@@ -123,7 +123,8 @@ def pattern_next_tile_prefetch(t: Target, copies_own_tile: bool, input_bytes: in
 
 
 def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_bytes: int, sums_bytes: int,
-                          tap_copies: int = 1, channel_line_bytes: int = 0, out_width: int = 0) -> int:
+                          tap_copies: int = 1, channel_line_bytes: int = 0, out_width: int = 0,
+                          runtime_taps: bool = False) -> int:
     """Pattern conv: input channels per block (0: one block of all). A block's input tiles stay in
     L1 while every filter uses them (one-copy rows padded to a line, so no load splits), for the
     price of partial sums carried between blocks and 8 more pattern loops per block. AVX2 and
@@ -143,14 +144,17 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
       ResNet-50's stride-2 shapes at 50% kept: 128x56 1.39x (blocks of 16: 1.49x), 256x28 1.45x,
       512x14 1.56x (16: 1.30x); 64x112 with blocks of 16 1.42x (32: 1.22x); 256x28 at 27.8% 1.30x.
       On znver4 (AVX-512, 7-row tiles: `pattern_accumulators`) against one block: 256x28 1.9-2.1x
-      (blocks of 16; 8 and 32 0.8-0.9x of 16), 128x56 1.29x (16), 512x14 1.25x (32; 16 1.17x)."""
+      (blocks of 16; 8 and 32 0.8-0.9x of 16), 128x56 1.29x (16), 512x14 1.25x (32; 16 1.17x).
+      With `runtime_taps` (one loop a block, `pattern_runtime_taps`) a block costs no pattern loops,
+      so the tile fits in L1 itself: 512x14 on znver4 blocks of 16 1.12-1.16x of 32, 8 0.95x of 16."""
     if t.isa not in ("avx2", "avx512") or kept <= 0:
         return 0
     if tap_copies == 3:
+        room = t.l1d_bytes if runtime_taps else 3 * t.l1d_bytes // 2
         block = 8
-        while 2 * block * channel_tile_bytes <= 3 * t.l1d_bytes // 2:
+        while 2 * block * channel_tile_bytes <= room:
             block *= 2
-        return block if block < channels and block * channel_tile_bytes <= 3 * t.l1d_bytes // 2 else 0
+        return block if block < channels and block * channel_tile_bytes <= room else 0
     tile_bytes = channels * channel_tile_bytes
     if t.isa != "avx2" or tile_bytes <= t.l1d_bytes or tile_bytes + sums_bytes > t.l2_bytes // 2:
         return 0
@@ -165,6 +169,23 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
             block *= 2
         fits = block * channel_tile_bytes <= t.l1d_bytes
     return block if block < channels and fits else 0
+
+
+def pattern_runtime_taps(t: Target, strides: tuple[int, int], lanes: int) -> bool:
+    """Pattern conv: one loop over a block's kernels whatever their pattern, each tap's input address
+    read from a per-kernel table, instead of one loop per pattern with the taps' offsets compiled in.
+    Each pattern loop of a (filter, block) runs ~1-2 kernels, so its exit branch is a coin toss: with
+    16 channels a block on 512x7x7, trip counts made predictable (one kernel of each pattern a block)
+    ran 1.57x faster than random ones. One loop drops that cost but loads every tap's rows itself, so
+    it pays where the pattern loops share few loads and a kernel's FMAs are short: layers strided down
+    the plane (rows shared only between the first and last tap row) in vectors narrower than the target's
+    (half the FMA time a kernel). AVX-512 (half vectors: 8 lanes), measured on znver4, 2 threads,
+    interleaved, kernels alone, against the plan before (one loop per pattern, blocks of 32): 512x14
+    stride 2 (a 7x7 output) 1.12-1.22x with blocks of 16 (0.97x with 32); in ResNet-50 1.002x near,
+    1.004x far. Not where the pattern loops pay: 16-lane stride-2 layers (128x56 0.97-1.01x, 256x28
+    0.98x), 512x7 stride 1 (0.95-0.99x: its loops share vertical rows). AVX2 and NEON (whose 7-wide
+    planes fill whole vectors) not measured."""
+    return t.isa == "avx512" and strides[0] > 1 and lanes < t.lanes()
 
 
 def pattern_tap_copies(t: Target, strides: tuple[int, int] = (1, 1), kept: float = 0.0, filters: int = 1,
