@@ -1125,7 +1125,7 @@ def pattern_conv_kernel(
         raise ValueError(f"knob pair_rows=1 needs one vector a tile row, stride 1 down the plane, a last column "
                          f"tile at most half filled, less padding than without pairs, one filter slice and no "
                          f"fused pool; got {problem}")
-    if knobs.runtime_taps == 1 and (g.shifted or g.fold > 1 or knobs.pair_rows == 1):
+    if knobs.runtime_taps == 1 and (g.shifted or knobs.pair_rows == 1):
         raise ValueError("knob runtime_taps=1 needs unshifted tile rows (register_shifts=0) and no row pairs "
                          f"(pair_rows=0), got register_shifts={knobs.register_shifts}, pair_rows={knobs.pair_rows}")
     table = kernel_table(fkw, g.c, knobs.filters_per_group, knobs.channel_block)
