@@ -590,10 +590,11 @@ RUNTIME_TAPS = [
 ]
 
 
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])
 @pytest.mark.parametrize("x_shape, kwargs, knobs", RUNTIME_TAPS,
                          ids=["task-tile", "prologue", "blocks-epilogue", "dilation", "chains-4-lanes", "groups"])
-def test_one_loop_with_runtime_taps(x_shape, kwargs, knobs):
-    check(x_shape, 5, knobs=PatternConvKnobs(runtime_taps=1, **knobs), **kwargs)
+def test_one_loop_with_runtime_taps(x_shape, kwargs, knobs, target):
+    check(x_shape, 5, knobs=PatternConvKnobs(runtime_taps=1, **knobs), target=target, **kwargs)
 
 
 def test_runtime_taps_run_one_loop_over_every_pattern():
