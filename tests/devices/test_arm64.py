@@ -58,6 +58,10 @@ def test_kernels_on_cortex_a53(a53):
     kernel = pattern_conv_kernel(build_fkw(w), x.shape, bias=b, activation=Activation("relu"), target=A53)
     want = np.maximum(_conv_reference(x, w, 1) + b[None, :, None, None], 0)
     np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
+    # one loop a block with the taps' offsets read at run time (`runtime_taps`), 4-lane vectors
+    kernel = pattern_conv_kernel(build_fkw(w), x.shape, bias=b, activation=Activation("relu"), target=A53,
+                                 knobs=PatternConvKnobs(runtime_taps=1, channel_block=4))
+    np.testing.assert_allclose(run_kernel_on(a53.rpc, kernel, A53, x), want, rtol=1e-4, atol=1e-4)
     # 18 = 4 x 4 + 2 columns in 4-lane vectors: the last column's rows in pairs (2 columns of 2 rows each)
     x_pairs = rng.standard_normal((1, 8, 17, 18)).astype(np.float32)
     kernel = pattern_conv_kernel(build_fkw(w), x_pairs.shape, bias=b, activation=Activation("relu"), target=A53,
