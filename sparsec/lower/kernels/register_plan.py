@@ -146,7 +146,7 @@ def pattern_channel_block(t: Target, channels: int, kept: float, channel_tile_by
       On znver4 (AVX-512, 7-row tiles: `pattern_accumulators`) against one block: 256x28 1.9-2.1x
       (blocks of 16; 8 and 32 0.8-0.9x of 16), 128x56 1.29x (16), 512x14 1.25x (32; 16 1.17x).
       With `runtime_taps` (one loop a block, `pattern_runtime_taps`) a block costs no pattern loops,
-      so the tile fits in L1 itself: 512x14 on znver4 blocks of 16 1.12-1.16x of 32, 8 0.95x of 16."""
+      so the tile fits in L1 itself: 512x14 on znver4 blocks of 16 1.15-1.16x of 32, 8 0.94-0.95x of 16."""
     if t.isa not in ("avx2", "avx512") or kept <= 0:
         return 0
     if tap_copies == 3:
@@ -181,10 +181,10 @@ def pattern_runtime_taps(t: Target, strides: tuple[int, int], lanes: int) -> boo
     the plane (rows shared only between the first and last tap row) in vectors narrower than the target's
     (half the FMA time a kernel). AVX-512 (half vectors: 8 lanes), measured on znver4, 2 threads,
     interleaved, kernels alone, against the plan before (one loop per pattern, blocks of 32): 512x14
-    stride 2 (a 7x7 output) 1.12-1.22x with blocks of 16 (0.97x with 32); in ResNet-50 1.002x near,
-    1.004x far. Not where the pattern loops pay: 16-lane stride-2 layers (128x56 0.97-1.01x, 256x28
-    0.98x), 512x7 stride 1 (0.95-0.99x: its loops share vertical rows). AVX2 and NEON (whose 7-wide
-    planes fill whole vectors) not measured."""
+    stride 2 (a 7x7 output) 1.12-1.22x with blocks of 16 (0.97x with 32); in ResNet-50 1.005x (near
+    1.005x, far 1.006x; an earlier run 1.002x / 1.004x). Not where the pattern loops pay: 16-lane
+    stride-2 layers (128x56 0.97-1.01x, 256x28 0.98x), 512x7 stride 1 (0.95-0.99x: its loops share
+    vertical rows). AVX2 and NEON (whose 7-wide planes fill whole vectors) not measured."""
     return t.isa == "avx512" and strides[0] > 1 and lanes < t.lanes()
 
 
