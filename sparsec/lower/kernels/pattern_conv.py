@@ -388,9 +388,16 @@ class _Ctx:
 
     def input(self, t: _Tile, c, row, slot, q):
         """The tiled input at (channel, row, slot, column) of tile t."""
-        if self.data is not None:
-            return self.xt[tuple(self.g.task_tile_index(c, row, slot, q))]
-        return self.xt[t.n, t.ty, t.tx, c, row, slot, q]
+        return self.xt[tuple(self._index(t, c, row, slot, q))]
+
+    def tile_start(self, t: _Tile):
+        """Where tile t's input (channel 0, row 0, slot 0, column 0) starts in `xt` flattened."""
+        return self.xt.offset_of(self._index(t, 0, 0, 0, 0))[0]
+
+    def _index(self, t: _Tile, c, row, slot, q) -> list:
+        if self.data is not None:  # the task's own tile
+            return self.g.task_tile_index(c, row, slot, q)
+        return [t.n, t.ty, t.tx, c, row, slot, q]
 
 
 def _row_consumers(taps, g: _Geometry) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -458,7 +465,7 @@ def _emit_runtime_taps_loop(x: _Ctx, acc, row, t: _Tile, odd=None):
     pattern, but each tap loads its own rows (compile-time taps load a row vertical taps share once)."""
     g, lanes = x.g, x.g.lanes
     flat = T.decl_buffer((int(np.prod([int(d) for d in x.xt.shape])),), "float32", data=x.xt.data)
-    tile = 0 if x.data is not None else ((t.n * g.tiles_y + t.ty) * g.tiles_x + t.tx) * g.c * g.channel_floats
+    tile = x.tile_start(t)
     row_step = g.strides[0] * g.slots * g.pitch
     base = _i32(x.offset[row])
     with T.serial(base + _i32(x.stride[row, 0]), base + _i32(x.stride[row, len(x.patterns)])) as k:
