@@ -1,6 +1,8 @@
 """Run the benchmark cases through `sparsec.runtime.bench.bench_model` and write benchmarks/RESULTS.md.
 
     python benchmarks/write_results.py [--cases L1,L2,...] [--rounds 7]      (`make bench`)
+    python benchmarks/write_results.py --target-json '{"isa": "avx2", "l2_bytes": 524288,
+        "tvm": {"mcpu": "znver3"}}' -o /tmp/avx2.md    (sparsec's code as a Zen 3 gets it, run here)
 
 Every case is measured in this one process with the engines interleaved (see sparsec.runtime.bench), so
 its ratios are from the same run. A case that fails (a kernel not ready yet) is reported as
@@ -25,6 +27,7 @@ os.environ["TVM_NUM_THREADS"] = str(THREADS)  # before anything imports tvm: it 
 
 import numpy as np  # noqa: E402
 
+from sparsec.errors import UserError  # noqa: E402
 from sparsec.ir.files import write_atomically  # noqa: E402
 from sparsec.runtime import cross_core  # noqa: E402
 from sparsec.runtime.bench import (  # noqa: E402
@@ -36,6 +39,7 @@ from sparsec.runtime.bench import (  # noqa: E402
     measure_peak,
     versions,
 )
+from sparsec.target import Target  # noqa: E402
 
 COMPILE_LIMIT_S = 60.0  # M1 (VGG-16) must compile within this
 
@@ -47,19 +51,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (default 7)")
     p.add_argument("--min-time", type=float, default=0.2, metavar="S", help="seconds per engine per round")
     p.add_argument("-o", "--output", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--target-json", metavar="JSON|FILE",
+                   help="compile sparsec for this target (one this machine runs: another vector shape of it)")
     args = p.parse_args(argv)
+    if args.target_json and args.output == HERE / "RESULTS.md":
+        p.error("--target-json: give -o FILE (benchmarks/RESULTS.md holds this machine's own run)")
     unknown = [k for k in args.cases.split(",") if k not in CASE_BY_KEY]
     if unknown:
         p.error(f"unknown cases {unknown}; choose from {', '.join(CASE_BY_KEY)}")
     return args
 
 
-def run_case(case: Case, rounds: int, min_time_s: float) -> BenchReport | str:
+def run_case(case: Case, rounds: int, min_time_s: float, target: Target | None = None) -> BenchReport | str:
     """The case's report, or the error that stopped it (one line, traceback on stderr)."""
     print(f"== {case.key}: {case.title}", file=sys.stderr, flush=True)
     try:
         report = bench_model(case.model, case.masks, threads=THREADS, rounds=rounds, min_time_s=min_time_s,
-                             check=False, engines=engines_for(case), name=case.key)
+                             check=False, engines=engines_for(case), name=case.key, target=target)
     except Exception as err:  # a case that cannot run yet is a result to report, not the end of the run
         traceback.print_exc()
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
@@ -67,13 +75,13 @@ def run_case(case: Case, rounds: int, min_time_s: float) -> BenchReport | str:
     return report
 
 
-def judge_by_the_run_peak(results: dict[str, BenchReport | str]) -> None:
+def judge_by_the_run_peak(results: dict[str, BenchReport | str], target: Target | None = None) -> None:
     """Every case's roofline against one peak: the best the run measured (each case measures it
     after its engines, and once more here). A neighbour that held a core through one case's
     measurement put L1 at 138% of a one-core peak."""
     reports = [r for r in results.values() if isinstance(r, BenchReport) and r.peak_gflops]
     if reports:
-        best = measure_peak(THREADS)  # the best of every measurement so far, this one included
+        best = measure_peak(THREADS, target)  # the best of every measurement so far, this one included
         for report in reports:
             report.peak_gflops = best
 
@@ -235,19 +243,21 @@ def _by_placement(report: BenchReport) -> str:
     return ", ".join(parts) or "-"
 
 
-def _host_target() -> str:
-    """The host target the cases compiled for: its CPU and vector shape (`sparsec targets`)."""
+def _target_line(target: Target | None) -> str:
+    """The target the cases compiled for: its CPU and vector shape (`sparsec targets`)."""
     from sparsec.lower.target import host
 
-    t = host(THREADS)
-    return (f"host = {t.cpu} ({t.isa}: {t.lanes()} fp32 lanes, {t.vector_registers} vector registers); "
-            f"cost model pattern {t.throughputs.pattern:g}, csr {t.throughputs.csr:g} ({t.throughputs.source})")
+    t = target or host(THREADS)
+    name = "host" if target is None else f"{t.name} (compiled for, run on this machine's {host().cpu})"
+    return (f"{name} = {t.cpu} ({t.isa}: {t.lanes()} fp32 lanes, {t.vector_registers} vector registers, "
+            f"{t.l2_bytes // 1024} KiB L2 planned for); cost model pattern {t.throughputs.pattern:g}, "
+            f"csr {t.throughputs.csr:g} ({t.throughputs.source})")
 
 
 ARM64_BEGIN, ARM64_END = "<!-- arm64: written by benchmarks/arm64.py -->", "<!-- /arm64 -->"
 
 
-def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
+def render(results: dict[str, BenchReport | str], storage, command: str, target: Target | None = None) -> str:
     machine, found = machine_info(), versions()
     first = next((r for r in results.values() if isinstance(r, BenchReport)), None)
     date = first.date if first else "-"
@@ -256,7 +266,7 @@ def render(results: dict[str, BenchReport | str], storage, command: str) -> str:
              "interleaved rounds in one process (see `runtime/bench.py`).", "",
              f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
              f"{machine['platform']}",
-             f"- Target: {_host_target()}",
+             f"- Target: {_target_line(target)}",
              "- Versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
              "- \"others' CPU\": the share of all cores that other processes used while a case was measured. "
              "The machine is shared: a busy neighbour inflates the engines' times unevenly, "
@@ -287,8 +297,18 @@ def kept_sections(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = args.cases.split(",")
-    results = {key: run_case(CASE_BY_KEY[key], args.rounds, args.min_time) for key in keys}
-    judge_by_the_run_peak(results)
+    target = None
+    if args.target_json:
+        from sparsec.lower.target import check_runs_here, resolve_target
+
+        try:
+            target = resolve_target(spec=args.target_json)
+            check_runs_here(target, "write_results.py")
+        except UserError as err:
+            print(f"write_results.py: error: {err}", file=sys.stderr)
+            return 2
+    results = {key: run_case(CASE_BY_KEY[key], args.rounds, args.min_time, target) for key in keys}
+    judge_by_the_run_peak(results, target)
     storage = None
     if "L1" in keys:
         try:
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # reported in the file like a failed case
             storage = f"{type(err).__name__}: {err}"
     command = " ".join(["python benchmarks/write_results.py", *(argv if argv is not None else sys.argv[1:])])
-    text = render(results, storage, command) + kept_sections(args.output)
+    text = render(results, storage, command, target) + kept_sections(args.output)
     write_atomically(args.output, lambda path: path.write_text(text))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -30,6 +30,7 @@ from sparsec.errors import UserError
 from sparsec.prune import apply_masks
 from sparsec.runtime import cross_core
 from sparsec.sparsity import useful_gflops
+from sparsec.target import Target
 
 ENGINES = ("sparsec", "onnxruntime", "sparsec-dense")
 REFERENCE = "onnxruntime"
@@ -104,8 +105,9 @@ def densified(module, *, direct: bool = False):
 
 
 def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray], *, dense: bool = False,
-                   input_shapes=None) -> Engine:
-    """sparsec's compiled model; `dense` compiles the masked weights with the dense kernels."""
+                   input_shapes=None, target: Target | None = None) -> Engine:
+    """sparsec's compiled model for `target` (default: this machine as it is); `dense` compiles the
+    masked weights with the dense kernels."""
     import tvm  # only for the input tensors: timing `run` would time NumPy <-> TVM copies too
 
     from sparsec.driver import compile as compile_model
@@ -113,7 +115,7 @@ def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray],
 
     start = time.perf_counter()
     module = import_model(model, masks, input_shapes)
-    compiled = compile_model(densified(module) if dense else module)
+    compiled = compile_model(densified(module) if dense else module, target=target or "host")
     compile_s = time.perf_counter() - start
     main = compiled.vm["main"]
     args = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in compiled.check_inputs(inputs)]
@@ -122,12 +124,15 @@ def sparsec_engine(model: onnx.ModelProto, masks, inputs: dict[str, np.ndarray],
     return Engine(name, lambda: main(*args), outputs, compile_s, compiled)
 
 
-def make_engine(name: str, model: onnx.ModelProto, masks, inputs, *, threads: int, input_shapes=None) -> Engine:
-    """The engine called `name` (one of ENGINES), ready to run `inputs`."""
+def make_engine(name: str, model: onnx.ModelProto, masks, inputs, *, threads: int, input_shapes=None,
+                target: Target | None = None) -> Engine:
+    """The engine called `name` (one of ENGINES), ready to run `inputs`; sparsec's compiled for
+    `target` (default: this machine as it is)."""
     if name == REFERENCE:
         return onnxruntime_engine(model, masks, inputs, threads)
     if name in ("sparsec", "sparsec-dense"):
-        return sparsec_engine(model, masks, inputs, dense=name == "sparsec-dense", input_shapes=input_shapes)
+        return sparsec_engine(model, masks, inputs, dense=name == "sparsec-dense", input_shapes=input_shapes,
+                              target=target)
     raise UserError(f"unknown engine {name!r}; choose from: {', '.join(ENGINES)}")
 
 
@@ -311,6 +316,7 @@ class BenchReport:
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it could not run
     checked_against: str = REFERENCE
     peak_gflops: float | None = None  # measured fp32 FMA peak at `threads` threads (the roofline)
+    target: str = "host"  # what sparsec compiled for (`describe_target`)
     machine: dict = field(default_factory=machine_info)
     versions: dict = field(default_factory=versions)
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -368,7 +374,7 @@ class BenchReport:
                 "max_abs_err": {name: err[0] for name, err in self.errors.items()},
                 "max_rel_err": {name: err[1] for name, err in self.errors.items()},
                 "skipped": self.skipped, "checked_against": self.checked_against,
-                "peak_gflops": self.peak_gflops, "useful_gflops": self.useful_gflops(),
+                "peak_gflops": self.peak_gflops, "useful_gflops": self.useful_gflops(), "target": self.target,
                 "machine": self.machine, "versions": self.versions, "date": self.date, "layers": self.layers}
 
     def to_json(self) -> str:
@@ -378,6 +384,7 @@ class BenchReport:
         m = self.machine
         lines = [f"{self.model}: {self.threads} threads, median of {self.rounds} rounds on "
                  f"{m['cpu']} ({m['usable_cores']} usable cores), {self.date}",
+                 *([] if self.target == "host" else [f"sparsec compiled for {self.target}, run on this machine"]),
                  f"{'engine':15} {'median ms':>10} {'x sparsec':>10} {'compile s':>10} {'max abs err':>12}"]
         for name in self.runs_ms:
             ratio = self.median_ms(name) / self.median_ms("sparsec") if "sparsec" in self.runs_ms else math.nan
@@ -438,12 +445,18 @@ WINOGRAD_NOTE = ("dense-F2 / dense-F4: Winograd F(2x2, 3x3) / F(4x4, 3x3); usefu
 def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, threads: int = 2,
                 rounds: int = 7, min_time_s: float = 0.2, check: bool = True,
                 engines: tuple[str, ...] = ENGINES, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                name: str | None = None) -> BenchReport:
-    """Time `engines` on one seeded input; with `check`, raise MismatchError past RTOL."""
+                name: str | None = None, target: Target | None = None) -> BenchReport:
+    """Time `engines` on one seeded input; with `check`, raise MismatchError past RTOL. sparsec
+    compiles for `target`, one this machine runs (default: this machine as it is; another vector
+    shape of it, say AVX2 code on an AVX-512 CPU, shows how the kernels fare on such machines)."""
     _check_options(threads, rounds, min_time_s, engines)
     set_tvm_threads(threads)
+    if target is not None:
+        from sparsec.lower.target import check_runs_here
+
+        check_runs_here(target, "bench")
     inputs = seeded_inputs(input_shapes_of(model, input_shapes))
-    built, skipped = _build_engines(engines, model, masks, inputs, threads, input_shapes)
+    built, skipped = _build_engines(engines, model, masks, inputs, threads, input_shapes, target)
     errs, against = _errors(built, lambda: _reference_outputs(model, masks, inputs, input_shapes))
     if check:
         _check_errors(errs, against)
@@ -453,29 +466,42 @@ def bench_model(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None, *, 
     time.sleep(PAUSE_S)
     # at least one round's worth of runs: a few runs of a 1 ms layer are too noisy for a median
     layers = profile_layers(sparsec, max(rounds, repeats["sparsec"])) if sparsec else []
-    peak = measure_peak(threads) if sparsec else None
+    peak = measure_peak(threads, target) if sparsec else None
     return BenchReport(name or model.graph.name or "model", threads, rounds, runs,
                        {e.name: e.compile_s for e in built}, errs, layers,
                        tvm_threads() if any(e.compiled for e in built) else None, others_cpu_share(start),
-                       trips, skipped=skipped, checked_against=against, peak_gflops=peak)
+                       trips, skipped=skipped, checked_against=against, peak_gflops=peak,
+                       target=describe_target(target))
 
 
-def measure_peak(threads: int) -> float:
-    """The host's fp32 FMA peak at `threads` threads, measured now (same machine state as the run)."""
+def measure_peak(threads: int, target: Target | None = None) -> float:
+    """The fp32 FMA peak of `target`'s code (default: this machine as it is) at `threads` threads,
+    measured now (same machine state as the run)."""
     from sparsec.lower.target import host
     from sparsec.runtime.roofline import fma_peak_gflops
 
     time.sleep(PAUSE_S)
-    return fma_peak_gflops(host(threads), threads)
+    return fma_peak_gflops(target or host(threads), threads)
 
 
-def _build_engines(names, model, masks, inputs, threads, input_shapes) -> tuple[list[Engine], dict[str, str]]:
+def describe_target(target: Target | None) -> str:
+    """What sparsec's code was compiled for: "host" (this machine as it is), or the target's CPU and
+    vector shape."""
+    if target is None:
+        return "host"
+    return (f"{target.name}: {target.cpu} ({target.isa}, {target.lanes()} fp32 lanes, "
+            f"{target.vector_registers} registers)")
+
+
+def _build_engines(names, model, masks, inputs, threads, input_shapes,
+                   target: Target | None = None) -> tuple[list[Engine], dict[str, str]]:
     """The engines ready to run, and those that cannot run this model (onnxruntime may refuse a
     model sparsec reads) with the reason, so the bench goes on without them."""
     built, skipped = [], {}
     for name in names:
         try:
-            built.append(make_engine(name, model, masks, inputs, threads=threads, input_shapes=input_shapes))
+            built.append(make_engine(name, model, masks, inputs, threads=threads, input_shapes=input_shapes,
+                                     target=target))
         except EngineUnavailable as err:
             skipped[name] = str(err)
     return built, skipped

@@ -501,10 +501,16 @@ def _bench_parser(jobs) -> None:
 def cmd_bench(args) -> int:
     import os
 
-    if args.count_instructions or args.target != "host" or args.target_json or args.cpu:
+    if args.count_instructions or args.target != "host" or args.cpu:
         return _bench_counts(args)
 
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
+    # another vector shape of this machine (`--target-json '{"isa": "avx2", ...}'`); checked before any work
+    target = resolve_target_args(args) if args.target_json else None
+    if target is not None:
+        from sparsec.lower.target import check_runs_here
+
+        check_runs_here(target, "bench")
     from sparsec.frontend import load_onnx
     from sparsec.ir.files import write_atomically
     from sparsec.prune import load_masks
@@ -516,7 +522,7 @@ def cmd_bench(args) -> int:
     model = load_onnx(args.model)
     masks = load_masks(args.masks, model) if args.masks else None
     report = bench_model(model, masks, threads=args.threads, rounds=args.rounds, min_time_s=args.min_time,
-                         input_shapes=parse_input_shapes(args.input_shape), name=args.model.stem)
+                         input_shapes=parse_input_shapes(args.input_shape), name=args.model.stem, target=target)
     print(report.format_report())
     if args.json:
         write_atomically(args.json, lambda path: path.write_text(report.to_json()))

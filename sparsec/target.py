@@ -231,7 +231,14 @@ def throughputs_for(arch: str, cpu: str, isa: str) -> Throughputs:
 
 def write_calibration(target: Target, measured: dict[str, float], details: dict) -> Path:
     """Record measured throughputs (pattern, csr, winograd) for the target's CPU; later targets
-    for it read them."""
+    for it read them. A figure no target would accept (a neighbour stalled the dense kernel's
+    rounds: pattern once read 13x dense) is refused and nothing is written, since every later
+    command for this CPU would stop at the file."""
+    try:
+        Throughputs(measured["pattern"], measured["csr"], "measured", winograd=measured["winograd"])
+    except UserError as err:
+        raise UserError(f"calibrate measured {err}: the machine was too busy to time the kernels; nothing "
+                        "written, run it again (more --rounds steady the medians)") from None
     path = calibration_path(target.arch, target.cpu, target.isa)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"arch": target.arch, "cpu": target.cpu, "isa": target.isa, "lanes": target.lanes(),

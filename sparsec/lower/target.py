@@ -7,9 +7,16 @@ import os
 import tvm
 
 from sparsec import target as targets
+from sparsec.errors import UserError
 from sparsec.target import Target, host_threads
 
-__all__ = ["host", "host_target", "host_threads", "resolve_target", "size_thread_pool", "tvm_target"]
+__all__ = ["check_runs_here", "host", "host_target", "host_threads", "resolve_target", "size_thread_pool",
+           "tvm_target"]
+
+# LLVM CPU features that are instructions (not tuning hints such as "fast-gather"): a target whose CPU
+# has one this machine lacks compiles code that dies here with SIGILL
+INSTRUCTION_FEATURES = ("sse", "ssse", "avx", "fma", "f16c", "amx", "neon", "sve", "dotprod", "fullfp16", "i8mm",
+                        "bf16")
 
 
 def size_thread_pool() -> None:
@@ -47,3 +54,26 @@ def tvm_target(target: Target) -> tvm.target.Target:
 def host_target(threads: int | None = None) -> tvm.target.Target:
     """The TVM target of this machine (benchmarks compile single kernels with it)."""
     return tvm_target(host(threads))
+
+
+def instruction_features(target: Target) -> set[str]:
+    """The vector instruction sets LLVM lets the code of `target`'s CPU use."""
+    features = tvm.target.codegen.llvm_get_cpu_features(tvm_target(target))
+    return {str(f) for f in features if str(f).startswith(INSTRUCTION_FEATURES)}
+
+
+def check_runs_here(target: Target, what: str) -> None:
+    """Refuse, before any compiling, a target whose code this machine cannot run: `what` (the
+    command) names why it must run here."""
+    here = host()
+    if target.kind != "cpu" or target.arch != here.arch:
+        kind = "a GPU" if target.kind != "cpu" else target.arch
+        raise UserError(f"{what} runs the compiled code on this machine ({here.arch}); target "
+                                f"{target.name} is {kind}: give a target of this machine's architecture"
+                                + (" (`--count-instructions` counts an aarch64 target's instructions under qemu)"
+                                   if target.arch == "aarch64" and what == "bench" else ""))
+    missing = sorted(instruction_features(target) - instruction_features(here))
+    if missing:
+        raise UserError(f"{what} runs the compiled code on this machine ({here.cpu}); target "
+                                f"{target.name}'s CPU {target.cpu} uses instructions it lacks ({', '.join(missing)}): "
+                                "name an older CPU in the target's tvm mcpu")

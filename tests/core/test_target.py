@@ -130,6 +130,17 @@ def test_calibration_file_sets_the_throughputs(tmp_path):
         _resolve("host")
 
 
+def test_a_calibration_no_target_would_read_is_not_written(tmp_path):
+    host = _resolve("host")
+    with pytest.raises(UserError) as info:
+        targets.write_calibration(host, {"pattern": 13.354, "csr": 0.5, "winograd": 0.6}, {"layers": {}})
+    assert str(info.value) == ("calibrate measured throughput pattern=13.354 must be a number in (0, 4] (dense = "
+                               "1): the machine was too busy to time the kernels; nothing written, run it again "
+                               "(more --rounds steady the medians)")
+    assert not (tmp_path / "calibration").exists()
+    assert _resolve("host").throughputs == targets.SHIPPED_THROUGHPUTS[host.isa]
+
+
 def test_describe_says_what_a_target_implies():
     text = "\n".join(targets.describe(_resolve("arm64")))
     assert "neon: 128-bit, 4 fp32 lanes, 32 registers" in text and "aarch64-linux-gnu-g++" in text

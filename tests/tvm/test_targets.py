@@ -158,6 +158,71 @@ def test_bench_count_errors(tmp_path, capsys, args, message):
     assert capsys.readouterr().err.startswith(f"sparsec: error: {message}")
 
 
+def test_bench_times_another_vector_shape_of_this_machine(tmp_path, capsys, monkeypatch):
+    """`sparsec bench --target-json`: sparsec's engines compiled for an AVX2 CPU and run here (an
+    AVX2 machine's kernels, timed on this one), checked against onnxruntime; the report names the
+    target and the peak is the AVX2 code's."""
+    from sparsec.cli import main
+    from sparsec.prune import save_masks
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the command sets it; restore it afterwards
+    model = ZOO["tiny_cnn"]()
+    (tmp_path / "t.onnx").write_bytes(model.SerializeToString())
+    save_masks(prune_model(model, patterns=8, keep_kernels=0.5), tmp_path / "m.npz")
+    assert main(["bench", str(tmp_path / "t.onnx"), "--masks", str(tmp_path / "m.npz"), "--rounds", "1",
+                 "--min-time", "0.01", "--target-json", AVX2_JSON, "--json", str(tmp_path / "r.json")]) == 0
+    described = "avx2: haswell (avx2, 8 fp32 lanes, 16 registers)"
+    assert f"sparsec compiled for {described}, run on this machine" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["target"] == described and report["max_rel_err"]["sparsec"] < 1e-4 and report["peak_gflops"] > 0
+
+
+def test_bench_refuses_a_target_this_machine_cannot_run(tmp_path, capsys, monkeypatch):
+    """Code for a CPU with instructions this one lacks would die here (SIGILL), another architecture's
+    would not load: both refused by name before any compiling, nothing written."""
+    import sparsec.lower.target as lowered
+    from sparsec.cli import main
+
+    monkeypatch.setattr(lowered, "host_cpu", lambda: "haswell")  # this machine, as an AVX2 one
+    (tmp_path / "t.onnx").write_bytes(ZOO["tiny_cnn"]().SerializeToString())
+    bench = ["bench", str(tmp_path / "t.onnx"), "--json", str(tmp_path / "r.json"), "--target-json"]
+    assert main([*bench, '{"tvm": {"mcpu": "skylake-avx512"}}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparsec: error: bench runs the compiled code on this machine (haswell); target "
+                          "json's CPU skylake-avx512 uses instructions it lacks (avx512") and "avx512f," in err
+    assert main([*bench, '{"arch": "aarch64", "tvm": {"mtriple": "aarch64-linux-gnu"}}']) == 2
+    assert capsys.readouterr().err == (
+        "sparsec: error: bench runs the compiled code on this machine (x86_64); target json is aarch64: give a "
+        "target of this machine's architecture (`--count-instructions` counts an aarch64 target's instructions "
+        "under qemu)\n")
+    assert main([*bench, '{"tvm": {"mcpu": "haswell"}}', "--rounds", "0"]) == 2  # runs here: on to the options
+    assert "use at least one thread and one round" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_make_bench_for_another_vector_shape_of_this_machine(tmp_path, capsys, monkeypatch):
+    """`benchmarks/write_results.py --target-json`: the cases compiled for an AVX2 CPU, run here, in a
+    file of their own (never over RESULTS.md, this machine's own run), the target named in it."""
+    from test_bench import _script  # tests/tvm is on the path (rootdir mode)
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    write_results = _script("write_results")
+    fast = ["--cases", "L3", "--rounds", "1", "--min-time", "0.01"]
+    monkeypatch.setattr(write_results, "HERE", tmp_path)  # its default output: RESULTS.md there, not the repo's
+    with pytest.raises(SystemExit):
+        write_results.main([*fast, "--target-json", AVX2_JSON])
+    assert "--target-json: give -o FILE (benchmarks/RESULTS.md holds this machine's own run)" in capsys.readouterr().err
+    out = tmp_path / "avx2.md"
+    assert write_results.main([*fast, "--target-json", AVX2_JSON, "-o", str(out)]) == 0
+    text = out.read_text()
+    assert f"- Target: avx2 (compiled for, run on this machine's {host().cpu}) = haswell (avx2: 8 fp32 lanes, 16 " \
+           "vector registers, " in text
+    assert re.search(r"^\| L3 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \| >= 3x \|", text, flags=re.M)
+    assert write_results.main(["--target-json", '{"arch": "aarch64"}', "-o", str(tmp_path / "arm.md")]) == 2
+    assert "write_results.py: error: write_results.py runs the compiled code on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "arm.md").exists()
+
+
 def test_calibrate_measures_every_kernel_against_the_direct_dense_one():
     """Pattern and CSR against the direct dense kernel on the same weight; Winograd on its
     estimated work (so estimate / throughput predicts its time), only where its estimate picks it."""
