@@ -6,6 +6,8 @@ register-plan rule (`sparsec/lower/kernels/register_plan.py`).
         '{"filters_per_group": 4}' '{"filters_per_group": 2}'
     .venv/bin/python benchmarks/ab_knobs.py pattern 512x14 --stride 2 '{}' '{"filter_splits": 2}'
     .venv/bin/python benchmarks/ab_knobs.py pointwise 64x56 --filters 256 --residual '{}' '{"vectors": 4}'
+    .venv/bin/python benchmarks/ab_knobs.py pattern 256x14 '{}' \
+        '{"target": {"isa": "avx2", "l2_bytes": 524288, "tvm": {"mcpu": "znver3"}}}'
 
 LAYER is CHANNELSxSIZE (a square input plane); a pattern layer has as many filters as channels, random
 8-pattern kernels of which `--keep` survive (with `--kernel-groups G`, G consecutive filters keep the
@@ -15,7 +17,9 @@ round times every variant, the order reversed every other round, ~0.15 s of back
 a short pause), useful GFLOP/s, the share of the FMA peak measured in the same process, and its speed
 against the first variant. Every variant's output must match the first's (1e-4 relative, or 1e-5 of its
 largest value: sums in another order round differently). `--flush-mb N` writes N MB before each call,
-so the kernel finds its data out of the caches, as a layer inside a model does.
+so the kernel finds its data out of the caches, as a layer inside a model does. A variant's "target" (a
+`--target-json` object) compiles it for another vector shape of this machine (AVX2 code on an AVX-512 CPU),
+its own plan and peak: the ISAs side by side, interleaved.
 The machine is shared and noisy: trust ratios measured in one run, and repeat a run before keeping a rule.
 """
 
@@ -137,18 +141,20 @@ def median_ms(call, calls: int, flush: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM starts its pool
-    from sparsec.lower.target import host
+    from sparsec.errors import UserError
     from sparsec.runtime.roofline import fma_peak_gflops
 
-    target = host(args.threads)
     data = layer_data(args)
-    runs, first = [], None
-    for knobs in args.knobs:
+    runs, first, targets = [], None, []
+    for variant in args.knobs:
+        knobs = {k: v for k, v in variant.items() if k != "target"}
         try:
+            target = variant_target(variant, args.threads)
             kernel, resolved, macs = build(args, knobs, target, data)
-        except (TypeError, ValueError) as err:  # an unknown knob or a value the generator refuses
-            print(f"ab_knobs.py: error: knobs {json.dumps(knobs)}: {err}", file=sys.stderr)
+        except (TypeError, ValueError, UserError) as err:  # an unknown knob or a value the generator refuses
+            print(f"ab_knobs.py: error: knobs {json.dumps(variant)}: {err}", file=sys.stderr)
             return 2
+        targets.append(target)
         call, out = runner(kernel, target, data, args.kind == "pointwise" and args.residual)
         call()
         if first is None:
@@ -158,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             # layer's outputs reach ~250, and its near-zero ones differ by 2e-4 between tilings)
             scale = max(1.0, float(np.abs(first).max()))
             np.testing.assert_allclose(out.numpy(), first, rtol=1e-4, atol=1e-5 * scale)
-        print(f"{json.dumps(knobs)} -> {resolved}", flush=True)
-        runs.append((json.dumps(knobs), call, macs))
+        print(f"{json.dumps(variant)} -> {resolved}", flush=True)
+        runs.append((json.dumps(variant), call, macs))
     # measured before and after the rounds, the best kept: a neighbour holding a core through one
     # measurement (0.35 s) halves it (this script once printed 156% of such a peak)
-    fma_peak_gflops(target, args.threads)
+    for target in dict.fromkeys(targets):
+        fma_peak_gflops(target, args.threads)
     flush = np.ones(args.flush_mb << 18, np.float32)
     calls = max(3, int(BATCH_S * 1e3 / max(median_ms(runs[0][1], 3, flush), 1e-3)))
     times: list[list[float]] = [[] for _ in runs]
@@ -170,16 +177,27 @@ def main(argv: list[str] | None = None) -> int:
         for i in (range(len(runs)) if rnd % 2 == 0 else reversed(range(len(runs)))):
             time.sleep(PAUSE_S)
             times[i].append(median_ms(runs[i][1], calls, flush))
-    peak = fma_peak_gflops(target, args.threads)
+    peaks = {target: fma_peak_gflops(target, args.threads) for target in dict.fromkeys(targets)}
     base = float(np.median(times[0]))
     flushed = f", {args.flush_mb} MB written before each" if flush.size else ""
-    print(f"{target.cpu} ({target.isa}), {args.threads} threads, FMA peak {peak:.1f} GFLOP/s; "
-          f"{args.rounds} rounds of {calls} calls{flushed}")
-    for (name, _, macs), ts in zip(runs, times):
+    print(", ".join(f"{t.cpu} ({t.isa}) FMA peak {peak:.1f} GFLOP/s" for t, peak in peaks.items())
+          + f"; {args.threads} threads, {args.rounds} rounds of {calls} calls{flushed}")
+    for (name, _, macs), ts, target in zip(runs, times, targets):
         ms = float(np.median(ts))
         gflops = 2 * macs / ms / 1e6
-        print(f"{ms:8.3f} ms {gflops:7.1f} GFLOP/s {gflops / peak:5.0%} of peak  x{base / ms:5.3f}  {name}")
+        print(f"{ms:8.3f} ms {gflops:7.1f} GFLOP/s {gflops / peaks[target]:5.0%} of peak  x{base / ms:5.3f}  {name}")
     return 0
+
+
+def variant_target(variant: dict, threads: int):
+    """This machine's target, or the variant's "target" (a `--target-json` object) if it runs here."""
+    from sparsec.lower.target import check_runs_here, host, resolve_target
+
+    if "target" not in variant:
+        return host(threads)
+    target = resolve_target(spec=json.dumps({"threads": threads, **variant["target"]}))
+    check_runs_here(target, "ab_knobs.py")
+    return target
 
 
 if __name__ == "__main__":
