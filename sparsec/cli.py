@@ -792,6 +792,9 @@ def _fuzz_parser(jobs) -> None:
     p.add_argument("--start", type=int, default=0, metavar="S", help="first seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("build/fuzz"),
                    help="folder for the failing cases' reproducers, OUT/seed-N/ (default build/fuzz)")
+    p.add_argument("--target-json", metavar="JSON|FILE",
+                   help="compile the cases for this target, one this machine runs (another vector shape of it: "
+                        "AVX2 code on an AVX-512 CPU)")
     p.set_defaults(command=cmd_fuzz)
 
 
@@ -800,7 +803,14 @@ def cmd_fuzz(args) -> int:
 
     if args.seeds < 1 or args.start < 0:
         raise UserError(f"--seeds {args.seeds} --start {args.start}: need at least one seed and a start >= 0")
-    summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True))
+    target = None
+    if args.target_json:
+        from sparsec.lower.target import check_runs_here, resolve_target
+
+        target = resolve_target(spec=args.target_json)
+        check_runs_here(target, "fuzz")
+    summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True),
+                   target=target, target_json=args.target_json)
     for line in summary.causes():
         print(line)
     kept = summary.count("ok") < len(summary.outcomes)

@@ -15,6 +15,7 @@ masks, input and a README.txt giving the error and the command that reproduces i
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import time
 import traceback
@@ -28,6 +29,7 @@ import onnx
 from sparsec.check import TOLERANCE, relative_error, require_onnxruntime, seeded_inputs
 from sparsec.errors import NotSupportedError, UserError
 from sparsec.fuzz.generate import Case, random_case
+from sparsec.target import Target
 
 KINDS = ("ok", "mismatch", "crash", "rejected")
 
@@ -57,23 +59,23 @@ def case_inputs(case: Case) -> dict[str, np.ndarray]:
     return seeded_inputs({"input": case.input_shape}, 0)
 
 
-def run_case(case: Case) -> Outcome:
-    """Compile, run and compare one case."""
+def run_case(case: Case, target: Target | None = None) -> Outcome:
+    """Compile (for `target`, default this machine as it is), run and compare one case."""
     start = time.perf_counter()
     try:
-        _check(case, case_inputs(case))
+        _check(case, case_inputs(case), target)
     except _Failed as failed:
         return Outcome(case.seed, failed.kind, failed.message, failed.details, time.perf_counter() - start)
     return Outcome(case.seed, "ok", seconds=time.perf_counter() - start)
 
 
-def _check(case: Case, inputs: dict[str, np.ndarray]) -> None:
+def _check(case: Case, inputs: dict[str, np.ndarray], target: Target | None) -> None:
     """Raises `_Failed` unless every engine matches onnxruntime on every output."""
     want = _stage("onnxruntime", lambda: _onnxruntime(case, inputs))
-    _compare(want, _engines(case, inputs))
+    _compare(want, _engines(case, inputs, target))
 
 
-def _engines(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+def _engines(case: Case, inputs: dict[str, np.ndarray], target: Target | None) -> dict[str, dict[str, np.ndarray]]:
     """The outputs of the compiled model, and of the reference interpreter before and after the
     passes (what tells a kernel bug from a pass bug)."""
     from sparsec.driver import compile as compile_model
@@ -82,7 +84,8 @@ def _engines(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, n
 
     module = _stage("import", lambda: import_model(case.model, case.masks))
     last = {}  # the module after the last pass
-    compiled = _stage("compile", lambda: compile_model(module, verify_each=True, dump=lambda _, m: last.update(ir=m)))
+    compiled = _stage("compile", lambda: compile_model(module, target=target or "host", verify_each=True,
+                                                      dump=lambda _, m: last.update(ir=m)))
     return {
         "sparsec": _stage("run", lambda: compiled.run(inputs)),
         "reference": _stage("reference", lambda: run_reference(module, inputs)),
@@ -153,25 +156,27 @@ def _onnxruntime(case: Case, inputs: dict[str, np.ndarray]) -> dict[str, np.ndar
 # ---- reproducers ---------------------------------------------------------------------------
 
 
-def write_reproducer(case: Case, outcome: Outcome, folder: Path) -> None:
-    """`folder`/model.onnx, masks.npz, input.npy and README.txt for a failing case."""
+def write_reproducer(case: Case, outcome: Outcome, folder: Path, target_json: str | None = None) -> None:
+    """`folder`/model.onnx, masks.npz, input.npy and README.txt for a failing case (compiled for
+    `target_json`, a `--target-json` spec, if given)."""
     from sparsec.prune import save_masks
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(case.model.SerializeToString())
     save_masks(case.masks, folder / "masks.npz")
     np.save(folder / "input.npy", case_inputs(case)["input"])
-    (folder / "README.txt").write_text(_readme(case, outcome))
+    (folder / "README.txt").write_text(_readme(case, outcome, target_json))
 
 
-def _readme(case: Case, outcome: Outcome) -> str:
+def _readme(case: Case, outcome: Outcome, target_json: str | None = None) -> str:
+    target = "" if target_json is None else f" --target-json {shlex.quote(target_json)}"
     return (
         f"sparsec fuzz, seed {case.seed}: {outcome.kind}\n{outcome.message}\n\n"
         "Reproduce, in this folder:\n"
-        "    sparsec compile model.onnx --masks masks.npz -o m.so --check\n"
+        f"    sparsec compile model.onnx --masks masks.npz -o m.so --check{target}\n"
         "input.npy is the input compared (the one --check draws); to run the library on it:\n"
         "    sparsec run m.so --input input.npy -o y.npy\n"
-        f"To regenerate this case: sparsec fuzz --seeds 1 --start {case.seed}\n\n"
+        f"To regenerate this case: sparsec fuzz --seeds 1 --start {case.seed}{target}\n\n"
         f"{describe_case(case)}\n\nDetails:\n{outcome.details}"
     )
 
@@ -240,9 +245,11 @@ def signature(message: str) -> str:
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", message)
 
 
-def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], None] = print) -> Summary:
-    """Runs the case of each seed; logs each failure and writes its reproducer under `out`
-    (a passing seed's stale reproducer there is removed)."""
+def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], None] = print,
+         target: Target | None = None, target_json: str | None = None) -> Summary:
+    """Runs the case of each seed, compiled for `target` (default this machine as it is; the
+    `--target-json` spec it came from, `target_json`, goes in the reproducers); logs each failure
+    and writes its reproducer under `out` (a passing seed's stale reproducer there is removed)."""
     require_onnxruntime("sparsec fuzz compares with onnxruntime")  # one clean error, not a crash per case
     start, outcomes = time.perf_counter(), []
     for seed in seeds:
@@ -253,7 +260,7 @@ def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], Non
                                     traceback.format_exc()))
             log(f"seed {seed}: crash: {outcomes[-1].message}")
             continue
-        outcome = run_case(case)
+        outcome = run_case(case, target)
         outcomes.append(outcome)
         folder = None if out is None else out / f"seed-{seed}"
         if outcome.kind == "ok":
@@ -262,5 +269,5 @@ def fuzz(seeds: Iterable[int], out: Path | None = None, log: Callable[[str], Non
             continue
         log(f"seed {seed}: {outcome.kind}: {outcome.message}")
         if folder is not None:
-            write_reproducer(case, outcome, folder)
+            write_reproducer(case, outcome, folder, target_json)
     return Summary(tuple(outcomes), time.perf_counter() - start)

@@ -76,6 +76,29 @@ def test_failures_are_classified(monkeypatch, where, error, kind):
     assert outcome.kind == kind and str(error).strip("'") in outcome.message
 
 
+def test_a_target_of_another_vector_shape_is_fuzzed_and_reproduced(tmp_path, monkeypatch, capsys):
+    """`sparsec fuzz --target-json`: the cases compiled for that target (here AVX2 code, which this
+    machine runs: 8-lane kernels where the host's plans may take 16), and a failing case's README
+    names it in both commands; a target this machine cannot run is refused before any case."""
+    avx2 = '{"isa": "avx2", "tvm": {"mcpu": "haswell"}}'
+    compiled_for = []
+    real = sparsec.driver.compile
+    monkeypatch.setattr(sparsec.driver, "compile", lambda *a, **kw: compiled_for.append(kw["target"]) or real(*a, **kw))
+    assert main(["fuzz", "--seeds", "1", "--start", str(QUICK), "--out", str(tmp_path), "--target-json", avx2]) == 0
+    assert [(t.isa, t.cpu, t.lanes()) for t in compiled_for] == [("avx2", "haswell", 8)]
+    real_ort = runner._onnxruntime
+    monkeypatch.setattr(runner, "_onnxruntime", lambda case, inputs: {
+        name: value + 1 for name, value in real_ort(case, inputs).items()})
+    assert main(["fuzz", "--seeds", "1", "--start", str(QUICK), "--out", str(tmp_path), "--target-json", avx2]) == 1
+    readme = (tmp_path / f"seed-{QUICK}" / "README.txt").read_text()
+    assert f"    sparsec compile model.onnx --masks masks.npz -o m.so --check --target-json '{avx2}'\n" in readme
+    assert f"To regenerate this case: sparsec fuzz --seeds 1 --start {QUICK} --target-json '{avx2}'\n" in readme
+    capsys.readouterr()
+    assert main(["fuzz", "--seeds", "1", "--out", str(tmp_path / "arm"), "--target-json", '{"arch": "aarch64"}']) == 2
+    assert "sparsec: error: fuzz runs the compiled code on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "arm").exists()
+
+
 def test_a_wrong_shape_is_a_mismatch(monkeypatch):
     real = runner._onnxruntime
     monkeypatch.setattr(runner, "_onnxruntime", lambda case, inputs: {
