@@ -28,7 +28,7 @@ from sparsec.lower.kernels.dense_conv import DenseConvKnobs, dense_conv_kernel
 from sparsec.lower.kernels.pattern_conv import padded_work, pattern_conv_kernel
 from sparsec.lower.kernels.winograd_plan import Geometry, auto_tile, plan, several_blocks, work_ratio
 from sparsec.lower.target import tvm_target
-from sparsec.target import Target, write_calibration
+from sparsec.target import MAX_THROUGHPUT, Target, write_calibration
 
 # 8 four-tap patterns with the centre (PCONV's setting), taps row-major in the 3x3 window.
 PATTERNS = np.array([[0, 1, 3, 4], [1, 2, 4, 5], [1, 3, 4, 5], [1, 3, 4, 7],
@@ -137,6 +137,19 @@ def measure_layer(layer: Layer, target: Target, rounds: int) -> dict:
     return row
 
 
+RETRIES = 2  # more measurements of a layer whose ratio no target would accept
+RATIOS = ("pattern", "csr", "winograd", "winograd_one_block")
+
+
+def plausible(row: dict) -> bool:
+    """Whether every throughput ratio of a measured layer is one a target accepts."""
+    return all(0.0 < row[key] <= MAX_THROUGHPUT for key in RATIOS if key in row)
+
+
+def _ratios(row: dict) -> str:
+    return ", ".join(f"{key} {row[key]:.2f}" for key in RATIOS if key in row)
+
+
 def calibrate(target: Target, rounds: int = 5, layers=LAYERS, log=print) -> tuple[dict, str]:
     """Measure every layer, write the calibration file; returns (throughputs, path)."""
     rows = []
@@ -144,6 +157,12 @@ def calibrate(target: Target, rounds: int = 5, layers=LAYERS, log=print) -> tupl
         f"{target.threads} threads); useful throughput of each kernel / the direct dense kernel's")
     for layer in layers:
         row = measure_layer(layer, target, rounds)
+        for _ in range(RETRIES):
+            if plausible(row):
+                break
+            log(f"  {row['layer']:34} ratio {_ratios(row)}: not a throughput (at most {MAX_THROUGHPUT:g}x dense; a "
+                "busy neighbour stalled a round): measuring it again")
+            row = measure_layer(layer, target, rounds)
         rows.append(row)
         speed = row.get("winograd", row.get("winograd_one_block"))
         wino = "" if speed is None else (f"  winograd F{row['winograd_tile']} {row['winograd_ms']:8.3f} ms ratio "
