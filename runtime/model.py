@@ -25,7 +25,7 @@ from sparsec.errors import UserError
 from sparsec.io import describe
 from sparsec.ir.files import atomic_outputs
 from sparsec.ir.types import DTYPES
-from sparsec.lower.target import size_thread_pool
+from sparsec.lower.target import missing_instructions, size_thread_pool
 from sparsec.runtime.manifest import (
     LibraryFile,
     Manifest,
@@ -93,9 +93,10 @@ class CompiledModel:
 
     @property
     def runs_here(self) -> bool:
-        """Whether this machine's CPU can run the library (same architecture)."""
+        """Whether this machine's CPU can run the library (same architecture, and every instruction
+        set its CPU's code may use)."""
         target = self.target
-        return target is None or (not self.is_gpu and target.device == "local")
+        return target is None or (not self.is_gpu and target.device == "local" and not missing_instructions(target))
 
     def on(self, device) -> CompiledModel:
         """The same model, run on `device` (a `sparsec.runtime.device.RpcDevice`)."""
@@ -118,6 +119,10 @@ class CompiledModel:
             return (f"{where}compiled for the {target.name} GPU (OpenCL): run it on a phone whose TVM runtime has "
                     "OpenCL (--tracker HOST:PORT --key K), or check its kernels here on PoCL with "
                     "`sparsec run MODEL --emulate`")
+        if target.arch == _host_arch():
+            return (f"{where}compiled for {target.name} ({target.arch}, {target.cpu}), whose instructions this "
+                    f"machine's CPU lacks ({', '.join(missing_instructions(target))}): run it on such a CPU "
+                    "(--tracker HOST:PORT --key K), or compile for an older one")
         return (f"{where}compiled for {target.name} ({target.arch}, {target.cpu}) but this machine is "
                 f"{_host_arch()}: run it on a device (`sparsec run` starts the emulated one; "
                 "or --tracker HOST:PORT --key K)")

@@ -263,7 +263,9 @@ def device_for(compiled, args):
         return contextlib.nullcontext(RpcDevice(*parse_tracker(args.tracker), args.key))
     if compiled.runs_here:
         return contextlib.nullcontext(None)
-    if compiled.is_gpu:  # no local OpenCL TVM runtime: only a phone runs it, or PoCL checks its kernels
+    # no local OpenCL TVM runtime: only a phone runs a GPU model (or PoCL checks its kernels); no emulator
+    # for this architecture's newer CPUs
+    if compiled.is_gpu or compiled.target.device == "local":
         raise UserError(compiled._needs_device())
     return _emulated(compiled.target)
 
@@ -772,12 +774,11 @@ def cmd_calibrate(args) -> int:
 
     if args.threads:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
-    from sparsec.lower.target import host, resolve_target
+    from sparsec.lower.target import check_runs_here, host, resolve_target
     from sparsec.runtime.calibrate import calibrate
 
     target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
-    if target.device != "local":
-        raise UserError(f"calibrate measures kernels on this machine; a {target.arch} target cannot run here")
+    check_runs_here(target, "calibrate")
     calibrate(target, rounds=args.rounds)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import tvm
@@ -62,6 +63,17 @@ def instruction_features(target: Target) -> set[str]:
     return {str(f) for f in features if str(f).startswith(INSTRUCTION_FEATURES)}
 
 
+def missing_instructions(target: Target) -> tuple[str, ...]:
+    """The instruction sets `target`'s CPU code may use that this machine's CPU lacks (a CPU target
+    of this machine's architecture; its code would die here with SIGILL)."""
+    return _missing_on(target, host_cpu())
+
+
+@functools.cache
+def _missing_on(target: Target, cpu: str) -> tuple[str, ...]:  # a compiled model asks at every run
+    return tuple(sorted(instruction_features(target) - instruction_features(targets.host(cpu))))
+
+
 def check_runs_here(target: Target, what: str) -> None:
     """Refuse, before any compiling, a target whose code this machine cannot run: `what` (the
     command) names why it must run here."""
@@ -72,7 +84,7 @@ def check_runs_here(target: Target, what: str) -> None:
                                 f"{target.name} is {kind}: give a target of this machine's architecture"
                                 + (" (`--count-instructions` counts an aarch64 target's instructions under qemu)"
                                    if target.arch == "aarch64" and what == "bench" else ""))
-    missing = sorted(instruction_features(target) - instruction_features(here))
+    missing = missing_instructions(target)
     if missing:
         raise UserError(f"{what} runs the compiled code on this machine ({here.cpu}); target "
                                 f"{target.name}'s CPU {target.cpu} uses instructions it lacks ({', '.join(missing)}): "

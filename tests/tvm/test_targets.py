@@ -233,6 +233,36 @@ def test_bench_refuses_a_target_this_machine_cannot_run(tmp_path, capsys, monkey
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_model_for_a_newer_cpu_is_not_run_here(tmp_path, capsys, monkeypatch):
+    """A library whose CPU has instructions this machine lacks would die with SIGILL, no message:
+    `compile --check` and `run` refuse it by name instead (nothing exported), and `calibrate` refuses
+    such a target; the same model for this machine's CPU runs."""
+    import sparsec.lower.target as lowered
+    from sparsec.cli import main
+
+    monkeypatch.setattr(lowered, "host_cpu", lambda: "haswell")  # this machine, as an AVX2 one
+    (tmp_path / "t.onnx").write_bytes(ZOO["tiny_cnn"]().SerializeToString())
+    newer = '{"tvm": {"mcpu": "skylake-avx512"}}'
+    compile_ = ["compile", str(tmp_path / "t.onnx"), "--target-json", newer, "-o"]
+    assert main([*compile_, str(tmp_path / "checked.so"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparsec: error: compiled for json (x86_64, skylake-avx512), whose instructions this "
+                          "machine's CPU lacks (avx512") and "): run it on such a CPU (--tracker HOST:PORT --key " \
+                          "K), or compile for an older one\n" in err
+    assert not list(tmp_path.glob("checked.so*"))
+    assert main([*compile_, str(tmp_path / "m.so")]) == 0
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    assert main(["run", str(tmp_path / "m.so"), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 2
+    assert f"sparsec: error: {tmp_path / 'm.so'}: compiled for json (x86_64, skylake-avx512), whose " in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "y.npy").exists()
+    assert main(["calibrate", "--target-json", newer]) == 2
+    assert capsys.readouterr().err.startswith("sparsec: error: calibrate runs the compiled code on this machine "
+                                              "(haswell); target json's CPU skylake-avx512 uses instructions")
+    older = ["compile", str(tmp_path / "t.onnx"), "--target-json", '{"tvm": {"mcpu": "haswell"}}', "--check"]
+    assert main([*older, "-o", str(tmp_path / "h.so")]) == 0
+
+
 def test_make_bench_for_another_vector_shape_of_this_machine(tmp_path, capsys, monkeypatch):
     """`benchmarks/write_results.py --target-json`: the cases compiled for an AVX2 CPU, run here, in a
     file of their own (never over RESULTS.md, this machine's own run), the target named in it."""
