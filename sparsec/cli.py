@@ -182,6 +182,18 @@ def resolve_target_args(args):
     return target
 
 
+def local_target_args(args, command: str):
+    """--target-json's target for a command that runs its code here (None without the flag): another
+    vector shape of this machine (`{"isa": "avx2", ...}`), refused by name unless this CPU runs it."""
+    if not args.target_json:
+        return None
+    from sparsec.lower.target import check_runs_here, resolve_target
+
+    target = resolve_target(spec=args.target_json)
+    check_runs_here(target, command)
+    return target
+
+
 def _device_arguments(p) -> None:
     p.add_argument("--tracker", metavar="HOST:PORT", help="run on the device registered with this TVM tracker")
     p.add_argument("--key", help="the device's key at the tracker (with --tracker); with --tuning-log, whose "
@@ -507,12 +519,7 @@ def cmd_bench(args) -> int:
         return _bench_counts(args)
 
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
-    # another vector shape of this machine (`--target-json '{"isa": "avx2", ...}'`); checked before any work
-    target = resolve_target_args(args) if args.target_json else None
-    if target is not None:
-        from sparsec.lower.target import check_runs_here
-
-        check_runs_here(target, "bench")
+    target = local_target_args(args, "bench")  # checked before any work
     from sparsec.frontend import load_onnx
     from sparsec.ir.files import write_atomically
     from sparsec.prune import load_masks
@@ -774,12 +781,10 @@ def cmd_calibrate(args) -> int:
 
     if args.threads:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM reads it once, when its pool starts
-    from sparsec.lower.target import check_runs_here, host, resolve_target
+    from sparsec.lower.target import host
     from sparsec.runtime.calibrate import calibrate
 
-    target = resolve_target(spec=args.target_json) if args.target_json else host(args.threads)
-    check_runs_here(target, "calibrate")
-    calibrate(target, rounds=args.rounds)
+    calibrate(local_target_args(args, "calibrate") or host(args.threads), rounds=args.rounds)
     return 0
 
 
@@ -804,14 +809,8 @@ def cmd_fuzz(args) -> int:
 
     if args.seeds < 1 or args.start < 0:
         raise UserError(f"--seeds {args.seeds} --start {args.start}: need at least one seed and a start >= 0")
-    target = None
-    if args.target_json:
-        from sparsec.lower.target import check_runs_here, resolve_target
-
-        target = resolve_target(spec=args.target_json)
-        check_runs_here(target, "fuzz")
     summary = fuzz(range(args.start, args.start + args.seeds), args.out, log=lambda line: print(line, flush=True),
-                   target=target, target_json=args.target_json)
+                   target=local_target_args(args, "fuzz"), target_json=args.target_json)
     for line in summary.causes():
         print(line)
     kept = summary.count("ok") < len(summary.outcomes)
