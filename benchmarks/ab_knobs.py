@@ -191,13 +191,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def variant_target(variant: dict, threads: int):
     """This machine's target, or the variant's "target" (a `--target-json` object) if it runs here."""
-    from sparsec.lower.target import check_runs_here, host, resolve_target
+    from sparsec.lower.target import host, resolve_runnable
 
     if "target" not in variant:
         return host(threads)
-    target = resolve_target(spec=json.dumps({"threads": threads, **variant["target"]}))
-    check_runs_here(target, "ab_knobs.py")
-    return target
+    return resolve_runnable(json.dumps({"threads": threads, **variant["target"]}), "ab_knobs.py")
 
 
 if __name__ == "__main__":

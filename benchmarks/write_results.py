@@ -297,16 +297,13 @@ def kept_sections(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = args.cases.split(",")
-    target = None
-    if args.target_json:
-        from sparsec.lower.target import check_runs_here, resolve_target
+    from sparsec.lower.target import resolve_runnable
 
-        try:
-            target = resolve_target(spec=args.target_json)
-            check_runs_here(target, "write_results.py")
-        except UserError as err:
-            print(f"write_results.py: error: {err}", file=sys.stderr)
-            return 2
+    try:
+        target = resolve_runnable(args.target_json, "write_results.py") if args.target_json else None
+    except UserError as err:
+        print(f"write_results.py: error: {err}", file=sys.stderr)
+        return 2
     results = {key: run_case(CASE_BY_KEY[key], args.rounds, args.min_time, target) for key in keys}
     judge_by_the_run_peak(results, target)
     storage = None

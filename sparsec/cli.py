@@ -183,15 +183,10 @@ def resolve_target_args(args):
 
 
 def local_target_args(args, command: str):
-    """--target-json's target for a command that runs its code here (None without the flag): another
-    vector shape of this machine (`{"isa": "avx2", ...}`), refused by name unless this CPU runs it."""
-    if not args.target_json:
-        return None
-    from sparsec.lower.target import check_runs_here, resolve_target
+    """--target-json's target for a command that runs its code here (None without the flag)."""
+    from sparsec.lower.target import resolve_runnable
 
-    target = resolve_target(spec=args.target_json)
-    check_runs_here(target, command)
-    return target
+    return resolve_runnable(args.target_json, command) if args.target_json else None
 
 
 def _device_arguments(p) -> None:

@@ -11,8 +11,8 @@ from sparsec import target as targets
 from sparsec.errors import UserError
 from sparsec.target import Target, host_threads
 
-__all__ = ["check_runs_here", "host", "host_target", "host_threads", "resolve_target", "size_thread_pool",
-           "tvm_target"]
+__all__ = ["check_runs_here", "host", "host_target", "host_threads", "resolve_runnable", "resolve_target",
+           "size_thread_pool", "tvm_target"]
 
 # LLVM CPU features that are instructions (not tuning hints such as "fast-gather"): a target whose CPU
 # has one this machine lacks compiles code that dies here with SIGILL
@@ -81,11 +81,19 @@ def check_runs_here(target: Target, what: str) -> None:
     if target.kind != "cpu" or target.arch != here.arch:
         kind = "a GPU" if target.kind != "cpu" else target.arch
         raise UserError(f"{what} runs the compiled code on this machine ({here.arch}); target "
-                                f"{target.name} is {kind}: give a target of this machine's architecture"
-                                + (" (`--count-instructions` counts an aarch64 target's instructions under qemu)"
-                                   if target.arch == "aarch64" and what == "bench" else ""))
+                        f"{target.name} is {kind}: give a target of this machine's architecture"
+                        + (" (`--count-instructions` counts an aarch64 target's instructions under qemu)"
+                           if target.arch == "aarch64" and what == "bench" else ""))
     missing = missing_instructions(target)
     if missing:
         raise UserError(f"{what} runs the compiled code on this machine ({here.cpu}); target "
-                                f"{target.name}'s CPU {target.cpu} uses instructions it lacks ({', '.join(missing)}): "
-                                "name an older CPU in the target's tvm mcpu")
+                        f"{target.name}'s CPU {target.cpu} uses instructions it lacks ({', '.join(missing)}): "
+                        "name an older CPU in the target's tvm mcpu")
+
+
+def resolve_runnable(spec: str, what: str) -> Target:
+    """The target of `--target-json SPEC` for `what`, a command that runs its code here (another vector
+    shape of this machine: `{"isa": "avx2", ...}`), refused by name unless this CPU runs it."""
+    target = resolve_target(spec=spec)
+    check_runs_here(target, what)
+    return target
