@@ -195,10 +195,14 @@ def test_bench_times_another_vector_shape_of_this_machine(tmp_path, capsys, monk
     """`sparsec bench --target-json`: sparsec's engines compiled for an AVX2 CPU and run here (an
     AVX2 machine's kernels, timed on this one), checked against onnxruntime; the report names the
     target and the peak is the AVX2 code's."""
+    import sparsec.driver
     from sparsec.cli import main
     from sparsec.prune import save_masks
 
     monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the command sets it; restore it afterwards
+    compiled_for = []
+    real = sparsec.driver.compile
+    monkeypatch.setattr(sparsec.driver, "compile", lambda *a, **kw: compiled_for.append(kw["target"]) or real(*a, **kw))
     model = ZOO["tiny_cnn"]()
     (tmp_path / "t.onnx").write_bytes(model.SerializeToString())
     save_masks(prune_model(model, patterns=8, keep_kernels=0.5), tmp_path / "m.npz")
@@ -208,6 +212,7 @@ def test_bench_times_another_vector_shape_of_this_machine(tmp_path, capsys, monk
     assert f"sparsec compiled for {described}, run on this machine" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["target"] == described and report["max_rel_err"]["sparsec"] < 1e-4 and report["peak_gflops"] > 0
+    assert [(t.isa, t.cpu, t.lanes()) for t in compiled_for] == [("avx2", "haswell", 8)] * 2  # sparsec, its dense path
 
 
 def test_bench_refuses_a_target_this_machine_cannot_run(tmp_path, capsys, monkeypatch):
@@ -268,7 +273,12 @@ def test_make_bench_for_another_vector_shape_of_this_machine(tmp_path, capsys, m
     file of their own (never over RESULTS.md, this machine's own run), the target named in it."""
     from test_bench import _script  # tests/tvm is on the path (rootdir mode)
 
+    import sparsec.driver
+
     monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    compiled_for = []
+    real = sparsec.driver.compile
+    monkeypatch.setattr(sparsec.driver, "compile", lambda *a, **kw: compiled_for.append(kw["target"]) or real(*a, **kw))
     write_results = _script("write_results")
     fast = ["--cases", "L3", "--rounds", "1", "--min-time", "0.01"]
     monkeypatch.setattr(write_results, "HERE", tmp_path)  # its default output: RESULTS.md there, not the repo's
@@ -281,6 +291,7 @@ def test_make_bench_for_another_vector_shape_of_this_machine(tmp_path, capsys, m
     assert f"- Target: avx2 (compiled for, run on this machine's {host().cpu}) = haswell (avx2: 8 fp32 lanes, 16 " \
            "vector registers, " in text
     assert re.search(r"^\| L3 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+x \| >= 3x \|", text, flags=re.M)
+    assert {(t.isa, t.cpu) for t in compiled_for} == {("avx2", "haswell")} and len(compiled_for) == 2
     assert write_results.main(["--target-json", '{"arch": "aarch64"}', "-o", str(tmp_path / "arm.md")]) == 2
     assert "write_results.py: error: write_results.py runs the compiled code on this machine" in capsys.readouterr().err
     assert not (tmp_path / "arm.md").exists()
