@@ -135,8 +135,8 @@ def count_model(module, target: Target, setup: Arm64Setup | None = None, seed: i
         x = [rng.standard_normal(module.types[ref].shape).astype(np.float32)  # data, then a fused residual
              for ref in (op.input, getattr(op, "residual", None)) if ref]
         calls[f"layer{i}"] = (kernel, x)
-        if fmt != "dense":
-            calls[f"layer{i}_dense"] = (make(op, dense_module, target)[0], x)
+        if fmt != "dense":  # the dense module's op: its knobs ask for the direct algorithm
+            calls[f"layer{i}_dense"] = (make(dense_module.ops[i], dense_module, target)[0], x)
         layers.append((i, op, fmt))
     counts = count_kernels(calls, target, setup)
     rows = []
