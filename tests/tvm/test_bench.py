@@ -236,3 +236,21 @@ def test_ab_knobs_times_every_variant_against_the_first(argv, capsys):
 def test_ab_knobs_names_a_bad_knob(capsys):
     assert _script("ab_knobs").main(["pattern", "16x8", "{}", '{"rows_per_stepp": 4}']) == 2
     assert "error: knobs {\"rows_per_stepp\": 4}: " in capsys.readouterr().err
+
+
+def test_arm64_section_is_rewritten_whole_with_its_introduction(tmp_path):
+    """benchmarks/arm64.py puts its tables in RESULTS.md's ARM64 section: the section replaced whole,
+    introduction included (a rerun had dropped it), the rest of the file as it was; appended where absent."""
+    arm64 = _script("arm64")
+    begin, end = "<!-- arm64: written by benchmarks/arm64.py -->", "<!-- /arm64 -->"
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# top\n\n{begin}\n## old\n\nold tables\n{end}\n\n## after\n")
+    arm64.put_section(results, "| new | table |\n")
+    text = results.read_text()
+    assert text.startswith("# top\n\n" + begin) and text.endswith(f"| new | table |\n{end}\n\n## after\n")
+    assert "old tables" not in text and "## ARM64 on the emulated device" in text
+    assert "No phone was used" in text and "direct dense schedule" in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("# only\n")
+    arm64.put_section(bare, "| t |\n")
+    assert bare.read_text().startswith(f"# only\n\n{begin}\n## ARM64") and bare.read_text().endswith(f"| t |\n{end}\n")
