@@ -67,13 +67,16 @@ class Throughputs:
 # work its padded tiles do (`pattern_conv.padded_work`, charged apart by the cost model): 0.769,
 # 0.624 and 0.658 in three runs (this machine's spread); 0.68 picks 17 of 18 formats right in
 # `benchmarks/bench_format_choice.py` (0.72 measured unpadded: 16, 512x7 misjudged). AVX-512:
-# znver5, measured with the dense kernel counted at Winograd's estimate (winograd 1.0: there it
-# ran close to it). SSE and NEON: AVX2's figures before session 18, never measured.
+# three runs on a 2-core znver4 (AMD EPYC, session 37: pattern 1.02, 1.018, 1.125; CSR 0.623, 0.573,
+# 0.546; Winograd 0.987-1.012), the medians; they pick 18 of 18 formats right (one within 5%) where
+# znver5's figures of session 16 (pattern 0.65, CSR 0.54), from before the AVX-512 pattern kernels
+# reached 80% of the peak, sent 512x28 at 50% kept dense, 1.76x slower. SSE and NEON: AVX2's figures
+# before session 18, never measured.
 SHIPPED_THROUGHPUTS = {
     "avx2": Throughputs(0.68, 0.65, "shipped defaults (measured on znver3, AVX2; `make calibrate` here)",
                         winograd=0.53),
     "sse": Throughputs(0.68, 0.65, "shipped defaults (AVX2's; never measured with SSE)", winograd=0.53),
-    "avx512": Throughputs(0.65, 0.54, "shipped defaults (measured on znver5, AVX-512; `make calibrate` here)"),
+    "avx512": Throughputs(1.02, 0.573, "shipped defaults (measured on znver4, AVX-512; `make calibrate` here)"),
     "neon": Throughputs(0.68, 0.65, "shipped defaults (AVX2's; not yet measured on an ARM phone)", winograd=0.53),
 }
 
