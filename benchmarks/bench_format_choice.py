@@ -3,8 +3,11 @@ kernel-keep ratios, the pattern kernel and the dense kernel (Winograd where it a
 same masked weight, interleaved, next to the format analyze-sparsity picks for this machine.
 
     .venv/bin/python benchmarks/bench_format_choice.py [--rounds 9] [--layers 256x56,512x28] [--keep 1,0.5]
+        [--target-json '{"isa": "avx2", "tvm": {"mcpu": "znver3"}}']
 
 A row's choice is right when the picked format is the faster one (or within the noise of it).
+`--target-json` judges another vector shape of this machine (its kernels and its cost model's shipped or
+calibrated throughputs: AVX2's on an AVX-512 CPU), as `sparsec bench --target-json` runs it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _parse_args() -> argparse.Namespace:
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (medians)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", default="256x56,512x28,256x14,512x7,64x56,128x28",
                    help="CHANNELSxSIZE of square 3x3 stride-1 layers (as many filters as channels)")
     p.add_argument("--keep", default="1,0.5,0.3", help="fractions of the 3x3 kernels kept (8 patterns)")
-    return p.parse_args()
+    p.add_argument("--target-json", metavar="JSON|FILE",
+                   help="another vector shape of this machine (one it runs), e.g. '{\"isa\": \"avx2\"}'")
+    return p.parse_args(argv)
 
 
 def _timer(task, knobs: dict, target):
@@ -78,12 +83,17 @@ def measure(channels: int, size: int, keep: float, target, rounds: int) -> dict:
             **ms}
 
 
-def main() -> int:
-    args = _parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    from sparsec.lower.target import host
+    from sparsec.errors import UserError
+    from sparsec.lower.target import host, resolve_runnable
 
-    target = host()
+    try:
+        target = resolve_runnable(args.target_json, "bench_format_choice.py") if args.target_json else host()
+    except UserError as err:
+        print(f"bench_format_choice.py: error: {err}", file=sys.stderr)
+        return 2
     print(f"target {target.name} ({target.cpu}, {target.isa}), {args.threads} threads, {args.rounds} rounds; "
           f"pattern throughput {target.throughputs.pattern:g} ({target.throughputs.source})")
     print("| layer | kernels kept | pattern ms | dense ms | faster | cost model picks | right |")

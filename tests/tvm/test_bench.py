@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -254,3 +255,19 @@ def test_arm64_section_is_rewritten_whole_with_its_introduction(tmp_path):
     bare.write_text("# only\n")
     arm64.put_section(bare, "| t |\n")
     assert bare.read_text().startswith(f"# only\n\n{begin}\n## ARM64") and bare.read_text().endswith(f"| t |\n{end}\n")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="times AVX2 code: an x86 machine's other vector shape")
+def test_format_choice_judges_another_vector_shape_of_this_machine(capsys):
+    """`bench_format_choice.py --target-json`: both kernels built for that target and timed here, the
+    cost model's pick with its throughputs; a CPU this one cannot run refused by name, exit 2."""
+    choice = _script("bench_format_choice")
+    avx2 = '{"isa": "avx2", "tvm": {"mcpu": "haswell"}}'
+    assert choice.main(["--layers", "16x8", "--keep", "0.5", "--rounds", "1", "--target-json", avx2]) == 0
+    out = capsys.readouterr().out
+    assert "(haswell, avx2)" in out and "pattern throughput 0.68 (shipped defaults (measured on znver3" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| 16x8x8 | 0.5 |")]
+    assert row.split(" | ")[5] in ("pattern", "dense")  # the cost model's pick
+    assert choice.main(["--layers", "16x8", "--target-json", '{"tvm": {"mcpu": "sapphirerapids"}}']) == 2
+    assert "bench_format_choice.py: error: bench_format_choice.py runs the compiled code on this machine" in \
+        capsys.readouterr().err
