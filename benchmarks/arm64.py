@@ -116,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 def intro() -> str:
     """What the section's tables are, on which machine: written with them, so a rerun keeps it."""
     import datetime
+    import platform
 
     from sparsec.lower.target import host_cpu
 
     day = datetime.date.today().isoformat()
     return ("Real aarch64 code (NEON, cross-compiled by aarch64-linux-gnu-g++ for `--target arm64 --cpu X`) run by "
-            f"qemu user-mode with the CPU model named, on an x86 host ({host_cpu()}, {day}). No phone was used: the "
+            f"qemu user-mode with the CPU model named, on a {platform.machine()} host ({host_cpu()}, {day}). No "
+            "phone was used: the "
             "run times below are emulation speed, not ARM speed, and only size the job. Zoo models: 3x3 convs 8 "
             "patterns + 27.8% kernels kept, 1x1 convs and FC 80% unstructured (`prune_model(keep_kernels=0.278, "
             "unstructured=0.8)`), a seeded random input, outputs against sparsec's NumPy reference interpreter. The "
