@@ -66,15 +66,15 @@ def test_the_cost_model_weighs_dense_3x3_convs_as_winograd(keep, want):
                                    ).layout.kind in {"fkw", "pattern"}
 
 
-@pytest.mark.parametrize("in_shape, keep, first, want", [
-    ((1, 512, 28, 28), 0.5, True, "pattern"),  # measured on znver4: the pattern kernel 1.76x faster
-    ((1, 3, 224, 224), 1.0, False, "pattern"),  # a stem's full kernels: 1.55x over the direct conv
-    ((1, 256, 56, 56), 1.0, True, "dense"),  # 4 of 9 taps, every kernel kept: Winograd 1.2x faster
+@pytest.mark.parametrize("in_shape, filters, keep, first, want", [
+    ((1, 512, 28, 28), 512, 0.5, True, "pattern"),  # measured on znver4: the pattern kernel 1.76x faster
+    ((1, 3, 224, 224), 64, 1.0, False, "pattern"),  # a stem's full kernels: 1.55x over the direct conv
+    ((1, 256, 56, 56), 256, 1.0, True, "dense"),  # 4 of 9 taps, every kernel kept: Winograd 1.2x faster
 ])
-def test_avx512_shipped_throughputs_pick_the_faster_format(in_shape, keep, first, want):
+def test_avx512_shipped_throughputs_pick_the_faster_format(in_shape, filters, keep, first, want):
     """AVX-512's shipped throughputs (znver4's, session 37) pick what `benchmarks/bench_format_choice.py`
     and the stem A/Bs measured faster there; znver5's (pattern 0.65, CSR 0.54) sent the first two dense."""
-    model = conv_layer(in_shape, 512 if in_shape[1] == 512 else 64 if in_shape[1] == 3 else 256)
+    model = conv_layer(in_shape, filters)
     module = import_model(model, prune_model(model, keep_kernels=keep, prune_first_conv=first))
     optimized = optimize(module, target=HOST)
     (conv,) = [op for op in optimized.ops if op.name == "conv2d"]

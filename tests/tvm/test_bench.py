@@ -258,9 +258,11 @@ def test_arm64_section_is_rewritten_whole_with_its_introduction(tmp_path):
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="times AVX2 code: an x86 machine's other vector shape")
-def test_format_choice_judges_another_vector_shape_of_this_machine(capsys):
+def test_format_choice_judges_another_vector_shape_of_this_machine(tmp_path, capsys, monkeypatch):
     """`bench_format_choice.py --target-json`: both kernels built for that target and timed here, the
     cost model's pick with its throughputs; a CPU this one cannot run refused by name, exit 2."""
+    monkeypatch.setenv("SPARSEC_CALIBRATION_DIR", str(tmp_path))  # the shipped throughputs, whatever this CPU holds
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")  # the script sets it; restore it afterwards
     choice = _script("bench_format_choice")
     avx2 = '{"isa": "avx2", "tvm": {"mcpu": "haswell"}}'
     assert choice.main(["--layers", "16x8", "--keep", "0.5", "--rounds", "1", "--target-json", avx2]) == 0
